@@ -1,0 +1,39 @@
+"""Atomic file writes: a file is either its previous complete version or its new complete one.
+
+A crash, a kill, Ctrl-C or a full disk in the middle of a write leaves the previous file intact,
+because the new bytes go to a temporary file in the same directory that is renamed over the
+target (an atomic operation on POSIX and Windows) only once it is completely on disk.
+"""
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path to write to; on success it replaces `path`, on error it vanishes.
+
+    Example
+    -------
+    >>> with atomic_path("model.pkl") as tmp:
+    ...     torch.save(state, tmp)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # BaseException: Ctrl-C (KeyboardInterrupt) mid-write must not leave a stray temp file
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

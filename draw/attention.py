@@ -1,0 +1,141 @@
+"""Selective attention: the grid of Gaussian filters of DRAW (section 3.2).
+
+References
+----------
+K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra.
+"DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, arXiv:1502.04623.
+
+Conventions
+-----------
+Pixel coordinates are 0-based: the centre of the first pixel is 0 and the centre of the last
+one is W - 1 (or H - 1). Every vertical quantity comes before the horizontal one, as in the
+classic repository: (height, width), (center_y, center_x), (F_Y, F_X).
+"""
+import torch
+from torch import Tensor
+
+
+class ZoomableAttentionWindow:
+    """An N x N grid of Gaussian filters over a (channels, img_height, img_width) image.
+
+    Parameter-free: the window's position, stride and width come from the caller (see `nn2att`),
+    so one instance serves every batch, dtype and device.
+
+    Parameters
+    ----------
+    channels : int
+        Number of image channels C; every channel is read and written through the same window.
+    img_height, img_width : int
+        Image size H x W.
+    N : int
+        Grid size: the window has N x N filters.
+    """
+
+    def __init__(self, channels: int, img_height: int, img_width: int, N: int):
+        for name, value in (("channels", channels), ("img_height", img_height),
+                            ("img_width", img_width), ("N", N)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.channels = channels
+        self.img_height = img_height
+        self.img_width = img_width
+        self.N = N
+
+    def filterbank_matrices(self, center_y: Tensor, center_x: Tensor, delta: Tensor,
+                            sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """The filterbank matrices F_Y and F_X (eqs. 19-20, 25-26).
+
+        Parameters
+        ----------
+        center_y, center_x : Tensor, shape (B,)
+            Grid centre (g_Y, g_X) in 0-based pixel coordinates.
+        delta : Tensor, shape (B,)
+            Stride delta between neighbouring filters, in pixels.
+        sigma : Tensor, shape (B,)
+            Standard deviation sigma of every filter, in pixels.
+
+        Returns
+        -------
+        FY : Tensor, shape (B, N, H)
+        FX : Tensor, shape (B, N, W)
+            Each row is normalised to sum to 1 (the Z_X and Z_Y of eqs. 25-26).
+        """
+        # eqs. 19-20 with the paper's grid index i = 1..N, so the grid is centred on g
+        i = torch.arange(1, self.N + 1, dtype=delta.dtype, device=delta.device)
+        offset = i - self.N / 2 - 0.5                                        # (N,)
+        mu_y = center_y[:, None] + offset * delta[:, None]                   # (B, N)
+        mu_x = center_x[:, None] + offset * delta[:, None]                   # (B, N)
+        a = torch.arange(self.img_width, dtype=delta.dtype, device=delta.device)
+        b = torch.arange(self.img_height, dtype=delta.dtype, device=delta.device)
+        two_var = 2 * sigma[:, None, None] ** 2                              # (B, 1, 1)
+        # eqs. 25-26: exp(-(a - mu)^2 / 2 sigma^2) / Z is a softmax over the pixels a. Written as
+        # one, it needs no epsilon: it stays finite for any sigma and for windows that lie far
+        # outside the image, in every float dtype.
+        FY = torch.softmax(-(b - mu_y[:, :, None]) ** 2 / two_var, dim=-1)   # (B, N, H)
+        FX = torch.softmax(-(a - mu_x[:, :, None]) ** 2 / two_var, dim=-1)   # (B, N, W)
+        return FY, FX
+
+    def read(self, images: Tensor, center_y: Tensor, center_x: Tensor, delta: Tensor,
+             sigma: Tensor) -> Tensor:
+        """Extract an N x N glimpse from every channel: F_Y x F_X^T (eq. 27 without gamma).
+
+        Parameters
+        ----------
+        images : Tensor, shape (B, C*H*W)
+        center_y, center_x, delta, sigma : Tensor, shape (B,)
+            See `filterbank_matrices`.
+
+        Returns
+        -------
+        Tensor, shape (B, C*N*N)
+        """
+        B = images.shape[0]
+        FY, FX = self.filterbank_matrices(center_y, center_x, delta, sigma)
+        x = images.view(B, self.channels, self.img_height, self.img_width)     # (B, C, H, W)
+        glimpse = FY[:, None] @ x @ FX[:, None].transpose(-1, -2)              # (B, C, N, N)
+        return glimpse.reshape(B, self.channels * self.N * self.N)
+
+    def write(self, windows: Tensor, center_y: Tensor, center_x: Tensor, delta: Tensor,
+              sigma: Tensor) -> Tensor:
+        """Paint an N x N patch into every channel: F_Y^T w F_X (eq. 29 without 1/gamma).
+
+        Parameters
+        ----------
+        windows : Tensor, shape (B, C*N*N)
+        center_y, center_x, delta, sigma : Tensor, shape (B,)
+            See `filterbank_matrices`.
+
+        Returns
+        -------
+        Tensor, shape (B, C*H*W)
+        """
+        B = windows.shape[0]
+        FY, FX = self.filterbank_matrices(center_y, center_x, delta, sigma)
+        w = windows.view(B, self.channels, self.N, self.N)                     # (B, C, N, N)
+        image = FY[:, None].transpose(-1, -2) @ w @ FX[:, None]                # (B, C, H, W)
+        return image.reshape(B, self.channels * self.img_height * self.img_width)
+
+    def nn2att(self, l: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Turn a linear layer's output into attention parameters (eqs. 21-24).
+
+        Parameters
+        ----------
+        l : Tensor, shape (B, 5)
+            Columns (g~_Y, g~_X, log delta~, log sigma^2, log gamma), the order of the classic
+            repository (vertical first).
+
+        Returns
+        -------
+        center_y, center_x, delta, sigma, gamma : Tensor, each of shape (B,)
+            g~ = 0 is the image centre and g~ = -1 / +1 lie at its edges; sigma is the standard
+            deviation (the square root of exp(log sigma^2)).
+        """
+        g_y, g_x, log_delta, log_sigma2, log_gamma = l.unbind(dim=1)
+        # eqs. 22-23, g = (A + 1)/2 (g~ + 1) in the paper's 1-based pixels; minus 1 for 0-based
+        center_y = (self.img_height + 1) / 2 * (g_y + 1) - 1
+        center_x = (self.img_width + 1) / 2 * (g_x + 1) - 1
+        # eq. 24; with N = 1 the single filter sits on g and the stride plays no role
+        delta = (max(self.img_height, self.img_width) - 1) / max(self.N - 1, 1) * torch.exp(log_delta)
+        sigma = torch.exp(log_sigma2 / 2)
+        gamma = torch.exp(log_gamma)
+        return center_y, center_x, delta, sigma, gamma

@@ -1,0 +1,335 @@
+"""The DRAW model: reader, encoder, sampler, decoder and writer bricks, and the variational bound.
+
+References
+----------
+K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra.
+"DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, arXiv:1502.04623.
+Equation numbers below are the paper's.
+
+Choices the paper leaves open, made as in the classic Theano/Blocks repository unless said:
+- Encoder and decoder are `nn.LSTMCell`s. The classic Blocks LSTM had peephole connections and a
+  separate input projection (an MLP into 4*dim); `nn.LSTMCell` folds the projection in and has
+  no peepholes, which is what every maintained PyTorch kernel (and the fused CPU/CUDA cell)
+  implements. It keeps the paper's equations 4 and 7.
+- Initial states h_0^enc, h_0^dec, c_0 are zero.
+- One write window is shared by all channels, as is the read window.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from draw.attention import ZoomableAttentionWindow
+
+
+@dataclass(frozen=True)
+class DrawConfig:
+    """Everything that defines a DRAW model's architecture; with a state_dict, a whole model."""
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    n_iter: int = 10
+    enc_dim: int = 256
+    dec_dim: int = 256
+    z_dim: int = 100
+    read_N: int | None = None     # None: read the whole image (no attention)
+    write_N: int | None = None    # None: write the whole image (no attention)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in ("read_N", "write_N"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DrawConfig.{f.name} must be a positive integer, got {value!r}")
+        for name in ("read_N", "write_N"):
+            N = getattr(self, name)
+            if N is not None and N > min(self.height, self.width):
+                raise ValueError(f"DrawConfig.{name}={N} is larger than the "
+                                 f"{self.height}x{self.width} image")
+
+    @property
+    def x_dim(self) -> int:
+        return self.channels * self.height * self.width
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DrawConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown DrawConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class Reader(nn.Module):
+    """read without attention (eq. 17): the image and the error image, whole."""
+
+    def __init__(self, x_dim: int):
+        super().__init__()
+        self.read_dim = 2 * x_dim
+
+    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
+        return torch.cat([x, x_hat], dim=1)                                   # (B, 2*x_dim)
+
+
+class AttentionReader(nn.Module):
+    """read with attention (eq. 27): gamma [F_Y x F_X^T, F_Y x_hat F_X^T]."""
+
+    def __init__(self, x_dim: int, dec_dim: int, channels: int, height: int, width: int, N: int):
+        super().__init__()
+        self.x_dim, self.channels, self.N = x_dim, channels, N
+        self.read_dim = 2 * channels * N * N
+        self.zoomer = ZoomableAttentionWindow(channels, height, width, N)
+        # x and x_hat side by side are one image of 2C channels: one filterbank, one matmul
+        self.pair_zoomer = ZoomableAttentionWindow(2 * channels, height, width, N)
+        self.readout = nn.Linear(dec_dim, 5)                                  # eq. 21
+
+    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
+        center_y, center_x, delta, sigma, gamma = self.zoomer.nn2att(self.readout(h_dec))
+        glimpses = self.pair_zoomer.read(torch.cat([x, x_hat], dim=1),
+                                         center_y, center_x, delta, sigma)  # (B, 2*C*N*N)
+        return gamma[:, None] * glimpses
+
+
+class Writer(nn.Module):
+    """write without attention (eq. 18): a linear map from h_dec to the whole canvas."""
+
+    def __init__(self, dec_dim: int, x_dim: int):
+        super().__init__()
+        self.x_dim = x_dim
+        self.transform = nn.Linear(dec_dim, x_dim)
+
+    def forward(self, h_dec: Tensor) -> Tensor:
+        return self.transform(h_dec)                                          # (B, x_dim)
+
+
+class AttentionWriter(nn.Module):
+    """write with attention (eqs. 28-29): (1 / gamma_hat) F_Y_hat^T w F_X_hat."""
+
+    def __init__(self, dec_dim: int, channels: int, height: int, width: int, N: int):
+        super().__init__()
+        self.channels, self.N = channels, N
+        self.x_dim = channels * height * width
+        self.zoomer = ZoomableAttentionWindow(channels, height, width, N)
+        self.w_trafo = nn.Linear(dec_dim, channels * N * N)                   # eq. 28
+        self.z_trafo = nn.Linear(dec_dim, 5)                                  # eq. 21, own head
+
+    def forward(self, h_dec: Tensor) -> Tensor:
+        return self.write_with_attention(h_dec)[0]
+
+    def write_with_attention(self, h_dec: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The canvas update (B, x_dim) and the window (center_y, center_x, delta, sigma, gamma)."""
+        w = self.w_trafo(h_dec)                                               # (B, C*N*N)
+        att = self.zoomer.nn2att(self.z_trafo(h_dec))
+        center_y, center_x, delta, sigma, gamma = att
+        update = self.zoomer.write(w, center_y, center_x, delta, sigma) / gamma[:, None]
+        return update, att
+
+
+class Qsampler(nn.Module):
+    """The approximate posterior Q(Z_t | h_t^enc) = N(mu_t, sigma_t) (eqs. 1-2)."""
+
+    def __init__(self, input_dim: int, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.mean_transform = nn.Linear(input_dim, z_dim)
+        self.log_sigma_transform = nn.Linear(input_dim, z_dim)
+
+    def forward(self, h_enc: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mean_transform(h_enc), self.log_sigma_transform(h_enc)   # (B, Z) each
+
+    def sample(self, h_enc: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """z = mu + sigma u (the reparameterisation) and KL(Q || N(0, I)) per example (eq. 11).
+
+        Returns z (B, Z) and kl (B,).
+        """
+        mean, log_sigma = self(h_enc)
+        z = mean + torch.exp(log_sigma) * u
+        kl = 0.5 * (mean ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma).sum(dim=1) - self.z_dim / 2
+        return z, kl
+
+
+class DrawModel(nn.Module):
+    """DRAW (eqs. 3-8), built from its bricks.
+
+    Parameters
+    ----------
+    n_iter : int
+        Number of glimpses T.
+    reader : Reader or AttentionReader
+    encoder : nn.LSTMCell
+        RNN^enc, input size reader.read_dim + dec_dim.
+    sampler : Qsampler
+    decoder : nn.LSTMCell
+        RNN^dec, input size z_dim.
+    writer : Writer or AttentionWriter
+    """
+
+    def __init__(self, n_iter: int, reader: nn.Module, encoder: nn.LSTMCell, sampler: Qsampler,
+                 decoder: nn.LSTMCell, writer: nn.Module):
+        super().__init__()
+        self.n_iter = n_iter
+        self.reader = reader
+        self.encoder = encoder
+        self.sampler = sampler
+        self.decoder = decoder
+        self.writer = writer
+        self.config: DrawConfig | None = None
+        self.apply(self._init_weights)
+
+    @classmethod
+    def from_config(cls, cfg: DrawConfig) -> "DrawModel":
+        C, H, W = cfg.channels, cfg.height, cfg.width
+        if cfg.read_N is None:
+            reader = Reader(cfg.x_dim)
+        else:
+            reader = AttentionReader(cfg.x_dim, cfg.dec_dim, C, H, W, cfg.read_N)
+        if cfg.write_N is None:
+            writer = Writer(cfg.dec_dim, cfg.x_dim)
+        else:
+            writer = AttentionWriter(cfg.dec_dim, C, H, W, cfg.write_N)
+        model = cls(cfg.n_iter, reader,
+                    nn.LSTMCell(reader.read_dim + cfg.dec_dim, cfg.enc_dim),
+                    Qsampler(cfg.enc_dim, cfg.z_dim),
+                    nn.LSTMCell(cfg.z_dim, cfg.dec_dim),
+                    writer)
+        model.config = cfg
+        return model
+
+    @staticmethod
+    def _init_weights(module: nn.Module):
+        # the classic repository: IsotropicGaussian(0.01) weights, Constant(0) biases
+        for name, p in module.named_parameters(recurse=False):
+            if name.startswith("weight"):
+                nn.init.normal_(p, mean=0.0, std=0.01)
+            elif name.startswith("bias"):
+                nn.init.zeros_(p)
+
+    def _noise(self, u: Tensor | None, batch: int, like: Tensor) -> Tensor:
+        shape = (self.n_iter, batch, self.sampler.z_dim)
+        if u is None:
+            return torch.randn(shape, dtype=like.dtype, device=like.device)
+        if tuple(u.shape) != shape:
+            raise ValueError(f"noise u must have shape (n_iter, batch, z_dim) = {shape}, "
+                             f"got {tuple(u.shape)}")
+        return u
+
+    def _run(self, x: Tensor, u: Tensor, log_ratio: bool) -> tuple[Tensor, Tensor]:
+        """Eqs. 3-8 over T steps. Returns c_T (B, x_dim) and, per step (T, B), either the KL
+        (eq. 11) or, with log_ratio, log Q(z_t|x) - log P(z_t) at the sampled z_t."""
+        B = x.shape[0]
+        c = x.new_zeros(B, x.shape[1])                                        # c_0
+        h_enc = x.new_zeros(B, self.encoder.hidden_size)
+        cell_enc = torch.zeros_like(h_enc)
+        h_dec = x.new_zeros(B, self.decoder.hidden_size)
+        cell_dec = torch.zeros_like(h_dec)
+        per_step = []
+        for t in range(self.n_iter):
+            x_hat = x - torch.sigmoid(c)                                      # eq. 3
+            r = self.reader(x, x_hat, h_dec)                                  # eq. 4
+            h_enc, cell_enc = self.encoder(torch.cat([r, h_dec], dim=1), (h_enc, cell_enc))  # eq. 5
+            if log_ratio:
+                mean, log_sigma = self.sampler(h_enc)
+                z = mean + torch.exp(log_sigma) * u[t]                        # eq. 6
+                # log N(z; mu, sigma) - log N(z; 0, 1); the 2 pi terms cancel
+                per_step.append((0.5 * (z ** 2 - u[t] ** 2) - log_sigma).sum(dim=1))
+            else:
+                z, kl = self.sampler.sample(h_enc, u[t])                      # eq. 6
+                per_step.append(kl)
+            h_dec, cell_dec = self.decoder(z, (h_dec, cell_dec))              # eq. 7
+            c = c + self.writer(h_dec)                                        # eq. 8
+        return c, torch.stack(per_step)
+
+    def forward(self, x: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Encode and reconstruct a batch.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, x_dim), values in [0, 1]
+        u : Tensor, shape (n_iter, B, z_dim), optional
+            Standard Gaussian noise for the reparameterised samples; drawn when omitted.
+
+        Returns
+        -------
+        c : Tensor, shape (B, x_dim)
+            The final canvas c_T: logits of the Bernoulli means.
+        kl : Tensor, shape (n_iter, B)
+            KL(Q(Z_t|h_t^enc) || P(Z_t)) of every step (eq. 11, before the sum over t).
+        """
+        return self._run(x, self._noise(u, x.shape[0], x), log_ratio=False)
+
+    def log_weight(self, x: Tensor, u: Tensor | None = None) -> Tensor:
+        """log P(x, z) - log Q(z | x) at one posterior sample z, per example: shape (B,).
+
+        Its expectation over u is minus the bound of `nll_bound`; the log-mean-exp of K of them
+        is the importance-sampled estimate of log P(x) (Burda et al., 2016).
+        """
+        c, log_ratio = self._run(x, self._noise(u, x.shape[0], x), log_ratio=True)
+        return -reconstruction_loss(x, c) - log_ratio.sum(dim=0)
+
+    @torch.no_grad()
+    def sample(self, n: int, u: Tensor | None = None, return_attention: bool = False):
+        """Generate n images (section 2.3): z_t ~ P(Z_t), decode, write.
+
+        Parameters
+        ----------
+        n : int
+        u : Tensor, shape (n_iter, n, z_dim), optional
+            The prior samples z_t themselves; drawn when omitted.
+        return_attention : bool
+            Also return the write window of every step (attention writers only).
+
+        Returns
+        -------
+        canvases : Tensor, shape (n_iter, n, x_dim)
+            sigma(c_t) after every step t = 1..T.
+        attention : dict of Tensor, each of shape (n_iter, n), only with return_attention
+            'center_y', 'center_x', 'delta', 'sigma', 'gamma' of the write window.
+        """
+        if return_attention and not isinstance(self.writer, AttentionWriter):
+            raise ValueError("return_attention needs a model with write attention (write_N)")
+        p = next(self.parameters())
+        z_all = self._noise(u, n, p)
+        c = p.new_zeros(n, self.writer.x_dim)
+        h_dec = p.new_zeros(n, self.decoder.hidden_size)
+        cell_dec = torch.zeros_like(h_dec)
+        canvases, windows = [], []
+        for t in range(self.n_iter):
+            h_dec, cell_dec = self.decoder(z_all[t], (h_dec, cell_dec))      # eq. 7
+            if return_attention:
+                update, att = self.writer.write_with_attention(h_dec)
+                windows.append(torch.stack(att))                              # (5, n)
+            else:
+                update = self.writer(h_dec)
+            c = c + update                                                    # eq. 8
+            canvases.append(torch.sigmoid(c))
+        canvases = torch.stack(canvases)                                      # (T, n, x_dim)
+        if not return_attention:
+            return canvases
+        windows = torch.stack(windows, dim=1)                                 # (5, T, n)
+        names = ("center_y", "center_x", "delta", "sigma", "gamma")
+        return canvases, dict(zip(names, windows.unbind(0)))
+
+
+def reconstruction_loss(x: Tensor, c: Tensor) -> Tensor:
+    """L^x = -log D(x | c_T) (eq. 9): Bernoulli cross-entropy of x under sigmoid(c_T), summed over
+    pixels, computed from the logits for stability. Shape (B,), nats."""
+    return F.binary_cross_entropy_with_logits(c, x, reduction="none").sum(dim=1)
+
+
+def nll_bound(x: Tensor, c: Tensor, kl: Tensor) -> Tensor:
+    """The negative variational bound L = L^x + L^z (eq. 12) per image, in nats: shape (B,).
+
+    Parameters
+    ----------
+    x : Tensor, shape (B, x_dim)
+    c : Tensor, shape (B, x_dim), the final canvas logits c_T
+    kl : Tensor, shape (n_iter, B), per-step KL terms (eq. 11)
+    """
+    return reconstruction_loss(x, c) + kl.sum(dim=0)
+
