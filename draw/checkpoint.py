@@ -1,0 +1,168 @@
+"""Model and log files: plain dicts of tensors and numbers, written atomically, loaded safely.
+
+A model file `<name>_model.pkl` is `torch.save` of
+    {"format": "draw-model", "version": 1, "config": DrawConfig.to_dict(), "model": state_dict,
+     "optimizer": state_dict or None, "rng": dict or None, "epoch": int, "iteration": int, ...}
+and a log file `<name>_log.pkl` is `torch.save` of
+    {"format": "draw-log", "version": 1, "rows": [{"epoch": int, "iteration": int, ...}, ...]}.
+
+Neither holds a pickled module, class or function (see Equinox's "Why not pickle?"), so both load
+with `torch.load(weights_only=True)`: reading a file cannot run code, and a file written on a GPU
+loads on a machine without one (`map_location`). Anything that is not such a dict (another
+program's pickle, a truncated download, a later format version) is a one-line CheckpointError.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+
+from draw.atomic import atomic_path
+from draw.errors import DrawError
+from draw.model import DrawConfig, DrawModel
+
+MODEL_FORMAT = "draw-model"
+LOG_FORMAT = "draw-log"
+VERSION = 1
+
+
+class CheckpointError(DrawError):
+    """A model or log file that cannot be written, read, or used."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _save(path: str | os.PathLike, obj: dict) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    # torch.save reports a full disk or a vanished directory as OSError or as RuntimeError
+    # ("PytorchStreamWriter failed writing file"); either way the previous file is untouched
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"cannot write {os.fspath(path)}: {_first_line(e)}") from e
+
+
+def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
+    path = os.fspath(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+    # foreign or damaged bytes raise a zoo of types (UnpicklingError, RuntimeError from the zip
+    # reader, EOFError, ValueError, ...): all of them mean the same thing to the user
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable {fmt} file ({_first_line(e)})") from e
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path} is not a {fmt} file (found {found!r})")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path} is {fmt} version {obj.get('version')!r}; "
+                              f"this program reads version {VERSION}")
+    return obj
+
+
+def save_checkpoint(path: str | os.PathLike, model: DrawModel,
+                    optimizer: torch.optim.Optimizer | None = None, **extra) -> None:
+    """Write a model file atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Usually `<name>_model.pkl`.
+    model : DrawModel
+        Must carry its `config` (models built with `DrawModel.from_config` do).
+    optimizer : torch.optim.Optimizer, optional
+        Its state is saved so that training can resume exactly.
+    **extra
+        More entries of plain data: "epoch", "iteration" (both default 0), "rng" (see
+        `rng_state`), anything else `torch.load(weights_only=True)` can read back.
+    """
+    if model.config is None:
+        raise ValueError("save_checkpoint needs a model built by DrawModel.from_config")
+    state = {"format": MODEL_FORMAT, "version": VERSION, "config": model.config.to_dict(),
+             "model": model.state_dict(),
+             "optimizer": None if optimizer is None else optimizer.state_dict(),
+             "rng": None, "epoch": 0, "iteration": 0}
+    state.update(extra)
+    _save(path, state)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a model file written by `save_checkpoint`; CheckpointError if it is not one."""
+    ckpt = _load(path, MODEL_FORMAT, map_location)
+    for key, kind in (("config", dict), ("model", dict), ("epoch", int), ("iteration", int)):
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"{os.fspath(path)} is damaged: its {key!r} entry is "
+                                  f"{type(ckpt.get(key)).__name__}, expected {kind.__name__}")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, dict]:
+    """Rebuild a model from a model file: its config alone defines the architecture.
+
+    Returns
+    -------
+    model : DrawModel
+        On `map_location`, in training mode.
+    checkpoint : dict
+        Everything the file holds (see the module docstring).
+    """
+    ckpt = load_checkpoint(path, map_location)
+    try:
+        cfg = DrawConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.fspath(path)} has an invalid config: {_first_line(e)}") from e
+    model = DrawModel.from_config(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{os.fspath(path)}: parameters do not fit its config "
+                              f"({_first_line(e)})") from e
+    return model.to(map_location), ckpt
+
+
+def save_log(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write the training log (one dict of plain numbers per row) atomically."""
+    _save(path, {"format": LOG_FORMAT, "version": VERSION, "rows": list(rows)})
+
+
+def load_log(path: str | os.PathLike) -> list[dict]:
+    """Read a log file written by `save_log`: the list of rows, oldest first."""
+    rows = _load(path, LOG_FORMAT, "cpu").get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CheckpointError(f"{os.fspath(path)} is damaged: 'rows' is not a list of dicts")
+    return rows
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random state a run consumes, as plain data: torch (CPU and CUDA), NumPy, Python's
+    `random`, and the data-order `generator`. Restoring it (`set_rng_state`) makes a resumed run
+    draw the same numbers as one that never stopped."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # a NumPy array would need an unsafe unpickler; its uint32 keys fit an int64 tensor
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+        "generator": None if generator is None else generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what `rng_state` captured; the CUDA states only where the same GPUs exist."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"].cpu())
