@@ -1,0 +1,213 @@
+"""Image outputs in pure Python (Pillow): sample grids, PNG and GIF files, attention boxes.
+
+The classic repository built its animations with ImageMagick (`convert -delay ...`); here every
+picture is a PIL image and every file is written atomically (draw/atomic.py), so an interrupted
+run never leaves a half-written PNG or GIF behind.
+
+Conventions
+-----------
+Images are float in [0, 1], shape (n, C, H, W) with C = 1 (grey) or 3 (RGB). Pixel coordinates
+are 0-based and vertical comes first, as in draw/attention.py.
+"""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from draw.atomic import atomic_path
+
+# the classic repository's grid background: dark grey separators between the cells
+SEPARATOR = 0.2
+BOX_COLOR = (255, 0, 0)
+
+
+def _to_numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(array, dtype=np.float32)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """The most nearly square (rows, cols) grid with rows <= cols that holds n images."""
+    if n < 1:
+        raise ValueError(f"need at least one image for a grid, got n={n}")
+    rows = math.isqrt(n)
+    return rows, math.ceil(n / rows)
+
+
+def image_grid(images, rows: int, cols: int) -> Image.Image:
+    """Tile images row by row into one picture, with 1-pixel separators between the cells.
+
+    Parameters
+    ----------
+    images : Tensor or ndarray, shape (n, C, H, W), float in [0, 1]
+        n <= rows * cols; C is 1 (grey, an "L" image) or 3 (an "RGB" image). Values outside
+        [0, 1] are clipped.
+    rows, cols : int
+        Grid shape; cells after the n-th stay background grey.
+
+    Returns
+    -------
+    PIL.Image.Image of size (width, height) = (cols*W + cols-1, rows*H + rows-1).
+    """
+    images = _to_numpy(images)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, C, H, W) with C = 1 or 3, "
+                         f"got {images.shape}")
+    n, C, H, W = images.shape
+    if rows < 1 or cols < 1 or n > rows * cols:
+        raise ValueError(f"{n} images do not fit a {rows}x{cols} grid")
+    grid = np.full((C, rows * (H + 1) - 1, cols * (W + 1) - 1), SEPARATOR, dtype=np.float32)
+    for k in range(n):
+        top, left = (k // cols) * (H + 1), (k % cols) * (W + 1)
+        grid[:, top:top + H, left:left + W] = images[k]
+    grid = np.rint(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)       # (C, rows*(H+1)-1, ...)
+    if C == 1:
+        return Image.fromarray(grid[0], mode="L")
+    return Image.fromarray(grid.transpose(1, 2, 0), mode="RGB")
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    """Write `image` as a PNG file, atomically; missing parent directories are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def save_gif(frames: list[Image.Image], path: str | os.PathLike, duration_ms: int = 100,
+             hold_last_ms: int = 1000) -> None:
+    """Write frames as a looping animated GIF, atomically, holding the last frame longer.
+
+    Pillow stores consecutive identical frames once, with their durations added, so the GIF may
+    hold fewer frames than given while it plays exactly the same.
+
+    Parameters
+    ----------
+    frames : list of PIL.Image.Image, all of one size
+    path : str or PathLike
+    duration_ms : int
+        Display time of every frame but the last, in milliseconds.
+    hold_last_ms : int
+        Display time of the last frame, so the finished drawing stays on screen before the loop
+        starts over.
+    """
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    sizes = {frame.size for frame in frames}
+    if len(sizes) != 1:
+        raise ValueError(f"all GIF frames must have one size, got {sorted(sizes)}")
+    if duration_ms < 10 or hold_last_ms < 10:
+        # GIF stores delays in hundredths of a second; below 10 ms browsers substitute their own
+        raise ValueError(f"frame durations must be at least 10 ms, got {duration_ms} and "
+                         f"{hold_last_ms}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=durations, loop=0)
+
+
+def window_box(center_y: float, center_x: float, delta: float, N: int,
+               scale: int = 1) -> tuple[int, int, int, int]:
+    """The pixel rectangle (x0, y0, x1, y1), inclusive, that outlines an N x N attention window.
+
+    The window's grid points lie at center + (i - N/2 - 0.5) * delta, i = 1..N (eqs. 19-20), from
+    center - (N-1)/2 delta to center + (N-1)/2 delta. Each filter gathers about one stride around
+    its point, so the window is that span widened by half a stride on each side:
+    [center - N delta / 2, center + N delta / 2], N * delta pixels wide. The box is drawn on the
+    outermost pixels whose centres lie in that span; a window narrower than a pixel is drawn on
+    the pixel that holds its centre. Coordinates may fall outside the image: the caller clips.
+
+    Parameters
+    ----------
+    center_y, center_x : float
+        Window centre in 0-based pixel coordinates of the original image.
+    delta : float
+        Stride between grid points, in pixels.
+    N : int
+        Grid size of the window.
+    scale : int
+        The image is drawn enlarged `scale` times (pixel k covers scaled pixels
+        k*scale .. k*scale + scale - 1); the box is returned in scaled pixels.
+
+    Returns
+    -------
+    (x0, y0, x1, y1) : tuple of int
+        Columns x0..x1 and rows y0..y1 of the box outline, as PIL's ImageDraw.rectangle takes.
+    """
+    half = N * delta / 2
+
+    def edges(center: float) -> tuple[int, int]:
+        # scaled pixel centres sit at integers: original coordinate u maps to s (u + 1/2) - 1/2
+        lo = scale * (center - half + 0.5) - 0.5
+        hi = scale * (center + half + 0.5) - 0.5
+        # the tolerance keeps an edge that lies on a pixel centre from flipping with rounding noise
+        first, last = math.ceil(lo - 1e-6), math.floor(hi + 1e-6)
+        if first > last:
+            first = last = math.floor(scale * (center + 0.5))   # nearest scaled pixel
+        return first, last
+
+    x0, x1 = edges(center_x)
+    y0, y1 = edges(center_y)
+    return x0, y0, x1, y1
+
+
+def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
+                    attention: dict | None = None, N: int | None = None,
+                    scale: int = 1) -> list[Image.Image]:
+    """One grid picture per drawing step, optionally with every sample's write window boxed.
+
+    Parameters
+    ----------
+    canvases : Tensor or ndarray, shape (n_iter, n, C*H*W), float in [0, 1]
+        The canvases sigma(c_t) of `DrawModel.sample`.
+    shape : (C, H, W)
+        Image shape.
+    rows, cols : int
+        Grid shape, rows * cols >= n.
+    attention : dict of Tensor, each of shape (n_iter, n), optional
+        The write windows of `DrawModel.sample(..., return_attention=True)`; uses 'center_y',
+        'center_x' and 'delta'. Frame t boxes the window that wrote step t (see `window_box`).
+    N : int, optional
+        Write grid size (the model's config.write_N); required with `attention`.
+    scale : int
+        Enlarge every image `scale` times (nearest neighbour) so that boxes can sit between the
+        original pixels; the separators stay 1 pixel wide.
+
+    Returns
+    -------
+    list of PIL.Image.Image, n_iter frames ("RGB" with boxes, otherwise as `image_grid`).
+    """
+    canvases = _to_numpy(canvases)
+    C, H, W = shape
+    if canvases.ndim != 3 or canvases.shape[2] != C * H * W:
+        raise ValueError(f"canvases must have shape (n_iter, n, {C * H * W}) for images of "
+                         f"shape {tuple(shape)}, got {canvases.shape}")
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if attention is not None and N is None:
+        raise ValueError("drawing attention boxes needs the write grid size N")
+    n_iter, n = canvases.shape[:2]
+    images = canvases.reshape(n_iter, n, C, H, W)
+    images = images.repeat(scale, axis=3).repeat(scale, axis=4)           # (T, n, C, sH, sW)
+    frames = []
+    for t in range(n_iter):
+        frame = image_grid(images[t], rows, cols)
+        if attention is not None:
+            frame = frame.convert("RGB")
+            for k in range(n):
+                box = window_box(float(attention["center_y"][t, k]),
+                                 float(attention["center_x"][t, k]),
+                                 float(attention["delta"][t, k]), N, scale)
+                # draw on the cell alone so that a box reaching past the image is clipped to it
+                top, left = (k // cols) * (scale * H + 1), (k % cols) * (scale * W + 1)
+                cell = frame.crop((left, top, left + scale * W, top + scale * H))
+                ImageDraw.Draw(cell).rectangle(box, outline=BOX_COLOR)
+                frame.paste(cell, (left, top))
+        frames.append(frame)
+    return frames
