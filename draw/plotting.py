@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from draw.atomic import atomic_path
 
@@ -138,7 +138,7 @@ def window_box(center_y: float, center_x: float, delta: float, N: int,
     Returns
     -------
     (x0, y0, x1, y1) : tuple of int
-        Columns x0..x1 and rows y0..y1 of the box outline, as PIL's ImageDraw.rectangle takes.
+        Columns x0..x1 and rows y0..y1 of the box outline, both inclusive.
     """
     half = N * delta / 2
 
@@ -199,15 +199,31 @@ def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
     for t in range(n_iter):
         frame = image_grid(images[t], rows, cols)
         if attention is not None:
-            frame = frame.convert("RGB")
+            pixels = np.array(frame.convert("RGB"))                         # (rows*(sH+1)-1, ..., 3)
             for k in range(n):
                 box = window_box(float(attention["center_y"][t, k]),
                                  float(attention["center_x"][t, k]),
                                  float(attention["delta"][t, k]), N, scale)
-                # draw on the cell alone so that a box reaching past the image is clipped to it
                 top, left = (k // cols) * (scale * H + 1), (k % cols) * (scale * W + 1)
-                cell = frame.crop((left, top, left + scale * W, top + scale * H))
-                ImageDraw.Draw(cell).rectangle(box, outline=BOX_COLOR)
-                frame.paste(cell, (left, top))
+                _draw_box(pixels[top:top + scale * H, left:left + scale * W], box)
+            frame = Image.fromarray(pixels, mode="RGB")
         frames.append(frame)
     return frames
+
+
+def _draw_box(cell: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    """Paint the outline of box (x0, y0, x1, y1) into cell (H, W, 3) in place, clipped to it.
+
+    Drawn by hand rather than with ImageDraw.rectangle, which paints a one-pixel box as two
+    pixels, and so that a box reaching past the image stays inside its own grid cell.
+    """
+    H, W = cell.shape[:2]
+    x0, y0, x1, y1 = box
+    cols = slice(max(x0, 0), min(x1, W - 1) + 1)                            # empty when outside
+    rows = slice(max(y0, 0), min(y1, H - 1) + 1)
+    for y in (y0, y1):
+        if 0 <= y < H:
+            cell[y, cols] = BOX_COLOR
+    for x in (x0, x1):
+        if 0 <= x < W:
+            cell[rows, x] = BOX_COLOR
