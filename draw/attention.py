@@ -60,19 +60,23 @@ class ZoomableAttentionWindow:
         FX : Tensor, shape (B, N, W)
             Each row is normalised to sum to 1 (the Z_X and Z_Y of eqs. 25-26).
         """
+        # Built in float32 at least: in half precision the exponents below overflow to -inf for
+        # narrow windows far from a pixel, and a row of -inf has no softmax.
+        dtype = torch.promote_types(delta.dtype, torch.float32)
         # eqs. 19-20 with the paper's grid index i = 1..N, so the grid is centred on g
-        i = torch.arange(1, self.N + 1, dtype=delta.dtype, device=delta.device)
+        i = torch.arange(1, self.N + 1, dtype=dtype, device=delta.device)
         offset = i - self.N / 2 - 0.5                                        # (N,)
-        mu_y = center_y[:, None] + offset * delta[:, None]                   # (B, N)
-        mu_x = center_x[:, None] + offset * delta[:, None]                   # (B, N)
-        a = torch.arange(self.img_width, dtype=delta.dtype, device=delta.device)
-        b = torch.arange(self.img_height, dtype=delta.dtype, device=delta.device)
-        two_var = 2 * sigma[:, None, None] ** 2                              # (B, 1, 1)
+        mu_y = center_y.to(dtype)[:, None] + offset * delta.to(dtype)[:, None]   # (B, N)
+        mu_x = center_x.to(dtype)[:, None] + offset * delta.to(dtype)[:, None]   # (B, N)
+        a = torch.arange(self.img_width, dtype=dtype, device=delta.device)
+        b = torch.arange(self.img_height, dtype=dtype, device=delta.device)
+        s = sigma.to(dtype)[:, None, None]                                   # (B, 1, 1)
         # eqs. 25-26: exp(-(a - mu)^2 / 2 sigma^2) / Z is a softmax over the pixels a. Written as
-        # one, it needs no epsilon: it stays finite for any sigma and for windows that lie far
-        # outside the image, in every float dtype.
-        FY = torch.softmax(-(b - mu_y[:, :, None]) ** 2 / two_var, dim=-1)   # (B, N, H)
-        FX = torch.softmax(-(a - mu_x[:, :, None]) ** 2 / two_var, dim=-1)   # (B, N, W)
+        # one, it needs no epsilon: it stays finite and normalised for any sigma and for windows
+        # that lie far outside the image.
+        FY = torch.softmax(-0.5 * ((b - mu_y[:, :, None]) / s) ** 2, dim=-1)  # (B, N, H)
+        FX = torch.softmax(-0.5 * ((a - mu_x[:, :, None]) / s) ** 2, dim=-1)  # (B, N, W)
+        FY, FX = FY.to(delta.dtype), FX.to(delta.dtype)
         return FY, FX
 
     def read(self, images: Tensor, center_y: Tensor, center_x: Tensor, delta: Tensor,

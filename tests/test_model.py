@@ -1,0 +1,252 @@
+"""The DRAW model: the bound (eqs. 9-12), reproducibility, gradients, parameter count, round trips."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+from torch.func import functional_call
+
+from draw.model import (AttentionReader, AttentionWriter, DrawConfig, DrawModel, Qsampler,
+                        Reader, Writer, nll_bound)
+
+TINY = dict(channels=1, height=8, width=7, n_iter=3, enc_dim=16, dec_dim=12, z_dim=5)
+CONFIGS = {
+    "no-attention": DrawConfig(**TINY),
+    "attention": DrawConfig(**TINY, read_N=2, write_N=3),
+    "colour-attention": DrawConfig(**(TINY | dict(channels=3)), read_N=3, write_N=4),
+}
+
+
+def make(name, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return DrawModel.from_config(CONFIGS[name]).to(dtype)
+
+
+def batch(cfg, B=4, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, cfg.x_dim, generator=g, dtype=dtype).bernoulli(generator=g)
+    u = torch.randn(cfg.n_iter, B, cfg.z_dim, generator=g, dtype=dtype)
+    return x, u
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shapes_and_bricks(name):
+    cfg = CONFIGS[name]
+    model = make(name)
+    x, u = batch(cfg)
+    c, kl = model(x, u)
+    assert c.shape == (4, cfg.x_dim) and kl.shape == (cfg.n_iter, 4)
+    assert isinstance(model.reader, AttentionReader if cfg.read_N else Reader)
+    assert isinstance(model.writer, AttentionWriter if cfg.write_N else Writer)
+    assert model.config == cfg
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_same_noise_gives_identical_outputs(name):
+    cfg = CONFIGS[name]
+    model = make(name)
+    x, u = batch(cfg)
+    c1, kl1 = model(x, u)
+    c2, kl2 = model(x, u.clone())
+    assert torch.equal(c1, c2) and torch.equal(kl1, kl2)
+    c3, _ = model(x, u + 1.0)
+    assert not torch.equal(c1, c3)
+    s1 = model.sample(3, u[:, :3])
+    assert torch.equal(s1, model.sample(3, u[:, :3].clone()))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_batched_equals_per_example(name):
+    cfg = CONFIGS[name]
+    model = make(name)
+    x, u = batch(cfg, B=3)
+    c, kl = model(x, u)
+    for b in range(3):
+        cb, klb = model(x[b:b + 1], u[:, b:b + 1])
+        torch.testing.assert_close(cb, c[b:b + 1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(klb, kl[:, b:b + 1], rtol=1e-12, atol=1e-12)
+
+
+def test_kl_is_the_closed_form_and_nonnegative():
+    """eq. 11 against torch.distributions, and a Monte-Carlo estimate of E_q[log q - log p]."""
+    torch.manual_seed(0)
+    sampler = Qsampler(6, 4).double()
+    for p in sampler.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    h = torch.randn(3, 6, dtype=torch.float64)
+    mean, log_sigma = sampler(h)
+    q, prior = Normal(mean, log_sigma.exp()), Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    _, kl = sampler.sample(h, torch.zeros_like(mean))
+    assert (kl >= 0).all()
+    torch.testing.assert_close(kl, kl_divergence(q, prior).sum(1), rtol=1e-12, atol=1e-12)
+    K = 200_000
+    u = torch.randn(K, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = mean + log_sigma.exp() * u
+    mc = (q.log_prob(z) - prior.log_prob(z)).sum(-1)                          # (K, 3)
+    stderr = mc.std(0) / math.sqrt(K)
+    assert ((mc.mean(0) - kl).abs() < 5 * stderr).all()
+
+
+def test_kl_is_zero_exactly_at_the_prior():
+    sampler = Qsampler(3, 7).double()
+    for p in sampler.parameters():
+        torch.nn.init.zeros_(p)
+    _, kl = sampler.sample(torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 7, dtype=torch.float64))
+    assert torch.equal(kl, torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_zero_weights_give_exactly_ln2_per_pixel(name):
+    """c_T = 0 gives p = 1/2 on every pixel and Q = P gives KL = 0: L = C*H*W*ln 2."""
+    cfg = CONFIGS[name]
+    model = make(name)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    x, u = batch(cfg)
+    c, kl = model(x, u)
+    expected = torch.full((4,), cfg.x_dim * math.log(2), dtype=torch.float64)
+    torch.testing.assert_close(nll_bound(x, c, kl), expected, rtol=1e-15, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_importance_weights_average_to_the_bound(name):
+    """E_u[-log_weight(x, u)] = bound: log_weight uses the sampled z, the bound the closed-form KL."""
+    cfg = CONFIGS[name]
+    model = make(name)
+    with torch.no_grad():
+        for p in model.parameters():   # larger weights than the init so the KL is far from zero
+            p.normal_(std=0.3)
+    x, _ = batch(cfg, B=2)
+    K = 4000
+    g = torch.Generator().manual_seed(5)
+    xs = x.repeat(K, 1)
+    u = torch.randn(cfg.n_iter, 2 * K, cfg.z_dim, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        neg_w = -model.log_weight(xs, u).view(K, 2)
+        c, kl = model(xs, u)
+        bound = nll_bound(xs, c, kl).view(K, 2)
+    stderr = (neg_w - bound).std(0) / math.sqrt(K)
+    assert ((neg_w.mean(0) - bound.mean(0)).abs() < 5 * stderr + 1e-9).all()
+    assert (stderr > 0).all()
+
+
+@pytest.mark.parametrize("name", ["no-attention", "attention"])
+def test_gradcheck_float64(name):
+    """Analytic gradients of the bound w.r.t. the input and every parameter match finite differences."""
+    cfg = DrawConfig(channels=1, height=5, width=4, n_iter=2, enc_dim=3, dec_dim=3, z_dim=2,
+                     read_N=2 if name == "attention" else None,
+                     write_N=3 if name == "attention" else None)
+    torch.manual_seed(0)
+    model = DrawModel.from_config(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.3)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, cfg.x_dim, dtype=torch.float64, generator=g).requires_grad_()
+    u = torch.randn(cfg.n_iter, 2, cfg.z_dim, dtype=torch.float64, generator=g)
+
+    def bound(x, *params):
+        c, kl = functional_call(model, dict(zip(names, params)), (x, u))
+        return nll_bound(x, c, kl)
+
+    assert torch.autograd.gradcheck(bound, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4,
+                                     fast_mode=True)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_parameter_gets_a_gradient(name):
+    cfg = CONFIGS[name]
+    model = make(name, dtype=torch.float32)
+    x, u = batch(cfg, dtype=torch.float32)
+    c, kl = model(x, u)
+    nll_bound(x, c, kl).mean().backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None, n
+        assert torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, n
+
+
+def test_canonical_parameter_count():
+    """28x28, read 2x2, write 5x5, enc/dec 256, z 100: counted by hand."""
+    model = DrawModel.from_config(DrawConfig(read_N=2, write_N=5, enc_dim=256, dec_dim=256, z_dim=100))
+    read_head = 256 * 5 + 5                                 # eq. 21 for the reader
+    read_dim = 2 * 2 * 2                                    # [r(x), r(x_hat)], 2x2 each
+    lstm = lambda n_in, n: 4 * n * (n_in + n) + 2 * 4 * n   # W_ih, W_hh, b_ih, b_hh
+    encoder = lstm(read_dim + 256, 256)
+    sampler = 2 * (256 * 100 + 100)                         # mean and log sigma
+    decoder = lstm(100, 256)
+    writer = (256 * 25 + 25) + (256 * 5 + 5)                # w_t (eq. 28) and its window head
+    expected = read_head + encoder + sampler + decoder + writer
+    assert expected == 961_515
+    assert sum(p.numel() for p in model.parameters()) == expected
+    no_att = DrawModel.from_config(DrawConfig(enc_dim=256, dec_dim=256, z_dim=100))
+    expected_no_att = lstm(2 * 784 + 256, 256) + sampler + decoder + (256 * 784 + 784)
+    assert sum(p.numel() for p in no_att.parameters()) == expected_no_att
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_and_state_dict_round_trip(name):
+    cfg = CONFIGS[name]
+    model = make(name, dtype=torch.float32, seed=3)
+    clone = DrawModel.from_config(DrawConfig.from_dict(cfg.to_dict()))
+    clone.load_state_dict(model.state_dict())
+    x, u = batch(cfg, dtype=torch.float32)
+    c1, kl1 = model(x, u)
+    c2, kl2 = clone(x, u)
+    assert torch.equal(c1, c2) and torch.equal(kl1, kl2)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_sample_canvases(name):
+    cfg = CONFIGS[name]
+    model = make(name, dtype=torch.float32)
+    canvases = model.sample(5)
+    assert canvases.shape == (cfg.n_iter, 5, cfg.x_dim)
+    assert ((canvases > 0) & (canvases < 1)).all()
+    if cfg.write_N is None:
+        with pytest.raises(ValueError, match="write attention"):
+            model.sample(5, return_attention=True)
+        return
+    u = torch.randn(cfg.n_iter, 5, cfg.z_dim)
+    canvases, att = model.sample(5, u, return_attention=True)
+    assert torch.equal(canvases, model.sample(5, u))
+    assert set(att) == {"center_y", "center_x", "delta", "sigma", "gamma"}
+    assert all(v.shape == (cfg.n_iter, 5) for v in att.values())
+    assert (att["delta"] > 0).all() and (att["sigma"] > 0).all() and (att["gamma"] > 0).all()
+
+
+def test_sample_canvases_accumulate_the_writes():
+    """c_t = c_{t-1} + write(h_dec_t): with a zero decoder every step adds the writer's bias."""
+    cfg = CONFIGS["no-attention"]
+    model = make("no-attention")
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.zero_()
+        model.writer.transform.weight.zero_()
+        model.writer.transform.bias.fill_(0.25)
+    canvases = model.sample(2)
+    steps = torch.arange(1, cfg.n_iter + 1, dtype=torch.float64)
+    expected = torch.sigmoid(0.25 * steps)[:, None, None].expand(-1, 2, cfg.x_dim)
+    torch.testing.assert_close(canvases, expected, rtol=1e-15, atol=1e-15)
+
+
+def test_bad_noise_shape_raises():
+    model = make("attention")
+    x, u = batch(CONFIGS["attention"])
+    with pytest.raises(ValueError, match="noise u must have shape"):
+        model(x, u[:, :2])
+
+
+@pytest.mark.parametrize("bad", [dict(n_iter=0), dict(z_dim=-3), dict(height=0), dict(enc_dim=2.5),
+                                 dict(channels=True), dict(read_N=0), dict(write_N=29),
+                                 dict(read_N=9, height=8)])
+def test_bad_config_raises(bad):
+    with pytest.raises(ValueError, match="DrawConfig"):
+        DrawConfig(**bad)
+
+
+def test_config_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown DrawConfig fields"):
+        DrawConfig.from_dict(DrawConfig().to_dict() | {"attention": "2,5"})
