@@ -1,0 +1,106 @@
+"""Data-parallel training on PyTorch's own distributed engine: torchrun + DistributedDataParallel.
+
+`torchrun` starts one process per device and tells each its place through environment
+variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...); `init_distributed` reads them, so the
+same `train-draw.py` runs alone or under `torchrun --nproc_per_node=K` on one or many machines.
+
+Every rank builds the same global batch from the same seeded generator and keeps its own slice
+of it (`Distributed.shard`): the ranks see disjoint parts of every epoch's shuffled data, and
+`--bs` stays the global batch size, so a run on K processes takes the same optimisation steps as
+a run on one (up to the order of floating-point sums).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job; the defaults describe a single-process run."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes files, prints and serves plots."""
+        return self.rank == 0
+
+    def shard(self, x: Tensor, dim: int = 0) -> Tensor:
+        """This rank's contiguous slice of a global batch along `dim`.
+
+        Slices differ by at most one row when the batch does not divide evenly (the tail batch of
+        an epoch); a rank may get an empty slice, which still takes part in every all-reduce.
+        """
+        if not self.enabled:
+            return x
+        return torch.tensor_split(x, self.world_size, dim=dim)[self.rank]
+
+    def loss_scale(self, global_batch: int) -> float:
+        """Factor turning a sum over this rank's slice into its share of the global mean.
+
+        DDP averages gradients over ranks, so each rank's loss is sum * world_size / global_batch:
+        the average of those is sum_over_all / global_batch whatever the slice sizes.
+        """
+        return self.world_size / global_batch
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """The sum of `t` over all ranks (a no-op in a single process)."""
+        if self.enabled:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the process group that torchrun describes, if any.
+
+    Parameters
+    ----------
+    device : torch.device
+        The device asked for. Under torchrun on CUDA each process takes cuda:LOCAL_RANK.
+
+    Returns
+    -------
+    (Distributed, torch.device)
+        NCCL on GPUs, gloo on CPUs.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                rank=rank, world_size=world_size)
+    return Distributed(rank, world_size, local_rank), device
+
+
+def wrap_model(model: nn.Module, d: Distributed, device: torch.device) -> nn.Module:
+    """The module to train: DDP around `model` when distributed, `model` itself otherwise.
+
+    DDP broadcasts rank 0's parameters at construction, so every rank starts identical even if
+    they were initialised differently; it then averages gradients during backward.
+    """
+    if not d.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def close_distributed(d: Distributed):
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
