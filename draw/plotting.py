@@ -205,14 +205,15 @@ def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
                                  float(attention["center_x"][t, k]),
                                  float(attention["delta"][t, k]), N, scale)
                 top, left = (k // cols) * (scale * H + 1), (k % cols) * (scale * W + 1)
-                _draw_box(pixels[top:top + scale * H, left:left + scale * W], box)
+                draw_box(pixels[top:top + scale * H, left:left + scale * W], box)
             frame = Image.fromarray(pixels, mode="RGB")
         frames.append(frame)
     return frames
 
 
-def _draw_box(cell: np.ndarray, box: tuple[int, int, int, int]) -> None:
-    """Paint the outline of box (x0, y0, x1, y1) into cell (H, W, 3) in place, clipped to it.
+def draw_box(cell: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    """Paint the outline of box (x0, y0, x1, y1) (see `window_box`) in BOX_COLOR into an RGB
+    array cell (H, W, 3) in place, clipped to it.
 
     Drawn by hand rather than with ImageDraw.rectangle, which paints a one-pixel box as two
     pixels, and so that a box reaching past the image stays inside its own grid cell.

@@ -1,0 +1,141 @@
+"""Read and write with one attention window on a real picture: the logic behind `attention.py`.
+
+The classic repository's `attention.py` opened three windows: the input image, the N x N glimpse
+that `read` extracts (eq. 27 without gamma), and what `write` paints back from that glimpse at the
+same place (eq. 29 without 1/gamma). This module computes the same three pictures and saves them
+as PNG files; `attention.py --show` also puts them on screen.
+
+The shipped picture (draw/data/attention-demo.png) is a public-domain U.S. Navy portrait of
+Grace Hopper; see draw/data/attention-demo.md for its provenance.
+"""
+import os
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from draw.attention import ZoomableAttentionWindow
+from draw.errors import DrawError
+from draw.plotting import draw_box, image_grid, save_png, window_box
+
+DEMO_IMAGE = files("draw") / "data" / "attention-demo.png"
+
+
+class AttentionDemoError(DrawError):
+    """An image that cannot be read, or a window that does not fit it."""
+
+
+@dataclass(frozen=True)
+class Glimpse:
+    """The three pictures of the demonstration, float in [0, 1].
+
+    original : (C, H, W) the input image
+    read : (C, N, N) the glimpse F_Y x F_X^T
+    written : (C, H, W) F_Y^T glimpse F_X, divided by its maximum (see `read_and_write`)
+    window : (center_y, center_x, delta, sigma) the window used, in pixels
+    """
+    original: torch.Tensor
+    read: torch.Tensor
+    written: torch.Tensor
+    window: tuple[float, float, float, float]
+
+
+def load_image(path: str | os.PathLike | None = None) -> torch.Tensor:
+    """Read a picture as float (C, H, W) in [0, 1]: grey stays C = 1, anything else is RGB.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        Any format Pillow reads; the shipped demo picture when omitted.
+    """
+    source = DEMO_IMAGE if path is None else Path(path)
+    try:
+        with Image.open(source) as image:
+            image = image.convert("L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except FileNotFoundError as e:
+        raise AttentionDemoError(f"cannot read {path}: no such file") from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise AttentionDemoError(f"cannot read {path} as an image ({e})") from e
+    if pixels.ndim == 2:
+        pixels = pixels[None]                                                 # (1, H, W)
+    else:
+        pixels = pixels.transpose(2, 0, 1)                                    # (3, H, W)
+    return torch.from_numpy(np.ascontiguousarray(pixels))
+
+
+def read_and_write(image: torch.Tensor, N: int, center: tuple[float, float] | None = None,
+                   delta: float | None = None, sigma: float | None = None) -> Glimpse:
+    """Read an N x N glimpse from `image` and write it back through the same window.
+
+    Parameters
+    ----------
+    image : Tensor, shape (C, H, W), float in [0, 1]
+    N : int
+        Grid size of the window.
+    center : (center_y, center_x), optional
+        Window centre in 0-based pixels; default the image centre.
+    delta : float, optional
+        Stride between filters in pixels; default min(H, W) / (2 N), so that the window covers
+        the central half of the image.
+    sigma : float, optional
+        Filter standard deviation in pixels; default delta / 2, enough to blur between the grid
+        points without smearing neighbouring filters together.
+
+    Returns
+    -------
+    Glimpse. The written image is divided by its maximum: `write` of row-normalised filters
+    scales the glimpse by how densely the filters cover each pixel, which is the model's own
+    business (it learns the intensity), so only the picture's shape is meaningful here.
+    """
+    C, H, W = image.shape
+    if N < 1 or N > min(H, W):
+        raise AttentionDemoError(f"N={N} must be between 1 and the image's smaller side "
+                                 f"{min(H, W)}")
+    center_y, center_x = ((H - 1) / 2, (W - 1) / 2) if center is None else center
+    delta = min(H, W) / (2 * N) if delta is None else delta
+    sigma = delta / 2 if sigma is None else sigma
+    if delta <= 0 or sigma <= 0:
+        raise AttentionDemoError(f"delta and sigma must be positive, got {delta} and {sigma}")
+    zoomer = ZoomableAttentionWindow(C, H, W, N)
+    window = [torch.tensor([v], dtype=torch.float64) for v in (center_y, center_x, delta, sigma)]
+    x = image.to(torch.float64).reshape(1, C * H * W)
+    glimpse = zoomer.read(x, *window)                                         # (1, C*N*N)
+    written = zoomer.write(glimpse, *window)                                  # (1, C*H*W)
+    written = written / written.max().clamp_min(1e-12)
+    return Glimpse(original=image,
+                   read=glimpse.view(C, N, N).float(),
+                   written=written.view(C, H, W).float(),
+                   window=(float(center_y), float(center_x), float(delta), float(sigma)))
+
+
+def save_glimpse(glimpse: Glimpse, directory: str | os.PathLike,
+                 read_scale: int = 8) -> list[Path]:
+    """Write original.png (the read window outlined), read.png (enlarged) and write.png.
+
+    Parameters
+    ----------
+    glimpse : Glimpse
+    directory : path-like
+        Created if missing.
+    read_scale : int
+        Enlarge the N x N glimpse this many times (nearest neighbour) so that it can be seen.
+
+    Returns
+    -------
+    list of Path: the three files, in that order.
+    """
+    C, N, _ = glimpse.read.shape
+    center_y, center_x, delta, _ = glimpse.window
+    original = np.array(image_grid(glimpse.original[None], 1, 1).convert("RGB"))  # (H, W, 3)
+    draw_box(original, window_box(center_y, center_x, delta, N))
+    read = glimpse.read.repeat_interleave(read_scale, 1).repeat_interleave(read_scale, 2)
+    directory = Path(directory)
+    paths = [directory / name for name in ("original.png", "read.png", "write.png")]
+    save_png(Image.fromarray(original, mode="RGB"), paths[0])
+    save_png(image_grid(read[None], 1, 1), paths[1])
+    save_png(image_grid(glimpse.written[None], 1, 1), paths[2])
+    return paths

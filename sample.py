@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Sample from a trained DRAW model: samples/sample.png, samples/time-NNN.png, sequence.gif.
+
+Example (the classic command line):
+
+    python sample.py svhn_model.pkl --channels 3 --size 32
+"""
+import argparse
+import sys
+
+from draw.checkpoint import load_model
+from draw.errors import DrawError
+from draw.plotting import grid_shape
+from draw.sampling import check_image_shape, resolve_device, write_samples
+
+
+def pair(text: str) -> tuple[int, int]:
+    """"32" -> (32, 32); "8x10" -> (8, 10)."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or AxB with positive integers, got {text!r}")
+    return parts
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_file", type=str, help="a <name>_model.pkl file written by train-draw.py")
+    parser.add_argument("--channels", type=positive, default=None,
+                        help="image channels the model must draw (checked against the model file)")
+    parser.add_argument("--size", type=pair, default=None,
+                        help="image size the model must draw, N or HxW (checked against the model file)")
+    parser.add_argument("--n-samples", type=positive, default=None,
+                        help="number of samples (default: fills --grid, or 100)")
+    parser.add_argument("--grid", type=pair, default=None,
+                        help="grid shape ROWSxCOLS (default: the squarest grid for --n-samples)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the prior noise, for repeatable samples (default: random)")
+    parser.add_argument("--output-dir", type=str, default="samples",
+                        help="directory for sample.png, time-NNN.png and sequence.gif")
+    parser.add_argument("--boxes", action="store_true",
+                        help="outline each step's write-attention window on its frame")
+    parser.add_argument("--scale", type=positive, default=1,
+                        help="enlarge every image this many times (nearest neighbour)")
+    parser.add_argument("--duration-ms", type=positive, default=100,
+                        help="display time of each step in sequence.gif, milliseconds")
+    parser.add_argument("--hold-last-ms", type=positive, default=1000,
+                        help="display time of the finished drawing in sequence.gif, milliseconds")
+    parser.add_argument("--device", type=str, default="auto",
+                        help="auto (CUDA where available), cpu, cuda or cuda:N")
+    return parser.parse_args()
+
+
+def main(model_file, channels, size, n_samples, grid, seed, output_dir, boxes, scale,
+         duration_ms, hold_last_ms, device):
+    model, _ = load_model(model_file, map_location=resolve_device(device))
+    check_image_shape(model, model_file, channels, size)
+    if grid is None:
+        n_samples = n_samples or 100
+        grid = grid_shape(n_samples)
+    written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
+                            scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    print(f"wrote {written[0]}, {written[1].name} .. {written[-2].name} and {written[-1].name}")
+
+
+if __name__ == "__main__":
+    try:
+        main(**vars(parse_args()))
+    except (DrawError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; files already written are complete", file=sys.stderr)
+        sys.exit(130)
