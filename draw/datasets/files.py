@@ -1,0 +1,113 @@
+"""A dataset's original files: what each one is, where a copy of it is, and whether it is intact.
+
+A file is known by its published name and the checksum of its published bytes. A copy of it
+counts when it is found under that name, or gzipped under the name plus ".gz" (mirrors and
+users often keep the MNIST-style files gzipped), and its bytes, decompressed when gzipped, match
+the checksum. The checksum is of the decompressed bytes on purpose: gzip wrappers differ between
+mirrors and copies (header time stamps, compression levels), the data does not.
+"""
+import gzip
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from draw.datasets.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One original file of a dataset.
+
+    Attributes
+    ----------
+    name : str
+        The published file name, e.g. "train-images-idx3-ubyte".
+    checksum : str
+        "sha256:<hex>" of the published bytes; "md5:<hex>" where no sha256 has been published
+        (see the registry).
+    urls : tuple of str
+        Where to download it, canonical first, then mirrors. A URL's last path component must be
+        `name` or `name + ".gz"` (a gzipped copy, verified after decompression).
+    """
+    name: str
+    checksum: str
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        algorithm, _, digest = self.checksum.partition(":")
+        if algorithm not in ("sha256", "md5") or not digest:
+            raise ValueError(f"FileSpec {self.name}: checksum must be 'sha256:<hex>' or "
+                             f"'md5:<hex>', got {self.checksum!r}")
+
+    def stored_as(self, url: str) -> str:
+        """The file name a download from `url` is kept under: `name` or `name + '.gz'`."""
+        base = url.rstrip("/").rsplit("/", 1)[-1]
+        if base not in (self.name, self.name + ".gz"):
+            raise ValueError(f"FileSpec {self.name}: URL {url} names {base}, expected "
+                             f"{self.name} or {self.name}.gz")
+        return base
+
+
+@dataclass(frozen=True)
+class Original:
+    """A verified original file: its published bytes, and its path for error messages."""
+    data: bytes
+    where: str
+
+
+def is_gzipped_copy(spec: FileSpec, path: Path) -> bool:
+    """Whether `path` holds `spec`'s bytes gzipped, rather than the published bytes as they are."""
+    return path.name == spec.name + ".gz"
+
+
+def locate(spec: FileSpec, directory: Path) -> Path | None:
+    """The copy of `spec` in `directory` (the file itself preferred to a gzipped one), or None."""
+    for candidate in (directory / spec.name, directory / (spec.name + ".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_verified(spec: FileSpec, path: Path, gzipped: bool | None = None) -> bytes:
+    """Read `path`, decompress it if it is a gzipped copy, and check the published checksum.
+
+    Parameters
+    ----------
+    spec : FileSpec
+        What the file should be.
+    path : Path
+        Where it is.
+    gzipped : bool, optional
+        Whether `path` is a gzipped copy; by default, whether its name is `spec.name + ".gz"`
+        (a download in progress has a temporary name and says so explicitly).
+
+    Returns
+    -------
+    bytes
+        The published file's bytes.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable file, truncated or corrupt gzip, or checksum mismatch.
+    """
+    if gzipped is None:
+        gzipped = is_gzipped_copy(spec, path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+    if gzipped:
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise DatasetError(f"{path}: truncated or corrupt gzip file ({e}); download or "
+                               "copy it again") from None
+    algorithm, _, expected = spec.checksum.partition(":")
+    actual = hashlib.new(algorithm, data).hexdigest()
+    if actual != expected.lower():
+        content = "decompressed content" if gzipped else "content"
+        raise DatasetError(f"{path}: {algorithm} of its {content} is {actual}, expected "
+                           f"{expected} for {spec.name} (a different or damaged file)")
+    return data

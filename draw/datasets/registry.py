@@ -1,0 +1,215 @@
+"""The datasets: their original files (URLs, checksums), image shapes, splits and converters.
+
+One small converter per dataset turns the verified original files into three uint8 arrays
+(train, valid, test), each (N, C*H*W) in (C, H, W) order, with binary datasets stored as 0 and
+255 so that every dataset reads as u8 / 255. `REGISTRY` maps a name to its `DatasetSpec`;
+`supported_datasets` is derived from it.
+
+Where a dataset publishes no validation split, the last images of its training set are held out,
+as is usual for generative models (so the test set is only used for the final numbers):
+- mnist, fashion-mnist: train = the first 50,000 of the 60,000 training images, valid = the
+  last 10,000, test = the 10,000 test images.
+- cifar10: train = the first 45,000 of the 50,000 training images (data_batch_1..5 in order),
+  valid = the last 5,000, test = test_batch.
+- svhn2: train = the first 68,257 of the 73,257 images of train_32x32.mat, valid = the last
+  5,000, test = the 26,032 of test_32x32.mat. extra_32x32.mat (531,131 easier images, 1.3 GB)
+  is not used.
+"""
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from draw.datasets.errors import DatasetError
+from draw.datasets.files import FileSpec, Original
+from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, read_cifar_archive)
+
+Splits = dict[str, np.ndarray]      # "train" / "valid" / "test" -> (N, C*H*W) uint8
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything needed to get one dataset from its published files to converted arrays.
+
+    Attributes
+    ----------
+    name : str
+        The name used by `get_data` and the CLI.
+    shape : tuple of int
+        (C, H, W) of one image.
+    binary : bool
+        Whether every pixel is 0 or 1 (stored as 0 or 255).
+    files : tuple of FileSpec
+        The original files (none for the shipped "sample").
+    convert : callable or None
+        {file name: Original} -> Splits.
+    about : str
+        One line: what it is and where it comes from.
+    splits : str
+        One line: how train / valid / test are made.
+    """
+    name: str
+    shape: tuple[int, int, int]
+    binary: bool
+    files: tuple[FileSpec, ...]
+    convert: Callable[[dict[str, Original]], Splits] | None
+    about: str
+    splits: str
+
+
+def _hold_out(images: np.ndarray, n_valid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a training set into (train, valid) = (all but the last n_valid, the last n_valid)."""
+    if len(images) <= n_valid:
+        raise DatasetError(f"only {len(images)} training images; need more than {n_valid} to "
+                           "hold out a validation set")
+    return images[:-n_valid], images[-n_valid:]
+
+
+def _bmnist(files: dict[str, Original]) -> Splits:
+    splits = {}
+    for split in ("train", "valid", "test"):
+        f = files[f"binarized_mnist_{split}.amat"]
+        splits[split] = parse_amat(f.data, f.where, width=28 * 28) * np.uint8(255)
+    return splits
+
+
+def _idx(files: dict[str, Original], name: str) -> np.ndarray:
+    f = files[name]
+    images = parse_idx_images(f.data, f.where)                           # (N, H, W)
+    if images.shape[1:] != (28, 28):
+        raise DatasetError(f"{f.where}: images are {images.shape[1]}x{images.shape[2]}; "
+                           "expected 28x28")
+    return images.reshape(len(images), 28 * 28)
+
+
+def _mnist(files: dict[str, Original]) -> Splits:
+    train, valid = _hold_out(_idx(files, "train-images-idx3-ubyte"), 10_000)
+    return {"train": train, "valid": valid, "test": _idx(files, "t10k-images-idx3-ubyte")}
+
+
+def _cifar10(files: dict[str, Original]) -> Splits:
+    f = files["cifar-10-python.tar.gz"]
+    members = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]
+    batches = read_cifar_archive(f.data, f.where, members + ["cifar-10-batches-py/test_batch"])
+    train, valid = _hold_out(np.concatenate(batches[:-1]), 5_000)
+    return {"train": train, "valid": valid, "test": batches[-1]}
+
+
+def _svhn_images(f: Original) -> np.ndarray:
+    X = load_mat(f.data, f.where, ["X"])["X"]                            # (H, W, C, N)
+    if X.dtype != np.uint8 or X.ndim != 4 or X.shape[:3] != (32, 32, 3):
+        raise DatasetError(f"{f.where}: X is {X.dtype} {X.shape}; expected uint8 (32, 32, 3, N)")
+    return X.transpose(3, 2, 0, 1).reshape(X.shape[3], 3 * 32 * 32)      # (N, C*H*W)
+
+
+def _svhn2(files: dict[str, Original]) -> Splits:
+    train, valid = _hold_out(_svhn_images(files["train_32x32.mat"]), 5_000)
+    return {"train": train, "valid": valid, "test": _svhn_images(files["test_32x32.mat"])}
+
+
+def _silhouettes(files: dict[str, Original]) -> Splits:
+    f = files["caltech101_silhouettes_28_split1.mat"]
+    names = {"train": "train_data", "valid": "val_data", "test": "test_data"}
+    mat = load_mat(f.data, f.where, list(names.values()))
+    splits = {}
+    for split, var in names.items():
+        x = mat[var]                                                     # (N, 784)
+        if x.ndim != 2 or x.shape[1] != 28 * 28 or not np.isin(x, (0, 1)).all():
+            raise DatasetError(f"{f.where}: {var} is {x.dtype} {x.shape}; expected (N, 784) "
+                               "of 0 and 1")
+        # MATLAB flattens column by column, so transpose each image to get it upright; and
+        # invert so that the shape, not the background, is 1, like the ink in MNIST. Both as in
+        # the usual VAE preprocessing (Tomczak & Welling 2018, VampPrior; van den Berg et al.
+        # 2018, Sylvester flows: `1 - x.reshape(-1, 28, 28).reshape(-1, 784, order="F")`).
+        images = x.reshape(-1, 28, 28).transpose(0, 2, 1).reshape(-1, 28 * 28)
+        splits[split] = ((1 - images) * 255).astype(np.uint8)
+    return splits
+
+
+def _idx_files(urls: tuple[str, ...], sha256: dict[str, str]) -> tuple[FileSpec, ...]:
+    """FileSpecs for the two gzipped IDX image files; the label files are not needed."""
+    return tuple(FileSpec(name, f"sha256:{sha256[name]}",
+                          tuple(f"{base}/{name}.gz" for base in urls))
+                 for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
+
+
+_LAROCHELLE = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
+# A copy in the Keras datasets bucket, seen in public code; the checksum vouches for it.
+_KERAS_MIRROR = "https://storage.googleapis.com/tensorflow/tf-keras-datasets"
+_BMNIST_SHA256 = {
+    "train": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "valid": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "test": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+}
+# sha256 of the decompressed IDX files (the gzip wrappers differ between mirrors).
+_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+}
+_FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+}
+
+REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec(
+        "bmnist", (1, 28, 28), True,
+        tuple(FileSpec(f"binarized_mnist_{split}.amat", f"sha256:{sha256}",
+                       (f"{_LAROCHELLE}/binarized_mnist_{split}.amat",
+                        f"{_KERAS_MIRROR}/binarized_mnist_{split}.amat"))
+              for split, sha256 in _BMNIST_SHA256.items()),
+        _bmnist,
+        "MNIST with Larochelle & Murray's (2011) fixed binarization, the DRAW paper's benchmark",
+        "the published 50,000 / 10,000 / 10,000 (the test file is sorted by digit)"),
+    DatasetSpec(
+        "mnist", (1, 28, 28), False,
+        _idx_files(("https://ossci-datasets.s3.amazonaws.com/mnist",
+                    "https://storage.googleapis.com/cvdf-datasets/mnist",
+                    "http://yann.lecun.com/exdb/mnist"), _MNIST_SHA256),
+        _mnist,
+        "MNIST grayscale digits (LeCun, Cortes, Burges; CC BY-SA 3.0)",
+        "train = first 50,000 training images, valid = last 10,000, test = the 10,000 test"),
+    DatasetSpec(
+        "fashion-mnist", (1, 28, 28), False,
+        _idx_files(("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+                    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion"),
+                   _FASHION_SHA256),
+        _mnist,
+        "Fashion-MNIST grayscale clothing images (Xiao, Rasul, Vollgraf 2017; MIT)",
+        "train = first 50,000 training images, valid = last 10,000, test = the 10,000 test"),
+    DatasetSpec(
+        "cifar10", (3, 32, 32), False,
+        (FileSpec("cifar-10-python.tar.gz",
+                  "sha256:6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+                  ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)),),
+        _cifar10,
+        "CIFAR-10 colour images, python release (Krizhevsky 2009)",
+        "train = first 45,000 training images, valid = last 5,000, test = the 10,000 test"),
+    DatasetSpec(
+        "svhn2", (3, 32, 32), False,
+        (FileSpec("train_32x32.mat",
+                  "sha256:435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
+                  ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",)),
+         FileSpec("test_32x32.mat",
+                  "sha256:cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b",
+                  ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",))),
+        _svhn2,
+        "SVHN format 2, cropped 32x32 house-number digits (Netzer et al. 2011)",
+        "train = first 68,257 of train_32x32, valid = last 5,000, test = test_32x32 (26,032); "
+        "extra_32x32 unused"),
+    DatasetSpec(
+        "silhouettes", (1, 28, 28), True,
+        # Only an md5 is published for this file (Marlin's page; DeepMind's dm_nevis lists it).
+        (FileSpec("caltech101_silhouettes_28_split1.mat", "md5:4483e9c14b188fd09937f9ea6f9ea777",
+                  ("https://people.cs.umass.edu/~marlin/data/"
+                   "caltech101_silhouettes_28_split1.mat",)),),
+        _silhouettes,
+        "Caltech-101 Silhouettes 28x28 (Marlin et al. 2010), split 1",
+        "the published 4,100 / 2,264 / 2,307"),
+    DatasetSpec(
+        "sample", (1, 28, 28), False, (), None,
+        "5,000 real MNIST training digits shipped in the package (draw/data/PROVENANCE.md)",
+        "4,000 / 500 / 500, 400 / 50 / 50 of each digit, fixed"),
+)}
+
+supported_datasets: tuple[str, ...] = tuple(REGISTRY)
