@@ -124,6 +124,21 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, 
     return model.to(map_location), ckpt
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device a `--device` flag names; "auto" is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise DrawError(f"--device {name!r} is not a device name (cpu, cuda, cuda:N, auto)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DrawError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DrawError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
 def save_log(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write the training log (one dict of plain numbers per row) atomically."""
     _save(path, {"format": LOG_FORMAT, "version": VERSION, "rows": list(rows)})

@@ -1,0 +1,286 @@
+"""Turn the settings of `train-draw.py` into a run: data, model, optimiser, extensions, run directory.
+
+Everything the user can get wrong (flags, dataset files, `--oldmodel`, `--resume`) is checked
+before the run directory is made, so a bad command line leaves no trace on disk. A run then lives
+in `<name>-YYYYmmdd-HHMMSS/`:
+
+    config.json              the resolved model config and run settings
+    args.txt                 the command line (one more line per resume)
+    <longname>_model.pkl     config, parameters, optimiser, RNG and loop state (draw/checkpoint.py)
+    <longname>_log.pkl       one row of numbers per epoch
+    sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (draw/extensions.py)
+
+with the classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`.
+"""
+import json
+import math
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from draw.atomic import atomic_write_bytes
+from draw.checkpoint import (CheckpointError, load_checkpoint, load_model, resolve_device,
+                             set_rng_state)
+from draw.datasets import batches, get_data, supported_datasets
+from draw.errors import DrawError
+from draw.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
+                             ProgressBar, SampleCheckpoint, Timing, TrainingDataMonitoring)
+from draw.main_loop import MainLoop
+from draw.model import DrawConfig, DrawModel
+
+# the classic train-draw.py defaults, plus the new --seed and --grad-clip
+DEFAULTS = {"name": None, "dataset": "bmnist", "epochs": 100, "batch_size": 100,
+            "learning_rate": 1e-3, "attention": "", "n_iter": 10, "enc_dim": 256, "dec_dim": 256,
+            "z_dim": 100, "oldmodel": None, "seed": 1, "grad_clip": 10.0, "subset": None}
+# how each setting is spelled on the command line, for messages
+FLAGS = {"name": "--name", "dataset": "--dataset", "epochs": "--epochs", "batch_size": "--bs",
+         "learning_rate": "--lr", "attention": "--attention", "n_iter": "--niter",
+         "enc_dim": "--enc-dim", "dec_dim": "--dec-dim", "z_dim": "--z-dim",
+         "oldmodel": "--oldmodel", "seed": "--seed", "grad_clip": "--grad-clip",
+         "subset": "--subset"}
+N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
+
+
+def lr_tag(value: float) -> str:
+    """The classic short learning-rate tag: leading digit, then minus the exponent.
+
+    >>> lr_tag(1e-3), lr_tag(3e-4), lr_tag(0.005)
+    ('13', '34', '53')
+    """
+    exponent = math.floor(math.log10(value))
+    return f"{f'{value:e}'[0]}{-exponent}"
+
+
+def long_name(settings: dict) -> str:
+    """The classic run name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`."""
+    read_N, write_N = parse_attention(settings["attention"])
+    tag = "full" if read_N is None else f"r{read_N}-w{write_N}"
+    return (f"{settings['dataset']}-{tag}-t{settings['n_iter']}-enc{settings['enc_dim']}-"
+            f"dec{settings['dec_dim']}-z{settings['z_dim']}-lr{lr_tag(settings['learning_rate'])}")
+
+
+def parse_attention(attention: str) -> tuple[int | None, int | None]:
+    """`--attention`: "" is no attention, "R,W" an R x R read and a W x W write window."""
+    if not attention.strip():
+        return None, None
+    parts = attention.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise DrawError(f"--attention must be two positive window sizes READ,WRITE such as 2,5 "
+                        f"(or empty for none), got {attention!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _check(settings: dict) -> None:
+    for key in ("epochs", "batch_size", "n_iter", "enc_dim", "dec_dim", "z_dim", "subset"):
+        value = settings[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise DrawError(f"{FLAGS[key]} must be a positive integer, got {value!r}")
+    for key in ("learning_rate", "grad_clip"):
+        if not (math.isfinite(settings[key]) and settings[key] > 0):
+            raise DrawError(f"{FLAGS[key]} must be a positive number, got {settings[key]!r}")
+    if settings["dataset"] not in supported_datasets:
+        raise DrawError(f"unknown --dataset {settings['dataset']!r}; choose from "
+                        f"{', '.join(supported_datasets)}")
+    parse_attention(settings["attention"])
+
+
+def _resume_settings(resume: str, given: dict) -> tuple[Path, dict, dict]:
+    """The run directory, its checkpoint and its settings; given flags may only change epochs."""
+    path = Path(resume)
+    if path.is_file():
+        model_file, run_dir = path, path.parent
+    elif path.is_dir():
+        found = sorted(path.glob("*_model.pkl"))
+        if len(found) != 1:
+            raise DrawError(f"--resume {resume}: expected one *_model.pkl file there, "
+                            f"found {len(found)}")
+        model_file, run_dir = found[0], path
+    else:
+        raise DrawError(f"--resume {resume}: no such run directory")
+    ckpt = load_checkpoint(model_file)
+    stored = ckpt.get("run")
+    if not isinstance(stored, dict) or set(DEFAULTS) - set(stored):
+        raise CheckpointError(f"{model_file} was not written by train-draw.py (no run settings)")
+    if given.get("oldmodel") is not None:
+        raise DrawError("--resume and --oldmodel cannot be combined: a resumed run continues "
+                        "from its own parameters")
+    for key, value in given.items():
+        if key != "epochs" and value != stored[key]:
+            raise DrawError(f"--resume keeps the run's settings: {FLAGS[key]} is {stored[key]!r} "
+                            f"there, not {value!r} (leave the flag out)")
+    return run_dir, ckpt, {**stored, "epochs": given.get("epochs", stored["epochs"])}
+
+
+def _subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    if n is None or n >= images.shape[0]:
+        return images
+    # random, not the first n: binarized MNIST's test set is sorted by digit
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    return images[pick[:n]]
+
+
+def _make_run_dir(parent: Path, name: str) -> Path:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(100):
+            # two runs started in the same second get -2, -3, ... rather than one directory
+            run_dir = parent / (f"{name}-{stamp}" + (f"-{attempt + 1}" if attempt else ""))
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise DrawError(f"cannot create a run directory in {parent}: {e.strerror or e}") from e
+    raise DrawError(f"cannot create a run directory in {parent}: too many runs named {name}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as e:
+        raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def _header(longname: str, settings: dict, run_dir: Path, splits: dict, cfg: DrawConfig,
+            device: torch.device, n_params: int, resumed_at: str | None) -> str:
+    C, H, W = cfg.channels, cfg.height, cfg.width
+    lines = [f"\n{'Resuming' if resumed_at else 'Running'} experiment {longname}"]
+    for label, value in (
+            ("dataset", f"{settings['dataset']} ({splits['train'].shape[0]} train, "
+                        f"{splits['valid'].shape[0]} valid, {splits['test'].shape[0]} test "
+                        f"images of {C}x{H}x{W})"),
+            ("subdirectory", run_dir), ("learning rate", f"{settings['learning_rate']:g}"),
+            ("attention", settings["attention"] or "none"), ("n_iterations", cfg.n_iter),
+            ("encoder dimension", cfg.enc_dim), ("z dimension", cfg.z_dim),
+            ("decoder dimension", cfg.dec_dim), ("batch size", settings["batch_size"]),
+            ("epochs", settings["epochs"]), ("seed", settings["seed"]),
+            ("device", device), ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
+        if value is not None:
+            lines.append(f"{label:>22}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def main(name: str | None = None, dataset: str | None = None, epochs: int | None = None,
+         batch_size: int | None = None, learning_rate: float | None = None,
+         attention: str | None = None, n_iter: int | None = None, enc_dim: int | None = None,
+         dec_dim: int | None = None, z_dim: int | None = None, oldmodel: str | None = None,
+         live_plotting: bool = False, seed: int | None = None, device: str = "auto",
+         resume: str | None = None, data_dir: str | None = None, plot_port: int = 5006,
+         run_dir: str = ".", grad_clip: float | None = None, subset: int | None = None) -> int:
+    """Train DRAW; the keyword arguments are train-draw.py's flags (`main(**vars(args))`).
+
+    A setting left at None takes the classic default (`DEFAULTS`), or on `--resume` the run's
+    own value; a resumed run may change only `epochs` (the total to reach), the device, the data
+    directory and live plotting.
+
+    Returns
+    -------
+    int
+        The exit status: 0 when training finished, 130 when Ctrl-C stopped it (after saving).
+
+    Raises
+    ------
+    DrawError
+        For anything the user can fix, before any file is written.
+    """
+    given = {key: value for key, value in (
+        ("name", name), ("dataset", dataset), ("epochs", epochs), ("batch_size", batch_size),
+        ("learning_rate", learning_rate), ("attention", attention), ("n_iter", n_iter),
+        ("enc_dim", enc_dim), ("dec_dim", dec_dim), ("z_dim", z_dim), ("oldmodel", oldmodel),
+        ("seed", seed), ("grad_clip", grad_clip), ("subset", subset)) if value is not None}
+    ckpt = None
+    if resume is not None:
+        run_path, ckpt, settings = _resume_settings(resume, given)
+    else:
+        settings = {**DEFAULTS, **given}
+    _check(settings)
+    dev = resolve_device(device)
+    if plot_port is not None and not 0 < plot_port < 65536:
+        raise DrawError(f"--plot-port must be a TCP port (1-65535), got {plot_port}")
+    read_N, write_N = parse_attention(settings["attention"])
+    data = get_data(settings["dataset"], root=data_dir)
+    C, H, W = data.shape
+    try:
+        cfg = DrawConfig(channels=C, height=H, width=W, n_iter=settings["n_iter"],
+                         enc_dim=settings["enc_dim"], dec_dim=settings["dec_dim"],
+                         z_dim=settings["z_dim"], read_N=read_N, write_N=write_N)
+    except ValueError as e:
+        raise DrawError(f"--attention={settings['attention']}: {e}") from e
+    if ckpt is not None and DrawConfig.from_dict(ckpt["config"]) != cfg:
+        raise DrawError(f"--resume {resume}: the model file's config does not match "
+                        f"{settings['dataset']}'s {C}x{H}x{W} images")
+    old = None
+    if settings["oldmodel"] is not None and ckpt is None:
+        old, _ = load_model(settings["oldmodel"])
+        if old.config != cfg:
+            diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
+                              for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
+            raise DrawError(f"--oldmodel {settings['oldmodel']} has another configuration: {diffs}")
+    if ckpt is not None and ckpt["epoch"] >= settings["epochs"] and ckpt["batch"] == 0:
+        print(f"{run_path} already has {ckpt['epoch']} epochs; nothing to do "
+              f"(pass --epochs N to train longer)")
+        return 0
+    longname = long_name(settings)
+    # on the device once, rather than copied there at every pass
+    splits = {key: _subset(getattr(data, key), settings["subset"], settings["seed"] + i).to(dev)
+              for i, key in enumerate(("train", "valid", "test"))}
+
+    # everything is valid: from here on the run exists
+    if ckpt is None:
+        torch.manual_seed(settings["seed"])
+        np.random.seed(settings["seed"])
+        random.seed(settings["seed"])
+        run_path = _make_run_dir(Path(run_dir), settings["name"] or settings["dataset"])
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    previous = (run_path / "args.txt").read_text() if ckpt is not None else ""
+    _write_text(run_path / "args.txt", previous + ("# resumed\n" if previous else "") + command + "\n")
+    _write_text(run_path / "config.json", json.dumps(
+        {"name": longname, "config": cfg.to_dict(), "run": settings, "device": str(dev),
+         "torch": torch.__version__}, indent=2) + "\n")
+
+    model = DrawModel.from_config(cfg).to(dev)
+    if old is not None:
+        model.load_state_dict(old.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
+    generator = torch.Generator().manual_seed(settings["seed"])
+    bs = settings["batch_size"]
+    extensions = [
+        ProgressBar(math.ceil(splits["train"].shape[0] / bs)),
+        Timing(),
+        FinishAfter(after_n_epochs=settings["epochs"]),
+        TrainingDataMonitoring(),
+        *[DataStreamMonitoring(splits[key], key, bs, dev, seed=settings["seed"])
+          for key in ("valid", "test") if splits[key].shape[0] > 0],
+        Printing(),
+        SampleCheckpoint(run_path, data.shape, n=N_SAMPLES, seed=settings["seed"]),
+        Checkpoint(run_path, longname, settings),
+    ]
+    if live_plotting:
+        extensions.append(Plot(run_path, port=plot_port))
+    loop = MainLoop(model, optimizer,
+                    lambda: batches(splits["train"], bs, generator=generator, device=dev),
+                    generator, extensions, grad_clip=settings["grad_clip"])
+    resumed_at = None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        loop.load_state_dict(ckpt)
+        # last: building the model above drew from the global generator
+        set_rng_state(ckpt["rng"], generator)
+        resumed_at = f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"] else "")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(_header(longname, settings, run_path, splits, cfg, dev, n_params, resumed_at), flush=True)
+    loop.run()
+    if loop.status["interrupted"]:
+        print(f"stopped by Ctrl-C at epoch {loop.status['epoch']}, batch {loop.status['batch']}; "
+              f"saved. Continue with: python train-draw.py --resume {run_path}", file=sys.stderr)
+        return 130
+    return 0

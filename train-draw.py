@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Train DRAW (Gregor et al., 2015): parse the flags, hand them to draw.train.main.
+
+    python train-draw.py --attention=2,5 --niter=64 --lr=3e-4 --epochs=100   # the paper's run
+    python train-draw.py --dataset sample --epochs 2 --niter 8                 # offline quick start
+    python train-draw.py --resume bmnist-20250101-120000                      # continue a run
+"""
+import argparse
+import sys
+
+from draw.errors import DrawError
+from draw.train import DEFAULTS, main
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (`error: ...`, exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def default(key: str) -> str:
+    return f"(default: {DEFAULTS[key]!r}, or the resumed run's)"
+
+
+if __name__ == "__main__":
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the classic flags; None means the classic default (or, with --resume, the run's value)
+    parser.add_argument("--live-plotting", "--plot", action="store_true", default=False,
+                        help="show live plots in a browser (Bokeh)")
+    parser.add_argument("--name", type=str, dest="name", default=None,
+                        help="name of the run directory (default: the dataset's name)")
+    parser.add_argument("--dataset", type=str, dest="dataset", default=None,
+                        help=f"dataset to train on {default('dataset')}")
+    parser.add_argument("--epochs", type=int, dest="epochs", default=None,
+                        help=f"total number of epochs to train {default('epochs')}")
+    parser.add_argument("--bs", "--batch-size", type=int, dest="batch_size", default=None,
+                        help=f"size of each mini-batch {default('batch_size')}")
+    parser.add_argument("--lr", "--learning-rate", type=float, dest="learning_rate", default=None,
+                        help=f"Adam learning rate {default('learning_rate')}")
+    parser.add_argument("--attention", "-a", type=str, default=None,
+                        help="read and write window sizes READ,WRITE, e.g. 2,5; empty for no "
+                             f"attention {default('attention')}")
+    parser.add_argument("--niter", type=int, dest="n_iter", default=None,
+                        help=f"number of glimpses T {default('n_iter')}")
+    parser.add_argument("--enc-dim", type=int, dest="enc_dim", default=None,
+                        help=f"encoder LSTM state dimension {default('enc_dim')}")
+    parser.add_argument("--dec-dim", type=int, dest="dec_dim", default=None,
+                        help=f"decoder LSTM state dimension {default('dec_dim')}")
+    parser.add_argument("--z-dim", type=int, dest="z_dim", default=None,
+                        help=f"latent z dimension {default('z_dim')}")
+    parser.add_argument("--oldmodel", type=str, default=None,
+                        help="start from the parameters of a *_model.pkl file of the same "
+                             "configuration")
+    # new flags
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"seed of initialisation, data order and noise {default('seed')}")
+    parser.add_argument("--device", type=str, default="auto",
+                        help="cpu, cuda, cuda:N, or auto: CUDA when available (default: auto)")
+    parser.add_argument("--resume", type=str, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last save; only --epochs, "
+                             "--device, --data-dir and live plotting may change")
+    parser.add_argument("--data-dir", type=str, default=None,
+                        help="where datasets live (default: $DRAW_DATA or draw.datasets' own)")
+    parser.add_argument("--run-dir", type=str, default=".",
+                        help="where to create the run directory (default: .)")
+    parser.add_argument("--plot-port", type=int, default=5006,
+                        help="port of the live-plot server (default: 5006)")
+    parser.add_argument("--grad-clip", type=float, default=None,
+                        help=f"clip the gradient to this total norm {default('grad_clip')}")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="use this many randomly chosen images of each split, for quick "
+                             "runs (default: all)")
+    args = parser.parse_args()
+    try:
+        sys.exit(main(**vars(args)))
+    except DrawError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        # the second Ctrl-C: files on disk are the last complete ones (atomic writes)
+        print("\nstopped at once by a second Ctrl-C; the last saved epoch is intact", file=sys.stderr)
+        sys.exit(130)
