@@ -208,7 +208,7 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "the published 4,100 / 2,264 / 2,307"),
     DatasetSpec(
         "sample", (1, 28, 28), False, (), None,
-        "5,000 real MNIST training digits shipped in the package (draw/data/PROVENANCE.md)",
+        "5,000 real MNIST training digits shipped in the package (draw/data/mnist_5k.md)",
         "4,000 / 500 / 500, 400 / 50 / 50 of each digit, fixed"),
 )}
 
