@@ -79,6 +79,7 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        # the second Ctrl-C: files on disk are the last complete ones (atomic writes)
-        print("\nstopped at once by a second Ctrl-C; the last saved epoch is intact", file=sys.stderr)
+        # Ctrl-C before training started, or a second one during training: every file on disk
+        # is a complete one (atomic writes), the last save included
+        print("\ninterrupted; files already saved are intact", file=sys.stderr)
         sys.exit(130)

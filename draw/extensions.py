@@ -218,6 +218,7 @@ class DataStreamMonitoring(SimpleExtension):
                  **kwargs):
         kwargs.setdefault("before_first_epoch", True)
         kwargs.setdefault("after_epoch", True)
+        kwargs.setdefault("name", f"{prefix}_monitoring")
         super().__init__(**kwargs)
         self.images, self.prefix, self.batch_size = images, prefix, batch_size
         self.device, self.seed = torch.device(device), seed
