@@ -372,8 +372,8 @@ class Plot(SimpleExtension):
             from draw.live import LivePlot
             self.live = LivePlot(host=self.host, port=self.port)
             if self.live.start() is None:
-                self.live = None
-        elif self.live is None:
+                self.live = None      # LivePlot said why; training goes on without plots
+        if self.live is None:
             return
         if which_callback in ("before_training", "after_epoch"):
             samples = None
