@@ -75,13 +75,15 @@ def test_convert_from_plain_files(small_bmnist, tmp_path):
     assert np.array_equal(get_data("bmnist", tmp_path).test.numpy(), images["test"] * 255)
 
 
-def test_get_data_converts_downloaded_files_without_network(small_bmnist, tmp_path):
+@pytest.mark.parametrize("download", [False, True])
+def test_get_data_converts_downloaded_files_without_network(small_bmnist, tmp_path, download):
+    # the stand-in files have no URLs: any attempt to download would fail
     source, images = small_bmnist
     raw = raw_dir("bmnist", tmp_path)
     raw.mkdir(parents=True)
     for f in source.iterdir():
         (raw / f.name).write_bytes(f.read_bytes())
-    data = get_data("bmnist", root=tmp_path, download=False)
+    data = get_data("bmnist", root=tmp_path, download=download)
     assert np.array_equal(data.valid.numpy(), images["valid"] * 255)
 
 

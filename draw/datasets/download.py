@@ -25,6 +25,10 @@ _HEADERS = {"User-Agent": "draw-datasets/0.1 (+https://arxiv.org/abs/1502.04623)
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)
 
 
+class DownloadError(DatasetError):
+    """No URL of a file gave it: the network, the hosts or the mirrors' files are at fault."""
+
+
 class _MirrorFailed(Exception):
     """This URL did not give the file; the next one may."""
 
@@ -48,11 +52,13 @@ def fetch(spec: FileSpec, directory: Path, *, timeout: float = 60.0) -> Path:
 
     Raises
     ------
+    DownloadError
+        No URL gave the file (one line listing each URL and why).
     DatasetError
-        No URL gave the file (one line listing each URL and why), or it cannot be written.
+        The file cannot be written.
     """
     if not spec.urls:
-        raise DatasetError(f"{spec.name} has no download URL")
+        raise DownloadError(f"{spec.name} has no download URL")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -71,7 +77,7 @@ def fetch(spec: FileSpec, directory: Path, *, timeout: float = 60.0) -> Path:
         except _MirrorFailed as e:
             print(f"{url}: {e}", file=sys.stderr)
             failures.append(f"{url}: {e}")
-    raise DatasetError(f"could not download {spec.name}: " + "; ".join(failures))
+    raise DownloadError(f"could not download {spec.name}: " + "; ".join(failures))
 
 
 def _download(url: str, tmp: Path, timeout: float) -> None:

@@ -3,4 +3,4 @@ from draw.errors import DrawError
 
 
 class DatasetError(DrawError):
-    """An unknown dataset, a missing or corrupt file, a failed download: one line, naming the fix."""
+    """An unknown dataset, a missing or corrupt file, a failed download: one line with the fix."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from draw.atomic import atomic_path
-from draw.datasets.download import fetch
+from draw.datasets.download import DownloadError, fetch
 from draw.datasets.errors import DatasetError
 from draw.datasets.files import Original, locate, read_verified
 from draw.datasets.registry import REGISTRY, DatasetSpec, Splits, supported_datasets
@@ -119,16 +119,15 @@ def get_data(name: str, root: str | os.PathLike | None = None, download: bool = 
             return load_converted(shipped, spec)
     path = converted_path(name, root)
     if not path.exists():
-        raw = raw_dir(name, root)
-        if all(locate(f, raw) for f in spec.files):
-            convert(name, root=root)
-        elif download:
+        if download:
             try:
-                download_dataset(name, root)
-            except DatasetError as e:
+                download_dataset(name, root)    # downloads only the files not already in raw/
+            except DownloadError as e:
                 raise DatasetError(f"{e}; or put {_file_list(spec)} in a directory DIR and run "
                                    f"`python -m draw.datasets convert {name} --from DIR`"
                                    ) from None
+        elif all(locate(f, raw_dir(name, root)) for f in spec.files):
+            convert(name, root=root)
         else:
             raise DatasetError(f"{name} is not in {data_root(root)}: run `python -m "
                                f"draw.datasets download {name}`, or put {_file_list(spec)} in "
