@@ -1,0 +1,220 @@
+"""Plots of a training log: KL per step over epochs, and the nll curves.
+
+The classic `plot-kl.py` drew the KL term of every DRAW step (eq. 11, before the sum over t)
+against the epochs as a 3D surface: where in the drawing process the model spends its bits,
+and how that changes as it learns. This module draws that surface and a heat map of the same
+numbers with matplotlib (files through the Agg backend, no display needed), and builds the Bokeh
+figures of the log (nll bounds, KL per step, gradient norms) that both the static HTML page of
+`plot-kl.py` and the live page of `draw.live` show.
+
+Log rows are the dicts of draw/checkpoint.py: "epoch", "iteration", "train_nll_bound",
+"valid_nll_bound", "test_nll_bound", "{split}_kl_term_{t}", "train_total_gradient_norm",
+"train_total_step_norm", ... A row may lack any of them (a key that was not monitored then).
+"""
+import math
+import os
+import re
+
+import numpy as np
+from bokeh.embed import file_html
+from bokeh.layouts import gridplot
+from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.palettes import Category10, Viridis256
+from bokeh.plotting import figure
+from bokeh.resources import INLINE
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from draw.atomic import atomic_path, atomic_write_bytes
+from draw.errors import DrawError
+
+NLL_KEYS = ("train_nll_bound", "valid_nll_bound", "test_nll_bound")
+NORM_KEYS = ("train_total_gradient_norm", "train_total_step_norm")
+SPLITS = ("train", "valid", "test")
+
+
+class LogPlotError(DrawError):
+    """A log that holds nothing to plot."""
+
+
+def _number(value) -> float:
+    """A log value as a float; NaN where missing or not a number (a gap in the curve)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _epochs(rows: list[dict]) -> tuple[list[float], str]:
+    """The x axis: the rows' epochs where they rise strictly (one row per epoch), else their
+    iterations (rows written every N batches), else the row number."""
+    for key in ("epoch", "iteration"):
+        x = [_number(r.get(key)) for r in rows]
+        if x and all(b > a for a, b in zip(x, x[1:])) and not any(math.isnan(v) for v in x):
+            return x, key
+    return [float(k) for k in range(1, len(rows) + 1)], "log row"
+
+
+def kl_terms(rows: list[dict], split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
+    """The per-step KL of every row that has all of them.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Log rows, oldest first.
+    split : str
+        "train", "valid" or "test": whose "{split}_kl_term_{t}" keys to use.
+
+    Returns
+    -------
+    x : ndarray, shape (R,)
+        Epoch (or iteration) of each of the R rows used.
+    kl : ndarray, shape (R, T)
+        KL of step t = 0..T-1, nats.
+    x_label : str
+        What x counts: "epoch", "iteration" or "log row".
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    pattern = re.compile(rf"{split}_kl_term_(\d+)$")
+    steps = {int(m.group(1)) for r in rows for k in r if (m := pattern.match(k))}
+    T = max(steps) + 1 if steps else 0
+    keys = [f"{split}_kl_term_{t}" for t in range(T)]
+    used = [r for r in rows if T and all(k in r for k in keys)]
+    if not used:
+        raise LogPlotError(f"the log has no rows with {split}_kl_term_0.. values to plot")
+    x, x_label = _epochs(used)
+    kl = np.array([[_number(r[k]) for k in keys] for r in used], dtype=np.float64)
+    return np.array(x), kl, x_label
+
+
+def plot_kl_surface(fig: Figure, x: np.ndarray, kl: np.ndarray, x_label: str = "epoch") -> None:
+    """The classic plot: KL of each step over epochs as a 3D surface, drawn into `fig`.
+
+    With a single row (or step) there is no surface to span, so that one curve is drawn.
+    """
+    ax = fig.add_subplot(projection="3d")
+    S, X = np.meshgrid(np.arange(kl.shape[1]), x)                             # (R, T) each
+    if min(kl.shape) == 1:
+        ax.plot(S.ravel(), X.ravel(), kl.ravel(), color="tab:blue")
+    else:
+        ax.plot_surface(S, X, kl, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set_xlabel("DRAW step t")
+    ax.set_ylabel(x_label)
+    ax.set_zlabel("KL (nats)")
+    ax.set_title("KL divergence per step")
+
+
+def plot_kl_heatmap(fig: Figure, x: np.ndarray, kl: np.ndarray, x_label: str = "epoch") -> None:
+    """KL of each step (columns) for each epoch (rows) as a heat map, drawn into `fig`."""
+    ax = fig.add_subplot()
+    # rows are evenly spaced on the picture even where the epochs are not: label them instead
+    image = ax.imshow(kl, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    ticks = np.unique(np.linspace(0, len(x) - 1, min(len(x), 8)).round().astype(int))
+    ax.set_yticks(ticks, [f"{x[i]:g}" for i in ticks])
+    ax.set_xlabel("DRAW step t")
+    ax.set_ylabel(x_label)
+    ax.set_title("KL divergence per step (nats)")
+    fig.colorbar(image, ax=ax)
+
+
+def save_figure(draw, path: str | os.PathLike, *args, figsize=(8, 6), dpi: int = 100) -> None:
+    """Draw a figure headlessly (matplotlib's Agg, no pyplot) and save it as a PNG, atomically.
+
+    Parameters
+    ----------
+    draw : callable
+        draw(fig, *args) draws into a fresh matplotlib Figure, e.g. `plot_kl_surface`.
+    path : path-like
+    """
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    draw(fig, *args)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def log_columns(rows: list[dict], split: str = "train") -> tuple[dict[str, dict], str]:
+    """The log as the column data of the Bokeh sources that `log_figures` plots.
+
+    Returns
+    -------
+    columns : dict with
+        "curves": {"x": epochs, each of NLL_KEYS and NORM_KEYS: values (NaN where missing)}
+        "kl_steps": {"step": [0..T-1], "kl": KL per step of the latest row}
+        "kl_heat": {"image": [(R, T) array], "x", "y", "dw", "dh": placement in step/epoch units}
+        Empty columns where the log has nothing yet.
+    x_label : str
+        What "x" counts: "epoch", "iteration" or "log row" (see `kl_terms`).
+    """
+    monitored = [r for r in rows if any(k in r for k in NLL_KEYS + NORM_KEYS)]
+    x, x_label = _epochs(monitored)
+    curves = {"x": x}
+    for key in NLL_KEYS + NORM_KEYS:
+        curves[key] = [_number(r.get(key)) for r in monitored]
+    try:
+        kl_x, kl, _ = kl_terms(rows, split)
+    except LogPlotError:
+        kl_x, kl = np.zeros(0), np.zeros((0, 0))
+    R, T = kl.shape
+    kl_steps = {"step": list(range(T)), "kl": kl[-1].tolist() if R else []}
+    if R:
+        # one image row per log row, centred on its epoch where the epochs are evenly spaced
+        even = R == 1 or np.allclose(np.diff(kl_x), kl_x[1] - kl_x[0])
+        pitch = (kl_x[1] - kl_x[0]) if even and R > 1 else 1.0
+        y0 = kl_x[0] if even else 1.0
+        kl_heat = {"image": [kl], "x": [-0.5], "y": [y0 - pitch / 2], "dw": [T], "dh": [R * pitch]}
+    else:
+        kl_heat = {"image": [], "x": [], "y": [], "dw": [], "dh": []}
+    return {"curves": curves, "kl_steps": kl_steps, "kl_heat": kl_heat}, x_label
+
+
+def log_figures(sources: dict[str, ColumnDataSource], x_label: str = "epoch") -> list:
+    """Bokeh figures of the log, bound to `sources` (keys as in `log_columns`), so that
+    changing a source's data redraws them (the live page relies on it).
+
+    Returns
+    -------
+    list of four figures: nll bounds, gradient norms, KL per step (latest), KL heat map.
+    """
+    colors = Category10[10]
+    nll = figure(title="nll bound (nats)", x_axis_label=x_label, y_axis_label="nats",
+                 width=520, height=320, name="nll_figure")
+    for key, color in zip(NLL_KEYS, colors):
+        nll.line("x", key, source=sources["curves"], color=color, line_width=2,
+                 legend_label=key.replace("_nll_bound", ""))
+        nll.scatter("x", key, source=sources["curves"], color=color, size=5)
+    nll.add_tools(HoverTool(tooltips=[(x_label, "@x")] + [(k, f"@{k}") for k in NLL_KEYS]))
+    nll.legend.location = "top_right"
+
+    norms = figure(title="training gradient and step norms", x_axis_label=x_label,
+                   width=520, height=320, name="norms_figure")
+    for key, color in zip(NORM_KEYS, colors[3:]):
+        norms.line("x", key, source=sources["curves"], color=color, line_width=2,
+                   legend_label=key.replace("train_total_", "").replace("_", " "))
+    norms.add_tools(HoverTool(tooltips=[(x_label, "@x")] + [(k, f"@{k}") for k in NORM_KEYS]))
+
+    steps = figure(title="KL per step, latest epoch (nats)", x_axis_label="DRAW step t",
+                   width=520, height=320, name="kl_steps_figure")
+    steps.vbar("step", top="kl", width=0.8, source=sources["kl_steps"], color=colors[5])
+    steps.add_tools(HoverTool(tooltips=[("step", "@step"), ("KL", "@kl")]))
+
+    heat = figure(title="KL per step over training (nats)", x_axis_label="DRAW step t",
+                  y_axis_label=x_label, width=520, height=320, name="kl_heat_figure")
+    heat.image("image", x="x", y="y", dw="dw", dh="dh", source=sources["kl_heat"],
+               color_mapper=LinearColorMapper(palette=Viridis256))
+    heat.add_tools(HoverTool(tooltips=[("KL", "@image")]))
+    return [nll, norms, steps, heat]
+
+
+def save_html(rows: list[dict], path: str | os.PathLike, split: str = "train",
+              title: str = "DRAW training log") -> None:
+    """A self-contained interactive HTML page of the log (Bokeh, scripts inlined so that it
+    opens without a network), written atomically."""
+    columns, x_label = log_columns(rows, split)
+    if not columns["curves"]["x"] and not columns["kl_steps"]["step"]:
+        raise LogPlotError("the log has no rows with nll bounds, norms or KL terms to plot")
+    sources = {name: ColumnDataSource(data, name=name) for name, data in columns.items()}
+    layout = gridplot(log_figures(sources, x_label), ncols=2)
+    atomic_write_bytes(path, file_html(layout, INLINE, title).encode("utf-8"))
+
