@@ -20,11 +20,15 @@ from draw.datasets.__main__ import main
 from draw.datasets.registry import REGISTRY
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Debian's dataset-fashion-mnist package puts the four official files here
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 # Published sha256 of the decompressed files (issue 3; ../shared/data/README.md; TFDS).
 PUBLISHED_SHA256 = {
-    "binarized_mnist_train.amat": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
-    "binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "binarized_mnist_train.amat":
+        "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "binarized_mnist_valid.amat":
+        "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
     "binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
@@ -162,3 +166,17 @@ def test_real_data_with_a_damaged_copy(tmp_path):
     with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz: truncated or corrupt gzip"):
         convert("mnist", tmp_path / "src", tmp_path / "data")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(),
+                    reason=f"Fashion-MNIST not found at {FASHION_MNIST} (apt-get install "
+                           "dataset-fashion-mnist)")
+def test_real_fashion_mnist(tmp_path):
+    assert main(["convert", "fashion-mnist", "--from", str(FASHION_MNIST),
+                 "--root", str(tmp_path)]) == 0
+    data = get_data("fashion-mnist", root=tmp_path, download=False)
+    assert [len(x) for x in (data.train, data.valid, data.test)] == [50_000, 10_000, 10_000]
+    assert data.train.min() == 0 and data.train.max() == 255
+    # the published mean pixel of the Fashion-MNIST training set is 0.2860
+    mean = torch.cat([data.train, data.valid]).float().mean().item() / 255
+    assert abs(mean - 0.2860) < 0.0005

@@ -272,8 +272,12 @@ def test_list(small_bmnist, tmp_path, capsys):
     assert main(["list", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"data directory: {tmp_path}"
-    rows = {line.split()[0]: line for line in out[2:]}
-    assert set(rows) == set(REGISTRY)
+    table = out[2:out.index("")]
+    rows = {line.split()[0]: line for line in table}
+    assert list(rows) == list(REGISTRY)
+    assert out[out.index("") + 1] == "train / valid / test:"
+    splits = {line.split()[0]: line for line in out[out.index("") + 2:]}
+    assert "train = first 50,000 training images, valid = last 10,000" in splits["mnist"]
     assert "converted" in rows["bmnist"] and str(tmp_path / "bmnist.npz") in rows["bmnist"]
     assert "downloaded, not converted" in rows["svhn2"] and "2.0 KB" in rows["svhn2"]
     assert "missing" in rows["cifar10"] and "draw-datasets download cifar10" in rows["cifar10"]

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_status(root: str | None) -> None:
-    """Print the data directory and one line per dataset."""
+    """Print the data directory, one line per dataset, then how each one's splits are made."""
     print(f"data directory: {data_root(root)}")
     rows = status(root)
     widths = {key: max(len(key), *(len(str(r[key])) for r in rows))
@@ -58,6 +58,9 @@ def print_status(root: str | None) -> None:
     for r in rows:
         path = r["path"] if r["state"] != "missing" else f"run: draw-datasets download {r['name']}"
         print("  ".join(str(r[key]).ljust(w) for key, w in widths.items()) + f"  {path}")
+    print("\ntrain / valid / test:")
+    for r in rows:
+        print(f"  {r['name'].ljust(widths['name'])}  {r['splits']}")
 
 
 def main(argv: list[str] | None = None) -> int:
