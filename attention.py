@@ -6,11 +6,10 @@ opens them in windows, as the classic attention.py did. Without IMAGE it uses a 
 with the package (a public-domain portrait of Grace Hopper).
 """
 import argparse
-import sys
 
 from draw.attention_demo import load_image, read_and_write, save_glimpse
+from draw.cli import ArgumentParser, run
 from draw.display import pyplot_or_warn
-from draw.errors import DrawError
 
 
 def point(text: str) -> tuple[float, float]:
@@ -23,7 +22,7 @@ def point(text: str) -> tuple[float, float]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", type=str, nargs="?", default=None,
                         help="any picture Pillow reads (default: the shipped demo picture)")
     parser.add_argument("--N", type=int, default=16, help="grid size of the attention window")
@@ -62,11 +61,4 @@ def main(image, N, center, delta, sigma, output_dir, read_scale, show):
 
 
 if __name__ == "__main__":
-    try:
-        main(**vars(parse_args()))
-    except (DrawError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete", file=sys.stderr)
-        sys.exit(130)
+    run(main, parse_args())

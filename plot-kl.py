@@ -7,11 +7,10 @@ Example:
     python plot-kl.py runs/my-mnist_log.pkl     # -> runs/my-mnist_kl.png, _kl_heatmap.png, _log.html
 """
 import argparse
-import sys
 
 from draw.checkpoint import load_log
+from draw.cli import ArgumentParser, run
 from draw.display import pyplot_or_warn
-from draw.errors import DrawError
 from draw.klplot import SPLITS, kl_terms, plot_kl_heatmap, plot_kl_surface, save_figure, save_html
 
 
@@ -24,7 +23,7 @@ def output_stem(log_file: str) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log_file", type=str, help="a <name>_log.pkl file written by train-draw.py")
     parser.add_argument("--split", type=str, choices=SPLITS, default="train",
                         help="whose KL terms to plot")
@@ -59,11 +58,4 @@ def main(log_file, split, surface, heatmap, html, dpi, show):
 
 
 if __name__ == "__main__":
-    try:
-        main(**vars(parse_args()))
-    except (DrawError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete", file=sys.stderr)
-        sys.exit(130)
+    run(main, parse_args())

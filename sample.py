@@ -6,12 +6,11 @@ Example (the classic command line):
     python sample.py svhn_model.pkl --channels 3 --size 32
 """
 import argparse
-import sys
 
-from draw.checkpoint import load_model
-from draw.errors import DrawError
+from draw.checkpoint import load_model, resolve_device
+from draw.cli import ArgumentParser, run
 from draw.plotting import grid_shape
-from draw.sampling import check_image_shape, resolve_device, write_samples
+from draw.sampling import check_image_shape, write_samples
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -34,8 +33,16 @@ def positive(text: str) -> int:
     return value
 
 
+def milliseconds(text: str) -> int:
+    value = int(text)
+    if value < 10:
+        # GIF stores delays in hundredths of a second; browsers replace shorter ones with 100 ms
+        raise argparse.ArgumentTypeError(f"expected at least 10 (milliseconds), got {text!r}")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_file", type=str, help="a <name>_model.pkl file written by train-draw.py")
     parser.add_argument("--channels", type=positive, default=None,
                         help="image channels the model must draw (checked against the model file)")
@@ -53,9 +60,9 @@ def parse_args() -> argparse.Namespace:
                         help="outline each step's write-attention window on its frame")
     parser.add_argument("--scale", type=positive, default=1,
                         help="enlarge every image this many times (nearest neighbour)")
-    parser.add_argument("--duration-ms", type=positive, default=100,
+    parser.add_argument("--duration-ms", type=milliseconds, default=100,
                         help="display time of each step in sequence.gif, milliseconds")
-    parser.add_argument("--hold-last-ms", type=positive, default=1000,
+    parser.add_argument("--hold-last-ms", type=milliseconds, default=1000,
                         help="display time of the finished drawing in sequence.gif, milliseconds")
     parser.add_argument("--device", type=str, default="auto",
                         help="auto (CUDA where available), cpu, cuda or cuda:N")
@@ -75,11 +82,4 @@ def main(model_file, channels, size, n_samples, grid, seed, output_dir, boxes, s
 
 
 if __name__ == "__main__":
-    try:
-        main(**vars(parse_args()))
-    except (DrawError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete", file=sys.stderr)
-        sys.exit(130)
+    run(main, parse_args())

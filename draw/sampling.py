@@ -20,19 +20,6 @@ class SamplingError(DrawError):
     """A sampling request the model file cannot serve."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device a flag names: "auto" is CUDA where available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise SamplingError(f"unknown device {name!r} (try auto, cpu, cuda or cuda:1)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SamplingError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here")
-    return device
-
-
 def check_image_shape(model: DrawModel, path: str | os.PathLike, channels: int | None = None,
                       size: tuple[int, int] | None = None) -> None:
     """Check the classic `--channels` / `--size` flags against the model's own config.
