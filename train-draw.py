@@ -62,7 +62,7 @@ if __name__ == "__main__":
                         help="continue the run in RUN_DIR from its last save; only --epochs, "
                              "--device, --data-dir and live plotting may change")
     parser.add_argument("--data-dir", type=str, default=None,
-                        help="where datasets live (default: $DRAW_DATA or draw.datasets' own)")
+                        help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, or a cache directory)")
     parser.add_argument("--run-dir", type=str, default=".",
                         help="where to create the run directory (default: .)")
     parser.add_argument("--plot-port", type=int, default=5006,
@@ -70,8 +70,8 @@ if __name__ == "__main__":
     parser.add_argument("--grad-clip", type=float, default=None,
                         help=f"clip the gradient to this total norm {default('grad_clip')}")
     parser.add_argument("--subset", type=int, default=None,
-                        help="use this many randomly chosen images of each split, for quick "
-                             "runs (default: all)")
+                        help="train on this many randomly chosen training images, for quick "
+                             "runs; valid and test stay whole (default: all)")
     args = parser.parse_args()
     try:
         sys.exit(main(**vars(args)))

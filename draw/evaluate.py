@@ -149,10 +149,11 @@ def main(model: str, dataset: str | None = None, split: str = "test", samples: i
     is_nll, is_bound = importance_sampled_nll(net, stream(), samples, generator.manual_seed(seed))
     result = {"nll_bound": bound, "is_nll": is_nll.mean().item(),
               "is_bound": is_bound.mean().item(), "images": images.shape[0], "samples": samples}
+    gap = result["nll_bound"] - result["is_nll"]
     print(f"{model}: epoch {ckpt['epoch']}, {dataset} {split} set, {result['images']} images")
-    print(f"  nll bound (eq. 12):               {result['nll_bound']:8.2f} nats")
-    print(f"  importance-sampled nll (K={samples:<5}): {result['is_nll']:8.2f} nats "
-          f"({result['nll_bound'] - result['is_nll']:.2f} below the bound)")
+    print(f"  {'nll bound (eq. 12):':<36}{result['nll_bound']:9.2f} nats")
+    print(f"  {f'importance-sampled nll, K={samples}:':<36}{result['is_nll']:9.2f} nats "
+          f"({gap:.2f} below the bound)")
     return result
 
 

@@ -103,7 +103,10 @@ def _resume_settings(resume: str, given: dict) -> tuple[Path, dict, dict]:
         model_file, run_dir = found[0], path
     else:
         raise DrawError(f"--resume {resume}: no such run directory")
-    ckpt = load_checkpoint(model_file)
+    try:
+        ckpt = load_checkpoint(model_file)
+    except CheckpointError as e:
+        raise DrawError(f"--resume: {e}") from e
     stored = ckpt.get("run")
     if not isinstance(stored, dict) or set(DEFAULTS) - set(stored):
         raise CheckpointError(f"{model_file} was not written by train-draw.py (no run settings)")
@@ -219,7 +222,10 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
                         f"{settings['dataset']}'s {C}x{H}x{W} images")
     old = None
     if settings["oldmodel"] is not None and ckpt is None:
-        old, _ = load_model(settings["oldmodel"])
+        try:
+            old, _ = load_model(settings["oldmodel"])
+        except CheckpointError as e:
+            raise DrawError(f"--oldmodel: {e}") from e
         if old.config != cfg:
             diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
                               for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
@@ -229,9 +235,9 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
               f"(pass --epochs N to train longer)")
         return 0
     longname = long_name(settings)
-    # on the device once, rather than copied there at every pass
-    splits = {key: _subset(getattr(data, key), settings["subset"], settings["seed"] + i).to(dev)
-              for i, key in enumerate(("train", "valid", "test"))}
+    # on the device once, rather than copied there at every pass; valid and test stay whole
+    splits = {"train": _subset(data.train, settings["subset"], settings["seed"]).to(dev),
+              "valid": data.valid.to(dev), "test": data.test.to(dev)}
 
     # everything is valid: from here on the run exists
     if ckpt is None:

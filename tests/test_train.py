@@ -1,0 +1,258 @@
+"""train-draw.py end to end on the shipped `sample` data: files, exact resume after SIGINT and
+SIGKILL, and bad command lines that fail in one line without touching the disk."""
+import json
+import os
+import re
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from draw.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
+from draw.datasets import batches, get_data
+from draw.evaluate import bound_statistics
+from draw.model import DrawConfig, DrawModel
+from draw.train import lr_tag, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train-draw.py"
+# one thread: the same arithmetic in every process, and no fight over the two cores
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+LONGNAME = "sample-r2-w3-t2-enc8-dec8-z3-lr13"
+ARGS = ["--dataset", "sample", "--subset", "400", "--bs", "50", "--epochs", "3", "--niter", "2",
+        "--enc-dim", "8", "--dec-dim", "8", "--z-dim", "3", "--attention", "2,3", "--seed", "3"]
+HANG_GUARD_S = 600     # only so that a broken build fails instead of hanging; never reached
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, which only fight over a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def launch(args, cwd):
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    out, err = process.communicate(timeout=HANG_GUARD_S)
+    return process.returncode, out, err
+
+
+def wait_for(condition, process):
+    while not condition():
+        assert process.poll() is None, f"training ended early:\n{process.communicate()[1]}"
+        time.sleep(0.005)
+
+
+def the_run_dir(parent: Path) -> Path:
+    (run_dir,) = [p for p in parent.iterdir() if p.is_dir()]
+    return run_dir
+
+
+class Reference:
+    """An uninterrupted run, started once and left running while other runs start."""
+
+    def __init__(self, parent: Path):
+        self.parent = parent
+        self.process = launch(ARGS, parent)
+        self._result = None
+
+    def result(self):
+        if self._result is None:
+            self._result = finish(self.process)
+            assert self._result[0] == 0, self._result[2]
+        return self._result
+
+    @property
+    def run_dir(self) -> Path:
+        self.result()
+        return the_run_dir(self.parent)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return Reference(tmp_path_factory.mktemp("reference"))
+
+
+def untimed(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("time")} for row in rows]
+
+
+def assert_same_run(run_dir: Path, reference_dir: Path):
+    model, ckpt = load_model(run_dir / f"{LONGNAME}_model.pkl")
+    ref_model, ref_ckpt = load_model(reference_dir / f"{LONGNAME}_model.pkl")
+    assert (ckpt["epoch"], ckpt["iteration"], ckpt["batch"]) == (3, 24, 0)
+    for (name, a), (_, b) in zip(model.state_dict().items(), ref_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert untimed(load_log(run_dir / f"{LONGNAME}_log.pkl")) == \
+        untimed(load_log(reference_dir / f"{LONGNAME}_log.pkl"))
+
+
+def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
+    """Ctrl-C, resume, SIGKILL, resume: the same parameters and log as a run that never stopped."""
+    first = launch([*ARGS, "--run-dir", "."], tmp_path)
+    wait_for(lambda: list(tmp_path.glob("*/*_model.pkl")), first)    # saved before training
+    first.send_signal(signal.SIGINT)
+    code, out, err = finish(first)
+    assert code == 130, err
+    run_dir = the_run_dir(tmp_path)
+    assert f"Continue with: python train-draw.py --resume {run_dir.name}" in err
+    model_file = run_dir / f"{LONGNAME}_model.pkl"
+    stopped = load_checkpoint(model_file)
+    assert stopped["epoch"] < 3
+
+    second = launch(["--resume", str(run_dir)], tmp_path)
+    inode = model_file.stat().st_ino
+    wait_for(lambda: model_file.stat().st_ino != inode, second)         # its first save
+    second.kill()
+    assert second.wait(timeout=HANG_GUARD_S) == -signal.SIGKILL
+    killed = load_checkpoint(model_file)
+    assert stopped["iteration"] < killed["iteration"] and killed["epoch"] < 3
+
+    code, out, err = finish(launch(["--resume", str(run_dir)], tmp_path))
+    assert code == 0, err
+    assert f"Resuming experiment {LONGNAME}" in out
+    assert_same_run(run_dir, reference.run_dir)
+    assert (run_dir / "args.txt").read_text().count("# resumed") == 2
+
+
+def test_resuming_a_finished_run_does_nothing(reference, capsys):
+    before = snapshot(reference.run_dir)
+    assert main(resume=str(reference.run_dir)) == 0
+    assert "already has 3 epochs; nothing to do" in capsys.readouterr().out
+    assert snapshot(reference.run_dir) == before
+
+
+def test_end_to_end_files(reference):
+    code, out, err = reference.result()
+    run_dir = reference.run_dir
+    assert re.fullmatch(r"sample-\d{8}-\d{6}", run_dir.name)
+    assert f"Running experiment {LONGNAME}" in out
+    assert len(re.findall(r"^epoch +\d+ \| iter", out, flags=re.M)) == 4    # before + 3 epochs
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["name"] == LONGNAME
+    assert config["run"]["batch_size"] == 50 and config["run"]["learning_rate"] == 1e-3
+    assert "--attention 2,3" in (run_dir / "args.txt").read_text()
+
+    model, ckpt = load_model(run_dir / f"{LONGNAME}_model.pkl")
+    assert model.config == DrawConfig(channels=1, height=28, width=28, n_iter=2, enc_dim=8,
+                                      dec_dim=8, z_dim=3, read_N=2, write_N=3)
+    assert model.config.to_dict() == config["config"]
+    assert ckpt["run"]["dataset"] == "sample" and ckpt["optimizer"] is not None
+    rows = load_log(run_dir / f"{LONGNAME}_log.pkl")
+    assert [(r["epoch"], r["iteration"]) for r in rows] == [(0, 0), (1, 8), (2, 16), (3, 24)]
+    keys = {"train_nll_bound", "valid_nll_bound", "test_nll_bound", "train_total_gradient_norm",
+            "train_total_step_norm", "time_train_this_epoch", "time_total",
+            *[f"{split}_kl_term_{t}" for split in ("train", "valid", "test") for t in range(2)]}
+    for row in rows[1:]:
+        assert keys <= set(row)
+        assert all(isinstance(row[k], float) for k in keys)
+    assert rows[-1]["train_nll_bound"] < rows[1]["train_nll_bound"]
+    # the saved parameters are the ones that were evaluated: the test bound recomputes exactly
+    test = get_data("sample").test
+    bound, _ = bound_statistics(model, model, batches(test, 50), torch.Generator().manual_seed(3))
+    assert bound == rows[-1]["test_nll_bound"]
+
+    for k in range(4):
+        assert (run_dir / f"epoch-{k:03d}.png").exists()
+    assert (run_dir / "sample.png").read_bytes() == (run_dir / "epoch-003.png").read_bytes()
+    with Image.open(run_dir / "training.gif") as gif:
+        assert gif.n_frames == 4
+    with Image.open(run_dir / "sequence.gif") as gif:
+        assert gif.mode in ("P", "RGB") and gif.n_frames >= 1
+    assert not list(run_dir.glob(".*"))            # no temporary files left
+
+
+def test_oldmodel_starts_from_its_parameters(reference, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    old = reference.run_dir / f"{LONGNAME}_model.pkl"
+    code = main(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, enc_dim=8,
+                dec_dim=8, z_dim=3, attention="2,3", oldmodel=str(old), learning_rate=1e-9)
+    assert code == 0
+    new, _ = load_model(the_run_dir(tmp_path) / f"{LONGNAME[:-2]}19_model.pkl")
+    old_model, _ = load_model(old)
+    for a, b in zip(new.parameters(), old_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)        # one step of a negligible learning rate
+
+
+def test_lr_tag_is_the_classic_one():
+    assert [lr_tag(v) for v in (1e-3, 3e-4, 0.005, 0.1)] == ["13", "34", "53", "11"]
+
+
+def snapshot(path: Path):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def run_script(argv, capsys):
+    """train-draw.py in this process: its exit status and its stderr lines."""
+    old_argv = sys.argv
+    sys.argv = [str(SCRIPT), *argv]
+    try:
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+    finally:
+        sys.argv = old_argv
+    return info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def write_other_config(path: Path):
+    model = DrawModel.from_config(DrawConfig(n_iter=4, enc_dim=8, dec_dim=8, z_dim=3, read_N=2,
+                                             write_N=3))
+    save_checkpoint(path, model)
+
+
+BAD = {
+    "attention_not_a_number": (["--attention=2,x"], "--attention"),
+    "attention_one_size": (["--attention=5"], "--attention"),
+    "window_larger_than_image": (["--attention=2,40"], "larger than"),
+    "zero_iterations": (["--niter", "0"], "--niter"),
+    "negative_batch": (["--bs", "-5"], "--bs"),
+    "zero_z": (["--z-dim", "0"], "--z-dim"),
+    "zero_epochs": (["--epochs", "0"], "--epochs"),
+    "zero_learning_rate": (["--lr", "0"], "--lr"),
+    "unknown_dataset": (["--dataset", "nope"], "nope"),
+    "not_an_int": (["--niter", "ten"], "--niter"),
+    "unknown_flag": (["--nither", "3"], "--nither"),
+    "bad_device": (["--device", "tpu9"], "--device"),
+    "missing_oldmodel": (["--oldmodel", "missing_model.pkl"], "missing_model.pkl"),
+    "garbage_oldmodel": (["--oldmodel", "garbage.pkl"], "garbage.pkl"),
+    "oldmodel_of_another_config": (["--oldmodel", "other_model.pkl"], "n_iter 4 there"),
+    "resume_missing": (["--resume", "no-such-run"], "no-such-run"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_flags_fail_in_one_line_and_touch_nothing(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.pkl").write_bytes(b"\x80\x04not really a pickle")
+    write_other_config(tmp_path / "other_model.pkl")
+    before = snapshot(tmp_path)
+    argv, expected = BAD[case]
+    code, err = run_script(["--dataset", "sample", "--niter", "2", *argv], capsys)
+    assert code in (1, 2)
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert snapshot(tmp_path) == before              # no run directory, no file touched
+
+
+def test_resume_refuses_changed_settings_and_touches_nothing(reference, capsys):
+    run_dir = reference.run_dir
+    before = snapshot(run_dir)
+    for argv, expected in ((["--lr", "0.01"], "--lr is 0.001 there"),
+                           (["--niter", "5"], "--niter is 2 there"),
+                           (["--oldmodel", "x.pkl"], "cannot be combined")):
+        code, err = run_script(["--resume", str(run_dir), *argv], capsys)
+        assert code == 1 and len(err) == 1 and expected in err[0], err
+    assert snapshot(run_dir) == before
