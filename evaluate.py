@@ -3,9 +3,7 @@
 
     python evaluate.py bmnist-20250101-120000/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl
 """
-import sys
-
 from draw.evaluate import cli
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    cli()

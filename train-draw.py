@@ -6,17 +6,9 @@
     python train-draw.py --resume bmnist-20250101-120000                      # continue a run
 """
 import argparse
-import sys
 
-from draw.errors import DrawError
+from draw.cli import ArgumentParser, run
 from draw.train import DEFAULTS, main
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors (`error: ...`, exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
 
 
 def default(key: str) -> str:
@@ -72,14 +64,4 @@ if __name__ == "__main__":
     parser.add_argument("--subset", type=int, default=None,
                         help="train on this many randomly chosen training images, for quick "
                              "runs; valid and test stay whole (default: all)")
-    args = parser.parse_args()
-    try:
-        sys.exit(main(**vars(args)))
-    except DrawError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        # Ctrl-C before training started, or a second one during training: every file on disk
-        # is a complete one (atomic writes), the last save included
-        print("\ninterrupted; files already saved are intact", file=sys.stderr)
-        sys.exit(130)
+    run(main, parser.parse_args())

@@ -14,13 +14,13 @@ is again an upper bound in expectation, never looser than the bound, and it tigh
 """
 import argparse
 import math
-import sys
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from draw.checkpoint import load_model, resolve_device
+from draw.cli import ArgumentParser, run
 from draw.datasets import batches, get_data, supported_datasets
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
@@ -157,13 +157,6 @@ def main(model: str, dataset: str | None = None, split: str = "test", samples: i
     return result
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors (`error: ...`, exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="evaluate.py", description="Test-set bound and importance-sampled NLL of a DRAW model.")
@@ -187,19 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Parse flags and evaluate; bad input is one line on stderr and exit status 1."""
-    args = build_parser().parse_args(argv)
-    try:
-        main(**vars(args))
-    except DrawError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+def cli(argv: list[str] | None = None) -> None:
+    """Parse flags and evaluate; bad input is one line on stderr and a non-zero exit status."""
+    run(main, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    cli()

@@ -24,6 +24,7 @@ from draw.checkpoint import rng_state, save_checkpoint, save_log
 from draw.datasets import batches
 from draw.evaluate import bound_statistics
 from draw.plotting import image_grid, sampling_frames, save_gif, save_png
+from draw.sampling import prior_noise
 
 EVENTS = ("before_training", "before_epoch", "after_batch", "after_epoch", "after_training",
           "on_error")
@@ -284,12 +285,11 @@ class SampleCheckpoint(SimpleExtension):
     def do(self, which_callback: str, *args) -> None:
         model = self.main_loop.model
         cfg = model.config
-        p = next(model.parameters())
-        generator = torch.Generator(device=p.device).manual_seed(self.seed)
-        u = torch.randn((cfg.n_iter, self.n, cfg.z_dim), generator=generator, device=p.device)
+        u = prior_noise(model, self.n, self.seed)       # the same noise at every epoch
         with_attention = cfg.write_N is not None
         out = model.sample(self.n, u=u, return_attention=with_attention)
         canvases, attention = out if with_attention else (out, None)          # (T, n, x_dim)
+        canvases = canvases.float().cpu()
         grid = image_grid(canvases[-1].view(self.n, *self.shape), self.rows, self.cols)
         epoch = self.main_loop.status["epoch"]
         save_png(grid, self.run_dir / f"epoch-{epoch:03d}.png")

@@ -177,22 +177,19 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
          dec_dim: int | None = None, z_dim: int | None = None, oldmodel: str | None = None,
          live_plotting: bool = False, seed: int | None = None, device: str = "auto",
          resume: str | None = None, data_dir: str | None = None, plot_port: int = 5006,
-         run_dir: str = ".", grad_clip: float | None = None, subset: int | None = None) -> int:
+         run_dir: str = ".", grad_clip: float | None = None, subset: int | None = None) -> None:
     """Train DRAW; the keyword arguments are train-draw.py's flags (`main(**vars(args))`).
 
     A setting left at None takes the classic default (`DEFAULTS`), or on `--resume` the run's
     own value; a resumed run may change only `epochs` (the total to reach), the device, the data
     directory and live plotting.
 
-    Returns
-    -------
-    int
-        The exit status: 0 when training finished, 130 when Ctrl-C stopped it (after saving).
-
     Raises
     ------
     DrawError
         For anything the user can fix, before any file is written.
+    KeyboardInterrupt
+        After a first Ctrl-C has stopped training and the state has been saved.
     """
     given = {key: value for key, value in (
         ("name", name), ("dataset", dataset), ("epochs", epochs), ("batch_size", batch_size),
@@ -233,7 +230,7 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
     if ckpt is not None and ckpt["epoch"] >= settings["epochs"] and ckpt["batch"] == 0:
         print(f"{run_path} already has {ckpt['epoch']} epochs; nothing to do "
               f"(pass --epochs N to train longer)")
-        return 0
+        return
     longname = long_name(settings)
     # on the device once, rather than copied there at every pass; valid and test stay whole
     splits = {"train": _subset(data.train, settings["subset"], settings["seed"]).to(dev),
@@ -288,5 +285,5 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
     if loop.status["interrupted"]:
         print(f"stopped by Ctrl-C at epoch {loop.status['epoch']}, batch {loop.status['batch']}; "
               f"saved. Continue with: python train-draw.py --resume {run_path}", file=sys.stderr)
-        return 130
-    return 0
+        # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
+        raise KeyboardInterrupt

@@ -28,8 +28,8 @@ def one_thread():
 def trained(tmp_path_factory):
     """A tiny model trained briefly (30 steps) on the shipped sample digits: its model file."""
     run_root = tmp_path_factory.mktemp("evaluate")
-    assert train(dataset="sample", subset=500, batch_size=50, epochs=3, n_iter=2, enc_dim=16,
-                 dec_dim=16, z_dim=4, learning_rate=1e-2, run_dir=str(run_root)) == 0
+    train(dataset="sample", subset=500, batch_size=50, epochs=3, n_iter=2, enc_dim=16, dec_dim=16,
+          z_dim=4, learning_rate=1e-2, run_dir=str(run_root))
     (model_file,) = run_root.glob("*/*_model.pkl")
     return model_file
 
@@ -82,20 +82,18 @@ def test_memory_bound_chunks_do_not_change_the_per_image_structure(trained):
 
 
 def test_cli_prints_numbers_and_fails_in_one_line(trained, capsys):
-    assert cli([str(trained), "--samples", "3", "--subset", "40", "--bs", "20"]) == 0
+    cli([str(trained), "--samples", "3", "--subset", "40", "--bs", "20"])
     assert "40 images" in capsys.readouterr().out
-    for argv, expected in (([str(trained) + ".missing"], "cannot read"),
-                           ([str(trained), "--samples", "0"], "--samples"),
-                           ([str(trained), "--dataset", "nope"], "unknown dataset"),
-                           ([str(trained), "--device", "abc"], "--device")):
-        assert cli(argv) == 1
+    for argv, code, expected in (([str(trained) + ".missing"], 1, "cannot read"),
+                                 ([str(trained), "--samples", "0"], 1, "--samples"),
+                                 ([str(trained), "--dataset", "nope"], 1, "unknown dataset"),
+                                 ([str(trained), "--device", "abc"], 1, "--device"),
+                                 ([str(trained), "--samples", "many"], 2, "--samples")):
+        with pytest.raises(SystemExit) as info:
+            cli(argv)
+        assert info.value.code == code
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
-    with pytest.raises(SystemExit) as info:
-        cli([str(trained), "--samples", "many"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
 
 
 def test_evaluate_py_and_python_m_run_the_same_cli(trained, capsys, monkeypatch):
@@ -103,7 +101,5 @@ def test_evaluate_py_and_python_m_run_the_same_cli(trained, capsys, monkeypatch)
                 lambda: runpy.run_module("draw.evaluate", run_name="__main__", alter_sys=True)):
         monkeypatch.setattr(sys, "argv", ["evaluate.py", str(trained), "--samples", "2",
                                           "--subset", "10"])
-        with pytest.raises(SystemExit) as info:
-            run()
-        assert info.value.code == 0
+        run()
         assert "importance-sampled nll, K=2:" in capsys.readouterr().out

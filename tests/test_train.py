@@ -108,6 +108,7 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
     assert code == 130, err
     run_dir = the_run_dir(tmp_path)
     assert f"Continue with: python train-draw.py --resume {run_dir.name}" in err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
     model_file = run_dir / f"{LONGNAME}_model.pkl"
     stopped = load_checkpoint(model_file)
     assert stopped["epoch"] < 3
@@ -129,7 +130,7 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
 
 def test_resuming_a_finished_run_does_nothing(reference, capsys):
     before = snapshot(reference.run_dir)
-    assert main(resume=str(reference.run_dir)) == 0
+    assert main(resume=str(reference.run_dir)) is None
     assert "already has 3 epochs; nothing to do" in capsys.readouterr().out
     assert snapshot(reference.run_dir) == before
 
@@ -178,9 +179,8 @@ def test_end_to_end_files(reference):
 def test_oldmodel_starts_from_its_parameters(reference, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     old = reference.run_dir / f"{LONGNAME}_model.pkl"
-    code = main(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, enc_dim=8,
-                dec_dim=8, z_dim=3, attention="2,3", oldmodel=str(old), learning_rate=1e-9)
-    assert code == 0
+    main(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, enc_dim=8, dec_dim=8,
+         z_dim=3, attention="2,3", oldmodel=str(old), learning_rate=1e-9)
     new, _ = load_model(the_run_dir(tmp_path) / f"{LONGNAME[:-2]}19_model.pkl")
     old_model, _ = load_model(old)
     for a, b in zip(new.parameters(), old_model.parameters()):
