@@ -54,7 +54,8 @@ if __name__ == "__main__":
                         help="continue the run in RUN_DIR from its last save; only --epochs, "
                              "--device, --data-dir and live plotting may change")
     parser.add_argument("--data-dir", type=str, default=None,
-                        help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, or a cache directory)")
+                        help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, "
+                             "or a cache directory)")
     parser.add_argument("--run-dir", type=str, default=".",
                         help="where to create the run directory (default: .)")
     parser.add_argument("--plot-port", type=int, default=5006,

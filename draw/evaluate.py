@@ -159,7 +159,8 @@ def main(model: str, dataset: str | None = None, split: str = "test", samples: i
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="evaluate.py", description="Test-set bound and importance-sampled NLL of a DRAW model.")
+        prog="evaluate.py",
+        description="Test-set bound and importance-sampled NLL of a DRAW model.")
     parser.add_argument("model", type=str, help="a <name>_model.pkl file written by train-draw.py")
     parser.add_argument("--dataset", type=str, default=None,
                         help="dataset to evaluate on (default: the one the model was trained on)")
@@ -174,9 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the posterior noise and of --subset (default: %(default)s)")
     parser.add_argument("--device", type=str, default="auto",
-                        help="cpu, cuda, cuda:N, or auto: CUDA when available (default: %(default)s)")
+                        help="cpu, cuda, cuda:N, or auto: CUDA when available "
+                             "(default: %(default)s)")
     parser.add_argument("--data-dir", type=str, default=None,
-                        help="where datasets live (default: draw.datasets.data_root())")
+                        help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, "
+                             "or a cache directory)")
     return parser
 
 

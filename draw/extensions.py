@@ -326,8 +326,8 @@ class ProgressBar(SimpleExtension):
             self.bar.update(1)
             if self.bar.n % 10 == 0:
                 # the loop already synced the loss for its finiteness check: .item() is free
-                self.bar.set_postfix(nll_bound=f"{self.main_loop.last_batch['nll_bound'].mean().item():.2f}",
-                                     refresh=False)
+                bound = self.main_loop.last_batch["nll_bound"].mean().item()
+                self.bar.set_postfix(nll_bound=f"{bound:.2f}", refresh=False)
         elif self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -160,7 +160,7 @@ class MainLoop:
                 "extensions": {e.name: e.state_dict() for e in self.extensions}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state_dict()` output (the model and optimizer are loaded by the caller)."""
+        """Continue from `state_dict()` output; the caller loads the model and the optimizer."""
         self.status.update(epoch=state["epoch"], iteration=state["iteration"],
                            batch=state["batch"], epoch_rng=state["epoch_rng"])
         self.log = [dict(row) for row in state["log"]]

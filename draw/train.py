@@ -1,4 +1,4 @@
-"""Turn the settings of `train-draw.py` into a run: data, model, optimiser, extensions, run directory.
+"""Turn the settings of `train-draw.py` into a run: data, model, optimiser, extensions, files.
 
 Everything the user can get wrong (flags, dataset files, `--oldmodel`, `--resume`) is checked
 before the run directory is made, so a bad command line leaves no trace on disk. A run then lives
@@ -18,6 +18,7 @@ import random
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,10 @@ def _resume_settings(resume: str, given: dict) -> tuple[Path, dict, dict]:
     except CheckpointError as e:
         raise DrawError(f"--resume: {e}") from e
     stored = ckpt.get("run")
-    if not isinstance(stored, dict) or set(DEFAULTS) - set(stored):
-        raise CheckpointError(f"{model_file} was not written by train-draw.py (no run settings)")
+    needed = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
+    if not isinstance(stored, dict) or set(DEFAULTS) - set(stored) or needed - set(ckpt):
+        raise DrawError(f"--resume: {model_file} was not saved by train-draw.py (it lacks the "
+                        f"run settings or the training state)")
     if given.get("oldmodel") is not None:
         raise DrawError("--resume and --oldmodel cannot be combined: a resumed run continues "
                         "from its own parameters")
@@ -171,6 +174,82 @@ def _header(longname: str, settings: dict, run_dir: Path, splits: dict, cfg: Dra
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class _Plan:
+    """A checked run: everything `main` needs, gathered before anything is written."""
+    settings: dict
+    cfg: DrawConfig
+    shape: tuple[int, int, int]
+    splits: dict[str, torch.Tensor]
+    device: torch.device
+    run_path: Path | None = None      # the run directory, already there when resuming
+    ckpt: dict | None = None          # the checkpoint to resume from
+    old: DrawModel | None = None      # the --oldmodel to start from
+
+
+def _plan(given: dict, resume: str | None, device: str, data_dir: str | None) -> _Plan:
+    """Check every setting, read the data and the model files; raise DrawError, write nothing."""
+    run_path = ckpt = old = None
+    if resume is not None:
+        run_path, ckpt, settings = _resume_settings(resume, given)
+    else:
+        settings = {**DEFAULTS, **given}
+    _check(settings)
+    dev = resolve_device(device)
+    read_N, write_N = parse_attention(settings["attention"])
+    data = get_data(settings["dataset"], root=data_dir)
+    C, H, W = data.shape
+    try:
+        cfg = DrawConfig(channels=C, height=H, width=W, n_iter=settings["n_iter"],
+                         enc_dim=settings["enc_dim"], dec_dim=settings["dec_dim"],
+                         z_dim=settings["z_dim"], read_N=read_N, write_N=write_N)
+    except ValueError as e:
+        raise DrawError(f"--attention={settings['attention']}: {e}") from e
+    if ckpt is not None and DrawConfig.from_dict(ckpt["config"]) != cfg:
+        raise DrawError(f"--resume {resume}: the model file's config does not match "
+                        f"{settings['dataset']}'s {C}x{H}x{W} images")
+    if settings["oldmodel"] is not None and ckpt is None:
+        try:
+            old, _ = load_model(settings["oldmodel"])
+        except CheckpointError as e:
+            raise DrawError(f"--oldmodel: {e}") from e
+        if old.config != cfg:
+            diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
+                              for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
+            raise DrawError(f"--oldmodel {settings['oldmodel']} has another configuration: {diffs}")
+    # on the device once, rather than copied there at every pass; valid and test stay whole
+    splits = {"train": _subset(data.train, settings["subset"], settings["seed"]).to(dev),
+              "valid": data.valid.to(dev), "test": data.test.to(dev)}
+    return _Plan(settings, cfg, tuple(data.shape), splits, dev, run_path, ckpt, old)
+
+
+def _build_loop(plan: _Plan, longname: str, live_plotting: bool, plot_port: int) -> MainLoop:
+    """Model, Adam, data order and the classic extensions, in the order they must run."""
+    settings, run_path, bs = plan.settings, plan.run_path, plan.settings["batch_size"]
+    model = DrawModel.from_config(plan.cfg).to(plan.device)
+    if plan.old is not None:
+        model.load_state_dict(plan.old.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
+    generator = torch.Generator().manual_seed(settings["seed"])
+    extensions = [
+        ProgressBar(math.ceil(plan.splits["train"].shape[0] / bs)),
+        Timing(),
+        FinishAfter(after_n_epochs=settings["epochs"]),
+        TrainingDataMonitoring(),
+        *[DataStreamMonitoring(plan.splits[key], key, bs, plan.device, seed=settings["seed"])
+          for key in ("valid", "test") if plan.splits[key].shape[0] > 0],
+        Printing(),
+        SampleCheckpoint(run_path, plan.shape, n=N_SAMPLES, seed=settings["seed"]),
+        Checkpoint(run_path, longname, settings),     # last: it saves what the others logged
+    ]
+    if live_plotting:
+        extensions.append(Plot(run_path, port=plot_port))
+    train = plan.splits["train"]
+    return MainLoop(model, optimizer,
+                    lambda: batches(train, bs, generator=generator, device=plan.device),
+                    generator, extensions, grad_clip=settings["grad_clip"])
+
+
 def main(name: str | None = None, dataset: str | None = None, epochs: int | None = None,
          batch_size: int | None = None, learning_rate: float | None = None,
          attention: str | None = None, n_iter: int | None = None, enc_dim: int | None = None,
@@ -191,99 +270,52 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
     KeyboardInterrupt
         After a first Ctrl-C has stopped training and the state has been saved.
     """
+    if not 0 < plot_port < 65536:
+        raise DrawError(f"--plot-port must be a TCP port (1-65535), got {plot_port}")
     given = {key: value for key, value in (
         ("name", name), ("dataset", dataset), ("epochs", epochs), ("batch_size", batch_size),
         ("learning_rate", learning_rate), ("attention", attention), ("n_iter", n_iter),
         ("enc_dim", enc_dim), ("dec_dim", dec_dim), ("z_dim", z_dim), ("oldmodel", oldmodel),
         ("seed", seed), ("grad_clip", grad_clip), ("subset", subset)) if value is not None}
-    ckpt = None
-    if resume is not None:
-        run_path, ckpt, settings = _resume_settings(resume, given)
-    else:
-        settings = {**DEFAULTS, **given}
-    _check(settings)
-    dev = resolve_device(device)
-    if plot_port is not None and not 0 < plot_port < 65536:
-        raise DrawError(f"--plot-port must be a TCP port (1-65535), got {plot_port}")
-    read_N, write_N = parse_attention(settings["attention"])
-    data = get_data(settings["dataset"], root=data_dir)
-    C, H, W = data.shape
-    try:
-        cfg = DrawConfig(channels=C, height=H, width=W, n_iter=settings["n_iter"],
-                         enc_dim=settings["enc_dim"], dec_dim=settings["dec_dim"],
-                         z_dim=settings["z_dim"], read_N=read_N, write_N=write_N)
-    except ValueError as e:
-        raise DrawError(f"--attention={settings['attention']}: {e}") from e
-    if ckpt is not None and DrawConfig.from_dict(ckpt["config"]) != cfg:
-        raise DrawError(f"--resume {resume}: the model file's config does not match "
-                        f"{settings['dataset']}'s {C}x{H}x{W} images")
-    old = None
-    if settings["oldmodel"] is not None and ckpt is None:
-        try:
-            old, _ = load_model(settings["oldmodel"])
-        except CheckpointError as e:
-            raise DrawError(f"--oldmodel: {e}") from e
-        if old.config != cfg:
-            diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
-                              for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
-            raise DrawError(f"--oldmodel {settings['oldmodel']} has another configuration: {diffs}")
+    plan = _plan(given, resume, device, data_dir)
+    settings, ckpt = plan.settings, plan.ckpt
     if ckpt is not None and ckpt["epoch"] >= settings["epochs"] and ckpt["batch"] == 0:
-        print(f"{run_path} already has {ckpt['epoch']} epochs; nothing to do "
+        print(f"{plan.run_path} already has {ckpt['epoch']} epochs; nothing to do "
               f"(pass --epochs N to train longer)")
         return
-    longname = long_name(settings)
-    # on the device once, rather than copied there at every pass; valid and test stay whole
-    splits = {"train": _subset(data.train, settings["subset"], settings["seed"]).to(dev),
-              "valid": data.valid.to(dev), "test": data.test.to(dev)}
 
     # everything is valid: from here on the run exists
+    longname = long_name(settings)
     if ckpt is None:
         torch.manual_seed(settings["seed"])
         np.random.seed(settings["seed"])
         random.seed(settings["seed"])
-        run_path = _make_run_dir(Path(run_dir), settings["name"] or settings["dataset"])
+        plan.run_path = _make_run_dir(Path(run_dir), settings["name"] or settings["dataset"])
     command = shlex.join([Path(sys.executable).name, *sys.argv])
-    previous = (run_path / "args.txt").read_text() if ckpt is not None else ""
-    _write_text(run_path / "args.txt", previous + ("# resumed\n" if previous else "") + command + "\n")
-    _write_text(run_path / "config.json", json.dumps(
-        {"name": longname, "config": cfg.to_dict(), "run": settings, "device": str(dev),
-         "torch": torch.__version__}, indent=2) + "\n")
-
-    model = DrawModel.from_config(cfg).to(dev)
-    if old is not None:
-        model.load_state_dict(old.state_dict())
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
-    generator = torch.Generator().manual_seed(settings["seed"])
-    bs = settings["batch_size"]
-    extensions = [
-        ProgressBar(math.ceil(splits["train"].shape[0] / bs)),
-        Timing(),
-        FinishAfter(after_n_epochs=settings["epochs"]),
-        TrainingDataMonitoring(),
-        *[DataStreamMonitoring(splits[key], key, bs, dev, seed=settings["seed"])
-          for key in ("valid", "test") if splits[key].shape[0] > 0],
-        Printing(),
-        SampleCheckpoint(run_path, data.shape, n=N_SAMPLES, seed=settings["seed"]),
-        Checkpoint(run_path, longname, settings),
-    ]
-    if live_plotting:
-        extensions.append(Plot(run_path, port=plot_port))
-    loop = MainLoop(model, optimizer,
-                    lambda: batches(splits["train"], bs, generator=generator, device=dev),
-                    generator, extensions, grad_clip=settings["grad_clip"])
+    args_txt = plan.run_path / "args.txt"
+    previous = args_txt.read_text() + "# resumed\n" if ckpt is not None else ""
+    _write_text(args_txt, previous + command + "\n")
+    _write_text(plan.run_path / "config.json", json.dumps(
+        {"name": longname, "config": plan.cfg.to_dict(), "run": settings,
+         "device": str(plan.device), "torch": torch.__version__}, indent=2) + "\n")
+    loop = _build_loop(plan, longname, live_plotting, plot_port)
     resumed_at = None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        loop.model.load_state_dict(ckpt["model"])
+        loop.optimizer.load_state_dict(ckpt["optimizer"])
         loop.load_state_dict(ckpt)
-        # last: building the model above drew from the global generator
-        set_rng_state(ckpt["rng"], generator)
-        resumed_at = f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"] else "")
-    n_params = sum(p.numel() for p in model.parameters())
-    print(_header(longname, settings, run_path, splits, cfg, dev, n_params, resumed_at), flush=True)
+        # last: building the model drew from the global generator
+        set_rng_state(ckpt["rng"], loop.generator)
+        resumed_at = f"epoch {ckpt['epoch']}"
+        if ckpt["batch"]:
+            resumed_at += f", batch {ckpt['batch']}"
+    n_params = sum(p.numel() for p in loop.model.parameters())
+    print(_header(longname, settings, plan.run_path, plan.splits, plan.cfg, plan.device, n_params,
+                  resumed_at), flush=True)
     loop.run()
     if loop.status["interrupted"]:
         print(f"stopped by Ctrl-C at epoch {loop.status['epoch']}, batch {loop.status['batch']}; "
-              f"saved. Continue with: python train-draw.py --resume {run_path}", file=sys.stderr)
+              f"saved. Continue with: python train-draw.py --resume {plan.run_path}",
+              file=sys.stderr)
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
         raise KeyboardInterrupt

@@ -93,7 +93,8 @@ def test_step_is_clipped_adam_on_the_mean_bound():
         ref_opt.step()
         for a, b in zip(loop.model.parameters(), reference.parameters()):
             assert torch.equal(a, b)
-        step = torch.cat([(p.detach() - b).flatten() for p, b in zip(reference.parameters(), before)])
+        step = torch.cat([(p.detach() - b).flatten()
+                          for p, b in zip(reference.parameters(), before)])
         assert loop.last_batch["total_gradient_norm"].item() == pytest.approx(grad_norm.item())
         assert grad_norm > 0.5          # the clip was active
         assert loop.last_batch["total_step_norm"].item() == pytest.approx(step.norm().item(),
