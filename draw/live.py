@@ -92,8 +92,10 @@ class LivePlot:
             # the browser's Origin header names the host it used, so allow both spellings of
             # this machine, on the port actually bound (port 0 is only known now)
             origins = [f"{name}:{port}" for name in {self.host, "localhost", "127.0.0.1"}]
+            # log_function: tornado would print a line for every unknown URL a browser probes,
+            # into the middle of the training's progress bar
             app = BokehTornado({"/": Application(FunctionHandler(self._make_document))},
-                               extra_websocket_origins=origins)
+                               extra_websocket_origins=origins, log_function=lambda handler: None)
             http = HTTPServer(app)
             http.add_sockets(sockets)
             self._loop = IOLoop.current()

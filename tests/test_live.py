@@ -14,6 +14,8 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -207,13 +209,19 @@ def test_taken_port_warns_once_and_training_goes_on(capfd):
     assert str(port) in err[0] and "training goes on" in err[0]
 
 
-def test_update_without_a_browser_and_close_twice():
+def test_update_without_a_browser_and_close_twice(capfd):
     live = LivePlot(port=0)
-    assert live.start() is not None
+    url = live.start()
     live.update(rows(2))
     live.update(rows(2), Image.new("RGB", (3, 2)))
+    with urllib.request.urlopen(url) as page:             # the page itself, without scripts run
+        assert b"<title>DRAW live plots</title>" in page.read()
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(url + "no-such-page")
     live.close()
     live.close()
+    # one line at start, and no request log lines in the middle of training's output
+    assert capfd.readouterr().err.strip().splitlines() == [f"live plots at {url}"]
     with socket.socket() as again:                       # the port is free once closed
         again.bind(("127.0.0.1", live.port))
 
