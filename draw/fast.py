@@ -180,26 +180,34 @@ class _Filterbanks:
 def _lstm(gates: Tensor, cell: Tensor):
     """nn.LSTMCell's update from pre-activations in (i, f, o, g) order.
 
-    Returns h (B, n), the new cell (B, n), and for backward the activations (B, 4n) and
-    tanh(cell) (B, n).
+    `gates` (B, 4n) is overwritten with the activations, which `_lstm_backward` needs.
+    Returns h (B, n), the new cell (B, n), the activations (B, 4n) and tanh(cell) (B, n).
     """
     n = cell.shape[1]
-    act = torch.cat([torch.sigmoid(gates[:, :3 * n]), torch.tanh(gates[:, 3 * n:])], dim=1)
-    i, f, o, g = act.split(n, dim=1)
+    # in place: a fresh buffer from addmm, read by nothing else; saves two passes and a copy
+    gates[:, :3 * n].sigmoid_()
+    gates[:, 3 * n:].tanh_()
+    i, f, o, g = gates.split(n, dim=1)
     cell = torch.addcmul(f * cell, i, g)
     tanh_cell = torch.tanh(cell)
-    return o * tanh_cell, cell, act, tanh_cell
+    return o * tanh_cell, cell, gates, tanh_cell
 
 
-def _lstm_backward(dh: Tensor, dcell: Tensor, act: Tensor, cell_prev: Tensor, tanh_cell: Tensor):
-    """Backward of `_lstm`: gradients of its pre-activations (B, 4n) and of the previous cell."""
+def _lstm_backward(dh: Tensor, dcell: Tensor, act: Tensor, cell_prev: Tensor, tanh_cell: Tensor,
+                   dgates: Tensor):
+    """Backward of `_lstm`: gradients of its pre-activations, written into `dgates` (B, 4n), and
+    of the previous cell (returned)."""
     n = dh.shape[1]
     i, f, o, g = act.split(n, dim=1)
     dcell = dcell + torch.ops.aten.tanh_backward(dh * o, tanh_cell)
-    dact = torch.cat([dcell * g, dcell * cell_prev, dh * tanh_cell, dcell * i], dim=1)
-    dgates = torch.cat([torch.ops.aten.sigmoid_backward(dact[:, :3 * n], act[:, :3 * n]),
-                        torch.ops.aten.tanh_backward(dact[:, 3 * n:], act[:, 3 * n:])], dim=1)
-    return dgates, dcell * f
+    # each gate's gradient written straight into its block of one buffer, then scaled in place
+    # by the activation's derivative: no concatenation passes
+    for k, (a, b) in enumerate(((dcell, g), (dcell, cell_prev), (dh, tanh_cell), (dcell, i))):
+        torch.mul(a, b, out=dgates[:, k * n:(k + 1) * n])
+    d_ifo, d_g = dgates[:, :3 * n], dgates[:, 3 * n:]
+    torch.ops.aten.sigmoid_backward.grad_input(d_ifo, act[:, :3 * n], grad_input=d_ifo)
+    torch.ops.aten.tanh_backward.grad_input(d_g, act[:, 3 * n:], grad_input=d_g)
+    return dcell * f
 
 
 def _forward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor, x_part: Tensor,
@@ -256,14 +264,15 @@ def _forward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor,
 
 def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor, u_t: Tensor,
                    dkl_t: Tensor, saved: tuple, fb_in: tuple, fb_out: tuple, carry: tuple,
-                   last: bool):
+                   rows: tuple, last: bool):
     """Backward of `_forward_step` (step t), given the gradients flowing back from step t + 1.
 
     fb_in is the filterbank pass that gave step t its read window, fb_out the one of h_dec_t.
     carry is (dc_t (B, X), dgates_dec_{t+1} (B, 4D), dgates_enc_{t+1} (B, 4E), dcell_enc,
     dcell_dec, read_grads_{t+1}: the gradients of (F_Y, F_X, gamma) of step t+1's read or ()).
-    Returns the carry for step t - 1 and the rows (dP_t, dgates_dec_t, dhe_t, dgates_enc_t)
-    from which the weight gradients are computed in bulk.
+    rows are step t's slices (B, .) of the buffers that collect, for the weight gradients in
+    bulk, dP_t, dgates_dec_t, dhe_t and dgates_enc_t; they are written here.
+    Returns the carry for step t - 1.
     """
     dc, dgates_dec, dgates_enc, dcell_enc, dcell_dec, read_grads = carry
     (s, read_saved, act_e, cell_enc, tanh_e, h_enc, mean, sigma, log_sigma, z,
@@ -287,17 +296,19 @@ def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor
         dheads = [dc]
     if fbk is not None:
         dheads.insert(0, fbk.backward(window_grads, fb_out).view(B, -1))
-    dP = torch.cat([dgates_dec, dgates_enc] + dheads, dim=1)              # (B, n_h)
+    dP, dgates_dec_t, dhe, dgates_enc_t = rows
+    torch.cat([dgates_dec, dgates_enc] + dheads, dim=1, out=dP)           # (B, n_h)
     first = L.heads_start if last else 0
     dh_dec = dP[:, first:] @ w.h[first:]                                  # (B, D)
-    dgates_dec, dcell_dec = _lstm_backward(dh_dec, dcell_dec, act_d, cell_dec, tanh_d)
-    dz = dgates_dec @ w.z                                                 # (B, Z)
+    dcell_dec = _lstm_backward(dh_dec, dcell_dec, act_d, cell_dec, tanh_d, dgates_dec_t)
+    dz = dgates_dec_t @ w.z                                                 # (B, Z)
     # eq. 6 and eq. 11: kl = 1/2 sum(mean^2 + sigma^2 - 2 log sigma) - Z/2
     dkl_t = dkl_t[:, None]
     dmean = torch.addcmul(dz, dkl_t, mean)
     dlog_sigma = torch.addcmul(dz * u_t, dkl_t, sigma) * sigma - dkl_t
-    dhe = torch.cat([dgates_enc, dmean, dlog_sigma], dim=1)               # (B, 4E + 2Z)
-    dgates_enc, dcell_enc = _lstm_backward(dhe @ w.e, dcell_enc, act_e, cell_enc, tanh_e)
+    torch.cat([dgates_enc, dmean, dlog_sigma], dim=1, out=dhe)            # (B, 4E + 2Z)
+    dcell_enc = _lstm_backward(dhe @ w.e, dcell_enc, act_e, cell_enc, tanh_e, dgates_enc_t)
+    dgates_dec, dgates_enc = dgates_dec_t, dgates_enc_t
     if L.read_N is not None:                                              # eq. 27
         FY, FX, gamma = fbk.windows(fb_in)[0]
         N = L.read_N
@@ -315,8 +326,7 @@ def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor
     else:
         ds = -(dgates_enc @ w.r)                                          # (B, X)
     dc = dc + torch.ops.aten.sigmoid_backward(ds, s)                      # eq. 3
-    return ((dc, dgates_dec, dgates_enc, dcell_enc, dcell_dec, read_grads),
-            (dP, dgates_dec, dhe, dgates_enc))
+    return dc, dgates_dec, dgates_enc, dcell_enc, dcell_dec, read_grads
 
 
 class _Unroll(torch.autograd.Function):
@@ -355,11 +365,12 @@ class FastDraw:
     ----------
     model : DrawModel
         Built by `DrawModel.from_config`.
-    compile : bool
-        Compile one step's forward and backward with `torch.compile` (see `accelerate`).
+    compile : bool or str
+        Compile one step's forward and backward with `torch.compile`; a string is its `mode`
+        (see `accelerate`).
     """
 
-    def __init__(self, model: DrawModel, compile: bool = False):
+    def __init__(self, model: DrawModel, compile: bool | str = False):
         cfg = model.config
         if cfg is None:
             raise ValueError("the fast path needs a model built by DrawModel.from_config")
@@ -369,14 +380,12 @@ class FastDraw:
         self.model = model
         self.L = _Layout(cfg.channels, cfg.height, cfg.width, cfg.n_iter, cfg.enc_dim,
                          cfg.dec_dim, cfg.z_dim, cfg.read_N, cfg.write_N)
-        C, H, W = cfg.channels, cfg.height, cfg.width
-        # pixel orders: hcw[k] is the (C, H, W) index of the k-th pixel in (H, C, W) order
-        self.hcw = torch.arange(C * H * W).view(C, H, W).transpose(0, 1).reshape(-1)
-        self.chw = torch.argsort(self.hcw)
         self._fwd, self._bwd = _forward_step, _backward_step
         if compile:
-            self._fwd = torch.compile(_forward_step, dynamic=False)
-            self._bwd = torch.compile(_backward_step, dynamic=False)
+            # one graph per step kind (first, middle, last), reused T times: short compiles
+            options = {"mode": compile} if isinstance(compile, str) else {}
+            self._fwd = torch.compile(_forward_step, dynamic=False, **options)
+            self._bwd = torch.compile(_backward_step, dynamic=False, **options)
         self._filterbanks: dict = {}
 
     # ------------------------------------------------------------------ parameters
@@ -402,7 +411,7 @@ class FastDraw:
             r_x = enc_r.new_zeros(0, 0)
         else:
             # r = [x, x_hat] and x_hat = x - sigma(c): r W^T = x (W_x + W_xhat)^T - sigma(c) W_xhat^T
-            hcw = self.hcw.to(dev)
+            hcw = self._hcw(dev)
             r = enc_r[:, L.X:].index_select(1, hcw)                           # (4E, X)
             r_x = (enc_r[:, :L.X] + enc_r[:, L.X:]).index_select(1, hcw)      # (4E, X)
         if L.write_N is not None:
@@ -413,7 +422,7 @@ class FastDraw:
             h += [m.writer.z_trafo.weight, m.writer.w_trafo.weight.index_select(0, order)]
             h_bias += [m.writer.z_trafo.bias, m.writer.w_trafo.bias.index_select(0, order)]
         else:
-            hcw = self.hcw.to(dev)
+            hcw = self._hcw(dev)
             h.append(m.writer.transform.weight.index_select(0, hcw))
             h_bias.append(m.writer.transform.bias.index_select(0, hcw))
         s = m.sampler
@@ -431,6 +440,11 @@ class FastDraw:
         if key not in self._filterbanks:
             self._filterbanks[key] = _Filterbanks(Ns, self.L.H, self.L.W, like)
         return self._filterbanks[key]
+
+    def _hcw(self, device) -> Tensor:
+        """Pixel order of the loop: its k-th pixel is pixel hcw[k] of the (C, H, W) order."""
+        L = self.L
+        return torch.arange(L.X, device=device).view(L.C, L.H, L.W).transpose(0, 1).reshape(-1)
 
     def _to_hcw(self, v: Tensor) -> Tensor:
         if self.L.C == 1:
@@ -512,12 +526,12 @@ class FastDraw:
         read_grads = no_window_grads(L.read_N) if L.read_N is not None else ()
         carry = (self._to_hcw(dc), zeros(B, 4 * L.D), zeros(B, 4 * L.E), zeros(B, L.E),
                  zeros(B, L.D), read_grads)
-        rows = []
+        # (T, B, .) buffers of what the weight gradients need, filled step by step
+        dP, dgates_dec, dhe, dgates_enc = (x.new_empty(L.T, B, n) for n in (
+            w.h.shape[0], 4 * L.D, w.e.shape[0], 4 * L.E))
         for t in reversed(range(L.T)):
-            carry, row = self._bwd(L, fbk, w, x4, u[t], dkl[t], steps[t], passes[t],
-                                   passes[t + 1], carry, t == L.T - 1)
-            rows.append(row)
-        dP, dgates_dec, dhe, dgates_enc = (torch.stack(v[::-1]) for v in zip(*rows))  # (T, B, .)
+            carry = self._bwd(L, fbk, w, x4, u[t], dkl[t], steps[t], passes[t], passes[t + 1],
+                              carry, (dP[t], dgates_dec[t], dhe[t], dgates_enc[t]), t == L.T - 1)
         # P_{-1} = b_h fed step 0's encoder, decoder and read window
         _, dgates_dec0, dgates_enc0, _, _, read_grads = carry
         d_init = [dgates_dec0, dgates_enc0]
@@ -595,7 +609,8 @@ class FastDraw:
         return canvases, dict(zip(names, windows.unbind(0)))
 
 
-def accelerate(model: DrawModel, *, compile: bool = False, flush_denormal: bool = True) -> FastDraw:
+def accelerate(model: DrawModel, *, compile: bool | str = False,
+               flush_denormal: bool = True) -> FastDraw:
     """The fast path for a model: a callable with the signature and results of `model.forward`.
 
     It shares the model's parameters (nothing is copied; optimizers and checkpoints keep working
@@ -606,14 +621,15 @@ def accelerate(model: DrawModel, *, compile: bool = False, flush_denormal: bool 
     ----------
     model : DrawModel
         Built by `DrawModel.from_config`.
-    compile : bool
-        Also compile one step's forward and backward with `torch.compile` (inductor). On the
-        2-core CPU we measured it barely repays its compile time (see bench/README.md); it is
-        meant for GPUs, where it fuses each step's small kernels.
+    compile : bool or str
+        Also compile one step's forward and backward with `torch.compile` (inductor); a string
+        is passed as its `mode`. On 2 CPU cores it did not repay its compile time (about a
+        minute; see bench/README.md). It is meant for GPUs, where it fuses each step's small
+        kernels; bench/gpu_check.py measures whether it does.
     flush_denormal : bool
-        On CPU, call `torch.set_flush_denormal(True)` (process-wide): floats below 1.2e-38 are
-        treated as 0. The Gaussian filterbanks' far tails are such numbers and x86 CPUs compute
-        on them tens of times slower; flushing them changes no result above that magnitude.
+        On CPU, call `torch.set_flush_denormal(True)`, which is process-wide: floats below
+        1.2e-38 are treated as 0. The far tails of the Gaussian filterbanks are such numbers,
+        and x86 CPUs compute on them many times slower; no result above that magnitude changes.
 
     Returns
     -------
@@ -624,8 +640,7 @@ def accelerate(model: DrawModel, *, compile: bool = False, flush_denormal: bool 
     -------
     >>> fast = accelerate(model)
     >>> c, kl = fast(x)
-    >>> loss = nll_bound(x, c, kl).mean()
-    >>> loss.backward()            # gradients land in model.parameters()
+    >>> nll_bound(x, c, kl).mean().backward()      # gradients land in model.parameters()
     """
     if flush_denormal and next(model.parameters()).device.type == "cpu":
         torch.set_flush_denormal(True)
