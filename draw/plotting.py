@@ -121,7 +121,7 @@ def window_box(center_y: float, center_x: float, delta: float, N: int,
     its point, so the window is that span widened by half a stride on each side:
     [center - N delta / 2, center + N delta / 2], N * delta pixels wide. The box is drawn on the
     outermost pixels whose centres lie in that span; a window narrower than a pixel is drawn on
-    the pixel that holds its centre. Coordinates may fall outside the image: the caller clips.
+    the pixel that holds its centre. Coordinates may fall outside the image (see `draw_box`).
 
     Parameters
     ----------
@@ -212,19 +212,17 @@ def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
 
 
 def draw_box(cell: np.ndarray, box: tuple[int, int, int, int]) -> None:
-    """Paint the outline of box (x0, y0, x1, y1) (see `window_box`) in BOX_COLOR into an RGB
-    array cell (H, W, 3) in place, clipped to it.
+    """Outline the part of box (x0, y0, x1, y1) (see `window_box`) that lies inside an RGB array
+    cell (H, W, 3), in BOX_COLOR, in place.
 
-    Drawn by hand rather than with ImageDraw.rectangle, which paints a one-pixel box as two
-    pixels, and so that a box reaching past the image stays inside its own grid cell.
+    A window reaching past an edge of the image is outlined along that edge (an untrained model's
+    windows are often larger than the whole image, and would otherwise show no box at all); a
+    window entirely outside the image draws nothing. Drawn by hand rather than with
+    ImageDraw.rectangle, which paints a one-pixel box as two pixels.
     """
     H, W = cell.shape[:2]
-    x0, y0, x1, y1 = box
-    cols = slice(max(x0, 0), min(x1, W - 1) + 1)                            # empty when outside
-    rows = slice(max(y0, 0), min(y1, H - 1) + 1)
-    for y in (y0, y1):
-        if 0 <= y < H:
-            cell[y, cols] = BOX_COLOR
-    for x in (x0, x1):
-        if 0 <= x < W:
-            cell[rows, x] = BOX_COLOR
+    x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], W - 1), min(box[3], H - 1)
+    if x0 > x1 or y0 > y1:
+        return
+    cell[[y0, y1], x0:x1 + 1] = BOX_COLOR
+    cell[y0:y1 + 1, [x0, x1]] = BOX_COLOR

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from draw.model import DrawConfig, DrawModel
-from draw.plotting import (BOX_COLOR, SEPARATOR, grid_shape, image_grid, sampling_frames,
-                           save_gif, save_png, window_box)
+from draw.plotting import (BOX_COLOR, SEPARATOR, draw_box, grid_shape, image_grid,
+                           sampling_frames, save_gif, save_png, window_box)
 
 SEP = round(SEPARATOR * 255)
 
@@ -128,7 +128,7 @@ def test_window_box_exact_pixels():
     assert window_box(10.0, 10.0, 1.0, 4) == (8, 8, 12, 12)
     # narrower than a pixel: the pixel that holds the centre
     assert window_box(3.2, 6.7, 0.05, 2) == (7, 3, 7, 3)
-    # windows reaching past the image keep their true coordinates (the caller clips)
+    # windows reaching past the image keep their true coordinates (draw_box cuts them)
     assert window_box(0.0, 27.0, 3.0, 4) == (21, -6, 33, 6)
 
 
@@ -138,20 +138,37 @@ def test_window_box_scaled():
     assert window_box(3.0, 3.0, 0.01, 2, scale=3) == (10, 10, 10, 10)  # centre of pixel 3
 
 
+def test_draw_box_cuts_windows_at_the_image_edge():
+    cell = np.zeros((5, 6, 3), np.uint8)
+    draw_box(cell, (-3, 1, 10, 3))                 # wider than the image: drawn along its sides
+    expected = np.array([[0, 0, 0, 0, 0, 0],
+                         [1, 1, 1, 1, 1, 1],
+                         [1, 0, 0, 0, 0, 1],
+                         [1, 1, 1, 1, 1, 1],
+                         [0, 0, 0, 0, 0, 0]], bool)
+    np.testing.assert_array_equal((cell == BOX_COLOR).all(axis=-1), expected)
+    np.testing.assert_array_equal(cell[~expected], 0)
+    before = cell.copy()
+    draw_box(cell, (7, 0, 9, 2))                   # entirely right of the image: nothing
+    draw_box(cell, (1, -4, 3, -1))                 # entirely above it: nothing
+    np.testing.assert_array_equal(cell, before)
+    draw_box(cell, (2, 2, 2, 2))                   # a one-pixel window is one pixel
+    assert (cell == BOX_COLOR).all(axis=-1).sum() == expected.sum() + 1
+
+
 def _red_mask(frame):
     pixels = np.asarray(frame.convert("RGB")).astype(int)
     return (pixels == np.array(BOX_COLOR)).all(axis=-1)
 
 
 def _box_mask(shape, box):
-    """The outline of box (x0, y0, x1, y1) clipped to an image of `shape` (H, W)."""
+    """Where the outline of box (x0, y0, x1, y1), cut down to an image of `shape` (H, W), lies:
+    pixel (y, x) is on it when it is inside both and on one of the cut box's four sides."""
     H, W = shape
-    x0, y0, x1, y1 = box
-    mask = np.zeros((H + 200, W + 200), bool)                         # room for boxes outside
-    o = 100
-    mask[o + y0, o + x0:o + x1 + 1] = mask[o + y1, o + x0:o + x1 + 1] = True
-    mask[o + y0:o + y1 + 1, o + x0] = mask[o + y0:o + y1 + 1, o + x1] = True
-    return mask[o:o + H, o:o + W]
+    x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], W - 1), min(box[3], H - 1)
+    y, x = np.mgrid[0:H, 0:W]
+    inside = (x0 <= x) & (x <= x1) & (y0 <= y) & (y <= y1)
+    return inside & ((x == x0) | (x == x1) | (y == y0) | (y == y1))
 
 
 def test_sampling_frames_without_attention_are_grids():
