@@ -302,10 +302,11 @@ def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor
     dh_dec = dP[:, first:] @ w.h[first:]                                  # (B, D)
     dcell_dec = _lstm_backward(dh_dec, dcell_dec, act_d, cell_dec, tanh_d, dgates_dec_t)
     dz = dgates_dec_t @ w.z                                                 # (B, Z)
-    # eq. 6 and eq. 11: kl = 1/2 sum(mean^2 + sigma^2 - 2 log sigma) - Z/2
+    # eq. 6 and eq. 11: kl = 1/2 sum(mean^2 + sigma^2 - 2 log sigma) - Z/2, so
+    # d kl / d log sigma = sigma^2 - 1, written as expm1: no cancellation near sigma = 1
     dkl_t = dkl_t[:, None]
     dmean = torch.addcmul(dz, dkl_t, mean)
-    dlog_sigma = torch.addcmul(dz * u_t, dkl_t, sigma) * sigma - dkl_t
+    dlog_sigma = torch.addcmul(dkl_t * torch.expm1(2 * log_sigma), dz * u_t, sigma)
     torch.cat([dgates_enc, dmean, dlog_sigma], dim=1, out=dhe)            # (B, 4E + 2Z)
     dcell_enc = _lstm_backward(dhe @ w.e, dcell_enc, act_e, cell_enc, tanh_e, dgates_enc_t)
     dgates_dec, dgates_enc = dgates_dec_t, dgates_enc_t
@@ -507,8 +508,11 @@ class FastDraw:
                                               t == L.T - 1)
             passes.append(fb_pass)
             steps.append(saved)
-        mean, sigma, log_sigma = (torch.stack(v) for v in list(zip(*steps))[6:9])  # (T, B, Z)
-        kl = 0.5 * (mean ** 2 + sigma ** 2 - 2 * log_sigma).sum(dim=2) - L.Z / 2  # eq. 11
+        column = list(zip(*steps))
+        mean, log_sigma = torch.stack(column[6]), torch.stack(column[8])    # (T, B, Z)
+        # eq. 11, with sigma^2 - 1 as expm1(2 log sigma): the same value without the
+        # cancellation of the paper's form near sigma = 1, where training starts
+        kl = 0.5 * (mean ** 2 + torch.expm1(2 * log_sigma) - 2 * log_sigma).sum(dim=2)
         return self._to_chw(state[0]), kl, (x_hcw, x4, passes, steps)
 
     def _backward_loop(self, x: Tensor, u: Tensor, w: _Weights, saved: tuple, dc: Tensor,

@@ -87,10 +87,10 @@ def test_float32_at_mnist_size_within_tolerance(attention):
     c1, kl1, g1 = grads(reference, reference, x.double(), u.double())
     c2, kl2, g2 = grads(model, FastDraw(model), x, u)
     loss1, loss2 = loss_of(x.double(), c1, kl1), loss_of(x, c2, kl2)
-    # measured: 6e-8 and 3e-6 at most, as for the plain path in float32
+    # measured: loss 6e-8, gradients 3e-6 at most, as for the plain path in float32
     assert abs(loss2.item() - loss1.item()) <= 1e-6 * abs(loss1.item())
     for (name, _), a, b in zip(model.named_parameters(), g1, g2):
-        assert (b.double() - a).abs().max() <= 2e-5 * a.abs().max(), name
+        assert (b.double() - a).abs().max() <= 1e-5 * a.abs().max(), name
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:9] + CONFIGS[-2:], ids=config_id)
