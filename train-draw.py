@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Train DRAW (Gregor et al., 2015): parse the flags, hand them to draw.train.main.
+"""Train DRAW (Gregor et al., 2015); checkpoints, logs and samples go to a run directory.
+
+The flags are parsed here and handed to draw.train.main. Examples:
 
     python train-draw.py --attention=2,5 --niter=64 --lr=3e-4 --epochs=100   # the paper's run
     python train-draw.py --dataset sample --epochs 2 --niter 8                 # offline quick start
@@ -56,7 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", type=str, default=None,
                         help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, "
                              "or a cache directory)")
-    parser.add_argument("--run-dir", type=str, default=".",
+    parser.add_argument("--run-dir", type=str, default=".", metavar="DIR",
                         help="where to create the run directory (default: .)")
     parser.add_argument("--plot-port", type=int, default=5006,
                         help="port of the live-plot server (default: 5006)")
