@@ -220,10 +220,11 @@ def test_update_without_a_browser_and_close_twice(capfd):
         urllib.request.urlopen(url + "no-such-page")
     live.close()
     live.close()
-    # one line at start, and no request log lines in the middle of training's output
-    assert capfd.readouterr().err.strip().splitlines() == [f"live plots at {url}"]
-    with socket.socket() as again:                       # the port is free once closed
-        again.bind(("127.0.0.1", live.port))
+    again = LivePlot(port=live.port)                     # the port is free once closed
+    assert again.start() == url
+    again.close()
+    # one line per start, and no request log lines in the middle of training's output
+    assert capfd.readouterr().err.strip().splitlines() == [f"live plots at {url}"] * 2
 
 
 def test_samples_column_packs_rgba_bottom_up():
