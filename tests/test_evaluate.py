@@ -96,6 +96,8 @@ def test_cli_prints_numbers_and_fails_in_one_line(trained, capsys):
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
 
 
+# runpy warns that draw.evaluate is imported already (by this file): harmless here
+@pytest.mark.filterwarnings("ignore:'draw.evaluate' found in sys.modules")
 def test_evaluate_py_and_python_m_run_the_same_cli(trained, capsys, monkeypatch):
     for run in (lambda: runpy.run_path(str(ROOT / "evaluate.py"), run_name="__main__"),
                 lambda: runpy.run_module("draw.evaluate", run_name="__main__", alter_sys=True)):

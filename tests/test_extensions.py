@@ -3,6 +3,7 @@ import os
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -273,7 +274,7 @@ def test_sample_checkpoint_files(tmp_path):
         for k, png in enumerate(("epoch-000.png", "epoch-001.png")):
             gif.seek(k)
             with Image.open(tmp_path / png) as expected:
-                assert list(gif.convert("L").getdata()) == list(expected.getdata())
+                assert np.array_equal(np.asarray(gif.convert("L")), np.asarray(expected))
     with Image.open(tmp_path / "sequence.gif") as gif:
         assert 1 <= gif.n_frames <= CFG.n_iter
         assert gif.size == (3 * 16 + 2, 2 * 16 + 1)         # drawn at twice the size
