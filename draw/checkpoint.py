@@ -13,6 +13,7 @@ program's pickle, a truncated download, a later format version) is a one-line Ch
 """
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -48,7 +49,11 @@ def _save(path: str | os.PathLike, obj: dict) -> None:
 def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
     path = os.fspath(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a foreign pickle makes torch warn about its protocol before it fails: the
+            # one-line CheckpointError below says all there is to say
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
     # foreign or damaged bytes raise a zoo of types (UnpicklingError, RuntimeError from the zip
