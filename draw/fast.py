@@ -6,11 +6,12 @@ K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra.
 "DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, arXiv:1502.04623.
 Equation numbers below are the paper's.
 
-Why it is faster
-----------------
-At DRAW's usual sizes a plain PyTorch step runs a few hundred tiny operations forward and as
-many autograd nodes backward; their fixed costs outweigh the arithmetic. This module computes the
-same numbers from the model's own parameters (so checkpoints and optimizers are unaffected):
+What it changes
+---------------
+At DRAW's usual sizes a plain PyTorch step runs a few hundred small operations forward and as
+many autograd nodes backward, and much of its time goes to them rather than to the matmuls. This
+module computes the same numbers from the model's own parameters (so checkpoints and optimizers
+are unaffected) in fewer, larger operations; bench/README.md has what that gains:
 
 - Every matrix that multiplies h_dec is stacked into one: the decoder's recurrence (eq. 7), the
   encoder's h_dec input (eq. 5), the read head (eq. 21) and the write heads (eqs. 21, 28). One
@@ -82,7 +83,8 @@ class _Weights(NamedTuple):
     e_bias: Tensor     # (4E+2Z,)
     z: Tensor          # (4D, Z)     decoder input
     r: Tensor          # (4E, R)     encoder input from the glimpse; (4E, X) x_hat part without
-    r_x: Tensor        # (4E, X)     x part of the encoder input without read attention; (0, 0) with
+    r_x: Tensor        # (4E, X)     x part of the encoder input without read attention, else
+                       #             (0, 0)
 
 
 class _Filterbanks:
@@ -264,13 +266,13 @@ def _forward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor,
 
 def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor, u_t: Tensor,
                    dkl_t: Tensor, saved: tuple, fb_in: tuple, fb_out: tuple, carry: tuple,
-                   rows: tuple, last: bool):
+                   grad_rows: tuple, last: bool):
     """Backward of `_forward_step` (step t), given the gradients flowing back from step t + 1.
 
     fb_in is the filterbank pass that gave step t its read window, fb_out the one of h_dec_t.
     carry is (dc_t (B, X), dgates_dec_{t+1} (B, 4D), dgates_enc_{t+1} (B, 4E), dcell_enc,
     dcell_dec, read_grads_{t+1}: the gradients of (F_Y, F_X, gamma) of step t+1's read or ()).
-    rows are step t's slices (B, .) of the buffers that collect, for the weight gradients in
+    grad_rows are step t's slices (B, .) of the buffers that collect, for the weight gradients in
     bulk, dP_t, dgates_dec_t, dhe_t and dgates_enc_t; they are written here.
     Returns the carry for step t - 1.
     """
@@ -296,12 +298,12 @@ def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor
         dheads = [dc]
     if fbk is not None:
         dheads.insert(0, fbk.backward(window_grads, fb_out).view(B, -1))
-    dP, dgates_dec_t, dhe, dgates_enc_t = rows
+    dP, dgates_dec_t, dhe, dgates_enc_t = grad_rows
     torch.cat([dgates_dec, dgates_enc] + dheads, dim=1, out=dP)           # (B, n_h)
     first = L.heads_start if last else 0
     dh_dec = dP[:, first:] @ w.h[first:]                                  # (B, D)
     dcell_dec = _lstm_backward(dh_dec, dcell_dec, act_d, cell_dec, tanh_d, dgates_dec_t)
-    dz = dgates_dec_t @ w.z                                                 # (B, Z)
+    dz = dgates_dec_t @ w.z                                               # (B, Z)
     # eq. 6 and eq. 11: kl = 1/2 sum(mean^2 + sigma^2 - 2 log sigma) - Z/2, so
     # d kl / d log sigma = sigma^2 - 1, written as expm1: no cancellation near sigma = 1
     dkl_t = dkl_t[:, None]
@@ -313,7 +315,7 @@ def _backward_step(L: _Layout, fbk: _Filterbanks | None, w: _Weights, x4: Tensor
     if L.read_N is not None:                                              # eq. 27
         FY, FX, gamma = fbk.windows(fb_in)[0]
         N = L.read_N
-        rows, glimpse, r = read_saved
+        rows, glimpse, _ = read_saved
         dr = dgates_enc @ w.r                                             # (B, R)
         dgamma = (dr * glimpse).sum(1)
         dglimpse = (dr * gamma[:, None]).view(B, N * 2 * C, N)
@@ -411,7 +413,8 @@ class FastDraw:
             r = enc_r.index_select(1, order.reshape(-1))                      # (4E, R)
             r_x = enc_r.new_zeros(0, 0)
         else:
-            # r = [x, x_hat] and x_hat = x - sigma(c): r W^T = x (W_x + W_xhat)^T - sigma(c) W_xhat^T
+            # r = [x, x_hat] with x_hat = x - sigma(c), so
+            # r W^T = x (W_x + W_xhat)^T - sigma(c) W_xhat^T
             hcw = self._hcw(dev)
             r = enc_r[:, L.X:].index_select(1, hcw)                           # (4E, X)
             r_x = (enc_r[:, :L.X] + enc_r[:, L.X:]).index_select(1, hcw)      # (4E, X)
