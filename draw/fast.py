@@ -390,6 +390,7 @@ class FastDraw:
             self._fwd = torch.compile(_forward_step, dynamic=False, **options)
             self._bwd = torch.compile(_backward_step, dynamic=False, **options)
         self._filterbanks: dict = {}
+        self._grad_buffers: tuple = ()
 
     # ------------------------------------------------------------------ parameters
     def _weights(self) -> _Weights:
@@ -449,6 +450,20 @@ class FastDraw:
         """Pixel order of the loop: its k-th pixel is pixel hcw[k] of the (C, H, W) order."""
         L = self.L
         return torch.arange(L.X, device=device).view(L.C, L.H, L.W).transpose(0, 1).reshape(-1)
+
+    def _gradient_rows(self, B: int, w: _Weights) -> tuple[Tensor, ...]:
+        """(T, B, .) buffers for dP, dgates_dec, dhe and dgates_enc, which the backward fills
+        step by step and the weight gradients read. Kept from one backward to the next: at
+        T = 64 they are 136 MB, and fresh memory costs a page fault per 4 kB. Backward passes
+        through one FastDraw must therefore not run concurrently (autograd runs them in turn).
+        """
+        L = self.L
+        shapes = [(L.T, B, n) for n in (w.h.shape[0], 4 * L.D, w.e.shape[0], 4 * L.E)]
+        kept = self._grad_buffers
+        if not kept or [tuple(b.shape) for b in kept] != shapes or \
+                kept[0].dtype != w.h.dtype or kept[0].device != w.h.device:
+            self._grad_buffers = tuple(w.h.new_empty(shape) for shape in shapes)
+        return self._grad_buffers
 
     def _to_hcw(self, v: Tensor) -> Tensor:
         if self.L.C == 1:
@@ -533,9 +548,7 @@ class FastDraw:
         read_grads = no_window_grads(L.read_N) if L.read_N is not None else ()
         carry = (self._to_hcw(dc), zeros(B, 4 * L.D), zeros(B, 4 * L.E), zeros(B, L.E),
                  zeros(B, L.D), read_grads)
-        # (T, B, .) buffers of what the weight gradients need, filled step by step
-        dP, dgates_dec, dhe, dgates_enc = (x.new_empty(L.T, B, n) for n in (
-            w.h.shape[0], 4 * L.D, w.e.shape[0], 4 * L.E))
+        dP, dgates_dec, dhe, dgates_enc = self._gradient_rows(B, w)
         for t in reversed(range(L.T)):
             carry = self._bwd(L, fbk, w, x4, u[t], dkl[t], steps[t], passes[t], passes[t + 1],
                               carry, (dP[t], dgates_dec[t], dhe[t], dgates_enc[t]), t == L.T - 1)
