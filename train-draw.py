@@ -6,6 +6,9 @@ The flags are parsed here and handed to draw.train.main. Examples:
     python train-draw.py --attention=2,5 --niter=64 --lr=3e-4 --epochs=100   # the paper's run
     python train-draw.py --dataset sample --epochs 2 --niter 8                 # offline quick start
     python train-draw.py --resume bmnist-20250101-120000                      # continue a run
+    torchrun --nproc_per_node=4 train-draw.py --attention=2,5 --bs 100         # 4 GPUs, 25 each
+
+Under torchrun, --bs is the global batch size: the processes split every batch between them.
 """
 import argparse
 
@@ -30,7 +33,8 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, dest="epochs", default=None,
                         help=f"total number of epochs to train {default('epochs')}")
     parser.add_argument("--bs", "--batch-size", type=int, dest="batch_size", default=None,
-                        help=f"size of each mini-batch {default('batch_size')}")
+                        help=f"size of each mini-batch; under torchrun the global size, split "
+                             f"between the processes {default('batch_size')}")
     parser.add_argument("--lr", "--learning-rate", type=float, dest="learning_rate", default=None,
                         help=f"Adam learning rate {default('learning_rate')}")
     parser.add_argument("--attention", "-a", type=str, default=None,
@@ -51,10 +55,12 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=None,
                         help=f"seed of initialisation, data order and noise {default('seed')}")
     parser.add_argument("--device", type=str, default="auto",
-                        help="cpu, cuda, cuda:N, or auto: CUDA when available (default: auto)")
+                        help="cpu, cuda, cuda:N, or auto: CUDA when available; under torchrun "
+                             "each process takes cuda:LOCAL_RANK (default: auto)")
     parser.add_argument("--resume", type=str, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last save; only --epochs, "
-                             "--device, --data-dir and live plotting may change")
+                             "--device, --data-dir, --no-fast, live plotting and the number of "
+                             "processes may change")
     parser.add_argument("--data-dir", type=str, default=None,
                         help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, "
                              "or a cache directory)")
@@ -64,6 +70,9 @@ if __name__ == "__main__":
                         help="port of the live-plot server (default: 5006)")
     parser.add_argument("--grad-clip", type=float, default=None,
                         help=f"clip the gradient to this total norm {default('grad_clip')}")
+    parser.add_argument("--no-fast", dest="fast", action="store_false", default=True,
+                        help="train with the model's own forward pass instead of the fast "
+                             "path of draw/fast.py (same results up to float rounding)")
     parser.add_argument("--subset", type=int, default=None,
                         help="train on this many randomly chosen training images, for quick "
                              "runs; valid and test stay whole (default: all)")

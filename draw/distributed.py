@@ -10,12 +10,16 @@ of it (`Distributed.shard`): the ranks see disjoint parts of every epoch's shuff
 a run on one (up to the order of floating-point sums).
 """
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+
+from draw.errors import DrawError
+from draw.model import DrawModel
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,23 @@ class Distributed:
             dist.barrier()
 
 
+def process_place() -> Distributed:
+    """This process's place as torchrun's environment variables describe it; joins nothing.
+
+    Known before any process group exists, so that every rank can check its command line first
+    and only the main rank need say what is wrong with it.
+    """
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    try:
+        if int(world_size) == 1:
+            return Distributed()
+        return Distributed(int(os.environ["RANK"]), int(world_size),
+                           int(os.environ.get("LOCAL_RANK", "0")))
+    except (KeyError, ValueError):
+        raise DrawError(f"WORLD_SIZE={world_size} needs an integer RANK (and LOCAL_RANK) for "
+                        f"each process: start the processes with torchrun") from None
+
+
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the process group that torchrun describes, if any.
 
@@ -77,28 +98,59 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     (Distributed, torch.device)
         NCCL on GPUs, gloo on CPUs.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    d = process_place()
+    if not d.enabled:
+        return d, device
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world_size)
-    return Distributed(rank, world_size, local_rank), device
+                                rank=d.rank, world_size=d.world_size)
+    return d, device
 
 
-def wrap_model(model: nn.Module, d: Distributed, device: torch.device) -> nn.Module:
-    """The module to train: DDP around `model` when distributed, `model` itself otherwise.
+class TrainingForward(nn.Module):
+    """The training forward pass (x, u) -> (c, kl) as one module, so that DDP can wrap it.
+
+    DDP averages the gradients of the forward passes that go through its own module; the fast
+    path (draw.fast) is a plain callable, so it runs inside this module's forward. The model is
+    a submodule: the parameters DDP synchronises are the model's own, under the prefix "model.".
+
+    Parameters
+    ----------
+    model : DrawModel
+    fast : callable, optional
+        A callable with `model.forward`'s signature computing from `model`'s parameters
+        (`draw.fast.accelerate(model)`); None for the model's own forward.
+    """
+
+    def __init__(self, model: DrawModel, fast: Callable | None = None):
+        super().__init__()
+        self.model = model
+        self.fast = fast
+
+    def forward(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        # a rank's slice of a tail batch smaller than the world is empty; the fast path does
+        # not take empty batches, the plain one gives zero gradients, which still join the
+        # all-reduce
+        if self.fast is None or x.shape[0] == 0:
+            return self.model(x, u)
+        return self.fast(x, u)
+
+
+def wrap_model(model: DrawModel, d: Distributed, device: torch.device,
+               fast: Callable | None = None) -> nn.Module:
+    """The module to train through: `TrainingForward(model, fast)`, inside DDP when distributed.
 
     DDP broadcasts rank 0's parameters at construction, so every rank starts identical even if
     they were initialised differently; it then averages gradients during backward.
     """
+    module = TrainingForward(model, fast)
     if not d.enabled:
-        return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return module
+    return DistributedDataParallel(module,
+                                   device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def close_distributed(d: Distributed):

@@ -22,13 +22,15 @@ from torch import Tensor
 from draw.checkpoint import load_model, resolve_device
 from draw.cli import ArgumentParser, run
 from draw.datasets import batches, get_data, supported_datasets
+from draw.distributed import Distributed
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
 
 
 @torch.no_grad()
 def bound_statistics(forward: Callable, model: DrawModel, data: Iterable[Tensor],
-                     generator: torch.Generator) -> tuple[float, list[float]]:
+                     generator: torch.Generator,
+                     dist: Distributed | None = None) -> tuple[float, list[float]]:
     """The bound (eq. 12) and each step's KL term (eq. 11), averaged over all images of `data`.
 
     Parameters
@@ -40,28 +42,40 @@ def bound_statistics(forward: Callable, model: DrawModel, data: Iterable[Tensor]
     data : iterable of Tensor, each (B, x_dim) on the model's device
     generator : torch.Generator
         On the model's device; the source of the posterior noise u.
+    dist : Distributed, optional
+        Under torchrun, every rank passes the same `data` and `generator`, evaluates its slice
+        of each batch (with its slice of the batch's noise) and gets the averages over all of
+        them, the same numbers as one process would compute, up to float rounding.
 
     Returns
     -------
     nll_bound : float, nats per image
     kl_terms : list of n_iter floats, nats per image
     """
+    dist = dist or Distributed()
     was_training = model.training
     model.eval()
+    # [sum of bounds, number of images, sum of KL_t for every t], in float64
+    sums = torch.zeros(2 + model.n_iter, dtype=torch.float64,
+                       device=next(model.parameters()).device)
     try:
-        total, kl_total, count = 0.0, 0.0, 0
         for x in data:
             u = torch.randn((model.n_iter, x.shape[0], model.sampler.z_dim), generator=generator,
-                            device=x.device, dtype=x.dtype)
-            c, kl = forward(x, u)                                             # (B, D), (T, B)
-            total = total + nll_bound(x, c, kl).double().sum()
-            kl_total = kl_total + kl.double().sum(dim=1)                      # (T,)
-            count += x.shape[0]
+                            device=x.device, dtype=x.dtype)                   # (T, B, Z)
+            x, u = dist.shard(x), dist.shard(u, dim=1)                        # (b, D), (T, b, Z)
+            if x.shape[0] == 0:
+                continue        # a rank's empty slice of a batch smaller than the world
+            c, kl = forward(x, u)                                             # (b, D), (T, b)
+            sums[0] += nll_bound(x, c, kl).double().sum()
+            sums[1] += x.shape[0]
+            sums[2:] += kl.double().sum(dim=1)                                # (T,)
     finally:
         model.train(was_training)
+    sums = dist.all_reduce_sum(sums)
+    count = sums[1].item()
     if count == 0:
         raise ValueError("bound_statistics needs at least one image")
-    return total.item() / count, (kl_total / count).tolist()
+    return sums[0].item() / count, (sums[2:] / count).tolist()
 
 
 @torch.no_grad()

@@ -157,6 +157,8 @@ class TrainingDataMonitoring(SimpleExtension):
 
     The bound and KL terms are means over the epoch's images, the norms means over its batches.
     Sums stay on the device until the epoch ends, so monitoring adds no host sync per batch.
+    The loop's per-batch sums are already global under torchrun, so every rank (and a
+    checkpoint taken mid-epoch) holds the numbers of the whole job.
     """
 
     def __init__(self, **kwargs):
@@ -170,18 +172,15 @@ class TrainingDataMonitoring(SimpleExtension):
     def do(self, which_callback: str, *args) -> None:
         if which_callback == "after_batch":
             last = self.main_loop.last_batch
-            batch = {"nll_bound": last["nll_bound"].sum(), "kl": last["kl"].sum(dim=1),
-                     "total_gradient_norm": last["total_gradient_norm"],
-                     "total_step_norm": last["total_step_norm"]}
-            for key, value in batch.items():
-                value = value.detach().double()
+            for key in ("nll_bound_sum", "kl_sum", "total_gradient_norm", "total_step_norm"):
+                value = last[key].detach().double()
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
-            self.images += last["nll_bound"].numel()
+            self.images += last["images"]
             self.batches += 1
         elif which_callback == "after_epoch" and self.batches:
             row = self.main_loop.log[-1]
-            row["train_nll_bound"] = self.sums["nll_bound"].item() / self.images
-            for t, kl_t in enumerate(self.sums["kl"].tolist()):
+            row["train_nll_bound"] = self.sums["nll_bound_sum"].item() / self.images
+            for t, kl_t in enumerate(self.sums["kl_sum"].tolist()):
                 row[f"train_kl_term_{t}"] = kl_t / self.images
             for key in ("total_gradient_norm", "total_step_norm"):
                 row[f"train_{key}"] = self.sums[key].item() / self.batches
@@ -200,6 +199,9 @@ class TrainingDataMonitoring(SimpleExtension):
 class DataStreamMonitoring(SimpleExtension):
     """Evaluate the bound on a whole split under no_grad: `<prefix>_nll_bound` and
     `<prefix>_kl_term_<t>`, means over the split's images.
+
+    Under torchrun every rank evaluates its slice of each batch and the sums are all-reduced:
+    the numbers are those of one process, in 1 / world_size of the time.
 
     Parameters
     ----------
@@ -228,7 +230,7 @@ class DataStreamMonitoring(SimpleExtension):
         loop = self.main_loop
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         data = batches(self.images, self.batch_size, device=self.device)
-        bound, kl = bound_statistics(loop.forward, loop.model, data, generator)
+        bound, kl = bound_statistics(loop.forward, loop.model, data, generator, dist=loop.dist)
         row = loop.log[-1]
         row[f"{self.prefix}_nll_bound"] = bound
         for t, kl_t in enumerate(kl):
@@ -326,7 +328,8 @@ class ProgressBar(SimpleExtension):
             self.bar.update(1)
             if self.bar.n % 10 == 0:
                 # the loop already synced the loss for its finiteness check: .item() is free
-                bound = self.main_loop.last_batch["nll_bound"].mean().item()
+                last = self.main_loop.last_batch
+                bound = last["nll_bound_sum"].item() / last["images"]
                 self.bar.set_postfix(nll_bound=f"{bound:.2f}", refresh=False)
         elif self.bar is not None:
             self.bar.close()

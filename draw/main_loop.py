@@ -6,10 +6,20 @@ after_batch, after_epoch, after_training and on_error, and every extension (draw
 decides from its triggers whether to act. Extensions talk through the log: `log` holds one row
 (a dict of plain numbers) per finished epoch, plus row 0 for the state before training.
 
+Data parallelism
+----------------
+Under torchrun (draw/distributed.py) every rank runs this loop on the same global batches: each
+step draws the noise of the whole batch (the same draws on every rank, which share the seed),
+keeps its slice of both, and scales its loss so that DDP's average of the gradients is the
+gradient of the global mean. One all-reduce per step then gives every rank the global sums for
+monitoring and whether any rank has seen a Ctrl-C, so all ranks log the same numbers and stop
+after the same batch.
+
 Interruptions
 -------------
-The first Ctrl-C finishes the current batch, then after_training runs (the Checkpoint extension
-saves the state mid-epoch) and `run` returns. A second Ctrl-C raises KeyboardInterrupt at once;
+The first Ctrl-C finishes the current batch (under torchrun: the batch after which the ranks
+agree to stop), then after_training runs (the Checkpoint extension saves the state mid-epoch)
+and `run` returns. A second Ctrl-C raises KeyboardInterrupt at once;
 since every file is written atomically, the files on disk stay the last complete ones. A run
 resumed from a mid-epoch checkpoint replays the epoch's data order from its start, skipping the
 batches already trained on, so it goes on exactly as if it had never stopped.
@@ -22,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_, parameters_to_vector
 
+from draw.distributed import Distributed, wrap_model
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
 
@@ -48,25 +59,37 @@ class MainLoop:
     grad_clip : float
         Rescale the gradient to at most this total norm before each step (the classic
         StepClipping(10) ahead of Adam).
+    fast : callable, optional
+        A callable with the signature and the parameters of `model.forward`, such as
+        `draw.fast.accelerate(model)`, used for training and monitoring instead of the model's
+        own forward pass.
+    dist : Distributed, optional
+        This process's place in a torchrun job; a single process by default. The batches are
+        then global: every rank gets the same ones and trains on its slice.
     """
 
     def __init__(self, model: DrawModel, optimizer: torch.optim.Optimizer,
                  epoch_batches: Callable[[], Iterable[Tensor]], generator: torch.Generator,
-                 extensions: Iterable = (), grad_clip: float = 10.0):
+                 extensions: Iterable = (), grad_clip: float = 10.0,
+                 fast: Callable | None = None, dist: Distributed | None = None):
         self.model = model
         self.optimizer = optimizer
         self.epoch_batches = epoch_batches
         self.generator = generator
         self.extensions = list(extensions)
         self.grad_clip = grad_clip
-        # the one place the training forward pass comes from: draw.fast may swap in a faster
-        # callable with the same signature (x, u=None) -> (c, kl) and the same parameters
-        self.forward = model
+        self.dist = dist or Distributed()
+        # the forward pass (x, u=None) -> (c, kl): monitoring calls it as it is; training steps
+        # call the same computation through `train_forward`, a module that DDP wraps when
+        # distributed, since DDP averages only the gradients of passes through its own module
+        self.forward = model if fast is None else fast
+        self.train_forward = wrap_model(model, self.dist, next(model.parameters()).device, fast)
+        self._sigint = False       # this rank has seen a Ctrl-C (see _on_sigint)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.log: list[dict] = []
         self.status = {"epoch": 0, "iteration": 0, "batch": 0, "epoch_rng": None,
                        "finish_requested": False, "interrupted": False}
-        self.last_batch: dict[str, Tensor] = {}
+        self.last_batch: dict = {}       # the latest step's numbers (see step)
         for extension in self.extensions:
             extension.main_loop = self
 
@@ -120,24 +143,42 @@ class MainLoop:
         return True
 
     def step(self, x: Tensor) -> None:
-        """One Adam step on the bound (eq. 12), averaged over the batch; fills `last_batch`."""
+        """One Adam step on the bound (eq. 12) averaged over the global batch `x`; fills
+        `last_batch` with global sums."""
         self.optimizer.zero_grad(set_to_none=True)
-        c, kl = self.forward(x)                                               # (B, D), (T, B)
-        bound = nll_bound(x, c, kl)                                           # (B,)
-        loss = bound.mean()
+        B = x.shape[0]
+        # the noise of the whole batch, as DrawModel.forward would draw it; every rank draws the
+        # same (same seed, same draws so far) and keeps its slice, like that of x
+        u = torch.randn((self.model.n_iter, B, self.model.sampler.z_dim), dtype=x.dtype,
+                        device=x.device)                                      # (T, B, Z)
+        x, u = self.dist.shard(x), self.dist.shard(u, dim=1)                  # (b, D), (T, b, Z)
+        c, kl = self.train_forward(x, u)                                      # (b, D), (T, b)
+        bound = nll_bound(x, c, kl)                                           # (b,)
+        # the sum scaled by world / B: DDP's average over the ranks is the gradient of the
+        # global batch's mean, even when the slices differ in size (1 / B in a single process)
+        loss = bound.sum() * self.dist.loss_scale(B)
         loss.backward()
-        grad_norm = clip_grad_norm_(self.params, self.grad_clip)
+        grad_norm = clip_grad_norm_(self.params, self.grad_clip)    # the same on every rank
+        sums = torch.cat([bound.detach().sum()[None], kl.detach().sum(dim=1)]).double()
+        if self.dist.enabled:
+            # one all-reduce: the global sums, and whether any rank has seen a Ctrl-C
+            flag = sums.new_tensor([float(self._sigint)])
+            sums = self.dist.all_reduce_sum(torch.cat([sums, flag]))          # (1 + T + 1,)
+            self.status["interrupted"] = bool(sums[-1] > 0)
+            sums = sums[:-1]
         # checked before the update, so a non-finite step never reaches the parameters (nor,
-        # through them, a checkpoint); the one host sync per step is this check
-        if not torch.isfinite(loss + grad_norm):
+        # through them, a checkpoint); the one host sync per step is this check, and its
+        # verdict is the same on every rank
+        if not torch.isfinite(sums[0] + grad_norm):
             raise TrainingError(
-                f"non-finite loss ({loss.item():.4g}) or gradient norm ({grad_norm.item():.4g}) "
-                f"at epoch {self.status['epoch'] + 1}, batch {self.status['batch'] + 1}; stopped "
-                f"before the update, the last saved epoch is intact (try a lower --lr)")
+                f"non-finite loss ({sums[0].item() / B:.4g}) or gradient norm "
+                f"({grad_norm.item():.4g}) at epoch {self.status['epoch'] + 1}, batch "
+                f"{self.status['batch'] + 1}; stopped before the update, the last saved epoch is "
+                f"intact (try a lower --lr)")
         before = parameters_to_vector(self.params).detach()
         self.optimizer.step()
         step_norm = (parameters_to_vector(self.params).detach() - before).norm()
-        self.last_batch = {"nll_bound": bound.detach(), "kl": kl.detach(),
+        self.last_batch = {"nll_bound_sum": sums[0], "kl_sum": sums[1:], "images": B,
                            "total_gradient_norm": grad_norm.detach(),
                            "total_step_norm": step_norm}
 
@@ -148,9 +189,13 @@ class MainLoop:
     def _on_sigint(self, signum, frame) -> None:
         # restore the default handler first, so that a second Ctrl-C stops at once
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        self.status["interrupted"] = True
-        print("\nCtrl-C: finishing this batch, saving, then stopping "
-              "(press Ctrl-C again to stop at once)", flush=True)
+        self._sigint = True
+        if not self.dist.enabled:
+            self.status["interrupted"] = True
+        # else the ranks, which see the signal at different moments, agree in the next step
+        if self.dist.is_main:
+            print("\nCtrl-C: finishing this batch, saving, then stopping "
+                  "(press Ctrl-C again to stop at once)", flush=True)
 
     def state_dict(self) -> dict:
         """Plain data to resume from: counters, the epoch's data order, extension states."""

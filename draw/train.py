@@ -11,6 +11,12 @@ in `<name>-YYYYmmdd-HHMMSS/`:
     sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (draw/extensions.py)
 
 with the classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`.
+
+Training runs through the fast path (draw/fast.py) unless `fast=False` (`--no-fast`). Under
+`torchrun --nproc_per_node=K` the same run is data-parallel (draw/distributed.py): `--bs` is
+the global batch, every process trains on its slice of it, and the run takes the steps of a
+single process up to float rounding; only the main process (rank 0) prints and writes files,
+and a run may be resumed with another number of processes.
 """
 import json
 import math
@@ -28,9 +34,12 @@ from draw.atomic import atomic_write_bytes
 from draw.checkpoint import (CheckpointError, load_checkpoint, load_model, resolve_device,
                              set_rng_state)
 from draw.datasets import batches, get_data, supported_datasets
+from draw.datasets.store import dataset_spec
+from draw.distributed import Distributed, close_distributed, init_distributed, process_place
 from draw.errors import DrawError
 from draw.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
                              ProgressBar, SampleCheckpoint, Timing, TrainingDataMonitoring)
+from draw.fast import accelerate
 from draw.main_loop import MainLoop
 from draw.model import DrawConfig, DrawModel
 
@@ -155,20 +164,29 @@ def _write_text(path: Path, text: str) -> None:
         raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
 
 
-def _header(longname: str, settings: dict, run_dir: Path, splits: dict, cfg: DrawConfig,
-            device: torch.device, n_params: int, resumed_at: str | None) -> str:
+def _header(longname: str, settings: dict, plan: "_Plan", n_params: int, fast: bool,
+            resumed_at: str | None) -> str:
+    cfg, splits, d = plan.cfg, plan.splits, plan.dist
     C, H, W = cfg.channels, cfg.height, cfg.width
+    bs = settings["batch_size"]
     lines = [f"\n{'Resuming' if resumed_at else 'Running'} experiment {longname}"]
     for label, value in (
             ("dataset", f"{settings['dataset']} ({splits['train'].shape[0]} train, "
                         f"{splits['valid'].shape[0]} valid, {splits['test'].shape[0]} test "
                         f"images of {C}x{H}x{W})"),
-            ("subdirectory", run_dir), ("learning rate", f"{settings['learning_rate']:g}"),
+            ("subdirectory", plan.run_path), ("learning rate", f"{settings['learning_rate']:g}"),
             ("attention", settings["attention"] or "none"), ("n_iterations", cfg.n_iter),
             ("encoder dimension", cfg.enc_dim), ("z dimension", cfg.z_dim),
-            ("decoder dimension", cfg.dec_dim), ("batch size", settings["batch_size"]),
+            ("decoder dimension", cfg.dec_dim),
+            ("batch size", f"{bs} in all, {bs // d.world_size}-{-(-bs // d.world_size)} per "
+                           f"process" if d.enabled else bs),
             ("epochs", settings["epochs"]), ("seed", settings["seed"]),
-            ("device", device), ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
+            ("processes", f"{d.world_size} (torchrun, DistributedDataParallel over "
+                          f"{'NCCL' if plan.device.type == 'cuda' else 'gloo'})"
+             if d.enabled else None),
+            ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
+            ("forward pass", "fast (draw.fast)" if fast else "plain (the model's own)"),
+            ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
         if value is not None:
             lines.append(f"{label:>22}: {value}")
     return "\n".join(lines) + "\n"
@@ -180,15 +198,20 @@ class _Plan:
     settings: dict
     cfg: DrawConfig
     shape: tuple[int, int, int]
-    splits: dict[str, torch.Tensor]
     device: torch.device
     run_path: Path | None = None      # the run directory, already there when resuming
     ckpt: dict | None = None          # the checkpoint to resume from
     old: DrawModel | None = None      # the --oldmodel to start from
+    dist: Distributed = Distributed()
+    splits: dict[str, torch.Tensor] | None = None     # train, valid, test on the device
 
 
-def _plan(given: dict, resume: str | None, device: str, data_dir: str | None) -> _Plan:
-    """Check every setting, read the data and the model files; raise DrawError, write nothing."""
+def _plan(given: dict, resume: str | None, device: str) -> _Plan:
+    """Check every setting and read the model files; raise DrawError, write nothing.
+
+    The data are not read yet: under torchrun the processes check their flags alone, before they
+    join the process group, and load the data together after (`_load_splits`).
+    """
     run_path = ckpt = old = None
     if resume is not None:
         run_path, ckpt, settings = _resume_settings(resume, given)
@@ -197,8 +220,7 @@ def _plan(given: dict, resume: str | None, device: str, data_dir: str | None) ->
     _check(settings)
     dev = resolve_device(device)
     read_N, write_N = parse_attention(settings["attention"])
-    data = get_data(settings["dataset"], root=data_dir)
-    C, H, W = data.shape
+    C, H, W = dataset_spec(settings["dataset"]).shape
     try:
         cfg = DrawConfig(channels=C, height=H, width=W, n_iter=settings["n_iter"],
                          enc_dim=settings["enc_dim"], dec_dim=settings["dec_dim"],
@@ -217,37 +239,77 @@ def _plan(given: dict, resume: str | None, device: str, data_dir: str | None) ->
             diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
                               for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
             raise DrawError(f"--oldmodel {settings['oldmodel']} has another configuration: {diffs}")
+    return _Plan(settings, cfg, (C, H, W), dev, run_path, ckpt, old)
+
+
+def _load_splits(settings: dict, data_dir: str | None, d: Distributed,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """The run's train (or its --subset), valid and test images, on `device`.
+
+    Under torchrun the first process of each machine loads first, since it may download and
+    convert; the others wait for it, then read its files. If it fails on any machine, every
+    process stops, and only the processes that failed say why.
+    """
+    data = error = None
+    if d.local_rank == 0:
+        try:
+            data = get_data(settings["dataset"], root=data_dir)
+        except DrawError as e:
+            error = e
+    if d.enabled:
+        failed = d.all_reduce_sum(torch.tensor([float(error is not None)], device=device))
+        if error is None and failed.item() > 0:
+            raise DrawError(f"{settings['dataset']} could not be loaded on another machine "
+                            f"(its first process says why)")
+    if error is not None:
+        raise error
+    if data is None:
+        data = get_data(settings["dataset"], root=data_dir)
     # on the device once, rather than copied there at every pass; valid and test stay whole
-    splits = {"train": _subset(data.train, settings["subset"], settings["seed"]).to(dev),
-              "valid": data.valid.to(dev), "test": data.test.to(dev)}
-    return _Plan(settings, cfg, tuple(data.shape), splits, dev, run_path, ckpt, old)
+    return {"train": _subset(data.train, settings["subset"], settings["seed"]).to(device),
+            "valid": data.valid.to(device), "test": data.test.to(device)}
 
 
-def _build_loop(plan: _Plan, longname: str, live_plotting: bool, plot_port: int) -> MainLoop:
+def _build_loop(plan: _Plan, longname: str, live_plotting: bool, plot_port: int,
+                fast: bool) -> MainLoop:
     """Model, Adam, data order and the classic extensions, in the order they must run."""
     settings, run_path, bs = plan.settings, plan.run_path, plan.settings["batch_size"]
+    writer = plan.dist.is_main        # only the main rank prints, shows progress, writes files
     model = DrawModel.from_config(plan.cfg).to(plan.device)
     if plan.old is not None:
         model.load_state_dict(plan.old.state_dict())
+    accelerated = None
+    if fast:
+        try:
+            accelerated = accelerate(model)
+        except (ValueError, NotImplementedError, RuntimeError) as e:
+            if writer:
+                print(f"note: the fast path cannot run this model ({e}); training with the "
+                      f"model's own forward pass, as with --no-fast", flush=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
     generator = torch.Generator().manual_seed(settings["seed"])
-    extensions = [
-        ProgressBar(math.ceil(plan.splits["train"].shape[0] / bs)),
+    extensions = [ProgressBar(math.ceil(plan.splits["train"].shape[0] / bs))] if writer else []
+    extensions += [
         Timing(),
         FinishAfter(after_n_epochs=settings["epochs"]),
         TrainingDataMonitoring(),
         *[DataStreamMonitoring(plan.splits[key], key, bs, plan.device, seed=settings["seed"])
           for key in ("valid", "test") if plan.splits[key].shape[0] > 0],
-        Printing(),
-        SampleCheckpoint(run_path, plan.shape, n=N_SAMPLES, seed=settings["seed"]),
-        Checkpoint(run_path, longname, settings),     # last: it saves what the others logged
     ]
-    if live_plotting:
-        extensions.append(Plot(run_path, port=plot_port))
+    if writer:
+        extensions += [
+            Printing(),
+            SampleCheckpoint(run_path, plan.shape, n=N_SAMPLES, seed=settings["seed"]),
+            Checkpoint(run_path, longname, settings),     # last: it saves what the others logged
+        ]
+        if live_plotting:
+            extensions.append(Plot(run_path, port=plot_port))
     train = plan.splits["train"]
+    # every rank draws the same global batches from the same generator (draw/main_loop.py)
     return MainLoop(model, optimizer,
                     lambda: batches(train, bs, generator=generator, device=plan.device),
-                    generator, extensions, grad_clip=settings["grad_clip"])
+                    generator, extensions, grad_clip=settings["grad_clip"], fast=accelerated,
+                    dist=plan.dist)
 
 
 def main(name: str | None = None, dataset: str | None = None, epochs: int | None = None,
@@ -256,12 +318,17 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
          dec_dim: int | None = None, z_dim: int | None = None, oldmodel: str | None = None,
          live_plotting: bool = False, seed: int | None = None, device: str = "auto",
          resume: str | None = None, data_dir: str | None = None, plot_port: int = 5006,
-         run_dir: str = ".", grad_clip: float | None = None, subset: int | None = None) -> None:
+         run_dir: str = ".", grad_clip: float | None = None, subset: int | None = None,
+         fast: bool = True) -> None:
     """Train DRAW; the keyword arguments are train-draw.py's flags (`main(**vars(args))`).
 
     A setting left at None takes the classic default (`DEFAULTS`), or on `--resume` the run's
     own value; a resumed run may change only `epochs` (the total to reach), the device, the data
-    directory and live plotting.
+    directory, live plotting, the forward pass (`fast`) and the number of processes.
+
+    Under torchrun every process calls `main` with the same flags; `batch_size` is the global
+    batch, split between the processes (draw/distributed.py). Only the main process prints and
+    writes files.
 
     Raises
     ------
@@ -270,35 +337,73 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
     KeyboardInterrupt
         After a first Ctrl-C has stopped training and the state has been saved.
     """
+    place = process_place()
+    try:
+        _train(place, dict(name=name, dataset=dataset, epochs=epochs, batch_size=batch_size,
+                    learning_rate=learning_rate, attention=attention, n_iter=n_iter,
+                    enc_dim=enc_dim, dec_dim=dec_dim, z_dim=z_dim, oldmodel=oldmodel, seed=seed,
+                    grad_clip=grad_clip, subset=subset),
+               resume=resume, device=device, data_dir=data_dir, run_dir=run_dir,
+               live_plotting=live_plotting, plot_port=plot_port, fast=fast)
+    except DrawError as e:
+        # the processes of a machine check the same flags against the same files: its first
+        # process says what is wrong, the others only exit (torchrun reports every exit status)
+        if place.local_rank != 0:
+            raise SystemExit(1) from None
+        if not place.is_main:
+            raise DrawError(f"rank {place.rank}: {e}") from e
+        raise
+    except KeyboardInterrupt:
+        if not place.is_main:
+            raise SystemExit(130) from None
+        raise
+
+
+def _train(place: Distributed, flags: dict, resume: str | None, device: str, data_dir: str | None, run_dir: str,
+           live_plotting: bool, plot_port: int, fast: bool) -> None:
+    """`main` in one process: check, join the other processes (if any), train."""
     if not 0 < plot_port < 65536:
         raise DrawError(f"--plot-port must be a TCP port (1-65535), got {plot_port}")
-    given = {key: value for key, value in (
-        ("name", name), ("dataset", dataset), ("epochs", epochs), ("batch_size", batch_size),
-        ("learning_rate", learning_rate), ("attention", attention), ("n_iter", n_iter),
-        ("enc_dim", enc_dim), ("dec_dim", dec_dim), ("z_dim", z_dim), ("oldmodel", oldmodel),
-        ("seed", seed), ("grad_clip", grad_clip), ("subset", subset)) if value is not None}
-    plan = _plan(given, resume, device, data_dir)
+    given = {key: value for key, value in flags.items() if value is not None}
+    plan = _plan(given, resume, device)
     settings, ckpt = plan.settings, plan.ckpt
     if ckpt is not None and ckpt["epoch"] >= settings["epochs"] and ckpt["batch"] == 0:
-        print(f"{plan.run_path} already has {ckpt['epoch']} epochs; nothing to do "
-              f"(pass --epochs N to train longer)")
+        if place.is_main:
+            print(f"{plan.run_path} already has {ckpt['epoch']} epochs; nothing to do "
+                  f"(pass --epochs N to train longer)")
         return
 
-    # everything is valid: from here on the run exists
+    plan.dist, plan.device = init_distributed(plan.device)
+    try:
+        plan.splits = _load_splits(settings, data_dir, plan.dist, plan.device)
+        _run(plan, resume, run_dir, live_plotting, plot_port, fast)
+    finally:
+        close_distributed(plan.dist)
+
+
+def _run(plan: _Plan, resume: str | None, run_dir: str, live_plotting: bool, plot_port: int,
+         fast: bool) -> None:
+    """Everything is valid: from here on the run exists."""
+    settings, ckpt, writer = plan.settings, plan.ckpt, plan.dist.is_main
     longname = long_name(settings)
     if ckpt is None:
+        # every rank alike: the same initial parameters, and the same training noise
         torch.manual_seed(settings["seed"])
         np.random.seed(settings["seed"])
         random.seed(settings["seed"])
-        plan.run_path = _make_run_dir(Path(run_dir), settings["name"] or settings["dataset"])
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    args_txt = plan.run_path / "args.txt"
-    previous = args_txt.read_text() + "# resumed\n" if ckpt is not None else ""
-    _write_text(args_txt, previous + command + "\n")
-    _write_text(plan.run_path / "config.json", json.dumps(
-        {"name": longname, "config": plan.cfg.to_dict(), "run": settings,
-         "device": str(plan.device), "torch": torch.__version__}, indent=2) + "\n")
-    loop = _build_loop(plan, longname, live_plotting, plot_port)
+        if writer:
+            plan.run_path = _make_run_dir(Path(run_dir), settings["name"] or settings["dataset"])
+    loop = _build_loop(plan, longname, live_plotting, plot_port, fast)
+    fast = loop.forward is not loop.model     # False also where the fast path fell back
+    if writer:
+        command = shlex.join([Path(sys.executable).name, *sys.argv])
+        args_txt = plan.run_path / "args.txt"
+        previous = args_txt.read_text() + "# resumed\n" if ckpt is not None else ""
+        _write_text(args_txt, previous + command + "\n")
+        _write_text(plan.run_path / "config.json", json.dumps(
+            {"name": longname, "config": plan.cfg.to_dict(), "run": settings,
+             "device": str(plan.device), "processes": plan.dist.world_size, "fast": fast,
+             "torch": torch.__version__}, indent=2) + "\n")
     resumed_at = None
     if ckpt is not None:
         loop.model.load_state_dict(ckpt["model"])
@@ -306,16 +411,22 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
         loop.load_state_dict(ckpt)
         # last: building the model drew from the global generator
         set_rng_state(ckpt["rng"], loop.generator)
+        if plan.dist.enabled and plan.device.type == "cuda" and ckpt["rng"]["cuda"]:
+            # the training noise comes from each rank's own GPU generator, all of which drew
+            # alike; the main rank saved its GPU's state first (cuda:0, as LOCAL_RANK 0)
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], plan.device)
         resumed_at = f"epoch {ckpt['epoch']}"
         if ckpt["batch"]:
             resumed_at += f", batch {ckpt['batch']}"
-    n_params = sum(p.numel() for p in loop.model.parameters())
-    print(_header(longname, settings, plan.run_path, plan.splits, plan.cfg, plan.device, n_params,
-                  resumed_at), flush=True)
+    if writer:
+        n_params = sum(p.numel() for p in loop.model.parameters())
+        print(_header(longname, settings, plan, n_params, fast, resumed_at), flush=True)
     loop.run()
     if loop.status["interrupted"]:
-        print(f"stopped by Ctrl-C at epoch {loop.status['epoch']}, batch {loop.status['batch']}; "
-              f"saved. Continue with: python train-draw.py --resume {plan.run_path}",
-              file=sys.stderr)
+        if writer:
+            launcher = "torchrun --nproc_per_node=K" if plan.dist.enabled else "python"
+            print(f"stopped by Ctrl-C at epoch {loop.status['epoch']}, batch "
+                  f"{loop.status['batch']}; saved. Continue with: {launcher} train-draw.py "
+                  f"--resume {plan.run_path}", file=sys.stderr)
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
         raise KeyboardInterrupt

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from draw.checkpoint import load_log, load_model
+from draw.distributed import Distributed
 from draw.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
                              ProgressBar, SampleCheckpoint, SimpleExtension, Timing,
                              TrainingDataMonitoring)
@@ -36,6 +37,7 @@ class MockMainLoop:
                        "interrupted": False}
         self.log = [{"epoch": 0, "iteration": 0}]
         self.model = self.forward = model
+        self.dist = Distributed()
         self.last_batch = {}
         self._fresh = fresh
 
@@ -120,7 +122,9 @@ def test_training_data_monitoring_averages_over_images_and_batches():
         (torch.tensor([10.0]), torch.tensor([[5.0], [1.0]]), 2.0, 1.5),
     ]
     for bound, kl, g, s in batches:
-        loop.last_batch = {"nll_bound": bound, "kl": kl, "total_gradient_norm": torch.tensor(g),
+        # what MainLoop.step leaves: sums over the (global) batch and its size
+        loop.last_batch = {"nll_bound_sum": bound.sum(), "kl_sum": kl.sum(dim=1),
+                           "images": bound.numel(), "total_gradient_norm": torch.tensor(g),
                            "total_step_norm": torch.tensor(s)}
         monitor.after_batch()
     loop.log.append({"epoch": 1, "iteration": 2})
@@ -139,8 +143,9 @@ def test_training_data_monitoring_state_survives_a_mid_epoch_resume():
     def feed(monitor, values):
         for v in values:
             monitor.main_loop.last_batch = {
-                "nll_bound": torch.tensor([v, 2 * v]), "kl": torch.tensor([[v, v]]),
-                "total_gradient_norm": torch.tensor(v), "total_step_norm": torch.tensor(1.0)}
+                "nll_bound_sum": torch.tensor(3 * v), "kl_sum": torch.tensor([2 * v]),
+                "images": 2, "total_gradient_norm": torch.tensor(v),
+                "total_step_norm": torch.tensor(1.0)}
             monitor.after_batch()
 
     model = DrawModel.from_config(CFG)
@@ -302,7 +307,7 @@ def test_printing_one_line_per_epoch(capsys):
 def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch():
     loop = MockMainLoop()
     (progress,) = loop.attach(ProgressBar(batches_per_epoch=4))
-    loop.last_batch = {"nll_bound": torch.tensor([2.0, 4.0])}
+    loop.last_batch = {"nll_bound_sum": torch.tensor(6.0), "images": 2}
     progress.before_epoch()
     for _ in range(3):
         progress.after_batch()
