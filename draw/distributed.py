@@ -6,12 +6,19 @@ same `train-draw.py` runs alone or under `torchrun --nproc_per_node=K` on one or
 
 Every rank builds the same global batch from the same seeded generator and keeps its own slice
 of it (`Distributed.shard`): the ranks see disjoint parts of every epoch's shuffled data, and
-`--bs` stays the global batch size, so a run on K processes takes the same optimisation steps as
-a run on one (up to the order of floating-point sums).
+`--bs` stays the global batch size. The posterior noise u is drawn for the whole batch on every
+rank (the same seed, the same draws) and sliced alike, and each rank's loss is scaled so that
+DDP's average of the gradients is the gradient of the global mean (`loss_scale`): a run on K
+processes takes the same optimisation steps as a run on one, up to the order of floating-point
+sums, and may be resumed on another number of processes. Monitoring all-reduces its sums, so the
+log holds the job's numbers (draw/main_loop.py, draw/evaluate.py); only rank 0 prints and
+writes files (draw/train.py).
 """
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from draw.errors import DrawError
 from draw.model import DrawModel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,6 @@ class Distributed:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
-    def barrier(self):
-        if self.enabled:
-            dist.barrier()
-
 
 def process_place() -> Distributed:
     """This process's place as torchrun's environment variables describe it; joins nothing.
@@ -83,6 +88,54 @@ def process_place() -> Distributed:
     except (KeyError, ValueError):
         raise DrawError(f"WORLD_SIZE={world_size} needs an integer RANK (and LOCAL_RANK) for "
                         f"each process: start the processes with torchrun") from None
+
+
+@contextmanager
+def reported_once(place: Distributed):
+    """Around a process's whole run: make a user error or a Ctrl-C read as it does in one process.
+
+    The processes of a machine check the same flags against the same files and stop on the same
+    Ctrl-C, so only the first process of each machine reports a DrawError (prefixed with its rank
+    where it is not rank 0) and only rank 0 a Ctrl-C; the others exit with the same status
+    quietly, and torchrun reports every exit status.
+    """
+    try:
+        yield
+    except DrawError as e:
+        if place.local_rank != 0:
+            raise SystemExit(1) from None
+        if not place.is_main:
+            raise DrawError(f"rank {place.rank}: {e}") from e
+        raise
+    except KeyboardInterrupt:
+        if not place.is_main:
+            raise SystemExit(130) from None
+        raise
+
+
+def first_on_each_machine(d: Distributed, load: Callable[[], T], device: torch.device,
+                          what: str) -> T:
+    """`load()` in the first process of each machine, then in the others.
+
+    For work that fills a cache on disk, such as downloading and converting a dataset: the others
+    wait and then read what it wrote. If it fails on any machine, it fails everywhere: the
+    processes where it failed raise its error, the others a DrawError saying that `what` (e.g.
+    "loading bmnist") failed elsewhere.
+    """
+    result = error = None
+    if d.local_rank == 0:
+        try:
+            result = load()
+        except DrawError as e:
+            error = e
+    if d.enabled:
+        failed = d.all_reduce_sum(torch.tensor([float(error is not None)], device=device))
+        if error is None and failed.item() > 0:
+            raise DrawError(f"{what} failed in another process (the first process of its "
+                            f"machine says why)")
+    if error is not None:
+        raise error
+    return load() if d.local_rank != 0 else result
 
 
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:

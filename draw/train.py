@@ -35,7 +35,8 @@ from draw.checkpoint import (CheckpointError, load_checkpoint, load_model, resol
                              set_rng_state)
 from draw.datasets import batches, get_data, supported_datasets
 from draw.datasets.store import dataset_spec
-from draw.distributed import Distributed, close_distributed, init_distributed, process_place
+from draw.distributed import (Distributed, close_distributed, first_on_each_machine,
+                              init_distributed, process_place, reported_once)
 from draw.errors import DrawError
 from draw.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
                              ProgressBar, SampleCheckpoint, Timing, TrainingDataMonitoring)
@@ -247,24 +248,10 @@ def _load_splits(settings: dict, data_dir: str | None, d: Distributed,
     """The run's train (or its --subset), valid and test images, on `device`.
 
     Under torchrun the first process of each machine loads first, since it may download and
-    convert; the others wait for it, then read its files. If it fails on any machine, every
-    process stops, and only the processes that failed say why.
+    convert; the others then read its files.
     """
-    data = error = None
-    if d.local_rank == 0:
-        try:
-            data = get_data(settings["dataset"], root=data_dir)
-        except DrawError as e:
-            error = e
-    if d.enabled:
-        failed = d.all_reduce_sum(torch.tensor([float(error is not None)], device=device))
-        if error is None and failed.item() > 0:
-            raise DrawError(f"{settings['dataset']} could not be loaded on another machine "
-                            f"(its first process says why)")
-    if error is not None:
-        raise error
-    if data is None:
-        data = get_data(settings["dataset"], root=data_dir)
+    data = first_on_each_machine(d, lambda: get_data(settings["dataset"], root=data_dir),
+                                 device, what=f"loading {settings['dataset']}")
     # on the device once, rather than copied there at every pass; valid and test stay whole
     return {"train": _subset(data.train, settings["subset"], settings["seed"]).to(device),
             "valid": data.valid.to(device), "test": data.test.to(device)}
@@ -338,29 +325,18 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
         After a first Ctrl-C has stopped training and the state has been saved.
     """
     place = process_place()
-    try:
+    with reported_once(place):
         _train(place, dict(name=name, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                    learning_rate=learning_rate, attention=attention, n_iter=n_iter,
-                    enc_dim=enc_dim, dec_dim=dec_dim, z_dim=z_dim, oldmodel=oldmodel, seed=seed,
-                    grad_clip=grad_clip, subset=subset),
+                           learning_rate=learning_rate, attention=attention, n_iter=n_iter,
+                           enc_dim=enc_dim, dec_dim=dec_dim, z_dim=z_dim, oldmodel=oldmodel,
+                           seed=seed, grad_clip=grad_clip, subset=subset),
                resume=resume, device=device, data_dir=data_dir, run_dir=run_dir,
                live_plotting=live_plotting, plot_port=plot_port, fast=fast)
-    except DrawError as e:
-        # the processes of a machine check the same flags against the same files: its first
-        # process says what is wrong, the others only exit (torchrun reports every exit status)
-        if place.local_rank != 0:
-            raise SystemExit(1) from None
-        if not place.is_main:
-            raise DrawError(f"rank {place.rank}: {e}") from e
-        raise
-    except KeyboardInterrupt:
-        if not place.is_main:
-            raise SystemExit(130) from None
-        raise
 
 
-def _train(place: Distributed, flags: dict, resume: str | None, device: str, data_dir: str | None, run_dir: str,
-           live_plotting: bool, plot_port: int, fast: bool) -> None:
+def _train(place: Distributed, flags: dict, resume: str | None, device: str,
+           data_dir: str | None, run_dir: str, live_plotting: bool, plot_port: int,
+           fast: bool) -> None:
     """`main` in one process: check, join the other processes (if any), train."""
     if not 0 < plot_port < 65536:
         raise DrawError(f"--plot-port must be a TCP port (1-65535), got {plot_port}")
@@ -376,13 +352,12 @@ def _train(place: Distributed, flags: dict, resume: str | None, device: str, dat
     plan.dist, plan.device = init_distributed(plan.device)
     try:
         plan.splits = _load_splits(settings, data_dir, plan.dist, plan.device)
-        _run(plan, resume, run_dir, live_plotting, plot_port, fast)
+        _run(plan, run_dir, live_plotting, plot_port, fast)
     finally:
         close_distributed(plan.dist)
 
 
-def _run(plan: _Plan, resume: str | None, run_dir: str, live_plotting: bool, plot_port: int,
-         fast: bool) -> None:
+def _run(plan: _Plan, run_dir: str, live_plotting: bool, plot_port: int, fast: bool) -> None:
     """Everything is valid: from here on the run exists."""
     settings, ckpt, writer = plan.settings, plan.ckpt, plan.dist.is_main
     longname = long_name(settings)

@@ -1,13 +1,14 @@
-"""Data parallelism with gloo on 127.0.0.1: K processes over slices equal one process over the batch."""
+"""Data parallelism with gloo on 127.0.0.1: 2 processes over slices equal 1 over the batch."""
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from draw.distributed import (Distributed, TrainingForward, close_distributed, init_distributed,
-                              process_place, wrap_model)
+from draw.distributed import (Distributed, TrainingForward, close_distributed,
+                              first_on_each_machine, init_distributed, process_place, wrap_model)
 from draw.errors import DrawError
 from draw.evaluate import bound_statistics
 from draw.fast import accelerate
@@ -88,6 +89,26 @@ def evaluation(d: Distributed):
                             dist=d)
 
 
+def load_in_turn(d: Distributed, cache) -> tuple[str, str]:
+    """first_on_each_machine: what each process loaded, and the error when rank 0's load fails."""
+    def fill_or_read():
+        if d.local_rank == 0:
+            cache.write_text("converted")         # a download, say
+            return "filled"
+        return cache.read_text()                  # only there if rank 0 went first
+
+    def fail():
+        raise DrawError("no such file")
+
+    loaded = first_on_each_machine(d, fill_or_read, torch.device("cpu"), what="loading x")
+    try:
+        first_on_each_machine(d, fail if d.rank == 0 else fill_or_read, torch.device("cpu"),
+                              what="loading x")
+    except DrawError as e:
+        return loaded, str(e)
+    return loaded, "no error"
+
+
 def worker(rank, world_size, port, out_path):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -97,6 +118,7 @@ def worker(rank, world_size, port, out_path):
         result = {"plain": adam_steps(d, fast=False, seed_offset=rank),
                   "fast": adam_steps(d, fast=True, seed_offset=rank),
                   "loop": main_loop_steps(d), "evaluation": evaluation(d),
+                  "load": load_in_turn(d, Path(f"{out_path}.cache")),
                   "total": d.all_reduce_sum(torch.tensor([float(rank + 1)]))}
         torch.save(result, f"{out_path}.{rank}")
     finally:
@@ -152,6 +174,13 @@ def test_evaluation_is_sharded_and_all_reduced(two_ranks):
         got_bound, got_kl = result["evaluation"]
         assert got_bound == pytest.approx(bound, rel=1e-6)
         assert got_kl == pytest.approx(kl, rel=1e-5)
+
+
+def test_the_first_process_loads_first_and_a_failure_stops_all(two_ranks):
+    assert [result["load"] for result in two_ranks] == [
+        ("filled", "no such file"),
+        ("converted", "loading x failed in another process (the first process of its machine "
+                      "says why)")]
 
 
 def test_empty_slice_trains_through_the_plain_path():

@@ -262,3 +262,47 @@ def test_resume_refuses_changed_settings_and_touches_nothing(reference, capsys):
         code, err = run_script(["--resume", str(run_dir), *argv], capsys)
         assert code == 1 and len(err) == 1 and expected in err[0], err
     assert snapshot(run_dir) == before
+
+
+TINY = dict(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, enc_dim=8,
+            dec_dim=8, z_dim=3, attention="2,3")
+
+
+def test_no_fast_trains_with_the_models_own_forward(tmp_path, capsys):
+    main(**TINY, run_dir=str(tmp_path), fast=False)
+    assert "forward pass: plain (the model's own)" in capsys.readouterr().out
+    assert json.loads((the_run_dir(tmp_path) / "config.json").read_text())["fast"] is False
+
+
+def test_fast_path_falls_back_with_one_note(tmp_path, monkeypatch, capsys):
+    def refuse(model):
+        raise ValueError("not for this model")
+
+    monkeypatch.setattr("draw.train.accelerate", refuse)
+    main(**TINY, run_dir=str(tmp_path))
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the fast path cannot run this model (not for this model); training "
+                     "with the model's own forward pass, as with --no-fast"]
+    assert "forward pass: plain (the model's own)" in out
+    run_dir = the_run_dir(tmp_path)
+    assert json.loads((run_dir / "config.json").read_text())["fast"] is False
+    assert load_checkpoint(run_dir / f"{LONGNAME}_model.pkl")["iteration"] == 1
+
+
+@pytest.mark.parametrize("rank, local_rank, expected", [
+    (0, 0, "error: --niter must be a positive integer, got 0"),
+    (3, 0, "error: rank 3: --niter must be a positive integer, got 0"),   # another machine's
+    (1, 1, None),                  # the same machine's first process says it: exit quietly
+])
+def test_under_torchrun_each_machine_reports_a_bad_flag_once(rank, local_rank, expected,
+                                                             tmp_path, monkeypatch, capsys):
+    """Flags are checked before the processes join: nothing waits, nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    code, err = run_script(["--dataset", "sample", "--niter", "0"], capsys)
+    assert code == 1
+    assert err == ([expected] if expected else [])
+    assert not list(tmp_path.iterdir())
