@@ -139,6 +139,9 @@ def main(batch_size: int, niter: int, epochs: int, repeats: int):
               file=sys.stderr)
         sys.exit(1)
     device = torch.device("cuda")
+    # three compiled variants of 3 + 2 graphs each: above TorchDynamo's default limit of 8
+    # graphs per function, past which it would run the steps uncompiled without saying so
+    torch._dynamo.config.recompile_limit = 64
     cfg = DrawConfig(n_iter=niter, read_N=2, write_N=5)
     print(f"GPU check: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
           f"batch {batch_size}, T={niter}, read 2, write 5, enc/dec 256, z 100, "
