@@ -150,7 +150,10 @@ class Qsampler(nn.Module):
         """
         mean, log_sigma = self(h_enc)
         z = mean + torch.exp(log_sigma) * u
-        kl = 0.5 * (mean ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma).sum(dim=1) - self.z_dim / 2
+        # eq. 11: 1/2 sum(mu^2 + sigma^2 - log sigma^2) - z_dim/2. The constant is folded into
+        # sigma^2 - 1 = expm1(2 log sigma), which keeps float32 precision near sigma = 1, where
+        # training starts (sigma^2 - 1 there would cancel to a few correct digits).
+        kl = 0.5 * (mean ** 2 + torch.expm1(2 * log_sigma) - 2 * log_sigma).sum(dim=1)
         return z, kl
 
 

@@ -250,3 +250,19 @@ def test_bad_config_raises(bad):
 def test_config_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match="unknown DrawConfig fields"):
         DrawConfig.from_dict(DrawConfig().to_dict() | {"attention": "2,5"})
+
+
+def test_kl_keeps_float32_precision_near_the_prior():
+    """Near sigma = 1 (where training starts) eq. 11 must not cancel to a few correct digits."""
+    sampler = Qsampler(2, 100)
+    with torch.no_grad():
+        for p in sampler.parameters():
+            p.zero_()
+        sampler.log_sigma_transform.bias.fill_(1e-3)
+        sampler.mean_transform.bias.fill_(1e-3)
+    h = torch.zeros(1, 2)
+    _, kl32 = sampler.sample(h, torch.zeros(1, 100))
+    _, kl64 = sampler.double().sample(h.double(), torch.zeros(1, 100, dtype=torch.float64))
+    assert kl64.item() > 0
+    # the old form, exp(2 log sigma) - 1, is 4% off here; expm1 leaves the O(log sigma^2) cancellation
+    torch.testing.assert_close(kl32.double(), kl64, rtol=1e-4, atol=0)
