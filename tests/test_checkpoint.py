@@ -15,15 +15,6 @@ CFG = DrawConfig(channels=1, height=8, width=8, n_iter=2, enc_dim=6, dec_dim=5, 
                  read_N=2, write_N=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, which only fight over a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_pair():
     torch.manual_seed(0)
     model = DrawModel.from_config(CFG)

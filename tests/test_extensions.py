@@ -20,15 +20,6 @@ CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, 
                  read_N=2, write_N=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, which only fight over a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class MockMainLoop:
     """What extensions see of a MainLoop (Blocks' MockMainLoop): status, log, model."""
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from draw.fast import FastDraw, accelerate
-from draw.model import AttentionReader, AttentionWriter, DrawConfig, DrawModel, nll_bound
+from draw.model import DrawConfig, DrawModel, nll_bound
 
 # (channels, height, width): square, wide colour, tall colour
 SHAPES = [(1, 6, 6), (3, 5, 7), (2, 8, 6)]

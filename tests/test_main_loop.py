@@ -18,15 +18,6 @@ IMAGES = torch.randint(0, 256, (10, CFG.x_dim), generator=torch.Generator().manu
                        dtype=torch.uint8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, which only fight over a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Events(SimpleExtension):
     """Records every event the loop fires, and can act at a given iteration."""
 

@@ -31,15 +31,6 @@ ARGS = ["--dataset", "sample", "--subset", "400", "--bs", "50", "--epochs", "3",
 HANG_GUARD_S = 600     # only so that a broken build fails instead of hanging; never reached
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, which only fight over a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def launch(args, cwd):
     return subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=cwd, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -33,15 +33,6 @@ LONGNAME = "sample-r2-w3-t2-enc8-dec8-z3-lr13"
 HANG_GUARD_S = 600     # only so that a broken build fails instead of hanging; never reached
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, which only fight over a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def the_run_dir(parent: Path) -> Path:
     (run_dir,) = [p for p in parent.iterdir() if p.is_dir()]
     return run_dir
