@@ -167,8 +167,10 @@ def test_live_page_shows_log_and_samples_and_follows_updates(tmp_path):
                 assert count_color(pixels, TRAIN_COLOR) > 100               # the train curve
                 # the next epoch reaches the open page without reloading it
                 live.update(rows(4))
-                data = await browser.wait_for(READ_SOURCES, lambda v: len(v["x"]) == 4)
-                assert data["train"][-1] == 160.0 and data["kl"] == [4.0, 8.0, 12.0, 16.0]
+                # the nll and KL sources change in separate messages: wait for both
+                data = await browser.wait_for(READ_SOURCES, lambda v: len(v["x"]) == 4
+                                              and v["kl"] == [4.0, 8.0, 12.0, 16.0])
+                assert data["train"][-1] == 160.0
                 assert data["samples"] == 1                                 # kept from before
 
         asyncio.run(scenario())
