@@ -1,0 +1,167 @@
+"""Model quality at a fixed budget: DRAW on binarized MNIST, with and without attention.
+
+The protocol of issue 8, so that initialisation and parameterisation choices can be compared on
+equal terms: T=16 glimpses, read 2x2 / write 5x5 (attention run) or whole image (plain run),
+encoder and decoder LSTMs of 256, z of 100, 2000 Adam steps of batch 100 (4 epochs of the 50,000
+training images), learning rate 1e-3, gradient norm clipped at 10, loss = the bound of eq. 12
+averaged over the batch. It reports the bound on the whole validation split (10,000 images) and
+never reads the test split, so tuning against it leaves the test numbers honest.
+
+Usage (from the repository root; the data as converted by `python -m draw.datasets convert
+bmnist --from DIR`)::
+
+    python bench/quality.py --data-dir DATA          # both runs, about 25 min per run on 2 cores
+    python bench/quality.py --runs attention --steps 400 --seed 2
+
+The model is `DrawModel.from_config`, initialised as draw/model.py does; the numbers this
+benchmark measured for each initialisation choice are in the README's "Model quality" section.
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from draw.atomic import atomic_write_bytes
+from draw.cli import ArgumentParser, run
+from draw.datasets import batches, get_data
+from draw.model import DrawConfig, DrawModel, nll_bound
+
+RUNS = ("attention", "plain")
+EVAL_BATCH = 1000     # images per forward pass when evaluating; the bound does not depend on it
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def window_sizes(text: str) -> tuple[int, int]:
+    try:
+        read_N, write_N = (int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected READ,WRITE such as 2,5, got {text!r}") from None
+    if read_N < 1 or write_N < 1:
+        raise argparse.ArgumentTypeError(f"window sizes must be positive, got {text!r}")
+    return read_N, write_N
+
+
+@torch.no_grad()
+def valid_bound(model: DrawModel, images: torch.Tensor, device: torch.device,
+                seed: int) -> tuple[float, float]:
+    """The bound (eq. 12) and its KL part (eq. 11), in nats per image, averaged over `images`;
+    one posterior sample per image, drawn from a generator seeded by `seed`."""
+    model.eval()
+    torch.manual_seed(seed)
+    total = kl_total = 0.0
+    for x in batches(images, EVAL_BATCH, device=device):
+        c, kl = model(x)                                                  # (B, x_dim), (T, B)
+        total += nll_bound(x, c, kl).sum().item()
+        kl_total += kl.sum().item()
+    model.train()
+    return total / len(images), kl_total / len(images)
+
+
+def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr: float,
+                       seed: int, device: torch.device, label: str) -> dict:
+    """Train a fresh model for `steps` Adam steps and return its validation numbers."""
+    torch.manual_seed(seed)                   # initialisation and the posterior noise u
+    model = DrawModel.from_config(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    per_epoch = len(data.train) // batch_size
+    step, epoch, start = 0, 0, time.perf_counter()
+    while step < steps:
+        epoch += 1
+        bar = tqdm(total=min(per_epoch, steps - step), desc=f"{label} epoch {epoch}",
+                   leave=False, dynamic_ncols=True)
+        bound_sum = kl_sum = 0.0
+        n = 0
+        for x in batches(data.train, batch_size, generator=order, device=device,
+                         drop_last=True):
+            c, kl = model(x)
+            loss = nll_bound(x, c, kl).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            bound_sum += loss.item()
+            kl_sum += kl.sum(dim=0).mean().item()
+            n += 1
+            step += 1
+            bar.update()
+            bar.set_postfix(bound=f"{bound_sum / n:.2f}")
+            if step == steps:
+                break
+        bar.close()
+        tqdm.write(f"{label} epoch {epoch}: step {step}, train bound {bound_sum / n:.2f} "
+                   f"(KL {kl_sum / n:.2f}) nats, {time.perf_counter() - start:.0f} s")
+    train_s = time.perf_counter() - start
+    bound, kl = valid_bound(model, data.valid, device, seed)
+    return {"run": label, "config": cfg.to_dict(), "steps": steps, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "valid_nll_bound": bound, "valid_kl": kl,
+            "train_seconds": train_s}
+
+
+def main(data_dir: str | None, runs: list[str], steps: int, batch_size: int, n_iter: int,
+         attention: tuple[int, int], lr: float, seed: int, device: str, threads: int | None,
+         out: str | None):
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                          else "cpu" if device == "auto" else device)
+    data = get_data("bmnist", data_dir, download=False)    # a benchmark never downloads
+    read_N, write_N = attention
+    configs = {"attention": DrawConfig(n_iter=n_iter, read_N=read_N, write_N=write_N),
+               "plain": DrawConfig(n_iter=n_iter)}
+    results = []
+    for label in runs:
+        results.append(train_and_validate(configs[label], data, steps=steps,
+                                          batch_size=batch_size, lr=lr, seed=seed,
+                                          device=device, label=label))
+        r = results[-1]
+        print(f"{label}: valid bound {r['valid_nll_bound']:.2f} nats "
+              f"(KL {r['valid_kl']:.2f}) after {steps} steps, {r['train_seconds']:.0f} s")
+        if out is not None:      # after every run, so an interrupted benchmark keeps the others
+            atomic_write_bytes(out, (json.dumps(results, indent=2) + "\n").encode())
+    print(" | ".join(f"{r['run']} {r['valid_nll_bound']:.2f}" for r in results))
+
+
+if __name__ == "__main__":
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=str, default=None,
+                        help="where the converted bmnist lives (default: $DRAW_DATA_PATH, "
+                             "$FUEL_DATA_PATH, or the cache directory)")
+    parser.add_argument("--runs", type=str, nargs="+", choices=RUNS, default=list(RUNS),
+                        help="which models to train, in order (default: attention plain)")
+    parser.add_argument("--steps", type=positive_int, default=2000,
+                        help="Adam steps per run (default: 2000, 4 epochs)")
+    parser.add_argument("--bs", type=positive_int, dest="batch_size", default=100,
+                        help="images per training batch (default: 100)")
+    parser.add_argument("--niter", type=positive_int, dest="n_iter", default=16,
+                        help="number of glimpses T (default: 16)")
+    parser.add_argument("--attention", type=window_sizes, default=(2, 5),
+                        help="read and write window sizes of the attention run (default: 2,5)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3,
+                        help="Adam learning rate (default: 1e-3)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of initialisation, batch order and noise (default: 1)")
+    parser.add_argument("--device", type=str, default="auto",
+                        help="cpu, cuda, cuda:N, or auto: CUDA when available (default: auto)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 is fastest "
+                             "when other jobs share the cores")
+    parser.add_argument("--out", type=str, default=None,
+                        help="also write the results as JSON to this file (default: none)")
+    run(main, parser.parse_args())
