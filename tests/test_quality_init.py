@@ -55,19 +55,19 @@ def test_first_read_window_sees_every_quadrant():
     reader = model(read_N=2, write_N=5).reader
     cy, cx, delta, sigma, gamma = initial_window(reader.readout, reader.zoomer)
     assert (cy, cx) == pytest.approx((13.5, 13.5))
-    assert delta == pytest.approx(14.0) and sigma == pytest.approx(7.0)
+    assert delta == pytest.approx(14.0) and sigma == pytest.approx(3.5)    # delta / 4
     assert gamma == pytest.approx(1.0)
-    # a digit-like image, blank border as in MNIST: ink centred vertically, left of centre
+    # blank border as in MNIST; ink centred vertically, reaching further to the left
     x = torch.zeros(1, 28, 28)
-    x[:, 6:22, 8:15] = 1.0
+    x[:, 6:22, 3:22] = 1.0
     x = x.view(1, 784)
     x_hat = x - 0.5                                                     # x - sigma(c_0)
     r = reader(x, x_hat, torch.zeros(1, 12))                           # (1, 8)
     glimpse_x = r[0, :4]     # each filter's weighted mean of x, filters (y, x) in row-major order
-    assert (glimpse_x > 0.05).all()                                     # every filter sees ink
+    assert (glimpse_x > 0.3).all()                                      # every filter sees ink
     torch.testing.assert_close(glimpse_x[0], glimpse_x[2])              # top and bottom alike
     torch.testing.assert_close(glimpse_x[1], glimpse_x[3])
-    assert glimpse_x[0] > 1.5 * glimpse_x[1]                            # more ink on the left
+    assert glimpse_x[0] > glimpse_x[1] + 0.1                            # more ink on the left
     # the classic zero bias puts the four filters on the corner pixels, which are blank
     att = reader.zoomer.nn2att(torch.zeros(1, 5))
     classic = att[4][:, None] * reader.zoomer.read(x, *att[:4])
@@ -92,7 +92,7 @@ def test_non_square_multichannel_window_spans_the_longer_side():
     assert first_x == pytest.approx(3.5)
     cy, cx, delta, sigma, gamma = initial_window(m.reader.readout, m.reader.zoomer)
     assert (cy, cx) == pytest.approx((9.5, 15.5))
-    assert delta == pytest.approx(32 / 3) and sigma == pytest.approx(16 / 3)
+    assert delta == pytest.approx(32 / 3) and sigma == pytest.approx(8 / 3)
     assert gamma == pytest.approx(1.0)
 
 
@@ -105,8 +105,11 @@ def test_single_filter_window_covers_the_image():
 
 def test_spanning_window_bias_values():
     zoomer = model(read_N=2, write_N=5).writer.zoomer
-    bias = spanning_window_bias(zoomer, -2.0)
+    bias = spanning_window_bias(zoomer, 1 / 2, -2.0)
     expected = [0.0, 0.0, math.log(5.6 / 6.75), 2 * math.log(2.8), -2 * math.log(5.6)]
+    torch.testing.assert_close(bias, torch.tensor(expected))
+    bias = spanning_window_bias(zoomer, 1 / 4, 0.0)
+    expected = [0.0, 0.0, math.log(5.6 / 6.75), 2 * math.log(1.4), 0.0]
     torch.testing.assert_close(bias, torch.tensor(expected))
 
 
