@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from draw.model import AttentionReader, AttentionWriter, DrawModel
+from draw.model import AttentionReader, AttentionWriter, DrawModel, standard_noise
 
 
 @dataclass(frozen=True)
@@ -477,13 +477,7 @@ class FastDraw:
 
     def _noise(self, u: Tensor | None, batch: int, like: Tensor) -> Tensor:
         # the same draw as DrawModel._noise, so a seeded call matches the plain path
-        shape = (self.L.T, batch, self.L.Z)
-        if u is None:
-            return torch.randn(shape, dtype=like.dtype, device=like.device)
-        if tuple(u.shape) != shape:
-            raise ValueError(f"noise u must have shape (n_iter, batch, z_dim) = {shape}, "
-                             f"got {tuple(u.shape)}")
-        return u
+        return standard_noise(u, (self.L.T, batch, self.L.Z), like)
 
     # ------------------------------------------------------------------ training pass
     def __call__(self, x: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -287,13 +287,7 @@ class DrawModel(nn.Module):
                 module.z_trafo.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, -2.0))
 
     def _noise(self, u: Tensor | None, batch: int, like: Tensor) -> Tensor:
-        shape = (self.n_iter, batch, self.sampler.z_dim)
-        if u is None:
-            return torch.randn(shape, dtype=like.dtype, device=like.device)
-        if tuple(u.shape) != shape:
-            raise ValueError(f"noise u must have shape (n_iter, batch, z_dim) = {shape}, "
-                             f"got {tuple(u.shape)}")
-        return u
+        return standard_noise(u, (self.n_iter, batch, self.sampler.z_dim), like)
 
     def _run(self, x: Tensor, u: Tensor, log_ratio: bool) -> tuple[Tensor, Tensor]:
         """Eqs. 3-8 over T steps. Returns c_T (B, x_dim) and, per step (T, B), either the KL
@@ -390,6 +384,17 @@ class DrawModel(nn.Module):
         windows = torch.stack(windows, dim=1)                                 # (5, T, n)
         names = ("center_y", "center_x", "delta", "sigma", "gamma")
         return canvases, dict(zip(names, windows.unbind(0)))
+
+
+def standard_noise(u: Tensor | None, shape: tuple[int, int, int], like: Tensor) -> Tensor:
+    """The noise u of shape (n_iter, B, z_dim): `u` itself, checked, or a fresh N(0, I) draw in
+    `like`'s dtype and device (from the global generator, so torch.manual_seed fixes it)."""
+    if u is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    if tuple(u.shape) != shape:
+        raise ValueError(f"noise u must have shape (n_iter, batch, z_dim) = {shape}, "
+                         f"got {tuple(u.shape)}")
+    return u
 
 
 def reconstruction_loss(x: Tensor, c: Tensor) -> Tensor:
