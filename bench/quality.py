@@ -5,12 +5,12 @@ equal terms: T=16 glimpses, read 2x2 / write 5x5 (attention run) or whole image 
 encoder and decoder LSTMs of 256, z of 100, 2000 Adam steps of batch 100 (4 epochs of the 50,000
 training images), learning rate 1e-3, gradient norm clipped at 10, loss = the bound of eq. 12
 averaged over the batch. It reports the bound on the whole validation split (10,000 images) and
-never reads the test split, so tuning against it leaves the test numbers honest.
+never evaluates on the test split, so tuning against it leaves the test numbers honest.
 
 Usage (from the repository root; the data as converted by `python -m draw.datasets convert
 bmnist --from DIR`)::
 
-    python bench/quality.py --data-dir DATA          # both runs, about 25 min per run on 2 cores
+    python bench/quality.py --data-dir DATA --threads 1   # both runs, 10-15 min each on 2 CPU cores
     python bench/quality.py --runs attention --steps 400 --seed 2
 
 The model is `DrawModel.from_config`, initialised as draw/model.py does; the numbers this
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -55,6 +56,13 @@ def window_sizes(text: str) -> tuple[int, int]:
     if read_N < 1 or write_N < 1:
         raise argparse.ArgumentTypeError(f"window sizes must be positive, got {text!r}")
     return read_N, write_N
+
+
+def output_file(text: str) -> str:
+    """A path whose directory exists, checked before hours of training rather than after."""
+    if not Path(text).expanduser().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory of {text} does not exist")
+    return text
 
 
 @torch.no_grad()
@@ -134,7 +142,7 @@ def main(data_dir: str | None, runs: list[str], steps: int, batch_size: int, n_i
         print(f"{label}: valid bound {r['valid_nll_bound']:.2f} nats "
               f"(KL {r['valid_kl']:.2f}) after {steps} steps, {r['train_seconds']:.0f} s")
         if out is not None:      # after every run, so an interrupted benchmark keeps the others
-            atomic_write_bytes(out, (json.dumps(results, indent=2) + "\n").encode())
+            atomic_write_bytes(Path(out).expanduser(), (json.dumps(results, indent=2) + "\n").encode())
     print(" | ".join(f"{r['run']} {r['valid_nll_bound']:.2f}" for r in results))
 
 
@@ -162,6 +170,6 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is fastest "
                              "when other jobs share the cores")
-    parser.add_argument("--out", type=str, default=None,
+    parser.add_argument("--out", type=output_file, default=None,
                         help="also write the results as JSON to this file (default: none)")
     run(main, parser.parse_args())

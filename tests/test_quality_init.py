@@ -1,14 +1,17 @@
-"""The initialisation that lets attention models learn fast (issue 8; see DrawModel._init_weights).
+"""The initialisation that lets attention models learn fast (issue 8; see DrawModel._init_weights),
+and the benchmark that measured it (bench/quality.py).
 
 Before training, h_0^dec = 0 and the heads' weights are small, so a window is its head's bias:
 these tests check that window's exact geometry and what it reads and writes.
 """
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from draw.model import DrawConfig, DrawModel, spanning_window_bias
+from draw.model import DrawConfig, DrawModel, nll_bound, spanning_window_bias
 
 
 def initial_window(head: torch.nn.Linear, zoomer):
@@ -144,3 +147,61 @@ def test_reinitialising_gives_the_same_biases():
     for n, p in m.named_parameters():
         if "bias" in n:
             assert torch.equal(p.detach(), before[n]), n
+
+
+# bench/quality.py, the benchmark these choices were measured with
+
+def load_quality_bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("draw_quality_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TrainValidOnly:
+    """A dataset whose test split cannot be read: the benchmark must never evaluate on it."""
+
+    def __init__(self, train: torch.Tensor, valid: torch.Tensor):
+        self.train, self.valid = train, valid
+
+    @property
+    def test(self):
+        raise AssertionError("the benchmark read the test split")
+
+
+def tiny_data(seed: int = 0) -> TrainValidOnly:
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(80, 64, generator=g) < 0.3).to(torch.uint8) * 255   # binary 8x8
+    return TrainValidOnly(images[:60], images[60:])
+
+
+TINY = DrawConfig(height=8, width=8, n_iter=2, enc_dim=8, dec_dim=8, z_dim=4, read_N=2, write_N=3)
+
+
+def test_bench_trains_for_exactly_the_steps_across_epochs(capsys):
+    bench = load_quality_bench()
+    result = bench.train_and_validate(TINY, tiny_data(), steps=7, batch_size=10, lr=1e-3, seed=0,
+                                      device=torch.device("cpu"), label="attention")
+    out = capsys.readouterr().out
+    assert "attention epoch 1: step 6," in out and "attention epoch 2: step 7," in out
+    assert result["steps"] == 7 and result["config"] == TINY.to_dict()
+    assert math.isfinite(result["valid_nll_bound"]) and result["valid_kl"] >= 0
+    again = bench.train_and_validate(TINY, tiny_data(), steps=7, batch_size=10, lr=1e-3,
+                                     seed=0, device=torch.device("cpu"), label="attention")
+    assert again["valid_nll_bound"] == result["valid_nll_bound"]     # same seed, same numbers
+
+
+def test_bench_valid_bound_is_the_mean_bound_of_eq_12():
+    bench = load_quality_bench()
+    torch.manual_seed(3)
+    m = DrawModel.from_config(TINY)
+    images = tiny_data().valid                                          # (20, 64) uint8
+    bound, kl = bench.valid_bound(m, images, torch.device("cpu"), seed=5)
+    x = images.float() / 255
+    torch.manual_seed(5)                                                # the same noise u
+    with torch.no_grad():
+        c, kl_t = m(x)
+    assert bound == pytest.approx(nll_bound(x, c, kl_t).mean().item(), rel=1e-6)
+    assert kl == pytest.approx(kl_t.sum(dim=0).mean().item(), rel=1e-6)
+    assert m.training                                                  # left in training mode
