@@ -244,9 +244,11 @@ class DrawModel(nn.Module):
         """The classic repository's IsotropicGaussian(0.01) weights and Constant(0) biases, except
         three biases that let attention models learn (issue 8). The bounds quoted are nats on
         the binarized MNIST valid split after 400 steps of bench/quality.py's protocol (T=16,
-        read 2, write 5, batch 100, Adam 1e-3, seed 1). The classic init reaches 210.3 there,
-        this one 166.6 (seed 2: 165.8), and 116.0 after the full 2000 steps; each number
-        below is this init with one choice undone (README, "Model quality", has the table).
+        read 2, write 5, batch 100, Adam 1e-3, seed 1), run by a script that differs from it
+        only in its batch order. The classic init reaches 210.3 there, this one 166.6 (seed
+        2: 165.8); after the full 2000 steps 168.4 and 116.0 (bench/quality.py: 117.0). Each
+        number below is this init with one choice undone (README, "Model quality", has the
+        table).
 
         `apply` visits children before parents, so the brick cases below override the Linear and
         LSTMCell defaults set in the same pass.
