@@ -206,6 +206,12 @@ def wrap_model(model: DrawModel, d: Distributed, device: torch.device,
                                    device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def close_distributed(d: Distributed):
+def close_distributed(d: Distributed, finished: bool = True):
+    """Leave the process group. After a run that `finished` on every rank, wait for all of them
+    first: a gloo rank that tears down while rank 0 still writes its last files can abort
+    ("terminate called without an active exception"). After an error no barrier is taken, since
+    the other ranks may never reach it; torchrun ends them."""
     if d.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

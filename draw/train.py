@@ -350,11 +350,13 @@ def _train(place: Distributed, flags: dict, resume: str | None, device: str,
         return
 
     plan.dist, plan.device = init_distributed(plan.device)
+    finished = False
     try:
         plan.splits = _load_splits(settings, data_dir, plan.dist, plan.device)
         _run(plan, run_dir, live_plotting, plot_port, fast)
+        finished = True
     finally:
-        close_distributed(plan.dist)
+        close_distributed(plan.dist, finished)
 
 
 def _run(plan: _Plan, run_dir: str, live_plotting: bool, plot_port: int, fast: bool) -> None:
