@@ -7,9 +7,9 @@ with the package (a public-domain portrait of Grace Hopper).
 """
 import argparse
 
-from draw.attention_demo import load_image, read_and_write, save_glimpse
+from draw.outputs.attention_demo import load_image, read_and_write, save_glimpse
 from draw.cli import ArgumentParser, run
-from draw.display import pyplot_or_warn
+from draw.outputs.display import pyplot_or_warn
 
 
 def point(text: str) -> tuple[float, float]:

@@ -8,10 +8,10 @@ Example:
 """
 import argparse
 
-from draw.checkpoint import load_log
+from draw.training.checkpoint import load_log
 from draw.cli import ArgumentParser, run
-from draw.display import pyplot_or_warn
-from draw.klplot import SPLITS, kl_terms, plot_kl_heatmap, plot_kl_surface, save_figure, save_html
+from draw.outputs.display import pyplot_or_warn
+from draw.outputs.klplot import SPLITS, kl_terms, plot_kl_heatmap, plot_kl_surface, save_figure, save_html
 
 
 def output_stem(log_file: str) -> str:

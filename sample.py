@@ -7,10 +7,10 @@ Example (the classic command line):
 """
 import argparse
 
-from draw.checkpoint import load_model, resolve_device
+from draw.training.checkpoint import load_model, resolve_device
 from draw.cli import ArgumentParser, run
-from draw.plotting import grid_shape
-from draw.sampling import check_image_shape, write_samples
+from draw.outputs.plotting import grid_shape
+from draw.outputs.sampling import check_image_shape, write_samples
 
 
 def pair(text: str) -> tuple[int, int]:

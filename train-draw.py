@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train DRAW (Gregor et al., 2015); checkpoints, logs and samples go to a run directory.
 
-The flags are parsed here and handed to draw.train.main. Examples:
+The flags are parsed here and handed to draw.training.run.main. Examples:
 
     python train-draw.py --attention=2,5 --niter=64 --lr=3e-4 --epochs=100   # the paper's run
     python train-draw.py --dataset sample --epochs 2 --niter 8                 # offline quick start
@@ -13,7 +13,7 @@ Under torchrun, --bs is the global batch size: the processes split every batch b
 import argparse
 
 from draw.cli import ArgumentParser, run
-from draw.train import DEFAULTS, main
+from draw.training.run import DEFAULTS, main
 
 
 def default(key: str) -> str:

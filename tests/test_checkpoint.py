@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from draw.checkpoint import (CheckpointError, load_checkpoint, load_log, load_model,
+from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_log, load_model,
                              resolve_device, rng_state, save_checkpoint, save_log, set_rng_state)
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel, nll_bound

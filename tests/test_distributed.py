@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from draw.distributed import (Distributed, TrainingForward, close_distributed,
+from draw.training.distributed import (Distributed, TrainingForward, close_distributed,
                               first_on_each_machine, init_distributed, process_place, wrap_model)
 from draw.errors import DrawError
-from draw.evaluate import bound_statistics
+from draw.training.evaluate import bound_statistics
 from draw.fast import accelerate
-from draw.main_loop import MainLoop
+from draw.training.main_loop import MainLoop
 from draw.model import DrawConfig, DrawModel, nll_bound
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=10, dec_dim=9, z_dim=4,

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from draw.checkpoint import load_model
+from draw.training.checkpoint import load_model
 from draw.datasets import batches, get_data
-from draw.evaluate import cli, importance_sampled_nll, main
-from draw.train import main as train
+from draw.training.evaluate import cli, importance_sampled_nll, main
+from draw.training.run import main as train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,11 +87,11 @@ def test_cli_prints_numbers_and_fails_in_one_line(trained, capsys):
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
 
 
-# runpy warns that draw.evaluate is imported already (by this file): harmless here
-@pytest.mark.filterwarnings("ignore:'draw.evaluate' found in sys.modules")
+# runpy warns that draw.training.evaluate is imported already (by this file): harmless here
+@pytest.mark.filterwarnings("ignore:'draw.training.evaluate' found in sys.modules")
 def test_evaluate_py_and_python_m_run_the_same_cli(trained, capsys, monkeypatch):
     for run in (lambda: runpy.run_path(str(ROOT / "evaluate.py"), run_name="__main__"),
-                lambda: runpy.run_module("draw.evaluate", run_name="__main__", alter_sys=True)):
+                lambda: runpy.run_module("draw.training.evaluate", run_name="__main__", alter_sys=True)):
         monkeypatch.setattr(sys, "argv", ["evaluate.py", str(trained), "--samples", "2",
                                           "--subset", "10"])
         run()

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from draw.checkpoint import load_log, load_model
-from draw.distributed import Distributed
-from draw.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
+from draw.training.checkpoint import load_log, load_model
+from draw.training.distributed import Distributed
+from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
                              ProgressBar, SampleCheckpoint, SimpleExtension, Timing,
                              TrainingDataMonitoring)
-from draw.main_loop import MainLoop
+from draw.training.main_loop import MainLoop
 from draw.model import DrawConfig, DrawModel, nll_bound
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, z_dim=2,
@@ -331,7 +331,7 @@ def test_plot_feeds_the_live_page_and_survives_a_failed_start(tmp_path, monkeypa
         def close(self):
             calls.append(("close",))
 
-    monkeypatch.setitem(sys.modules, "draw.live", types.SimpleNamespace(LivePlot=FakeLivePlot))
+    monkeypatch.setitem(sys.modules, "draw.outputs.live", types.SimpleNamespace(LivePlot=FakeLivePlot))
     Image.new("L", (5, 4)).save(tmp_path / "sample.png")
     loop = MockMainLoop()
     (plot,) = loop.attach(Plot(tmp_path, port=5123))

@@ -1,4 +1,4 @@
-"""Tests for draw/live.py and the Bokeh pages of draw/klplot.py, in a real headless browser.
+"""Tests for draw/outputs/live.py and the Bokeh pages of draw/outputs/klplot.py, in a real headless browser.
 
 The browser is Chromium (Debian: `apt-get install -y chromium`), driven over the DevTools
 protocol with tornado's websocket client (tornado comes with Bokeh). The tests load the page,
@@ -25,8 +25,8 @@ from PIL import Image
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from draw.klplot import save_html
-from draw.live import LivePlot, samples_column
+from draw.outputs.klplot import save_html
+from draw.outputs.live import LivePlot, samples_column
 
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome",
                                                  "google-chrome-stable") if shutil.which(name)),

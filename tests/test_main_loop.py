@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from draw.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from draw.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from draw.datasets import batches
-from draw.extensions import FinishAfter, SimpleExtension, TrainingDataMonitoring
+from draw.training.extensions import FinishAfter, SimpleExtension, TrainingDataMonitoring
 from draw.fast import accelerate
-from draw.main_loop import MainLoop, TrainingError
+from draw.training.main_loop import MainLoop, TrainingError
 from draw.model import DrawConfig, DrawModel, nll_bound
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, z_dim=2)

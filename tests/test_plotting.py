@@ -1,11 +1,11 @@
-"""Tests for draw/plotting.py: grids, PNG/GIF files and write-attention boxes."""
+"""Tests for draw/outputs/plotting.py: grids, PNG/GIF files and write-attention boxes."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from draw.model import DrawConfig, DrawModel
-from draw.plotting import (BOX_COLOR, SEPARATOR, draw_box, grid_shape, image_grid,
+from draw.outputs.plotting import (BOX_COLOR, SEPARATOR, draw_box, grid_shape, image_grid,
                            sampling_frames, save_gif, save_png, window_box)
 
 SEP = round(SEPARATOR * 255)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-import draw.sampling
-from draw.checkpoint import load_model, save_checkpoint, save_log
+import draw.outputs.sampling
+from draw.training.checkpoint import load_model, save_checkpoint, save_log
 from draw.model import DrawConfig, DrawModel
-from draw.plotting import BOX_COLOR, image_grid
-from draw.sampling import write_samples
+from draw.outputs.plotting import BOX_COLOR, image_grid
+from draw.outputs.sampling import write_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 4
@@ -124,7 +124,7 @@ def test_write_samples_default_grid_and_no_boxes(tmp_path):
     written = write_samples(model, tmp_path, 2, 2, seed=0)
     assert [p.name for p in written] == ["sample.png", "time-000.png", "time-001.png",
                                          "time-002.png", "sequence.gif"]
-    canvases = model.sample(4, draw.sampling.prior_noise(model, 4, seed=0))
+    canvases = model.sample(4, draw.outputs.sampling.prior_noise(model, 4, seed=0))
     want = image_grid(canvases[-1].view(4, 3, 6, 5), 2, 2)
     with Image.open(tmp_path / "sample.png") as got:
         assert got.mode == "RGB"
@@ -170,7 +170,7 @@ def test_attention_script_default_image(tmp_path):
 
 
 def test_attention_demo_reads_back_a_picture_exactly(tmp_path):
-    from draw.attention_demo import load_image, read_and_write
+    from draw.outputs.attention_demo import load_image, read_and_write
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (9, 7), dtype=np.uint8)
     Image.fromarray(pixels, mode="L").save(tmp_path / "grey.png")
@@ -222,7 +222,7 @@ def test_sample_ctrl_c_leaves_complete_files(tmp_path, model_file, capsys, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(draw.sampling, "save_gif", interrupted)
+    monkeypatch.setattr(draw.outputs.sampling, "save_gif", interrupted)
     code = run_inline("sample.py", model_file, "--n-samples", 4, "--output-dir", tmp_path / "s",
                       monkeypatch=monkeypatch)
     fails(capsys, code, expected_code=130, contains="interrupted")

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from draw.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
+from draw.training.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
 from draw.datasets import batches, get_data
-from draw.evaluate import bound_statistics
+from draw.training.evaluate import bound_statistics
 from draw.fast import accelerate
 from draw.model import DrawConfig, DrawModel
-from draw.train import lr_tag, main
+from draw.training.run import lr_tag, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train-draw.py"
@@ -269,7 +269,7 @@ def test_fast_path_falls_back_with_one_note(tmp_path, monkeypatch, capsys):
     def refuse(model):
         raise ValueError("not for this model")
 
-    monkeypatch.setattr("draw.train.accelerate", refuse)
+    monkeypatch.setattr("draw.training.run.accelerate", refuse)
     main(**TINY, run_dir=str(tmp_path))
     out = capsys.readouterr().out
     notes = [line for line in out.splitlines() if line.startswith("note:")]

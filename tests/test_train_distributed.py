@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from draw.checkpoint import load_log, load_model
+from draw.training.checkpoint import load_log, load_model
 from draw.model import DrawModel
-from draw.train import main
+from draw.training.run import main
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this torch build has no gloo backend")

@@ -1,7 +1,7 @@
 """Extensions of the main loop, with the classic Blocks names; they talk through the log.
 
 Every extension is a SimpleExtension: it has one no-op-by-default method per event of the loop
-(draw/main_loop.py), and trigger keyword arguments decide which events reach its `do`:
+(draw/training/main_loop.py), and trigger keyword arguments decide which events reach its `do`:
 
     before_training=True     at the start of every run (fresh or resumed)
     before_first_epoch=True  at the start of a fresh run only, after before_training
@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from draw.checkpoint import rng_state, save_checkpoint, save_log
+from draw.training.checkpoint import rng_state, save_checkpoint, save_log
 from draw.datasets import batches
-from draw.evaluate import bound_statistics
-from draw.plotting import image_grid, sampling_frames, save_gif, save_png
-from draw.sampling import prior_noise
+from draw.training.evaluate import bound_statistics
+from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
+from draw.outputs.sampling import prior_noise
 
 EVENTS = ("before_training", "before_epoch", "after_batch", "after_epoch", "after_training",
           "on_error")
@@ -358,7 +358,7 @@ class Printing(SimpleExtension):
 class Plot(SimpleExtension):
     """Live plots of the log in a browser (Bokeh), with the latest samples; never blocks training.
 
-    Wraps `draw.live.LivePlot`: if its server cannot start, training goes on without it.
+    Wraps `draw.outputs.live.LivePlot`: if its server cannot start, training goes on without it.
     """
 
     def __init__(self, run_dir, host: str = "127.0.0.1", port: int = 5006, **kwargs):
@@ -372,7 +372,7 @@ class Plot(SimpleExtension):
     def do(self, which_callback: str, *args) -> None:
         if which_callback == "before_training":
             # imported here: Bokeh's import is slow, and only live plotting needs it
-            from draw.live import LivePlot
+            from draw.outputs.live import LivePlot
             self.live = LivePlot(host=self.host, port=self.port)
             if self.live.start() is None:
                 self.live = None      # LivePlot said why; training goes on without plots

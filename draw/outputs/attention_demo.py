@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from draw.attention import ZoomableAttentionWindow
 from draw.errors import DrawError
-from draw.plotting import draw_box, image_grid, save_png, window_box
+from draw.outputs.plotting import draw_box, image_grid, save_png, window_box
 
 DEMO_IMAGE = files("draw") / "data" / "attention-demo.png"
 

@@ -2,13 +2,13 @@
 
 Shaped after Blocks' MainLoop, which trained the classic model: the loop knows nothing about
 monitoring, checkpoints or plots. It fires the events before_training, before_epoch,
-after_batch, after_epoch, after_training and on_error, and every extension (draw/extensions.py)
+after_batch, after_epoch, after_training and on_error, and every extension (draw/training/extensions.py)
 decides from its triggers whether to act. Extensions talk through the log: `log` holds one row
 (a dict of plain numbers) per finished epoch, plus row 0 for the state before training.
 
 Data parallelism
 ----------------
-Under torchrun (draw/distributed.py) every rank runs this loop on the same global batches: each
+Under torchrun (draw/training/distributed.py) every rank runs this loop on the same global batches: each
 step draws the noise of the whole batch (the same draws on every rank, which share the seed),
 keeps its slice of both, and scales its loss so that DDP's average of the gradients is the
 gradient of the global mean. One all-reduce per step then gives every rank the global sums for
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_norm_, parameters_to_vector
 
-from draw.distributed import Distributed, wrap_model
+from draw.training.distributed import Distributed, wrap_model
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
 

@@ -7,7 +7,7 @@ stores the new numbers and asks every open page to redraw on the server's thread
 never waits for a browser, and nothing breaks when no browser is connected. A port that is
 taken, or any other failure to serve, is one warning line: training goes on without the page.
 
-The page shows the figures of `draw.klplot.log_figures` (nll bounds, gradient and step norms,
+The page shows the figures of `draw.outputs.klplot.log_figures` (nll bounds, gradient and step norms,
 KL per step) and the latest sample grid.
 """
 import asyncio
@@ -28,7 +28,7 @@ from PIL import Image
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-from draw.klplot import log_columns, log_figures
+from draw.outputs.klplot import log_columns, log_figures
 
 EMPTY_SAMPLES = {"image": [], "x": [], "y": [], "dw": [], "dh": []}
 
@@ -139,7 +139,7 @@ class LivePlot:
         Parameters
         ----------
         rows : list of dict
-            The whole training log so far (draw/checkpoint.py rows), oldest first.
+            The whole training log so far (draw/training/checkpoint.py rows), oldest first.
         samples : PIL.Image.Image, optional
             The latest sample grid; the previous one stays on the page when omitted.
         """

@@ -13,7 +13,7 @@ import torch
 
 from draw.errors import DrawError
 from draw.model import AttentionWriter, DrawModel
-from draw.plotting import image_grid, sampling_frames, save_gif, save_png
+from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
 
 
 class SamplingError(DrawError):

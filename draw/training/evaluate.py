@@ -10,7 +10,7 @@ is again an upper bound in expectation, never looser than the bound, and it tigh
 -log p(x) as K grows. Per image it is at most the mean of -log w_k over the same K samples
 (Jensen's inequality), which itself is an unbiased estimate of the bound.
 
-    python -m draw.evaluate run/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl --samples 100
+    python -m draw.training.evaluate run/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl --samples 100
 """
 import argparse
 import math
@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from draw.checkpoint import load_model, resolve_device
+from draw.training.checkpoint import load_model, resolve_device
 from draw.cli import ArgumentParser, run
 from draw.datasets import batches, get_data, supported_datasets
-from draw.distributed import Distributed
+from draw.training.distributed import Distributed
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
 

@@ -6,14 +6,14 @@ in `<name>-YYYYmmdd-HHMMSS/`:
 
     config.json              the resolved model config and run settings
     args.txt                 the command line (one more line per resume)
-    <longname>_model.pkl     config, parameters, optimiser, RNG and loop state (draw/checkpoint.py)
+    <longname>_model.pkl     config, parameters, optimiser, RNG and loop state (draw/training/checkpoint.py)
     <longname>_log.pkl       one row of numbers per epoch
-    sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (draw/extensions.py)
+    sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (draw/training/extensions.py)
 
 with the classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`.
 
 Training runs through the fast path (draw/fast.py) unless `fast=False` (`--no-fast`). Under
-`torchrun --nproc_per_node=K` the same run is data-parallel (draw/distributed.py): `--bs` is
+`torchrun --nproc_per_node=K` the same run is data-parallel (draw/training/distributed.py): `--bs` is
 the global batch, every process trains on its slice of it, and the run takes the steps of a
 single process up to float rounding; only the main process (rank 0) prints and writes files,
 and a run may be resumed with another number of processes.
@@ -31,17 +31,17 @@ import numpy as np
 import torch
 
 from draw.atomic import atomic_write_bytes
-from draw.checkpoint import (CheckpointError, load_checkpoint, load_model, resolve_device,
+from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_model, resolve_device,
                              set_rng_state)
 from draw.datasets import batches, get_data, supported_datasets
 from draw.datasets.store import dataset_spec
-from draw.distributed import (Distributed, close_distributed, first_on_each_machine,
+from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                               init_distributed, process_place, reported_once)
 from draw.errors import DrawError
-from draw.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
+from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
                              ProgressBar, SampleCheckpoint, Timing, TrainingDataMonitoring)
 from draw.fast import accelerate
-from draw.main_loop import MainLoop
+from draw.training.main_loop import MainLoop
 from draw.model import DrawConfig, DrawModel
 
 # the classic train-draw.py defaults, plus the new --seed and --grad-clip
@@ -292,7 +292,7 @@ def _build_loop(plan: _Plan, longname: str, live_plotting: bool, plot_port: int,
         if live_plotting:
             extensions.append(Plot(run_path, port=plot_port))
     train = plan.splits["train"]
-    # every rank draws the same global batches from the same generator (draw/main_loop.py)
+    # every rank draws the same global batches from the same generator (draw/training/main_loop.py)
     return MainLoop(model, optimizer,
                     lambda: batches(train, bs, generator=generator, device=plan.device),
                     generator, extensions, grad_clip=settings["grad_clip"], fast=accelerated,
@@ -314,7 +314,7 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
     directory, live plotting, the forward pass (`fast`) and the number of processes.
 
     Under torchrun every process calls `main` with the same flags; `batch_size` is the global
-    batch, split between the processes (draw/distributed.py). Only the main process prints and
+    batch, split between the processes (draw/training/distributed.py). Only the main process prints and
     writes files.
 
     Raises

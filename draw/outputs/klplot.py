@@ -5,9 +5,9 @@ against the epochs as a 3D surface: where in the drawing process the model spend
 and how that changes as it learns. This module draws that surface and a heat map of the same
 numbers with matplotlib (files through the Agg backend, no display needed), and builds the Bokeh
 figures of the log (nll bounds, KL per step, gradient norms) that both the static HTML page of
-`plot-kl.py` and the live page of `draw.live` show.
+`plot-kl.py` and the live page of `draw.outputs.live` show.
 
-Log rows are the dicts of draw/checkpoint.py: "epoch", "iteration", "train_nll_bound",
+Log rows are the dicts of draw/training/checkpoint.py: "epoch", "iteration", "train_nll_bound",
 "valid_nll_bound", "test_nll_bound", "{split}_kl_term_{t}", "train_total_gradient_norm",
 "train_total_step_norm", ... A row may lack any of them (a key that was not monitored then).
 """

@@ -1,0 +1,2 @@
+"""Training: the main loop and its extensions, run set-up, checkpoints, distributed data
+parallelism and evaluation."""
