@@ -1,0 +1,194 @@
+"""The read-only attention classifier of DRAW's section 4.1 ("differentiable RAM", Table 1).
+
+References
+----------
+K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra.
+"DRAW: A Recurrent Neural Network For Image Generation", ICML 2015, arXiv:1502.04623.
+V. Mnih, N. Heess, A. Graves, K. Kavukcuoglu. "Recurrent Models of Visual Attention", NIPS 2014
+(RAM, whose 100x100 cluttered MNIST task Table 1 uses).
+
+What the paper says (section 4.1): an LSTM "receives a 12 x 12 'glimpse' from the input image at
+each time-step, using the selective read operation defined in Section 3.2. After a fixed number
+of glimpses the network uses a softmax layer to classify the MNIST digit." Table 1 reports 4 and
+8 glimpses; Table 3 gives the LSTM 256 units and the 12 x 12 read, with no z and no write.
+Per glimpse t = 1..T:
+
+    (g~_Y, g~_X, log delta~, log sigma^2, log gamma) = W(h_{t-1})     eq. 21
+    r_t = gamma F_Y x F_X^T                                            eq. 27, x only
+    h_t = LSTM(h_{t-1}, r_t)                                           as eq. 5, one network
+    p(y | x) = softmax(V h_T + b)                                      after the last glimpse
+
+Where the paper is silent, the choices made here:
+- The read window comes from the LSTM's own previous state, as DRAW's read uses h_{t-1}^dec
+  (eq. 21); there is no second network. h_0 = c_0 = 0, so the first window is the read head's
+  bias alone.
+- The LSTM input is the glimpse only: no error image (there is no canvas) and, unlike RAM, no
+  explicit glimpse location (the state that chose the window already knows it).
+- The loss is the cross-entropy of the softmax on the final state alone; no per-step loss.
+- Initialisation (ours, not the paper's): the LSTM and the softmax layer keep PyTorch's default
+  uniform(+-1/sqrt(fan_in)) weights, the LSTM's forget-gate bias is 1 (as DrawModel's), the read
+  head's weights are N(0, 0.01) and its bias is a centred window whose 12 x 12 grid tiles the
+  whole image with sigma = delta / 2 and gamma = 1 (`spanning_window_bias`): the first glimpse
+  is a blurred 12 x 12 overview of the whole 100 x 100 image, from which the network chooses
+  where to look next.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from draw.model import AttentionReader, spanning_window_bias
+
+WINDOW_NAMES = ("center_y", "center_x", "delta", "sigma", "gamma")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything that defines a classifier's architecture; with a state_dict, a whole model."""
+    channels: int = 1
+    height: int = 100
+    width: int = 100
+    n_iter: int = 8          # glimpses T
+    enc_dim: int = 256       # LSTM state size
+    read_N: int = 12         # the glimpse is read_N x read_N
+    n_classes: int = 10
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClassifierConfig.{f.name} must be a positive integer, "
+                                 f"got {value!r}")
+        if self.read_N > min(self.height, self.width):
+            raise ValueError(f"ClassifierConfig.read_N={self.read_N} is larger than the "
+                             f"{self.height}x{self.width} image")
+        if self.n_classes < 2:
+            raise ValueError(f"ClassifierConfig.n_classes must be at least 2, "
+                             f"got {self.n_classes}")
+
+    @property
+    def x_dim(self) -> int:
+        return self.channels * self.height * self.width
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ClassifierConfig fields {sorted(unknown)}; "
+                             f"known: {sorted(known)}")
+        return cls(**d)
+
+
+class GlimpseReader(AttentionReader):
+    """DRAW's attention reader with the image alone: gamma F_Y x F_X^T (eq. 27 without x_hat).
+
+    The same brick as the generator's (its `zoomer` filterbank and its eq. 21 `readout` head); a
+    classifier has no canvas and hence no error image to read beside x.
+    """
+
+    def __init__(self, x_dim: int, state_dim: int, channels: int, height: int, width: int,
+                 N: int):
+        super().__init__(x_dim, state_dim, channels, height, width, N)
+        self.read_dim = channels * N * N
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The glimpse (B, C*N*N) and its window (center_y, center_x, delta, sigma, gamma),
+        each (B,), chosen from the state h (B, state_dim)."""
+        att = self.zoomer.nn2att(self.readout(h))                              # eq. 21
+        center_y, center_x, delta, sigma, gamma = att
+        glimpse = self.zoomer.read(x, center_y, center_x, delta, sigma)       # (B, C*N*N)
+        return gamma[:, None] * glimpse, att
+
+
+class AttentionClassifier(nn.Module):
+    """T glimpses through a read window chosen by an LSTM, then a softmax on its last state.
+
+    Parameters
+    ----------
+    n_iter : int
+        Number of glimpses T.
+    reader : GlimpseReader
+    lstm : nn.LSTMCell
+        Input size reader.read_dim.
+    classifier : nn.Linear
+        From the LSTM state to the class logits.
+    """
+
+    def __init__(self, n_iter: int, reader: GlimpseReader, lstm: nn.LSTMCell,
+                 classifier: nn.Linear):
+        super().__init__()
+        self.n_iter = n_iter
+        self.reader = reader
+        self.lstm = lstm
+        self.classifier = classifier
+        self.config: ClassifierConfig | None = None
+        self.apply(self._init_weights)
+
+    @classmethod
+    def from_config(cls, cfg: ClassifierConfig) -> "AttentionClassifier":
+        reader = GlimpseReader(cfg.x_dim, cfg.enc_dim, cfg.channels, cfg.height, cfg.width,
+                               cfg.read_N)
+        model = cls(cfg.n_iter, reader, nn.LSTMCell(reader.read_dim, cfg.enc_dim),
+                    nn.Linear(cfg.enc_dim, cfg.n_classes))
+        model.config = cfg
+        return model
+
+    @staticmethod
+    def _init_weights(module: nn.Module):
+        """See the module docstring; `apply` visits the bricks after their own Linear, so the
+        read head's values below are final."""
+        with torch.no_grad():
+            if isinstance(module, nn.LSTMCell):
+                H = module.hidden_size
+                module.bias_ih[H:2 * H] = 1.0                 # gates are ordered (i, f, g, o)
+                module.bias_hh[H:2 * H] = 0.0                 # so the forget bias is exactly 1
+            elif isinstance(module, GlimpseReader):
+                nn.init.normal_(module.readout.weight, mean=0.0, std=0.01)
+                module.readout.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, 0.0))
+
+    def forward(self, x: Tensor, return_attention: bool = False):
+        """Classify a batch.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, C*H*W), values in [0, 1]
+        return_attention : bool
+            Also return every glimpse's read window.
+
+        Returns
+        -------
+        logits : Tensor, shape (B, n_classes)
+            log p(y | x) up to a constant per example (softmax them for the probabilities).
+        attention : dict of Tensor, each of shape (n_iter, B), only with return_attention
+            'center_y', 'center_x', 'delta', 'sigma', 'gamma' of the window of glimpse t.
+        """
+        B = x.shape[0]
+        h = x.new_zeros(B, self.lstm.hidden_size)                            # h_0
+        cell = torch.zeros_like(h)
+        windows = []
+        for t in range(self.n_iter):
+            r, att = self.reader(x, h)                                        # eqs. 21, 27
+            h, cell = self.lstm(r, (h, cell))
+            if return_attention:
+                windows.append(torch.stack(att).detach())                     # (5, B)
+        logits = self.classifier(h)                                           # (B, K)
+        if not return_attention:
+            return logits
+        windows = torch.stack(windows, dim=1)                                 # (5, T, B)
+        return logits, dict(zip(WINDOW_NAMES, windows.unbind(0)))
+
+
+def classification_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """-log p(y | x) under the softmax of the final state, per example: shape (B,), nats."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def errors(logits: Tensor, y: Tensor) -> Tensor:
+    """1.0 where the most probable class is not the label, else 0.0: shape (B,)."""
+    return (logits.argmax(dim=1) != y).to(logits.dtype)
