@@ -17,6 +17,7 @@ Choices the paper leaves open, made as in the classic Theano/Blocks repository u
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -154,16 +155,14 @@ class AttentionWriter(nn.Module):
         self.w_trafo = nn.Linear(dec_dim, channels * N * N)                   # eq. 28
         self.z_trafo = nn.Linear(dec_dim, 5)                                  # eq. 21, own head
 
-    def forward(self, h_dec: Tensor) -> Tensor:
-        return self.write_with_attention(h_dec)[0]
+    def window(self, h_dec: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The write window (center_y, center_x, delta, sigma, gamma), each (B,) (eqs. 21-24)."""
+        return self.zoomer.nn2att(self.z_trafo(h_dec))
 
-    def write_with_attention(self, h_dec: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The canvas update (B, x_dim) and the window (center_y, center_x, delta, sigma, gamma)."""
+    def forward(self, h_dec: Tensor) -> Tensor:
         w = self.w_trafo(h_dec)                                               # (B, C*N*N)
-        att = self.zoomer.nn2att(self.z_trafo(h_dec))
-        center_y, center_x, delta, sigma, gamma = att
-        update = self.zoomer.write(w, center_y, center_x, delta, sigma) / gamma[:, None]
-        return update, att
+        center_y, center_x, delta, sigma, gamma = self.window(h_dec)
+        return self.zoomer.write(w, center_y, center_x, delta, sigma) / gamma[:, None]
 
 
 class Qsampler(nn.Module):
@@ -178,22 +177,45 @@ class Qsampler(nn.Module):
     def forward(self, h_enc: Tensor) -> tuple[Tensor, Tensor]:
         return self.mean_transform(h_enc), self.log_sigma_transform(h_enc)   # (B, Z) each
 
-    def sample(self, h_enc: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """z = mu + sigma u (the reparameterisation) and KL(Q || N(0, I)) per example (eq. 11).
+    def sample(self, h_enc: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """z = mu + sigma u, the reparameterised sample of eq. 6, with mu and log sigma.
 
-        Returns z (B, Z) and kl (B,).
+        Returns z, mean and log_sigma, each (B, Z).
         """
         mean, log_sigma = self(h_enc)
-        z = mean + torch.exp(log_sigma) * u
-        # eq. 11: 1/2 sum(mu^2 + sigma^2 - log sigma^2) - z_dim/2. The constant is folded into
+        return mean + torch.exp(log_sigma) * u, mean, log_sigma
+
+    @staticmethod
+    def kl(mean: Tensor, log_sigma: Tensor) -> Tensor:
+        """KL(N(mu, sigma) || N(0, I)) (eq. 11), summed over the last axis: (..., Z) -> (...)."""
+        # 1/2 sum(mu^2 + sigma^2 - log sigma^2) - Z/2. The constant is folded into
         # sigma^2 - 1 = expm1(2 log sigma), which keeps float32 precision near sigma = 1, where
         # training starts (sigma^2 - 1 there would cancel to a few correct digits).
-        kl = 0.5 * (mean ** 2 + torch.expm1(2 * log_sigma) - 2 * log_sigma).sum(dim=1)
-        return z, kl
+        return 0.5 * (mean ** 2 + torch.expm1(2 * log_sigma) - 2 * log_sigma).sum(dim=-1)
+
+    @staticmethod
+    def log_ratio(z: Tensor, u: Tensor, log_sigma: Tensor) -> Tensor:
+        """log Q(z) - log P(z) at z = mu + sigma u, summed over the last axis: (..., Z) -> (...)."""
+        # log N(z; mu, sigma) - log N(z; 0, 1) with (z - mu) / sigma = u; the 2 pi terms cancel
+        return (0.5 * (z ** 2 - u ** 2) - log_sigma).sum(dim=-1)
+
+
+class DrawState(NamedTuple):
+    """What one glimpse hands to the next: the t-1 quantities of eqs. 3-8."""
+    c: Tensor              # (B, x_dim)    canvas c_{t-1}: logits
+    h_enc: Tensor          # (B, enc_dim)  h_{t-1}^enc
+    cell_enc: Tensor       # (B, enc_dim)  the encoder LSTM's cell state
+    h_dec: Tensor          # (B, dec_dim)  h_{t-1}^dec
+    cell_dec: Tensor       # (B, dec_dim)  the decoder LSTM's cell state
 
 
 class DrawModel(nn.Module):
     """DRAW (eqs. 3-8), built from its bricks.
+
+    `step` is one glimpse (read, encode, sample, decode, write) and `decode` its generative half;
+    `forward`, `log_weight` and `sample` only loop over them. To change DRAW's maths, replace a
+    brick (any module with the same call signature) or override `step`/`decode`: everything
+    that trains, evaluates or samples goes through them.
 
     Parameters
     ----------
@@ -289,34 +311,72 @@ class DrawModel(nn.Module):
                 # instead of delta / 2 gives 173.0.
                 module.z_trafo.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, -2.0))
 
-    def _noise(self, u: Tensor | None, batch: int, like: Tensor) -> Tensor:
-        return standard_noise(u, (self.n_iter, batch, self.sampler.z_dim), like)
+    def noise_shape(self, batch: int) -> tuple[int, int, int]:
+        """Shape of the noise u that `forward`, `log_weight` and `sample` take: (n_iter, B, z_dim)."""
+        return (self.n_iter, batch, self.sampler.z_dim)
 
-    def _run(self, x: Tensor, u: Tensor, log_ratio: bool) -> tuple[Tensor, Tensor]:
-        """Eqs. 3-8 over T steps. Returns c_T (B, x_dim) and, per step (T, B), either the KL
-        (eq. 11) or, with log_ratio, log Q(z_t|x) - log P(z_t) at the sampled z_t."""
-        B = x.shape[0]
-        c = x.new_zeros(B, x.shape[1])                                        # c_0
-        h_enc = x.new_zeros(B, self.encoder.hidden_size)
-        cell_enc = torch.zeros_like(h_enc)
-        h_dec = x.new_zeros(B, self.decoder.hidden_size)
-        cell_dec = torch.zeros_like(h_dec)
-        per_step = []
+    def noise(self, batch: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Fresh N(0, I) noise u for a batch, shape (n_iter, batch, z_dim), in `like`'s dtype
+        and on its device; from `generator`, else from the global one (torch.manual_seed fixes
+        it). The one place DRAW's noise is drawn: training, evaluation and sampling call it."""
+        return torch.randn(self.noise_shape(batch), generator=generator, dtype=like.dtype,
+                           device=like.device)
+
+    def _given_or_fresh_noise(self, u: Tensor | None, batch: int, like: Tensor) -> Tensor:
+        if u is None:
+            return self.noise(batch, like)
+        if tuple(u.shape) != self.noise_shape(batch):
+            raise ValueError(f"noise u must have shape (n_iter, batch, z_dim) = "
+                             f"{self.noise_shape(batch)}, got {tuple(u.shape)}")
+        return u
+
+    def initial_state(self, batch: int, like: Tensor) -> DrawState:
+        """c_0, h_0^enc and h_0^dec (and the LSTM cells) at zero, in `like`'s dtype and device."""
+        h_enc = like.new_zeros(batch, self.encoder.hidden_size)
+        h_dec = like.new_zeros(batch, self.decoder.hidden_size)
+        return DrawState(like.new_zeros(batch, self.writer.x_dim), h_enc, torch.zeros_like(h_enc),
+                         h_dec, torch.zeros_like(h_dec))
+
+    def step(self, state: DrawState, x: Tensor, u: Tensor
+             ) -> tuple[DrawState, Tensor, Tensor, Tensor]:
+        """One glimpse t of eqs. 3-8: read, encode, sample, decode, write.
+
+        Parameters
+        ----------
+        state : DrawState, the t-1 quantities
+        x : Tensor, shape (B, x_dim)
+        u : Tensor, shape (B, z_dim), the standard normal noise of step t
+
+        Returns
+        -------
+        state : DrawState, the quantities of step t
+        z, mean, log_sigma : Tensor, each (B, z_dim)
+            The sample z_t and the posterior Q(Z_t | h_t^enc) it came from.
+        """
+        x_hat = x - torch.sigmoid(state.c)                                    # eq. 3
+        r = self.reader(x, x_hat, state.h_dec)                                # eq. 4
+        h_enc, cell_enc = self.encoder(torch.cat([r, state.h_dec], dim=1),
+                                       (state.h_enc, state.cell_enc))         # eq. 5
+        z, mean, log_sigma = self.sampler.sample(h_enc, u)                    # eq. 6
+        state = self.decode(state._replace(h_enc=h_enc, cell_enc=cell_enc), z)  # eqs. 7-8
+        return state, z, mean, log_sigma
+
+    def decode(self, state: DrawState, z: Tensor) -> DrawState:
+        """The generative half of a glimpse (eqs. 7-8), which is all that sampling runs: z (B,
+        z_dim) into the decoder, its output written onto the canvas."""
+        h_dec, cell_dec = self.decoder(z, (state.h_dec, state.cell_dec))      # eq. 7
+        c = state.c + self.writer(h_dec)                                      # eq. 8
+        return state._replace(c=c, h_dec=h_dec, cell_dec=cell_dec)
+
+    def unroll(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """All T glimpses of x. Returns c_T (B, x_dim) and z, mean, log_sigma (T, B, z_dim)."""
+        state = self.initial_state(x.shape[0], x)
+        posterior = []
         for t in range(self.n_iter):
-            x_hat = x - torch.sigmoid(c)                                      # eq. 3
-            r = self.reader(x, x_hat, h_dec)                                  # eq. 4
-            h_enc, cell_enc = self.encoder(torch.cat([r, h_dec], dim=1), (h_enc, cell_enc))  # eq. 5
-            if log_ratio:
-                mean, log_sigma = self.sampler(h_enc)
-                z = mean + torch.exp(log_sigma) * u[t]                        # eq. 6
-                # log N(z; mu, sigma) - log N(z; 0, 1); the 2 pi terms cancel
-                per_step.append((0.5 * (z ** 2 - u[t] ** 2) - log_sigma).sum(dim=1))
-            else:
-                z, kl = self.sampler.sample(h_enc, u[t])                      # eq. 6
-                per_step.append(kl)
-            h_dec, cell_dec = self.decoder(z, (h_dec, cell_dec))              # eq. 7
-            c = c + self.writer(h_dec)                                        # eq. 8
-        return c, torch.stack(per_step)
+            state, *z_mean_log_sigma = self.step(state, x, u[t])
+            posterior.append(z_mean_log_sigma)
+        z, mean, log_sigma = (torch.stack(v) for v in zip(*posterior))       # (T, B, Z) each
+        return state.c, z, mean, log_sigma
 
     def forward(self, x: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Encode and reconstruct a batch.
@@ -334,7 +394,8 @@ class DrawModel(nn.Module):
         kl : Tensor, shape (n_iter, B)
             KL(Q(Z_t|h_t^enc) || P(Z_t)) of every step (eq. 11, before the sum over t).
         """
-        return self._run(x, self._noise(u, x.shape[0], x), log_ratio=False)
+        c, _, mean, log_sigma = self.unroll(x, self._given_or_fresh_noise(u, x.shape[0], x))
+        return c, self.sampler.kl(mean, log_sigma)                            # eq. 11, all t at once
 
     def log_weight(self, x: Tensor, u: Tensor | None = None) -> Tensor:
         """log P(x, z) - log Q(z | x) at one posterior sample z, per example: shape (B,).
@@ -342,8 +403,9 @@ class DrawModel(nn.Module):
         Its expectation over u is minus the bound of `nll_bound`; the log-mean-exp of K of them
         is the importance-sampled estimate of log P(x) (Burda et al., 2016).
         """
-        c, log_ratio = self._run(x, self._noise(u, x.shape[0], x), log_ratio=True)
-        return -reconstruction_loss(x, c) - log_ratio.sum(dim=0)
+        u = self._given_or_fresh_noise(u, x.shape[0], x)
+        c, z, _, log_sigma = self.unroll(x, u)
+        return -reconstruction_loss(x, c) - self.sampler.log_ratio(z, u, log_sigma).sum(dim=0)
 
     @torch.no_grad()
     def sample(self, n: int, u: Tensor | None = None, return_attention: bool = False):
@@ -367,20 +429,14 @@ class DrawModel(nn.Module):
         if return_attention and not isinstance(self.writer, AttentionWriter):
             raise ValueError("return_attention needs a model with write attention (write_N)")
         p = next(self.parameters())
-        z_all = self._noise(u, n, p)
-        c = p.new_zeros(n, self.writer.x_dim)
-        h_dec = p.new_zeros(n, self.decoder.hidden_size)
-        cell_dec = torch.zeros_like(h_dec)
+        z = self._given_or_fresh_noise(u, n, p)
+        state = self.initial_state(n, p)
         canvases, windows = [], []
         for t in range(self.n_iter):
-            h_dec, cell_dec = self.decoder(z_all[t], (h_dec, cell_dec))      # eq. 7
+            state = self.decode(state, z[t])                                  # eqs. 7-8
+            canvases.append(torch.sigmoid(state.c))
             if return_attention:
-                update, att = self.writer.write_with_attention(h_dec)
-                windows.append(torch.stack(att))                              # (5, n)
-            else:
-                update = self.writer(h_dec)
-            c = c + update                                                    # eq. 8
-            canvases.append(torch.sigmoid(c))
+                windows.append(torch.stack(self.writer.window(state.h_dec)))  # (5, n)
         canvases = torch.stack(canvases)                                      # (T, n, x_dim)
         if not return_attention:
             return canvases
