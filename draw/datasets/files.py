@@ -5,11 +5,16 @@ counts when it is found under that name, or gzipped under the name plus ".gz" (m
 users often keep the MNIST-style files gzipped), and its bytes, decompressed when gzipped, match
 the checksum. The checksum is of the decompressed bytes on purpose: gzip wrappers differ between
 mirrors and copies (header time stamps, compression levels), the data does not.
+
+A copy whose checksum does not match is read by its format's parser (`FileSpec.check`) before it
+is refused, so that a damaged file is reported with the line and value at fault where the parser
+finds one, not only as a checksum mismatch.
 """
 import gzip
 import hashlib
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from draw.datasets.errors import DatasetError
@@ -29,10 +34,14 @@ class FileSpec:
     urls : tuple of str
         Where to download it, canonical first, then mirrors. A URL's last path component must be
         `name` or `name + ".gz"` (a gzipped copy, verified after decompression).
+    check : callable, optional
+        check(data, where) parses the file's bytes and raises DatasetError naming the line or
+        value at fault; run on a copy whose checksum does not match, to say what is wrong.
     """
     name: str
     checksum: str
     urls: tuple[str, ...] = ()
+    check: Callable[[bytes, str], object] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         algorithm, _, digest = self.checksum.partition(":")
@@ -108,6 +117,12 @@ def read_verified(spec: FileSpec, path: Path, gzipped: bool | None = None) -> by
     actual = hashlib.new(algorithm, data).hexdigest()
     if actual != expected.lower():
         content = "decompressed content" if gzipped else "content"
-        raise DatasetError(f"{path}: {algorithm} of its {content} is {actual}, expected "
-                           f"{expected} for {spec.name} (a different or damaged file)")
+        mismatch = (f"{algorithm} of its {content} is {actual}, expected {expected} for "
+                    f"{spec.name}")
+        if spec.check is not None:
+            try:
+                spec.check(data, str(path))
+            except DatasetError as e:
+                raise DatasetError(f"{e} (a damaged file: {mismatch})") from None
+        raise DatasetError(f"{path}: {mismatch} (a different or damaged file)")
     return data

@@ -7,7 +7,8 @@ format raise DatasetError with one line naming the file and what was expected.
 Formats
 -------
 amat    Larochelle's text format (binarized MNIST): one image a line, 0/1 values between spaces.
-IDX     LeCun's MNIST format: a big-endian header, then raw uint8 pixels.
+IDX     LeCun's MNIST format: a big-endian header, then raw uint8 pixels (images, magic 0x803)
+        or raw uint8 class labels 0-9 (labels, magic 0x801).
 MATLAB  v5 .mat files (SVHN format 2, Caltech-101 Silhouettes), read by scipy.io.loadmat.
 CIFAR   pickled dicts in a tar.gz, read by an unpickler that can build NumPy arrays and nothing
         else, so a tampered pickle cannot run code.
@@ -109,6 +110,29 @@ def parse_idx_images(data: bytes, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: {len(data)} bytes; expected {expected} for {n} images of "
                            f"{height}x{width} (truncated or padded file)")
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, height, width)
+
+
+def parse_idx_labels(data: bytes, where: str) -> np.ndarray:
+    """Parse an IDX label file (magic 0x00000801: unsigned bytes, 1 dimension) of digits 0-9.
+
+    Returns
+    -------
+    np.ndarray
+        (N,) uint8 in 0..9, read-only (a view of `data`).
+    """
+    if len(data) < 8 or data[:4] != b"\x00\x00\x08\x01":
+        raise DatasetError(f"{where}: not an IDX label file (starts {data[:4].hex() or 'empty'}"
+                           ", expected 00000801: unsigned bytes, 1 dimension)")
+    (n,) = struct.unpack(">I", data[4:8])
+    if len(data) != 8 + n:
+        raise DatasetError(f"{where}: {len(data)} bytes; expected {8 + n} for {n} labels "
+                           "(truncated or padded file)")
+    labels = np.frombuffer(data, dtype=np.uint8, offset=8)               # (N,)
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        raise DatasetError(f"{where}: label {int(bad[0])} is {int(labels[bad[0]])}; expected "
+                           "a digit 0-9")
+    return labels
 
 
 def load_mat(data: bytes, where: str, names: list[str]) -> dict[str, np.ndarray]:

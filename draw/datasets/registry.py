@@ -2,8 +2,14 @@
 
 One small converter per dataset turns the verified original files into three uint8 arrays
 (train, valid, test), each (N, C*H*W) in (C, H, W) order, with binary datasets stored as 0 and
-255 so that every dataset reads as u8 / 255. `REGISTRY` maps a name to its `DatasetSpec`;
-`supported_datasets` is derived from it.
+255 so that every dataset reads as u8 / 255; a labelled dataset adds "train_labels",
+"valid_labels" and "test_labels", (N,) uint8 class numbers. `REGISTRY` maps a name to its
+`DatasetSpec`; `supported_datasets` (what `get_data` loads as image tensors) and
+`labelled_datasets` (what `get_labelled` loads with labels) are derived from it.
+
+Datasets made from another one (`base`) have no files of their own: two-digit-mnist is composed
+from mnist once, when it is converted, and stored like the others; cluttered-mnist is composed
+batch by batch while training (draw/datasets/scenes.py), so nothing of it is stored.
 
 Where a dataset publishes no validation split, the last images of its training set are held out,
 as is usual for generative models (so the test set is only used for the final numbers):
@@ -11,6 +17,8 @@ as is usual for generative models (so the test set is only used for the final nu
   last 10,000, test = the 10,000 test images.
 - cifar10: train = the first 45,000 of the 50,000 training images (data_batch_1..5 in order),
   valid = the last 5,000, test = test_batch.
+- mnist's labels come from its label files; svhn-multi's images from SVHN format 1
+  (draw/datasets/svhn.py says how, and what the DRAW paper does and does not say).
 - svhn2: train = the first 68,257 of the 73,257 images of train_32x32.mat, valid = the last
   5,000, test = the 26,032 of test_32x32.mat. extra_32x32.mat (531,131 easier images, 1.3 GB)
   is not used.
@@ -22,9 +30,12 @@ import numpy as np
 
 from draw.datasets.errors import DatasetError
 from draw.datasets.files import FileSpec, Original
-from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, read_cifar_archive)
+from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, parse_idx_labels,
+                                   read_cifar_archive)
+from draw.datasets.scenes import two_digit_splits
 
-Splits = dict[str, np.ndarray]      # "train" / "valid" / "test" -> (N, C*H*W) uint8
+# "train" / "valid" / "test" -> (N, C*H*W) uint8; "<split>_labels" -> (N,) uint8 if labelled
+Splits = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,13 @@ class DatasetSpec:
         One line: what it is and where it comes from.
     splits : str
         One line: how train / valid / test are made.
+    labelled : bool
+        Whether the converted data hold a class label per image.
+    base : str or None
+        The dataset this one is made from (its files are the base's); None for the others.
+    derive : callable or None
+        For a dataset made from `base` and stored: base's `Data` -> Splits. None for one that is
+        composed on the fly (cluttered-mnist) or not derived.
     """
     name: str
     shape: tuple[int, int, int]
@@ -55,6 +73,19 @@ class DatasetSpec:
     convert: Callable[[dict[str, Original]], Splits] | None
     about: str
     splits: str
+    labelled: bool = False
+    base: str | None = None
+    derive: Callable[..., Splits] | None = None
+
+    @property
+    def shipped(self) -> bool:
+        """Whether it ships inside the package (the "sample")."""
+        return not self.files and self.base is None
+
+    @property
+    def on_the_fly(self) -> bool:
+        """Whether it is composed batch by batch and never stored (cluttered-mnist)."""
+        return self.base is not None and self.derive is None
 
 
 def _hold_out(images: np.ndarray, n_valid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +104,10 @@ def _bmnist(files: dict[str, Original]) -> Splits:
     return splits
 
 
+def _check_amat(data: bytes, where: str) -> None:
+    parse_amat(data, where, width=28 * 28)
+
+
 def _idx(files: dict[str, Original], name: str) -> np.ndarray:
     f = files[name]
     images = parse_idx_images(f.data, f.where)                           # (N, H, W)
@@ -82,9 +117,27 @@ def _idx(files: dict[str, Original], name: str) -> np.ndarray:
     return images.reshape(len(images), 28 * 28)
 
 
-def _mnist(files: dict[str, Original]) -> Splits:
+def _labels(files: dict[str, Original], name: str, n: int) -> np.ndarray:
+    f = files[name]
+    labels = parse_idx_labels(f.data, f.where)                           # (N,)
+    if len(labels) != n:
+        raise DatasetError(f"{f.where}: {len(labels)} labels for {n} images")
+    return labels
+
+
+def _mnist_images(files: dict[str, Original]) -> Splits:
     train, valid = _hold_out(_idx(files, "train-images-idx3-ubyte"), 10_000)
     return {"train": train, "valid": valid, "test": _idx(files, "t10k-images-idx3-ubyte")}
+
+
+def _mnist(files: dict[str, Original]) -> Splits:
+    """MNIST's images and labels; the labels are held out exactly as the images are."""
+    splits = _mnist_images(files)
+    n_train = len(splits["train"]) + len(splits["valid"])
+    labels = _labels(files, "train-labels-idx1-ubyte", n_train)
+    splits["train_labels"], splits["valid_labels"] = labels[:-10_000], labels[-10_000:]
+    splits["test_labels"] = _labels(files, "t10k-labels-idx1-ubyte", len(splits["test"]))
+    return splits
 
 
 def _cifar10(files: dict[str, Original]) -> Splits:
@@ -127,10 +180,9 @@ def _silhouettes(files: dict[str, Original]) -> Splits:
 
 
 def _idx_files(urls: tuple[str, ...], sha256: dict[str, str]) -> tuple[FileSpec, ...]:
-    """FileSpecs for the two gzipped IDX image files; the label files are not needed."""
-    return tuple(FileSpec(name, f"sha256:{sha256[name]}",
-                          tuple(f"{base}/{name}.gz" for base in urls))
-                 for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
+    """FileSpecs for the gzipped IDX files named in `sha256` (images, and labels where listed)."""
+    return tuple(FileSpec(name, f"sha256:{digest}", tuple(f"{base}/{name}.gz" for base in urls))
+                 for name, digest in sha256.items())
 
 
 _LAROCHELLE = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
@@ -145,7 +197,11 @@ _BMNIST_SHA256 = {
 _MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# Fashion-MNIST's label files are not read: images only, as before (no checksums of their
+# decompressed bytes were at hand to verify them with).
 _FASHION_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
@@ -156,7 +212,7 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "bmnist", (1, 28, 28), True,
         tuple(FileSpec(f"binarized_mnist_{split}.amat", f"sha256:{sha256}",
                        (f"{_LAROCHELLE}/binarized_mnist_{split}.amat",
-                        f"{_KERAS_MIRROR}/binarized_mnist_{split}.amat"))
+                        f"{_KERAS_MIRROR}/binarized_mnist_{split}.amat"), check=_check_amat)
               for split, sha256 in _BMNIST_SHA256.items()),
         _bmnist,
         "MNIST with Larochelle & Murray's (2011) fixed binarization, the DRAW paper's benchmark",
@@ -167,14 +223,15 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                     "https://storage.googleapis.com/cvdf-datasets/mnist",
                     "http://yann.lecun.com/exdb/mnist"), _MNIST_SHA256),
         _mnist,
-        "MNIST grayscale digits (LeCun, Cortes, Burges; CC BY-SA 3.0)",
-        "train = first 50,000 training images, valid = last 10,000, test = the 10,000 test"),
+        "MNIST grayscale digits with their labels (LeCun, Cortes, Burges; CC BY-SA 3.0)",
+        "train = first 50,000 training images, valid = last 10,000, test = the 10,000 test",
+        labelled=True),
     DatasetSpec(
         "fashion-mnist", (1, 28, 28), False,
         _idx_files(("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
                     "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion"),
                    _FASHION_SHA256),
-        _mnist,
+        _mnist_images,
         "Fashion-MNIST grayscale clothing images (Xiao, Rasul, Vollgraf 2017; MIT)",
         "train = first 50,000 training images, valid = last 10,000, test = the 10,000 test"),
     DatasetSpec(
@@ -207,9 +264,25 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "Caltech-101 Silhouettes 28x28 (Marlin et al. 2010), split 1",
         "the published 4,100 / 2,264 / 2,307"),
     DatasetSpec(
+        "cluttered-mnist", (1, 100, 100), False, (), None,
+        "100x100 cluttered MNIST, labelled (Mnih et al. 2014; DRAW Table 1): one digit and 8 "
+        "8x8 distractor patches, composed from mnist on the fly, never stored",
+        "train = fresh every epoch from mnist's 50,000 (seeded), valid / test = fixed 10,000 "
+        "each from mnist's valid / test",
+        labelled=True, base="mnist"),
+    DatasetSpec(
+        "two-digit-mnist", (1, 60, 60), False, (), None,
+        "60x60 two-digit MNIST (DRAW Figure 8): two random digits at random places, composed "
+        "from mnist when converted",
+        "60,000 / 10,000 / 10,000 composed from mnist's train / valid / test digits (fixed seed)",
+        base="mnist", derive=two_digit_splits),
+    DatasetSpec(
         "sample", (1, 28, 28), False, (), None,
         "5,000 real MNIST training digits shipped in the package (draw/data/mnist_5k.md)",
         "4,000 / 500 / 500, 400 / 50 / 50 of each digit, fixed"),
 )}
 
-supported_datasets: tuple[str, ...] = tuple(REGISTRY)
+# what get_data returns as image tensors, that is, everything a DRAW model can train on
+supported_datasets: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if not s.on_the_fly)
+# what get_labelled returns with a class label per image
+labelled_datasets: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.labelled)

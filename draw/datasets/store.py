@@ -12,47 +12,19 @@ conversion leaves the directory as it was.
 """
 import os
 import sys
-import zipfile
-import zlib
-from dataclasses import dataclass
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from draw.atomic import atomic_path
+from draw.datasets.converted import SPLITS, Data, load_converted, save_converted
 from draw.datasets.download import DownloadError, fetch
 from draw.datasets.errors import DatasetError
 from draw.datasets.files import Original, locate, read_verified
-from draw.datasets.registry import REGISTRY, DatasetSpec, Splits, supported_datasets
+from draw.datasets.registry import REGISTRY, DatasetSpec
 
 ENV_VARS = ("DRAW_DATA_PATH", "FUEL_DATA_PATH")   # FUEL_DATA_PATH: the classic repo's variable
-FORMAT, VERSION = "draw-dataset", 1
-SPLITS = ("train", "valid", "test")
-
-
-@dataclass
-class Data:
-    """A dataset in memory.
-
-    Attributes
-    ----------
-    name : str
-        Its name in the registry.
-    shape : tuple of int
-        (C, H, W) of one image.
-    train, valid, test : torch.Tensor
-        (N, C*H*W) torch.uint8 on the CPU; the pixel value is u8 / 255 (see `batches`).
-    binary : bool
-        Whether every pixel is 0 or 255.
-    """
-    name: str
-    shape: tuple[int, int, int]
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    binary: bool
+__all__ = ["Data", "convert", "converted_path", "data_root", "dataset_spec", "download_dataset",
+           "get_data", "load_converted", "raw_dir", "save_converted", "status"]
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -83,7 +55,7 @@ def dataset_spec(name: str) -> DatasetSpec:
         return REGISTRY[name]
     except (KeyError, TypeError):
         raise DatasetError(f"unknown dataset {name!r}; supported: "
-                           f"{', '.join(supported_datasets)}") from None
+                           f"{', '.join(REGISTRY)}") from None
 
 
 def converted_path(name: str, root: str | os.PathLike | None = None) -> Path:
@@ -111,63 +83,89 @@ def get_data(name: str, root: str | os.PathLike | None = None, download: bool = 
     Raises
     ------
     DatasetError
-        Unknown name, files missing (with the command that would fix it), corrupt files.
+        Unknown name, files missing (one line: the accepted file names and the commands that
+        would fix it), corrupt files.
     """
     spec = dataset_spec(name)
-    if not spec.files:
+    if spec.on_the_fly:
+        raise DatasetError(f"{name} is composed batch by batch for classification and has no "
+                           "fixed images to load: use draw.datasets.get_labelled (as "
+                           "train-classifier.py does)")
+    if spec.shipped:
         with resources.as_file(resources.files("draw") / "data" / "mnist_5k.npz") as shipped:
             return load_converted(shipped, spec)
     path = converted_path(name, root)
     if not path.exists():
         if download:
-            try:
-                download_dataset(name, root)    # downloads only the files not already in raw/
-            except DownloadError as e:
-                raise DatasetError(f"{e}; or put {_file_list(spec)} in a directory DIR and run "
-                                   f"`python -m draw.datasets convert {name} --from DIR`"
-                                   ) from None
-        elif all(locate(f, raw_dir(name, root)) for f in spec.files):
+            download_dataset(name, root)        # downloads only the files not already in raw/
+        elif spec.base is not None and converted_path(spec.base, root).exists():
+            _derive(spec, root)
+        elif all(locate(f, raw_dir(_owner(spec).name, root)) for f in _owner(spec).files):
             convert(name, root=root)
         else:
-            raise DatasetError(f"{name} is not in {data_root(root)}: run `python -m "
-                               f"draw.datasets download {name}`, or put {_file_list(spec)} in "
-                               f"a directory DIR and run `python -m draw.datasets convert "
-                               f"{name} --from DIR`")
+            raise DatasetError(f"{_not_here(spec, root)}: run `python -m draw.datasets download "
+                               f"{name}`, or {_convert_hint(spec)}")
     return load_converted(path, spec)
 
 
 def download_dataset(name: str, root: str | os.PathLike | None = None, *,
-                     timeout: float = 60.0) -> Path:
+                     timeout: float = 5.0) -> Path:
     """Download the original files of `name` that are missing or damaged, then convert them.
+
+    A dataset made from another (`spec.base`) downloads that one's files. A failed download
+    keeps the files that did arrive complete and verified, and removes any directory it made
+    that is left empty.
+
+    Parameters
+    ----------
+    timeout : float
+        Seconds to wait for a connection or for the next bytes from a server before trying the
+        next mirror (draw.datasets.download.fetch).
 
     Returns
     -------
     Path
-        The converted file.
+        The converted file (for cluttered-mnist, which is never stored: mnist's).
     """
     spec = dataset_spec(name)
-    if not spec.files:
+    if spec.shipped:
         raise DatasetError(f"{name} ships with the package; there is nothing to download")
     path = converted_path(name, root)
-    if path.exists():
+    if path.exists() and not spec.on_the_fly:
         try:
             load_converted(path, spec)
             print(f"{name}: already in {path}", file=sys.stderr)
             return path
         except DatasetError as e:
             print(f"{e}; converting it again", file=sys.stderr)
-    raw = raw_dir(name, root)
-    for f in spec.files:
-        existing = locate(f, raw)
-        if existing is not None:
+    if spec.base is None:
+        _fetch_originals(spec, root, timeout, spec)
+        return convert(name, root=root)
+    base_path = converted_path(spec.base, root)
+    if not base_path.exists():
+        _fetch_originals(_owner(spec), root, timeout, spec)
+        convert(spec.base, root=root)
+    return base_path if spec.on_the_fly else _derive(spec, root)
+
+
+def _fetch_originals(owner: DatasetSpec, root: str | os.PathLike | None, timeout: float,
+                     wanted: DatasetSpec) -> None:
+    """Download `owner`'s missing or damaged files into its raw directory, for `wanted`."""
+    raw = raw_dir(owner.name, root)
+    with _no_empty_directories_left(raw):
+        for f in owner.files:
+            existing = locate(f, raw)
+            if existing is not None:
+                try:
+                    read_verified(f, existing)
+                    continue
+                except DatasetError as e:
+                    print(f"{e}; downloading it again", file=sys.stderr)
+                    existing.unlink()
             try:
-                read_verified(f, existing)
-                continue
-            except DatasetError as e:
-                print(f"{e}; downloading it again", file=sys.stderr)
-                existing.unlink()
-        fetch(f, raw, timeout=timeout)
-    return convert(name, root=root)
+                fetch(f, raw, timeout=timeout)
+            except DownloadError as e:
+                raise DownloadError(f"{e}; or {_convert_hint(wanted)}") from None
 
 
 def convert(name: str, source: str | os.PathLike | None = None,
@@ -177,28 +175,41 @@ def convert(name: str, source: str | os.PathLike | None = None,
     Parameters
     ----------
     name : str
-        One of `supported_datasets` (not "sample").
+        One of `supported_datasets` (not "sample"), or cluttered-mnist.
     source : path, optional
         The directory holding the original files, each under its published name or gzipped
-        with ".gz" added; by default `raw_dir(name, root)`, where downloads go.
+        with ".gz" added; by default `raw_dir(name, root)`, where downloads go. A dataset made
+        from another (two-digit-mnist, cluttered-mnist) reads that one's files (mnist's), and
+        uses its converted file when there is one and no `source` is given.
     root : path, optional
         The data directory; see `data_root`.
 
     Returns
     -------
     Path
-        The converted file.
+        The converted file (for cluttered-mnist, which is never stored: mnist's).
     """
     spec = dataset_spec(name)
-    if not spec.files:
+    if spec.shipped:
         raise DatasetError(f"{name} ships with the package; there is nothing to convert")
+    if spec.base is not None:
+        base_path = converted_path(spec.base, root)
+        if source is not None or not base_path.exists():
+            try:
+                base_path = convert(spec.base, source, root)
+            except DatasetError as e:
+                raise DatasetError(f"{name} is made from {spec.base}: {e}") from None
+        if spec.on_the_fly:
+            print(f"{name}: composed from {base_path} while training; nothing more to convert",
+                  file=sys.stderr)
+            return base_path
+        return _derive(spec, root)
     source = Path(source).expanduser() if source is not None else raw_dir(name, root)
     found = {f.name: locate(f, source) for f in spec.files}
-    missing = [n for n, p in found.items() if p is None]
+    missing = [_accepted(f) for f in spec.files if found[f.name] is None]
     if missing:
         where = source if source.is_dir() else f"{source} (no such directory)"
-        raise DatasetError(f"{name}: {', '.join(missing)} (or .gz) not found in {where}; "
-                           f"expected {_file_list(spec)}")
+        raise DatasetError(f"{name}: {', '.join(missing)}: not found in {where}")
     originals = {}
     for f in spec.files:
         print(f"{name}: verifying {found[f.name]}", file=sys.stderr)
@@ -206,90 +217,87 @@ def convert(name: str, source: str | os.PathLike | None = None,
     print(f"{name}: converting", file=sys.stderr)
     splits = spec.convert(originals)
     del originals                     # the original bytes can be larger than the arrays
-    path = converted_path(name, root)
+    return _save(spec, splits, root)
+
+
+def _derive(spec: DatasetSpec, root: str | os.PathLike | None) -> Path:
+    """Make a stored dataset from its base's converted data (two-digit-mnist from mnist)."""
+    base = get_data(spec.base, root, download=False)
+    print(f"{spec.name}: composing from {converted_path(spec.base, root)}", file=sys.stderr)
+    return _save(spec, spec.derive(base), root)
+
+
+def _save(spec: DatasetSpec, splits: dict, root: str | os.PathLike | None) -> Path:
+    path = converted_path(spec.name, root)
+    print(f"{spec.name}: writing {path}", file=sys.stderr)
     save_converted(path, spec, splits)
-    print(f"{name}: wrote {path} ({_size(path)}; "
+    print(f"{spec.name}: wrote {path} ({_size(path)}; "
           + ", ".join(f"{s} {len(splits[s]):,}" for s in SPLITS) + ")", file=sys.stderr)
     return path
 
 
-def save_converted(path: Path, spec: DatasetSpec, splits: Splits) -> None:
-    """Check `splits` against `spec` and write them to `path` atomically."""
-    width = int(np.prod(spec.shape))
-    for s in SPLITS:
-        _check_split(splits.get(s), spec, width, f"converted {s} split of {spec.name}")
+@contextmanager
+def _no_empty_directories_left(directory: Path):
+    """Remove `directory` and the parents this block created, if an error leaves them empty."""
+    created = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        created.append(d)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, format=np.array(FORMAT), version=np.array(VERSION),
-                                name=np.array(spec.name), shape=np.array(spec.shape),
-                                binary=np.array(spec.binary), **{s: splits[s] for s in SPLITS})
-    except OSError as e:
-        raise DatasetError(f"cannot write {path}: {e.strerror or e}") from None
-
-
-def load_converted(path: Path, spec: DatasetSpec) -> Data:
-    """Load and check a converted file written by `save_converted`."""
-    fix = (f"delete it and run `python -m draw.datasets convert {spec.name}`" if spec.files
-           else "reinstall the package")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):      # a plain .npy array
-            raise ValueError("a single array, not an archive")
-        with archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e}); {fix}") from None
-    if arrays.get("format", np.array("")).item() != FORMAT:
-        raise DatasetError(f"{path}: not a converted dataset of this project; {fix}")
-    meta = {k: arrays[k].tolist() for k in ("version", "name", "shape", "binary") if k in arrays}
-    expected = {"version": VERSION, "name": spec.name, "shape": list(spec.shape),
-                "binary": spec.binary}
-    if meta != expected:
-        raise DatasetError(f"{path}: holds {meta}, expected {expected}; {fix}")
-    width = int(np.prod(spec.shape))
-    for s in SPLITS:
-        _check_split(arrays.get(s), spec, width, f"{path}: {s} split", fix)
-    return Data(spec.name, spec.shape, *(torch.from_numpy(arrays[s]) for s in SPLITS),
-                spec.binary)
-
-
-def _check_split(x, spec: DatasetSpec, width: int, what: str, fix: str = "") -> None:
-    """DatasetError unless `x` is (N, width) uint8, N >= 1, and only 0/255 for binary datasets."""
-    suffix = f"; {fix}" if fix else ""
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != width:
-        found = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else "missing"
-        raise DatasetError(f"{what} is {found}, expected uint8 (N, {width}){suffix}")
-    if not len(x):
-        raise DatasetError(f"{what} is empty{suffix}")
-    if spec.binary and not ((x == 0) | (x == 255)).all():
-        raise DatasetError(f"{what} has values other than 0 and 255 in a binary dataset{suffix}")
+        yield
+    except BaseException:
+        for d in created:                       # deepest first
+            try:
+                d.rmdir()                       # only if empty: complete files are kept
+            except OSError:
+                break
+        raise
 
 
 def status(root: str | os.PathLike | None = None) -> list[dict]:
     """One row per dataset for `python -m draw.datasets list`: name, state, path, size."""
     rows = []
     for name, spec in REGISTRY.items():
-        if not spec.files:
+        raw = raw_dir(_owner(spec).name, root)
+        if spec.shipped:
             path = Path(str(resources.files("draw") / "data" / "mnist_5k.npz"))
             state = "shipped"
+        elif spec.on_the_fly:
+            path = converted_path(spec.base, root)
+            state = f"composed from {spec.base}" if path.exists() else "missing"
+        elif (path := converted_path(name, root)).exists():
+            state = "converted"
+        elif raw.is_dir() and any(raw.iterdir()):
+            state, path = "downloaded, not converted", raw
         else:
-            path = converted_path(name, root)
-            raw = raw_dir(name, root)
-            if path.exists():
-                state = "converted"
-            elif raw.is_dir() and any(raw.iterdir()):
-                state, path = "downloaded, not converted", raw
-            else:
-                state = "missing"
-        rows.append({"name": name, "state": state, "path": path,
-                     "size": _size(path) if state != "missing" else "-",
+            state = "missing"
+        size = _size(path) if state not in ("missing",) and not spec.on_the_fly else "-"
+        rows.append({"name": name, "state": state, "path": path, "size": size,
                      "shape": "x".join(map(str, spec.shape)), "splits": spec.splits})
     return rows
 
 
-def _file_list(spec: DatasetSpec) -> str:
-    return ", ".join(f.name for f in spec.files)
+def _owner(spec: DatasetSpec) -> DatasetSpec:
+    """The dataset whose original files `spec` is made from: its base, or itself."""
+    return REGISTRY[spec.base] if spec.base is not None else spec
+
+
+def _accepted(f) -> str:
+    """How a file may be given: under its published name, or gzipped unless it already is."""
+    return f.name if f.name.endswith(".gz") else f"{f.name} or {f.name}.gz"
+
+
+def _not_here(spec: DatasetSpec, root: str | os.PathLike | None) -> str:
+    made = f" (made from {spec.base})" if spec.base is not None else ""
+    return f"{spec.name}{made} is not in {data_root(root)}"
+
+
+def _convert_hint(spec: DatasetSpec) -> str:
+    """The way to convert files the user already has, naming every accepted file form."""
+    files = ", ".join(_accepted(f) for f in _owner(spec).files)
+    return (f"put {files} in a directory DIR and run `python -m draw.datasets convert "
+            f"{spec.name} --from DIR`")
 
 
 def _size(path: Path) -> str:
