@@ -7,10 +7,8 @@ Example (the classic command line):
 """
 import argparse
 
-from draw.training.checkpoint import load_model, resolve_device
 from draw.cli import ArgumentParser, run
-from draw.outputs.plotting import grid_shape
-from draw.outputs.sampling import check_image_shape, write_samples
+from draw.outputs.sampling import main
 
 
 def pair(text: str) -> tuple[int, int]:
@@ -33,6 +31,14 @@ def positive(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2 ** 64:
+        # torch.Generator.manual_seed takes 64 bits
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
+    return value
+
+
 def milliseconds(text: str) -> int:
     value = int(text)
     if value < 10:
@@ -52,7 +58,7 @@ def parse_args() -> argparse.Namespace:
                         help="number of samples (default: fills --grid, or 100)")
     parser.add_argument("--grid", type=pair, default=None,
                         help="grid shape ROWSxCOLS (default: the squarest grid for --n-samples)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=seed, default=None,
                         help="seed of the prior noise, for repeatable samples (default: random)")
     parser.add_argument("--output-dir", type=str, default="samples",
                         help="directory for sample.png, time-NNN.png and sequence.gif")
@@ -67,18 +73,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", type=str, default="auto",
                         help="auto (CUDA where available), cpu, cuda or cuda:N")
     return parser.parse_args()
-
-
-def main(model_file, channels, size, n_samples, grid, seed, output_dir, boxes, scale,
-         duration_ms, hold_last_ms, device):
-    model, _ = load_model(model_file, map_location=resolve_device(device))
-    check_image_shape(model, model_file, channels, size)
-    if grid is None:
-        n_samples = n_samples or 100
-        grid = grid_shape(n_samples)
-    written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
-                            scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
-    print(f"wrote {written[0]}, {written[1].name} .. {written[-2].name} and {written[-1].name}")
 
 
 if __name__ == "__main__":

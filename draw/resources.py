@@ -19,6 +19,7 @@ import torch
 
 from draw.errors import DrawError
 from draw.model import DrawConfig
+from draw.training.checkpoint import CheckpointError, load_checkpoint
 
 GB = 1024 ** 3
 
@@ -102,6 +103,16 @@ def training_bytes(cfg: DrawConfig, batch: int) -> int:
     """Bytes to train with Adam on `batch` images: the parameters four times (weights, gradients
     and Adam's two moment estimates) and the recorded forward pass."""
     return 4 * parameter_bytes(cfg) + activation_bytes(cfg, batch, grad=True)
+
+
+def model_file_config(path: str | os.PathLike) -> DrawConfig:
+    """The config of a model file, read without building the model, so that its sizes can be
+    checked first (a file can claim sizes no machine holds). CheckpointError as load_model."""
+    ckpt = load_checkpoint(path)
+    try:
+        return DrawConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.fspath(path)} has an invalid config: {e}") from e
 
 
 def available_memory(device: torch.device | str | None = None) -> int:

@@ -253,3 +253,52 @@ def test_attention_bad_inputs_one_line(tmp_path, capsys, monkeypatch):
     run("--N", 1000, contains="N=1000")
     run("--center", "3", expected_code=2, contains="--center")
     run("--delta", -1, contains="positive")
+
+
+def huge_model_file(tmp_path, **sizes) -> Path:
+    """A model file whose config claims sizes no machine holds, with a tiny state dict."""
+    path = tmp_path / "huge_model.pkl"
+    ckpt = torch.load(path.parent / "tiny_model.pkl", weights_only=True)
+    torch.save({**ckpt, "config": {**ckpt["config"], **sizes}}, path)
+    return path
+
+
+def test_sample_refuses_what_cannot_fit_before_allocating(tmp_path, model_file, capsys,
+                                                          monkeypatch):
+    run = lambda *a, **k: fails(capsys, run_inline("sample.py", *a, monkeypatch=monkeypatch), **k)
+    out = ["--output-dir", tmp_path / "s"]
+    line = run(model_file, "--n-samples", 1_000_000_000, *out, contains="needs about")
+    assert "sampling 1,000,000,000 images" in line and "this machine has" in line
+    for sizes in ({"enc_dim": 100_000_000}, {"n_iter": 1_000_000_000},
+                  {"height": 60000, "width": 60000, "read_N": None, "write_N": None}):
+        line = run(huge_model_file(tmp_path, **sizes), *out, contains="needs about")
+    # pictures too large to write (GIF holds 65535 pixels a side), however few the samples
+    run(model_file, "--grid", "3000x3000", "--n-samples", 4, *out, contains="65,535 pixels")
+    line = run(model_file, "--scale", 100_000, "--n-samples", 1, *out, contains="needs about")
+    assert "sampling 1 image of 4 steps at --scale 100000" in line
+    for seed in (-1, 2 ** 64):
+        run(model_file, "--seed", seed, *out, expected_code=2, contains="--seed")
+    assert not (tmp_path / "s").exists()
+
+
+def test_sample_huge_request_in_a_real_process_is_one_line(tmp_path, model_file):
+    result = run_script("sample.py", model_file, "--n-samples", 1_000_000_000, "--output-dir",
+                        "s", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "needs about" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_sampling_in_chunks_matches_one_pass_and_shows_progress(monkeypatch, capsys):
+    model = tiny_model()
+    u = draw.outputs.sampling.prior_noise(model, 7, seed=3)
+    want, want_att = model.sample(7, u, return_attention=True)
+    monkeypatch.setattr(draw.outputs.sampling, "CHUNK", 3)              # 3 + 3 + 1 samples
+    monkeypatch.setattr(draw.outputs.sampling, "BAR_DELAY", 0.0)
+    got, got_att = draw.outputs.sampling.draw_samples(model, u, attention=True)
+    torch.testing.assert_close(got, want)
+    assert got_att.keys() == want_att.keys()
+    for key in want_att:
+        torch.testing.assert_close(got_att[key], want_att[key])
+    bar = capsys.readouterr().err
+    assert "sampling:" in bar and "0/7" in bar                               # a bar appeared

@@ -18,10 +18,41 @@ import torch
 from PIL import Image
 
 from draw.atomic import atomic_path
+from draw.errors import DrawError
 
 # the classic repository's grid background: dark grey separators between the cells
 SEPARATOR = 0.2
 BOX_COLOR = (255, 0, 0)
+# GIF stores each side in 16 bits (matplotlib's Agg has the same limit); beyond MAX_PIXELS Pillow
+# warns that a file may be a decompression bomb when it reads it, and refuses twice that
+MAX_SIDE = 65535
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+class PictureSizeError(DrawError):
+    """A picture too large to write as a file that can be opened again."""
+
+
+def check_picture_size(width: int, height: int, what: str) -> None:
+    """Refuse, before anything is drawn, a picture no GIF can hold or Pillow would not open.
+
+    Parameters
+    ----------
+    width, height : int
+        Pixels.
+    what : str
+        The picture and the flags that set its size, for the message.
+    """
+    if width < 1 or height < 1:
+        raise PictureSizeError(f"{what} would be empty ({width}x{height} pixels)")
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise PictureSizeError(f"{what} would be {width:,}x{height:,} pixels; pictures are limited "
+                               f"to {MAX_SIDE:,} pixels a side and {MAX_PIXELS:,} in all")
+
+
+def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:
+    """(width, height) in pixels of `image_grid`'s picture of rows x cols cells of height x width."""
+    return cols * (width + 1) - 1, rows * (height + 1) - 1
 
 
 def _to_numpy(array) -> np.ndarray:

@@ -10,17 +10,27 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from draw.errors import DrawError
-from draw.model import AttentionWriter, DrawModel
-from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
+from draw.model import AttentionWriter, DrawConfig, DrawModel
+from draw.outputs.plotting import (check_picture_size, grid_shape, grid_size, image_grid,
+                                   sampling_frames, save_gif, save_png)
+from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
+from draw.training.checkpoint import load_model, resolve_device
+
+# samples drawn at once: large enough for efficient matrix products, small enough that the
+# progress bar moves every few seconds even for big models on a CPU
+CHUNK = 1000
+# a progress bar appears only when a stage takes longer than this (seconds)
+BAR_DELAY = 2.0
 
 
 class SamplingError(DrawError):
     """A sampling request the model file cannot serve."""
 
 
-def check_image_shape(model: DrawModel, path: str | os.PathLike, channels: int | None = None,
+def check_image_shape(cfg: DrawConfig, path: str | os.PathLike, channels: int | None = None,
                       size: tuple[int, int] | None = None) -> None:
     """Check the classic `--channels` / `--size` flags against the model's own config.
 
@@ -29,20 +39,32 @@ def check_image_shape(model: DrawModel, path: str | os.PathLike, channels: int |
 
     Parameters
     ----------
-    model : DrawModel
-        Loaded from `path`; its `config` holds the image shape.
+    cfg : DrawConfig
+        The config of the model file `path`; it holds the image shape.
     path : path-like
         The model file, for the message.
     channels : int, optional
     size : (height, width), optional
     """
-    cfg = model.config
     have = (cfg.channels, cfg.height, cfg.width)
     want = (cfg.channels if channels is None else channels,) + (have[1:] if size is None else size)
     if want != have:
         raise SamplingError(f"{os.fspath(path)} draws {have[0]}x{have[1]}x{have[2]} images "
                             f"(channels x height x width), not the {want[0]}x{want[1]}x{want[2]} "
                             f"asked for by --channels/--size")
+
+
+def sampling_bytes(cfg: DrawConfig, n: int, scale: int = 1) -> int:
+    """Estimated bytes to sample n images and build their pictures (`write_samples`).
+
+    The prior noise (T, n, z_dim) and the canvases of every step (T, n, x_dim) are kept whole,
+    float32; each frame is drawn from them `scale` times enlarged (float32, then 8-bit RGB kept
+    for the GIF), and the model works on CHUNK samples at a time.
+    """
+    T, x_dim = cfg.n_iter, cfg.x_dim
+    frame = n * x_dim * scale * scale                  # enlarged pixels of one step's grid
+    return (4 * T * n * (cfg.z_dim + x_dim) + 4 * (1 + scale) * frame + 3 * T * frame
+            + activation_bytes(cfg, min(n, CHUNK), grad=False))
 
 
 def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tensor:
@@ -59,6 +81,37 @@ def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tens
     p = next(model.parameters())
     u = torch.randn((model.n_iter, n, model.sampler.z_dim), generator=generator)
     return u.to(device=p.device, dtype=p.dtype)
+
+
+def draw_samples(model: DrawModel, u: torch.Tensor, attention: bool = False):
+    """`model.sample` over CHUNK samples at a time, with a progress bar when it takes a while.
+
+    Parameters
+    ----------
+    u : Tensor, shape (n_iter, n, z_dim)
+        The prior noise; the samples are those of model.sample(n, u).
+    attention : bool
+        Also return the write windows, as model.sample(..., return_attention=True) does.
+
+    Returns
+    -------
+    canvases : Tensor, shape (n_iter, n, x_dim), float32 on the CPU
+    windows : dict of Tensor (n_iter, n) on the CPU, or None without `attention`
+    """
+    n = u.shape[1]
+    canvases, windows = [], []
+    with tqdm(total=n, desc="sampling", unit="sample", delay=BAR_DELAY, leave=False) as bar:
+        for part in u.split(CHUNK, dim=1):                                    # (T, c, Z)
+            out = model.sample(part.shape[1], part, return_attention=attention)
+            canvas, window = out if attention else (out, None)
+            canvases.append(canvas.float().cpu())                             # (T, c, x_dim)
+            if attention:
+                windows.append({k: v.cpu() for k, v in window.items()})
+            bar.update(part.shape[1])
+    canvases = torch.cat(canvases, dim=1)
+    if not attention:
+        return canvases, None
+    return canvases, {k: torch.cat([w[k] for w in windows], dim=1) for k in windows[0]}
 
 
 def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, cols: int,
@@ -93,30 +146,64 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     """
     cfg = model.config
     n = rows * cols if n is None else n
-    if n < 1 or n > rows * cols:
-        raise SamplingError(f"{n} samples do not fit a {rows}x{cols} grid")
-    if boxes and not isinstance(model.writer, AttentionWriter):
-        raise SamplingError("--boxes needs a model with write attention; this one writes the "
-                            "whole canvas (no --attention at training time)")
+    check_request(cfg, rows, cols, n, boxes, scale)
     shape = (cfg.channels, cfg.height, cfg.width)
     model.eval()
-    u = prior_noise(model, n, seed)
-    if boxes:
-        canvases, attention = model.sample(n, u, return_attention=True)     # (T, n, x_dim)
-    else:
-        canvases, attention = model.sample(n, u), None
-    canvases = canvases.float().cpu()
-    frames = sampling_frames(canvases, shape, rows, cols, attention=attention,
-                             N=cfg.write_N, scale=scale)
+    canvases, attention = draw_samples(model, prior_noise(model, n, seed), attention=boxes)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = canvases[-1].view(n, *shape)                                      # (n, C, H, W)
     final = final.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     written = [directory / "sample.png"]
     save_png(image_grid(final, rows, cols), written[0])
-    for t, frame in enumerate(frames):
+    frames = []
+    # one step at a time: only one enlarged float copy of a frame exists at once
+    for t in tqdm(range(model.n_iter), desc="writing frames", unit="frame", delay=BAR_DELAY,
+                  leave=False):
+        step = None if attention is None else {k: v[t:t + 1] for k, v in attention.items()}
+        frames += sampling_frames(canvases[t:t + 1], shape, rows, cols, attention=step,
+                                  N=cfg.write_N, scale=scale)
         written.append(directory / f"time-{t:03d}.png")
-        save_png(frame, written[-1])
+        save_png(frames[-1], written[-1])
     written.append(directory / "sequence.gif")
     save_gif(frames, written[-1], duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    return written
+
+
+def check_request(cfg: DrawConfig, rows: int, cols: int, n: int, boxes: bool = False,
+                  scale: int = 1, device: torch.device | str | None = None) -> None:
+    """Refuse, before anything is allocated or written, a request that cannot be served:
+    samples that do not fit the grid, boxes without write attention, more memory than the
+    device has, or pictures too large to write."""
+    if n < 1 or n > rows * cols:
+        raise SamplingError(f"{n} samples do not fit a {rows}x{cols} grid")
+    if boxes and cfg.write_N is None:
+        raise SamplingError("--boxes needs a model with write attention; this one writes the "
+                            "whole canvas (no --attention at training time)")
+    check_memory(parameter_bytes(cfg) + sampling_bytes(cfg, n, scale),
+                 f"sampling {n:,} image{'s' * (n != 1)} of {cfg.n_iter} steps at --scale {scale}", device)
+    check_picture_size(*grid_size(rows, cols, scale * cfg.height, scale * cfg.width),
+                       f"a {rows}x{cols} grid of {scale * cfg.height}x{scale * cfg.width} images "
+                       f"(--n-samples, --grid, --scale)")
+
+
+def main(model_file: str, channels: int | None = None, size: tuple[int, int] | None = None,
+         n_samples: int | None = None, grid: tuple[int, int] | None = None,
+         seed: int | None = None, output_dir: str = "samples", boxes: bool = False,
+         scale: int = 1, duration_ms: int = 100, hold_last_ms: int = 1000,
+         device: str = "auto") -> list[Path]:
+    """sample.py: sample a model file into `output_dir`; every request is checked against the
+    file's config before the model is built. Returns the files written."""
+    dev = resolve_device(device)
+    cfg = model_file_config(model_file)
+    check_image_shape(cfg, model_file, channels, size)
+    if grid is None:
+        n_samples = n_samples or 100
+        grid = grid_shape(n_samples)
+    check_request(cfg, *grid, n=n_samples or grid[0] * grid[1], boxes=boxes, scale=scale,
+                  device=dev)
+    model, _ = load_model(model_file, map_location=dev)
+    written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
+                            scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    print(f"wrote {written[0]}, {written[1].name} .. {written[-2].name} and {written[-1].name}")
     return written
