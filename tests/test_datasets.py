@@ -60,7 +60,8 @@ def test_every_downloadable_file_has_urls_and_a_well_formed_checksum(name):
         for url in f.urls:
             assert f.stored_as(url) in (f.name, f.name + ".gz")
         algorithm, _, digest = f.checksum.partition(":")
-        assert re.fullmatch({"sha256": "[0-9a-f]{64}", "md5": "[0-9a-f]{32}"}[algorithm], digest)
+        assert re.fullmatch({"sha256": "[0-9a-f]{64}", "md5": "[0-9a-f]{32}",
+                             "adler32": "[0-9]{1,10}"}[algorithm], digest)
 
 
 def test_registry_checksums_are_the_published_ones():

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from draw.datasets.errors import DatasetError
 
 
@@ -29,25 +31,29 @@ class FileSpec:
     name : str
         The published file name, e.g. "train-images-idx3-ubyte".
     checksum : str
-        "sha256:<hex>" of the published bytes; "md5:<hex>" where no sha256 has been published
-        (see the registry).
+        "sha256:<hex>" of the published bytes; "md5:<hex>" or "adler32:<decimal>" where only
+        those have been published (see the registry). Adler-32 catches damage, not tampering.
     urls : tuple of str
         Where to download it, canonical first, then mirrors. A URL's last path component must be
         `name` or `name + ".gz"` (a gzipped copy, verified after decompression).
     check : callable, optional
         check(data, where) parses the file's bytes and raises DatasetError naming the line or
         value at fault; run on a copy whose checksum does not match, to say what is wrong.
+    large : bool
+        Too large to read into memory (SVHN's 1.9 GB extra.tar.gz): verified as a stream, and
+        converted from its path.
     """
     name: str
     checksum: str
     urls: tuple[str, ...] = ()
     check: Callable[[bytes, str], object] | None = field(default=None, compare=False)
+    large: bool = False
 
     def __post_init__(self):
         algorithm, _, digest = self.checksum.partition(":")
-        if algorithm not in ("sha256", "md5") or not digest:
-            raise ValueError(f"FileSpec {self.name}: checksum must be 'sha256:<hex>' or "
-                             f"'md5:<hex>', got {self.checksum!r}")
+        if algorithm not in ("sha256", "md5", "adler32") or not digest:
+            raise ValueError(f"FileSpec {self.name}: checksum must be 'sha256:<hex>', "
+                             f"'md5:<hex>' or 'adler32:<decimal>', got {self.checksum!r}")
 
     def stored_as(self, url: str) -> str:
         """The file name a download from `url` is kept under: `name` or `name + '.gz'`."""
@@ -60,9 +66,11 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class Original:
-    """A verified original file: its published bytes, and its path for error messages."""
+    """A verified original file: its published bytes (empty for a large file, read from `path`
+    by its converter), and its path, for error messages."""
     data: bytes
     where: str
+    path: Path | None = None
 
 
 def is_gzipped_copy(spec: FileSpec, path: Path) -> bool:
@@ -103,6 +111,9 @@ def read_verified(spec: FileSpec, path: Path, gzipped: bool | None = None) -> by
     """
     if gzipped is None:
         gzipped = is_gzipped_copy(spec, path)
+    if spec.large and not gzipped:
+        _verify_stream(spec, path)
+        return b""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -114,7 +125,7 @@ def read_verified(spec: FileSpec, path: Path, gzipped: bool | None = None) -> by
             raise DatasetError(f"{path}: truncated or corrupt gzip file ({e}); download or "
                                "copy it again") from None
     algorithm, _, expected = spec.checksum.partition(":")
-    actual = hashlib.new(algorithm, data).hexdigest()
+    actual = _digest(algorithm, [data])
     if actual != expected.lower():
         content = "decompressed content" if gzipped else "content"
         mismatch = (f"{algorithm} of its {content} is {actual}, expected {expected} for "
@@ -126,3 +137,35 @@ def read_verified(spec: FileSpec, path: Path, gzipped: bool | None = None) -> by
                 raise DatasetError(f"{e} (a damaged file: {mismatch})") from None
         raise DatasetError(f"{path}: {mismatch} (a different or damaged file)")
     return data
+
+
+def _digest(algorithm: str, chunks) -> str:
+    """The checksum of the bytes in `chunks`: hex for sha256 and md5, decimal for adler32."""
+    if algorithm == "adler32":
+        value = 1
+        for chunk in chunks:
+            value = zlib.adler32(chunk, value)
+        return str(value)
+    h = hashlib.new(algorithm)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify_stream(spec: FileSpec, path: Path) -> None:
+    """Check a large file's checksum reading it in chunks, with a progress bar past 2 s."""
+    algorithm, _, expected = spec.checksum.partition(":")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, delay=2,
+                                         desc=f"verifying {path.name}") as bar:
+            def chunks():
+                while chunk := f.read(1 << 24):
+                    bar.update(len(chunk))
+                    yield chunk
+            actual = _digest(algorithm, chunks())
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+    if actual != expected.lower():
+        raise DatasetError(f"{path}: {algorithm} of its content is {actual}, expected {expected} "
+                           f"for {spec.name} (a different, damaged or incomplete file)")

@@ -33,6 +33,7 @@ from draw.datasets.files import FileSpec, Original
 from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, parse_idx_labels,
                                    read_cifar_archive)
 from draw.datasets.scenes import two_digit_splits
+from draw.datasets.svhn import svhn_multi_splits
 
 # "train" / "valid" / "test" -> (N, C*H*W) uint8; "<split>_labels" -> (N,) uint8 if labelled
 Splits = dict[str, np.ndarray]
@@ -254,6 +255,19 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "SVHN format 2, cropped 32x32 house-number digits (Netzer et al. 2011)",
         "train = first 68,257 of train_32x32, valid = last 5,000, test = test_32x32 (26,032); "
         "extra_32x32 unused"),
+    DatasetSpec(
+        "svhn-multi", (3, 64, 64), False,
+        # Only Adler-32 checksums of these archives were found published (deeplearning4j's
+        # SvhnDataFetcher, which checks the whole archive with java.util.zip.Adler32).
+        tuple(FileSpec(f"{folder}.tar.gz", f"adler32:{adler}",
+                       (f"http://ufldl.stanford.edu/housenumbers/{folder}.tar.gz",), large=True)
+              for folder, adler in (("train", 979655493), ("extra", 132781169),
+                                    ("test", 1629515343))),
+        svhn_multi_splits,
+        "SVHN format 1 house numbers cropped around the digits as Goodfellow et al. 2013, 64x64 "
+        "(the DRAW paper's SVHN); 2.9 GB in memory",
+        "train + extra less a random 4,701 (fixed seed) = train, those 4,701 = valid, "
+        "test.tar.gz = test; numbers of over 5 digits dropped"),
     DatasetSpec(
         "silhouettes", (1, 28, 28), True,
         # Only an md5 is published for this file (Marlin's page; DeepMind's dm_nevis lists it).

@@ -213,7 +213,8 @@ def convert(name: str, source: str | os.PathLike | None = None,
     originals = {}
     for f in spec.files:
         print(f"{name}: verifying {found[f.name]}", file=sys.stderr)
-        originals[f.name] = Original(read_verified(f, found[f.name]), str(found[f.name]))
+        originals[f.name] = Original(read_verified(f, found[f.name]), str(found[f.name]),
+                                     found[f.name])
     print(f"{name}: converting", file=sys.stderr)
     splits = spec.convert(originals)
     del originals                     # the original bytes can be larger than the arrays
