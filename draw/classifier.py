@@ -28,9 +28,13 @@ Where the paper is silent, the choices made here:
 - Initialisation (ours, not the paper's): the LSTM and the softmax layer keep PyTorch's default
   uniform(+-1/sqrt(fan_in)) weights, the LSTM's forget-gate bias is 1 (as DrawModel's), the read
   head's weights are N(0, 0.01) and its bias is a centred window whose 12 x 12 grid tiles the
-  whole image with sigma = delta / 2 and gamma = 1 (`spanning_window_bias`): the first glimpse
-  is a blurred 12 x 12 overview of the whole 100 x 100 image, from which the network chooses
-  where to look next.
+  whole image with sigma = delta / 2 (`spanning_window_bias`): the first glimpse is a blurred
+  12 x 12 overview of the whole 100 x 100 image, from which the network chooses where to look
+  next. Its intensity gamma starts at delta (8.3 pixels for 12 x 12 on 100 x 100), not 1: a
+  glimpse value is a weighted mean of pixels, mostly black in cluttered MNIST, and at gamma = 1
+  the LSTM hardly saw it. Measured on cluttered MNIST (T = 4, batch 100, Adam 1e-3, one seed
+  each, valid error on 1,000 images): gamma = 1 was still at 81% after 600 steps; gamma = 5,
+  8.3 and 16 reached 56%, 62% and 50% after 500 (doc/classification.md).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -150,7 +154,7 @@ class AttentionClassifier(nn.Module):
                 module.bias_hh[H:2 * H] = 0.0                 # so the forget bias is exactly 1
             elif isinstance(module, GlimpseReader):
                 nn.init.normal_(module.readout.weight, mean=0.0, std=0.01)
-                module.readout.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, 0.0))
+                module.readout.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, 1.0))
 
     def forward(self, x: Tensor, return_attention: bool = False):
         """Classify a batch.

@@ -41,7 +41,7 @@ def test_shapes_and_windows(cfg):
 
 def test_first_window_is_the_spanning_overview():
     """h_0 = 0, so glimpse 1 reads through the bias: centred, grid tiling the image, sigma =
-    delta / 2, gamma = 1, for every example alike."""
+    delta / 2, gamma = delta, for every example alike."""
     cfg = ClassifierConfig(height=100, width=100, n_iter=2, enc_dim=16, read_N=12)
     model = make(cfg)
     _, att = model(images(cfg, B=3), return_attention=True)
@@ -50,7 +50,7 @@ def test_first_window_is_the_spanning_overview():
     assert torch.allclose(first["center_x"], torch.full((3,), 49.5, dtype=torch.float64))
     assert torch.allclose(first["delta"], torch.full((3,), 100 / 12, dtype=torch.float64))
     assert torch.allclose(first["sigma"], first["delta"] / 2)
-    assert torch.allclose(first["gamma"], torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(first["gamma"], first["delta"])
     # the later windows depend on what was seen
     assert not torch.allclose(att["center_x"][1], att["center_x"][1][:1].expand(3))
 
