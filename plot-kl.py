@@ -8,53 +8,36 @@ Example:
 """
 import argparse
 
-from draw.training.checkpoint import load_log
 from draw.cli import ArgumentParser, run
-from draw.outputs.display import pyplot_or_warn
-from draw.outputs.klplot import SPLITS, kl_terms, plot_kl_heatmap, plot_kl_surface, save_figure, save_html
+from draw.outputs.klplot import MAX_DPI, SPLITS, main
 
 
-def output_stem(log_file: str) -> str:
-    """runs/name_log.pkl -> runs/name: the prefix of the default output files."""
-    for suffix in ("_log.pkl", ".pkl"):
-        if log_file.endswith(suffix):
-            return log_file[: -len(suffix)]
-    return log_file
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log_file", type=str, help="a <name>_log.pkl file written by train-draw.py")
-    parser.add_argument("--split", type=str, choices=SPLITS, default="train",
-                        help="whose KL terms to plot")
+    parser.add_argument("--split", type=str, choices=SPLITS, default=None,
+                        help="whose KL terms to plot (default: train, or the first split the log "
+                             "has them for: a run stopped in its first epoch has only valid and "
+                             "test)")
     parser.add_argument("--surface", type=str, default=None,
                         help="PNG of the 3D surface (default: <name>_kl.png beside the log)")
     parser.add_argument("--heatmap", type=str, default=None,
                         help="PNG of the heat map (default: <name>_kl_heatmap.png beside the log)")
     parser.add_argument("--html", type=str, default=None,
                         help="interactive Bokeh page (default: <name>_log.html beside the log)")
-    parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNG files")
+    parser.add_argument("--dpi", type=positive, default=100,
+                        help=f"resolution of the 8x6 inch PNG files (at most {MAX_DPI}: pictures are "
+                             f"limited to what Pillow opens without a decompression-bomb warning)")
     parser.add_argument("--show", action="store_true",
                         help="also open the surface and heat map in windows (where a display exists)")
     return parser.parse_args()
-
-
-def main(log_file, split, surface, heatmap, html, dpi, show):
-    rows = load_log(log_file)
-    x, kl, x_label = kl_terms(rows, split)
-    stem = output_stem(log_file)
-    surface = surface or f"{stem}_kl.png"
-    heatmap = heatmap or f"{stem}_kl_heatmap.png"
-    html = html or f"{stem}_log.html"
-    save_figure(plot_kl_surface, surface, x, kl, x_label, dpi=dpi)
-    save_figure(plot_kl_heatmap, heatmap, x, kl, x_label, dpi=dpi)
-    save_html(rows, html, split)
-    print(f"{kl.shape[0]} rows x {kl.shape[1]} steps of {split} KL; wrote {surface}, {heatmap}, {html}")
-    plt = pyplot_or_warn() if show else None
-    if plt is not None:
-        plot_kl_surface(plt.figure("KL surface"), x, kl, x_label)
-        plot_kl_heatmap(plt.figure("KL heat map"), x, kl, x_label)
-        plt.show()
 
 
 if __name__ == "__main__":

@@ -302,3 +302,35 @@ def test_sampling_in_chunks_matches_one_pass_and_shows_progress(monkeypatch, cap
         torch.testing.assert_close(got_att[key], want_att[key])
     bar = capsys.readouterr().err
     assert "sampling:" in bar and "0/7" in bar                               # a bar appeared
+
+
+def test_plot_kl_picks_the_splits_the_log_has(tmp_path, capsys, monkeypatch):
+    # a run stopped in its first epoch: only the evaluation before training, valid and test
+    row = {"epoch": 0, "iteration": 0, "valid_nll_bound": 200.0, "test_nll_bound": 201.0}
+    row.update({f"{s}_kl_term_{t}": t + 1.0 for s in ("valid", "test") for t in range(T)})
+    save_log(tmp_path / "cut_log.pkl", [row])
+    assert run_inline("plot-kl.py", tmp_path / "cut_log.pkl", monkeypatch=monkeypatch) == 0
+    assert "1 rows x 4 steps of valid KL" in capsys.readouterr().out
+    for name in ("cut_kl.png", "cut_kl_heatmap.png", "cut_log.html"):
+        assert (tmp_path / name).stat().st_size > 0
+    line = fails(capsys, run_inline("plot-kl.py", tmp_path / "cut_log.pkl", "--split", "train",
+                                    "--surface", tmp_path / "other.png", monkeypatch=monkeypatch))
+    assert line == ("error: the log has no rows with train_kl_term_0.. values; it has the KL "
+                    "terms of valid, test: use --split valid or --split test")
+    assert not (tmp_path / "other.png").exists()
+
+
+def test_plot_kl_dpi_is_checked_before_anything_is_written(tmp_path, log_file, capsys,
+                                                            monkeypatch):
+    run = lambda *a, **k: fails(capsys, run_inline("plot-kl.py", *a, monkeypatch=monkeypatch), **k)
+    run(log_file, "--dpi", 0, expected_code=2, contains="--dpi")
+    run(log_file, "--dpi=-5", expected_code=2, contains="--dpi")
+    run(log_file, "--dpi", "many", expected_code=2, contains="--dpi")
+    run(log_file, "--dpi", 1366, contains="10,928x8,196 pixels")
+    run(log_file, "--dpi", 10 ** 9, contains="65,535 pixels a side")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_log.pkl"]
+    # the largest allowed resolution passes the same check (rendering it takes a minute)
+    from draw.outputs.klplot import FIGSIZE, MAX_DPI
+    from draw.outputs.plotting import check_picture_size
+    assert MAX_DPI == 1365
+    check_picture_size(FIGSIZE[0] * MAX_DPI, FIGSIZE[1] * MAX_DPI, "the largest figure")

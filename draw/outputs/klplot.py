@@ -27,10 +27,15 @@ from matplotlib.figure import Figure
 
 from draw.atomic import atomic_path, atomic_write_bytes
 from draw.errors import DrawError
+from draw.outputs.display import pyplot_or_warn
+from draw.outputs.plotting import MAX_PIXELS, check_picture_size
+from draw.training.checkpoint import load_log
 
 NLL_KEYS = ("train_nll_bound", "valid_nll_bound", "test_nll_bound")
 NORM_KEYS = ("train_total_gradient_norm", "train_total_step_norm")
 SPLITS = ("train", "valid", "test")
+FIGSIZE = (8, 6)            # inches; times --dpi gives the PNG's pixels
+MAX_DPI = math.isqrt(MAX_PIXELS // (FIGSIZE[0] * FIGSIZE[1]))
 
 
 class LogPlotError(DrawError):
@@ -53,6 +58,12 @@ def _epochs(rows: list[dict]) -> tuple[list[float], str]:
         if x and all(b > a for a, b in zip(x, x[1:])) and not any(math.isnan(v) for v in x):
             return x, key
     return [float(k) for k in range(1, len(rows) + 1)], "log row"
+
+
+def splits_with_kl(rows: list[dict]) -> list[str]:
+    """The splits, in SPLITS order, with per-step KL terms in at least one row. A run stopped
+    in its first epoch has only those of the evaluation before training (valid, test)."""
+    return [s for s in SPLITS if any(k.startswith(f"{s}_kl_term_") for r in rows for k in r)]
 
 
 def kl_terms(rows: list[dict], split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
@@ -118,7 +129,7 @@ def plot_kl_heatmap(fig: Figure, x: np.ndarray, kl: np.ndarray, x_label: str = "
     fig.colorbar(image, ax=ax)
 
 
-def save_figure(draw, path: str | os.PathLike, *args, figsize=(8, 6), dpi: int = 100) -> None:
+def save_figure(draw, path: str | os.PathLike, *args, figsize=FIGSIZE, dpi: int = 100) -> None:
     """Draw a figure headlessly (matplotlib's Agg, no pyplot) and save it as a PNG, atomically.
 
     Parameters
@@ -218,3 +229,52 @@ def save_html(rows: list[dict], path: str | os.PathLike, split: str = "train",
     layout = gridplot(log_figures(sources, x_label), ncols=2)
     atomic_write_bytes(path, file_html(layout, INLINE, title).encode("utf-8"))
 
+
+
+def output_stem(log_file: str) -> str:
+    """runs/name_log.pkl -> runs/name: the prefix of the default output files."""
+    for suffix in ("_log.pkl", ".pkl"):
+        if log_file.endswith(suffix):
+            return log_file[: -len(suffix)]
+    return log_file
+
+
+def choose_split(rows: list[dict], split: str | None) -> str:
+    """`split` if the log has its KL terms, else the first split that has them when none was
+    asked for; LogPlotError naming the splits there are otherwise."""
+    have = splits_with_kl(rows)
+    if split is None and have:
+        return have[0]
+    if split in have:
+        return split
+    if not have:
+        raise LogPlotError("the log has no rows with per-step KL values (*_kl_term_0..) to plot "
+                           "yet: no epoch has been evaluated")
+    options = " or ".join(f"--split {s}" for s in have)
+    raise LogPlotError(f"the log has no rows with {split}_kl_term_0.. values; it has the KL "
+                       f"terms of {', '.join(have)}: use {options}")
+
+
+def main(log_file: str, split: str | None = None, surface: str | None = None,
+         heatmap: str | None = None, html: str | None = None, dpi: int = 100,
+         show: bool = False) -> list[str]:
+    """plot-kl.py: the KL surface and heat map (PNG) and the HTML page of a log file, beside it
+    unless named. Everything is checked before the first file is written. Returns the files."""
+    check_picture_size(round(FIGSIZE[0] * dpi), round(FIGSIZE[1] * dpi),
+                       f"a {FIGSIZE[0]}x{FIGSIZE[1]} inch figure at --dpi {dpi}")
+    rows = load_log(log_file)
+    split = choose_split(rows, split)
+    x, kl, x_label = kl_terms(rows, split)
+    stem = output_stem(log_file)
+    written = [surface or f"{stem}_kl.png", heatmap or f"{stem}_kl_heatmap.png",
+               html or f"{stem}_log.html"]
+    save_figure(plot_kl_surface, written[0], x, kl, x_label, dpi=dpi)
+    save_figure(plot_kl_heatmap, written[1], x, kl, x_label, dpi=dpi)
+    save_html(rows, written[2], split)
+    print(f"{kl.shape[0]} rows x {kl.shape[1]} steps of {split} KL; wrote {', '.join(written)}")
+    plt = pyplot_or_warn() if show else None
+    if plt is not None:
+        plot_kl_surface(plt.figure("KL surface"), x, kl, x_label)
+        plot_kl_heatmap(plt.figure("KL heat map"), x, kl, x_label)
+        plt.show()
+    return written
