@@ -7,9 +7,8 @@ with the package (a public-domain portrait of Grace Hopper).
 """
 import argparse
 
-from draw.outputs.attention_demo import load_image, read_and_write, save_glimpse
 from draw.cli import ArgumentParser, run
-from draw.outputs.display import pyplot_or_warn
+from draw.outputs.attention_demo import main
 
 
 def point(text: str) -> tuple[float, float]:
@@ -21,11 +20,18 @@ def point(text: str) -> tuple[float, float]:
     return y, x
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", type=str, nargs="?", default=None,
                         help="any picture Pillow reads (default: the shipped demo picture)")
-    parser.add_argument("--N", type=int, default=16, help="grid size of the attention window")
+    parser.add_argument("--N", type=positive, default=16, help="grid size of the attention window")
     parser.add_argument("--center", type=point, default=None,
                         help="window centre Y,X in 0-based pixels (default: the image centre)")
     parser.add_argument("--delta", type=float, default=None,
@@ -35,29 +41,11 @@ def parse_args() -> argparse.Namespace:
                         help="filter standard deviation in pixels (default: delta / 2)")
     parser.add_argument("--output-dir", type=str, default="attention",
                         help="directory for original.png, read.png and write.png")
-    parser.add_argument("--read-scale", type=int, default=8,
+    parser.add_argument("--read-scale", type=positive, default=8,
                         help="enlarge the N x N glimpse this many times in read.png")
     parser.add_argument("--show", action="store_true",
                         help="also open the three pictures in windows (where a display exists)")
     return parser.parse_args()
-
-
-def main(image, N, center, delta, sigma, output_dir, read_scale, show):
-    glimpse = read_and_write(load_image(image), N, center, delta, sigma)
-    paths = save_glimpse(glimpse, output_dir, read_scale)
-    center_y, center_x, delta, sigma = glimpse.window
-    print(f"window: N={N}, center=({center_y:.1f}, {center_x:.1f}), delta={delta:.2f}, "
-          f"sigma={sigma:.2f}; wrote {', '.join(str(p) for p in paths)}")
-    plt = pyplot_or_warn() if show else None
-    if plt is not None:
-        for title, picture in zip(("original", "read", "write"),
-                                  (glimpse.original, glimpse.read, glimpse.written)):
-            plt.figure(title)
-            C = picture.shape[0]
-            plt.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if C == 1 else None,
-                       vmin=0.0, vmax=1.0, interpolation="nearest")
-            plt.title(title)
-        plt.show()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import draw.outputs.sampling
+import draw.resources
 from draw.training.checkpoint import load_model, save_checkpoint, save_log
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import BOX_COLOR, image_grid
@@ -334,3 +335,42 @@ def test_plot_kl_dpi_is_checked_before_anything_is_written(tmp_path, log_file, c
     from draw.outputs.plotting import check_picture_size
     assert MAX_DPI == 1365
     check_picture_size(FIGSIZE[0] * MAX_DPI, FIGSIZE[1] * MAX_DPI, "the largest figure")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small grey PNG file that claims width x height pixels (its pixel data is cut short)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_attention_refuses_huge_images_and_outputs_before_writing(tmp_path, capsys, monkeypatch):
+    run = lambda *a, **k: fails(capsys, run_inline("attention.py", *a, monkeypatch=monkeypatch), **k)
+    out = ["--output-dir", tmp_path / "att"]
+    # Pillow refuses past twice its limit (DecompressionBombError) and warns past it: both refused
+    for side in (60000, 10000):
+        (tmp_path / "bomb.png").write_bytes(png_header(side, side))
+        run(tmp_path / "bomb.png", *out, contains="more than 89,478,485 pixels")
+    run("--read-scale", 0, *out, expected_code=2, contains="--read-scale")
+    run("--read-scale", -3, *out, expected_code=2, contains="--read-scale")
+    run("--N", 0, *out, expected_code=2, contains="--N")
+    run("--read-scale", 10 ** 6, *out, contains="--read-scale 1000000")
+    run("--delta", "nan", *out, contains="finite")
+    run("--sigma", "inf", *out, contains="finite")
+    run("--center", "inf,3", *out, contains="finite")
+    assert not (tmp_path / "att").exists()                      # not even original.png
+
+
+def test_attention_memory_is_checked_before_decoding(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 10 ** 6)
+    Image.fromarray(np.zeros((300, 200), np.uint8), mode="L").save(tmp_path / "grey.png")
+    line = fails(capsys, run_inline("attention.py", tmp_path / "grey.png", "--output-dir",
+                                    tmp_path / "att", monkeypatch=monkeypatch))
+    assert "reading the 200x300 image" in line and "needs about 0.0 GB" in line
+    assert not (tmp_path / "att").exists()

@@ -8,7 +8,9 @@ as PNG files; `attention.py --show` also puts them on screen.
 The shipped picture (draw/data/attention-demo.png) is a public-domain U.S. Navy portrait of
 Grace Hopper; see draw/data/attention-demo.md for its provenance.
 """
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -19,9 +21,18 @@ from PIL import Image, UnidentifiedImageError
 
 from draw.attention import ZoomableAttentionWindow
 from draw.errors import DrawError
-from draw.outputs.plotting import draw_box, image_grid, save_png, window_box
+from draw.outputs.display import pyplot_or_warn
+from draw.outputs.plotting import (MAX_PIXELS, check_picture_size, draw_box, image_grid, save_png,
+                                   window_box)
+from draw.resources import check_memory
+
+# bytes per channel and pixel of the input while the demonstration runs: the float32 image, its
+# float64 copy for the filterbanks, the written float64 image and its normalised copy, the
+# float32 results and the 8-bit pictures
+BYTES_PER_VALUE = 36
 
 DEMO_IMAGE = files("draw") / "data" / "attention-demo.png"
+GREY_MODES = ("1", "L", "I", "I;16", "F")
 
 
 class AttentionDemoError(DrawError):
@@ -53,12 +64,22 @@ def load_image(path: str | os.PathLike | None = None) -> torch.Tensor:
     """
     source = DEMO_IMAGE if path is None else Path(path)
     try:
-        with Image.open(source) as image:
-            image = image.convert("L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB")
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        with warnings.catch_warnings():
+            # past MAX_PIXELS Pillow only warns (it refuses at twice that): refuse at once, as
+            # this program's pictures are held to the same limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                W, H = image.size
+                C = 1 if image.mode in GREY_MODES else 3
+                check_memory(BYTES_PER_VALUE * C * H * W, f"reading the {W:,}x{H:,} image {path}")
+                image = image.convert("L" if C == 1 else "RGB")
+                pixels = np.asarray(image, dtype=np.float32) / 255.0
     except FileNotFoundError as e:
         raise AttentionDemoError(f"cannot read {path}: no such file") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise AttentionDemoError(f"cannot read {path}: its header claims more than "
+                                 f"{MAX_PIXELS:,} pixels, the most this program reads") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise AttentionDemoError(f"cannot read {path} as an image ({e})") from e
     if pixels.ndim == 2:
         pixels = pixels[None]                                                 # (1, H, W)
@@ -98,8 +119,11 @@ def read_and_write(image: torch.Tensor, N: int, center: tuple[float, float] | No
     center_y, center_x = ((H - 1) / 2, (W - 1) / 2) if center is None else center
     delta = min(H, W) / (2 * N) if delta is None else delta
     sigma = delta / 2 if sigma is None else sigma
-    if delta <= 0 or sigma <= 0:
-        raise AttentionDemoError(f"delta and sigma must be positive, got {delta} and {sigma}")
+    if not (delta > 0 and sigma > 0 and math.isfinite(delta) and math.isfinite(sigma)):
+        raise AttentionDemoError(f"delta and sigma must be positive, finite numbers, got "
+                                 f"{delta} and {sigma}")
+    if not (math.isfinite(center_y) and math.isfinite(center_x)):
+        raise AttentionDemoError(f"the centre must be finite, got ({center_y}, {center_x})")
     zoomer = ZoomableAttentionWindow(C, H, W, N)
     window = [torch.tensor([v], dtype=torch.float64) for v in (center_y, center_x, delta, sigma)]
     x = image.to(torch.float64).reshape(1, C * H * W)
@@ -129,13 +153,40 @@ def save_glimpse(glimpse: Glimpse, directory: str | os.PathLike,
     list of Path: the three files, in that order.
     """
     C, N, _ = glimpse.read.shape
+    check_picture_size(N * read_scale, N * read_scale,
+                       f"read.png, the {N}x{N} glimpse at --read-scale {read_scale},")
     center_y, center_x, delta, _ = glimpse.window
     original = np.array(image_grid(glimpse.original[None], 1, 1).convert("RGB"))  # (H, W, 3)
     draw_box(original, window_box(center_y, center_x, delta, N))
     read = glimpse.read.repeat_interleave(read_scale, 1).repeat_interleave(read_scale, 2)
+    # every picture is made before the first is written: a failure leaves no partial set
+    pictures = (Image.fromarray(original, mode="RGB"), image_grid(read[None], 1, 1),
+                image_grid(glimpse.written[None], 1, 1))
     directory = Path(directory)
     paths = [directory / name for name in ("original.png", "read.png", "write.png")]
-    save_png(Image.fromarray(original, mode="RGB"), paths[0])
-    save_png(image_grid(read[None], 1, 1), paths[1])
-    save_png(image_grid(glimpse.written[None], 1, 1), paths[2])
+    for picture, path in zip(pictures, paths):
+        save_png(picture, path)
+    return paths
+
+
+def main(image: str | None = None, N: int = 16, center: tuple[float, float] | None = None,
+         delta: float | None = None, sigma: float | None = None, output_dir: str = "attention",
+         read_scale: int = 8, show: bool = False) -> list[Path]:
+    """attention.py: read and write one window on a picture; original.png, read.png and
+    write.png in `output_dir`, and on screen with `show`. Returns the files written."""
+    glimpse = read_and_write(load_image(image), N, center, delta, sigma)
+    paths = save_glimpse(glimpse, output_dir, read_scale)
+    center_y, center_x, delta, sigma = glimpse.window
+    print(f"window: N={N}, center=({center_y:.1f}, {center_x:.1f}), delta={delta:.2f}, "
+          f"sigma={sigma:.2f}; wrote {', '.join(str(p) for p in paths)}")
+    plt = pyplot_or_warn() if show else None
+    if plt is not None:
+        for title, picture in zip(("original", "read", "write"),
+                                  (glimpse.original, glimpse.read, glimpse.written)):
+            plt.figure(title)
+            C = picture.shape[0]
+            plt.imshow(picture.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if C == 1 else None,
+                       vmin=0.0, vmax=1.0, interpolation="nearest")
+            plt.title(title)
+        plt.show()
     return paths
