@@ -164,11 +164,11 @@ def test_wrong_values_in_a_file_with_the_right_checksum(small_bmnist, tmp_path, 
 def test_full_disk_leaves_nothing(small_bmnist, tmp_path, monkeypatch, capsys):
     source, _ = small_bmnist
 
-    def savez_onto_a_full_disk(f, **arrays):
-        f.write(b"PK\x03\x04 the first bytes")
+    def write_onto_a_full_disk(fp, array, **kwargs):
+        fp.write(b"\x93NUMPY the first bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", savez_onto_a_full_disk)
+    monkeypatch.setattr(np.lib.format, "write_array", write_onto_a_full_disk)
     root = tmp_path / "data"
     assert main(["convert", "bmnist", "--from", str(source), "--root", str(root)]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
@@ -179,11 +179,11 @@ def test_full_disk_leaves_nothing(small_bmnist, tmp_path, monkeypatch, capsys):
 def test_ctrl_c_leaves_nothing(small_bmnist, tmp_path, monkeypatch, capsys):
     source, _ = small_bmnist
 
-    def interrupted(f, **arrays):
-        f.write(b"PK\x03\x04 the first bytes")
+    def interrupted(fp, array, **kwargs):
+        fp.write(b"\x93NUMPY the first bytes")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(np, "savez_compressed", interrupted)
+    monkeypatch.setattr(np.lib.format, "write_array", interrupted)
     root = tmp_path / "data"
     assert main(["convert", "bmnist", "--from", str(source), "--root", str(root)]) == 130
     assert "interrupted" in capsys.readouterr().err.splitlines()[-1]
@@ -195,10 +195,10 @@ def test_an_existing_file_survives_a_failed_conversion(small_bmnist, tmp_path, m
     convert("bmnist", source, tmp_path)
     before = (tmp_path / "bmnist.npz").read_bytes()
 
-    def savez_onto_a_full_disk(f, **arrays):
+    def write_onto_a_full_disk(fp, array, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", savez_onto_a_full_disk)
+    monkeypatch.setattr(np.lib.format, "write_array", write_onto_a_full_disk)
     with pytest.raises(DatasetError, match="No space left on device"):
         convert("bmnist", source, tmp_path)
     assert (tmp_path / "bmnist.npz").read_bytes() == before
