@@ -138,6 +138,32 @@ def test_any_float_dtype_stays_finite_and_normalised(dtype):
     assert torch.isfinite(att.read(x, cy, cx, delta, sigma)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_far_tails_are_exact_zeros_not_denormals(dtype):
+    """A narrow window's Gaussian tails fall through the denormal range (in float32 at 9-10
+    pixels here): weights below tiny^(1/3) of their row's largest are exactly 0, the rest
+    match the reference, and no weight, glimpse or gradient is a denormal float."""
+    H = W = 28
+    att = ZoomableAttentionWindow(1, H, W, 3)
+    gy, gx, d, s = 4.0, 21.0, 2.0, 0.7
+    params = [torch.tensor([v], dtype=dtype, requires_grad=True) for v in (gy, gx, d, s)]
+    FY, FX = att.filterbank_matrices(*params)
+    tiny = torch.finfo(dtype).tiny
+    for F, g in ((FY[0], gy), (FX[0], gx)):
+        ref = reference_filterbank(3, H, g, d, s)
+        kept = ref >= tiny ** (1 / 3) * ref.max(axis=1, keepdims=True)
+        assert (~kept).any() and kept.any()            # the cut falls inside these rows
+        assert (F.detach().numpy()[~kept] == 0).all()
+        np.testing.assert_allclose(F.detach().numpy()[kept], ref[kept],
+                                   rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    x = torch.rand(1, H * W, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    glimpse = att.read(x, *params)
+    glimpse.sum().backward()
+    for t in (FY, FX, glimpse, *(p.grad for p in params)):
+        t = t.detach()
+        assert not ((t != 0) & (t.abs() < tiny)).any()
+
+
 def test_nn2att_follows_eqs_21_to_24():
     H, W, N = 20, 30, 5
     att = ZoomableAttentionWindow(1, H, W, N)
