@@ -1,4 +1,4 @@
-"""Evaluation: the importance-sampled NLL against the bound, a per-image reference, and the CLI."""
+"""Evaluation: the importance-sampled NLL against the bound, a per-image reference, and evaluate.py."""
 import math
 import runpy
 import sys
@@ -9,7 +9,9 @@ import torch
 
 from draw.training.checkpoint import load_model
 from draw.datasets import batches, get_data
-from draw.training.evaluate import cli, importance_sampled_nll, main
+import draw.resources
+import draw.training.evaluate
+from draw.training.evaluate import duration, importance_sampled_nll, main
 from draw.training.run import main as train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,27 +74,73 @@ def test_memory_bound_chunks_do_not_change_the_per_image_structure(trained):
     assert nll.shape == (10,) and (nll <= bound + 1e-9).all()
 
 
-def test_cli_prints_numbers_and_fails_in_one_line(trained, capsys):
-    cli([str(trained), "--samples", "3", "--subset", "40", "--bs", "20"])
-    assert "40 images" in capsys.readouterr().out
-    for argv, code, expected in (([str(trained) + ".missing"], 1, "cannot read"),
-                                 ([str(trained), "--samples", "0"], 1, "--samples"),
-                                 ([str(trained), "--dataset", "nope"], 1, "unknown dataset"),
-                                 ([str(trained), "--device", "abc"], 1, "--device"),
-                                 ([str(trained), "--samples", "many"], 2, "--samples")):
-        with pytest.raises(SystemExit) as info:
-            cli(argv)
-        assert info.value.code == code
+def evaluate_py(*args, monkeypatch) -> int:
+    """Run evaluate.py in this process as `python evaluate.py args`; its exit status."""
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, args)])
+    try:
+        runpy.run_path(str(ROOT / "evaluate.py"), run_name="__main__")
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatch):
+    assert evaluate_py(trained, "--samples", 3, "--subset", 40, "--bs", 20,
+                       monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "40 images" in out and "importance-sampled nll, K=3:" in out
+    huge = trained.parent / "huge_model.pkl"
+    ckpt = torch.load(trained, weights_only=True)
+    torch.save({**ckpt, "config": {**ckpt["config"], "enc_dim": 100_000_000}}, huge)
+    for args, code, expected in (([str(trained) + ".missing"], 1, "cannot read"),
+                                 ([trained, "--samples", 0], 2, "--samples"),
+                                 ([trained, "-k", -1], 2, "--samples"),
+                                 ([trained, "--subset", 0], 2, "--subset"),
+                                 ([trained, "--seed", -1], 2, "--seed"),
+                                 ([trained, "--dataset", "nope"], 1, "unknown dataset"),
+                                 ([trained, "--device", "abc"], 1, "--device"),
+                                 ([trained, "--samples", "many"], 2, "--samples"),
+                                 ([huge], 1, "needs about")):
+        assert evaluate_py(*args, monkeypatch=monkeypatch) == code
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+        assert "Traceback" not in err[0]
 
 
-# runpy warns that draw.training.evaluate is imported already (by this file): harmless here
-@pytest.mark.filterwarnings("ignore:'draw.training.evaluate' found in sys.modules")
-def test_evaluate_py_and_python_m_run_the_same_cli(trained, capsys, monkeypatch):
-    for run in (lambda: runpy.run_path(str(ROOT / "evaluate.py"), run_name="__main__"),
-                lambda: runpy.run_module("draw.training.evaluate", run_name="__main__", alter_sys=True)):
-        monkeypatch.setattr(sys, "argv", ["evaluate.py", str(trained), "--samples", "2",
-                                          "--subset", "10"])
-        run()
-        assert "importance-sampled nll, K=2:" in capsys.readouterr().out
+def test_memory_is_checked_before_the_model_is_built(trained, capsys, monkeypatch):
+    built = []
+    monkeypatch.setattr(draw.training.evaluate, "load_model", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 10 ** 6)
+    with pytest.raises(draw.resources.ResourceError, match=r"needs about .* this machine has"):
+        main(str(trained))
+    assert not built
+
+
+def test_progress_bar_and_expected_time(trained, capsys, monkeypatch):
+    monkeypatch.setattr(draw.training.evaluate, "LONG", 0.0)           # every wait is "long"
+    monkeypatch.setattr(draw.training.evaluate, "MAX_ROWS", 50)        # 10 images a pass at K=5
+    result = main(str(trained), samples=5, subset=30)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("expected time")]
+    assert len(lines) == 1, captured.out                                # said once, up front
+    assert "for 30 images at K=5" in lines[0] and "timed on the first 10" in lines[0]
+    assert captured.out.index("expected time") < captured.out.index("nll bound")
+    assert "importance sampling, K=5" in captured.err and "30/30" in captured.err
+    assert result["images"] == 30
+
+
+def test_duration():
+    assert [duration(s) for s in (4.4, 90, 5400, 7322)] == ["4 s", "1 min 30 s", "1 h 30 min",
+                                                            "2 h 2 min"]
+
+
+def test_subset_is_random_not_a_prefix(trained, monkeypatch):
+    seen = []
+    real = draw.training.evaluate.batches
+    monkeypatch.setattr(draw.training.evaluate, "batches",
+                        lambda images, *a, **k: seen.append(images) or real(images, *a, **k))
+    main(str(trained), samples=2, subset=50, seed=4)
+    test = get_data("sample").test
+    pick = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(4))[:50]
+    assert all(torch.equal(images, test[pick]) for images in seen) and len(seen) == 2
+    assert not torch.equal(seen[0], test[:50])

@@ -10,21 +10,33 @@ is again an upper bound in expectation, never looser than the bound, and it tigh
 -log p(x) as K grows. Per image it is at most the mean of -log w_k over the same K samples
 (Jensen's inequality), which itself is an unbiased estimate of the bound.
 
-    python -m draw.training.evaluate run/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl --samples 100
+Its cost is K forward passes per image: `evaluate.py` (whose flags this module's `main` takes)
+times the first images and says how long the rest will take before the wait gets long.
 """
-import argparse
 import math
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from draw.training.checkpoint import load_model, resolve_device
-from draw.cli import ArgumentParser, run
 from draw.datasets import batches, get_data, supported_datasets
-from draw.training.distributed import Distributed
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
+from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
+from draw.training.checkpoint import load_model, resolve_device
+from draw.training.distributed import Distributed
+
+DEFAULT_SAMPLES = 10
+# (image, sample) rows per pass through the model: enough for efficient matrix products, few
+# enough that the progress bar moves every few seconds on a CPU at T = 64
+MAX_ROWS = 2000
+# an expected time longer than this (seconds) is printed before the wait
+LONG = 60.0
+# the bound's pass costs about this many importance samples per image (it runs in smaller
+# batches, which use the CPU less well)
+BOUND_COST = 3
 
 
 @torch.no_grad()
@@ -80,8 +92,8 @@ def bound_statistics(forward: Callable, model: DrawModel, data: Iterable[Tensor]
 
 @torch.no_grad()
 def importance_sampled_nll(model: DrawModel, data: Iterable[Tensor], samples: int,
-                           generator: torch.Generator,
-                           max_rows: int = 10_000) -> tuple[Tensor, Tensor]:
+                           generator: torch.Generator, max_rows: int = MAX_ROWS,
+                           progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """Importance-sampled -log p(x) with K = `samples` posterior samples, per image.
 
     Parameters
@@ -94,6 +106,8 @@ def importance_sampled_nll(model: DrawModel, data: Iterable[Tensor], samples: in
         On the model's device; the source of the posterior noise.
     max_rows : int
         At most this many (image, sample) pairs go through the model at once; it bounds memory.
+    progress : callable, optional
+        Called with the number of images just finished after every pass through the model.
 
     Returns
     -------
@@ -116,15 +130,30 @@ def importance_sampled_nll(model: DrawModel, data: Iterable[Tensor], samples: in
                 log_w = model.log_weight(rows, u).double().view(-1, samples)  # (b, K)
                 nll.append(-(torch.logsumexp(log_w, dim=1) - math.log(samples)).cpu())
                 bound.append(-log_w.mean(dim=1).cpu())
+                if progress is not None:
+                    progress(chunk.shape[0])
     finally:
         model.train(was_training)
     return torch.cat(nll), torch.cat(bound)
 
 
-def main(model: str, dataset: str | None = None, split: str = "test", samples: int = 100,
-         batch_size: int = 100, subset: int | None = None, seed: int = 0, device: str = "auto",
-         data_dir: str | None = None) -> dict:
-    """Load a model file, evaluate it on a split, print and return the numbers.
+def duration(seconds: float) -> str:
+    """90 -> "1 min 30 s"; 5400 -> "1 h 30 min"."""
+    minutes, s = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {s} s" if minutes else f"{s} s"
+
+
+def main(model_file: str, dataset: str | None = None, split: str = "test",
+         samples: int = DEFAULT_SAMPLES, batch_size: int = 100, subset: int | None = None,
+         seed: int = 0, device: str = "auto", data_dir: str | None = None) -> dict:
+    """evaluate.py: load a model file, evaluate it on a split, print and return the numbers.
+
+    The model's sizes are checked against the device's memory before it is built; the
+    importance-sampled pass shows a progress bar, and when it will take longer than LONG
+    seconds, its expected time, measured on its first images, is printed first.
 
     Returns
     -------
@@ -137,70 +166,58 @@ def main(model: str, dataset: str | None = None, split: str = "test", samples: i
     if split not in ("train", "valid", "test"):
         raise DrawError(f"--split must be train, valid or test, got {split!r}")
     dev = resolve_device(device)
-    net, ckpt = load_model(model, map_location=dev)
+    cfg = model_file_config(model_file)
+    rows = max(MAX_ROWS, batch_size, samples)
+    check_memory(parameter_bytes(cfg) + activation_bytes(cfg, rows, grad=False),
+                 f"evaluating {model_file} ({rows:,} images or samples at once)", dev)
+    net, ckpt = load_model(model_file, map_location=dev)
     run = ckpt.get("run") or {}
     dataset = dataset or run.get("dataset")
     if dataset is None:
-        raise DrawError(f"{model} does not say which dataset it was trained on; pass --dataset")
+        raise DrawError(f"{model_file} does not say which dataset it was trained on; pass --dataset")
     if dataset not in supported_datasets:
         raise DrawError(f"unknown dataset {dataset!r}; choose from {', '.join(supported_datasets)}")
     data = get_data(dataset, root=data_dir)
-    cfg = net.config
     if tuple(data.shape) != (cfg.channels, cfg.height, cfg.width):
-        raise DrawError(f"{model} models {cfg.channels}x{cfg.height}x{cfg.width} images, but "
+        raise DrawError(f"{model_file} models {cfg.channels}x{cfg.height}x{cfg.width} images, but "
                         f"{dataset} has {'x'.join(map(str, data.shape))}")
     images = getattr(data, split)
     if subset is not None and subset < images.shape[0]:
         # a random subset: some splits are sorted by class (binarized MNIST's test set)
         pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
         images = images[pick[:subset]]
+    N = images.shape[0]
 
     def stream():
         return batches(images, batch_size, device=dev)
 
     generator = torch.Generator(device=dev)
-    bound, _ = bound_statistics(net, net, stream(), generator.manual_seed(seed))
-    is_nll, is_bound = importance_sampled_nll(net, stream(), samples, generator.manual_seed(seed))
+    with tqdm(total=N, desc=f"importance sampling, K={samples}", unit="image",
+              dynamic_ncols=True) as bar:
+        start = time.perf_counter()
+
+        def progress(done: int) -> None:
+            bar.update(done)
+            if bar.n == done:                       # the first pass: time it, say what is ahead
+                per_image = (time.perf_counter() - start) / done
+                expected = per_image * N * (1 + BOUND_COST / samples)
+                if expected > LONG:
+                    tqdm.write(f"expected time: about {duration(expected)} for {N:,} images at "
+                               f"K={samples} ({per_image:.2g} s an image, timed on the first "
+                               f"{done}); --samples and --subset make it shorter")
+
+        is_nll, is_bound = importance_sampled_nll(net, stream(), samples,
+                                                  generator.manual_seed(seed), max_rows=MAX_ROWS,
+                                                  progress=progress)
+    batches_total = math.ceil(N / batch_size)
+    bound, _ = bound_statistics(net, net, tqdm(stream(), total=batches_total, desc="bound",
+                                               unit="batch", leave=False, dynamic_ncols=True),
+                                generator.manual_seed(seed))
     result = {"nll_bound": bound, "is_nll": is_nll.mean().item(),
-              "is_bound": is_bound.mean().item(), "images": images.shape[0], "samples": samples}
+              "is_bound": is_bound.mean().item(), "images": N, "samples": samples}
     gap = result["nll_bound"] - result["is_nll"]
-    print(f"{model}: epoch {ckpt['epoch']}, {dataset} {split} set, {result['images']} images")
+    print(f"{model_file}: epoch {ckpt['epoch']}, {dataset} {split} set, {N} images")
     print(f"  {'nll bound (eq. 12):':<36}{result['nll_bound']:9.2f} nats")
     print(f"  {f'importance-sampled nll, K={samples}:':<36}{result['is_nll']:9.2f} nats "
           f"({gap:.2f} below the bound)")
     return result
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="evaluate.py",
-        description="Test-set bound and importance-sampled NLL of a DRAW model.")
-    parser.add_argument("model", type=str, help="a <name>_model.pkl file written by train-draw.py")
-    parser.add_argument("--dataset", type=str, default=None,
-                        help="dataset to evaluate on (default: the one the model was trained on)")
-    parser.add_argument("--split", type=str, default="test", choices=("train", "valid", "test"),
-                        help="which split (default: %(default)s)")
-    parser.add_argument("-k", "--samples", type=int, default=100,
-                        help="importance samples K per image (default: %(default)s)")
-    parser.add_argument("--bs", "--batch-size", type=int, default=100, dest="batch_size",
-                        help="images per batch (default: %(default)s)")
-    parser.add_argument("--subset", type=int, default=None,
-                        help="evaluate on this many randomly chosen images (default: all)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the posterior noise and of --subset (default: %(default)s)")
-    parser.add_argument("--device", type=str, default="auto",
-                        help="cpu, cuda, cuda:N, or auto: CUDA when available "
-                             "(default: %(default)s)")
-    parser.add_argument("--data-dir", type=str, default=None,
-                        help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, "
-                             "or a cache directory)")
-    return parser
-
-
-def cli(argv: list[str] | None = None) -> None:
-    """Parse flags and evaluate; bad input is one line on stderr and a non-zero exit status."""
-    run(main, build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    cli()
