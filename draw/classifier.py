@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from draw.model import AttentionReader, spanning_window_bias
 
 WINDOW_NAMES = ("center_y", "center_x", "delta", "sigma", "gamma")
+MODEL_KIND = "attention-classifier"     # the "model" entry of a classifier's saved config
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,16 @@ class ClassifierConfig:
         return self.channels * self.height * self.width
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields, and "model": MODEL_KIND, which tells a classifier's model file from a
+        DRAW model's (whose config has no "model")."""
+        return {"model": MODEL_KIND, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
+        if d.get("model") != MODEL_KIND:
+            raise ValueError(f"not an attention classifier's config (its \"model\" is "
+                             f"{d.get('model')!r}, not {MODEL_KIND!r})")
+        d = {key: value for key, value in d.items() if key != "model"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

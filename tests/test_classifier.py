@@ -7,7 +7,7 @@ import torch
 
 from draw.classifier import (AttentionClassifier, ClassifierConfig, GlimpseReader,
                              classification_loss, errors)
-from draw.model import AttentionReader
+from draw.model import AttentionReader, DrawConfig
 
 TINY = ClassifierConfig(channels=1, height=9, width=11, n_iter=3, enc_dim=7, read_N=3,
                         n_classes=4)
@@ -175,4 +175,10 @@ def test_config_checks_and_round_trip():
         ClassifierConfig(n_iter=0)
     with pytest.raises(ValueError, match="unknown"):
         ClassifierConfig.from_dict({**TINY.to_dict(), "z_dim": 3})
+    # a DRAW model's config is not a classifier's, and the other way round
+    assert TINY.to_dict()["model"] == "attention-classifier"
+    with pytest.raises(ValueError, match="not an attention classifier"):
+        ClassifierConfig.from_dict(DrawConfig().to_dict())
+    with pytest.raises(ValueError, match="unknown DrawConfig fields"):
+        DrawConfig.from_dict(TINY.to_dict())
     assert isinstance(AttentionClassifier.from_config(TINY).reader, GlimpseReader)
