@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from draw.model import DrawConfig, DrawModel
-from draw.outputs.plotting import (BOX_COLOR, SEPARATOR, draw_box, grid_shape, image_grid,
-                           sampling_frames, save_gif, save_png, window_box)
+from draw.outputs.plotting import (BOX_COLOR, MAX_PIXELS, MAX_SIDE, SEPARATOR, PictureSizeError,
+                                   check_picture_size, draw_box, grid_size, grid_shape, image_grid,
+                                   sampling_frames, save_gif, save_png, window_box)
 
 SEP = round(SEPARATOR * 255)
 
@@ -233,3 +234,17 @@ def test_sampling_frames_boxes_match_model_attention():
             assert red[top:top + H, left:left + W].any()
     with pytest.raises(ValueError, match="grid size N"):
         sampling_frames(canvases, (1, 12, 10), 2, 2, attention=attention)
+
+
+def test_picture_size_limits():
+    check_picture_size(MAX_SIDE, MAX_PIXELS // MAX_SIDE, "the widest picture")
+    check_picture_size(1, 1, "one pixel")
+    for width, height, expected in ((MAX_SIDE + 1, 1, "65,536x1 pixels"),
+                                    (1, MAX_SIDE + 1, "1x65,536"),
+                                    (MAX_SIDE, MAX_PIXELS // MAX_SIDE + 1, "in all"),
+                                    (0, 5, "empty"), (5, -1, "empty")):
+        with pytest.raises(PictureSizeError, match=expected):
+            check_picture_size(width, height, "a picture")
+    # grid_size is the size image_grid really makes
+    image = image_grid(np.zeros((5, 1, 4, 3)), 2, 3)
+    assert image.size == grid_size(2, 3, 4, 3) == (3 * 4 - 1, 2 * 5 - 1)
