@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call
 
@@ -39,6 +40,154 @@ def test_shapes_and_bricks(name):
     assert isinstance(model.reader, AttentionReader if cfg.read_N else Reader)
     assert isinstance(model.writer, AttentionWriter if cfg.write_N else Writer)
     assert model.config == cfg
+
+
+def reference_forward(model, x, u):
+    """c_T and the KL terms (eqs. 3-11) written out from the paper for a model's parameters:
+    the LSTM equations by hand, the filterbanks as exp and normalise (eqs. 19-26), the KL in the
+    paper's form (eq. 11). Independent of the bricks' code; float64."""
+    cfg, P = model.config, dict(model.named_parameters())
+    B, C, H, W = x.shape[0], cfg.channels, cfg.height, cfg.width
+
+    def linear(name, v):
+        return v @ P[name + ".weight"].T + P[name + ".bias"]
+
+    def lstm(name, v, h, cell):
+        gates = (v @ P[name + ".weight_ih"].T + P[name + ".bias_ih"]
+                 + h @ P[name + ".weight_hh"].T + P[name + ".bias_hh"])        # (i, f, g, o)
+        i, f, g, o = gates.chunk(4, dim=1)
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
+    def filterbanks(l, N):                                          # eqs. 21-26
+        gy, gx, log_delta, log_sigma2, log_gamma = l.unbind(1)
+        delta = (max(H, W) - 1) / max(N - 1, 1) * torch.exp(log_delta)
+        sigma = torch.exp(log_sigma2 / 2)
+        i = torch.arange(1, N + 1, dtype=x.dtype)
+        F = []
+        for g, A in (((H + 1) / 2 * (gy + 1) - 1, H), ((W + 1) / 2 * (gx + 1) - 1, W)):
+            mu = g[:, None] + (i - N / 2 - 0.5) * delta[:, None]               # (B, N)
+            a = torch.arange(A, dtype=x.dtype)
+            f = torch.exp(-(a - mu[:, :, None]) ** 2 / (2 * sigma[:, None, None] ** 2))
+            F.append(f / f.sum(-1, keepdim=True))                              # (B, N, A)
+        return F[0], F[1], torch.exp(log_gamma)
+
+    c = torch.zeros_like(x)
+    h_enc = cell_enc = torch.zeros(B, cfg.enc_dim, dtype=x.dtype)
+    h_dec = cell_dec = torch.zeros(B, cfg.dec_dim, dtype=x.dtype)
+    kl = []
+    for t in range(cfg.n_iter):
+        x_hat = x - torch.sigmoid(c)                                            # eq. 3
+        if cfg.read_N:                                                          # eq. 27
+            FY, FX, gamma = filterbanks(linear("reader.readout", h_dec), cfg.read_N)
+            r = torch.cat([torch.einsum("bnh,bchw,bmw->bcnm", FY, v.view(B, C, H, W), FX)
+                           .flatten(1) for v in (x, x_hat)], 1) * gamma[:, None]
+        else:                                                                   # eq. 17
+            r = torch.cat([x, x_hat], 1)
+        h_enc, cell_enc = lstm("encoder", torch.cat([r, h_dec], 1), h_enc, cell_enc)  # eq. 5
+        mean = linear("sampler.mean_transform", h_enc)                          # eq. 1
+        log_sigma = linear("sampler.log_sigma_transform", h_enc)                # eq. 2
+        z = mean + torch.exp(log_sigma) * u[t]                                  # eq. 6
+        kl.append(0.5 * (mean ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(1))
+        h_dec, cell_dec = lstm("decoder", z, h_dec, cell_dec)                   # eq. 7
+        if cfg.write_N:                                                         # eqs. 28-29
+            N = cfg.write_N
+            FY, FX, gamma = filterbanks(linear("writer.z_trafo", h_dec), N)
+            w = linear("writer.w_trafo", h_dec).view(B, C, N, N)
+            c = c + torch.einsum("bnh,bcnm,bmw->bchw", FY, w, FX).flatten(1) / gamma[:, None]
+        else:                                                                   # eq. 18
+            c = c + linear("writer.transform", h_dec)                           # eq. 8
+    return c, torch.stack(kl)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_forward_and_gradients_equal_the_paper_written_out(name):
+    cfg = CONFIGS[name]
+    model = make(name)
+    with torch.no_grad():       # move off the init (windows, gates) without leaving the image
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
+    x, u = batch(cfg)
+    c, kl = model(x, u)
+    c_ref, kl_ref = reference_forward(model, x, u)
+    torch.testing.assert_close(c, c_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-10, atol=1e-12)
+    params = list(model.parameters())
+    g = torch.autograd.grad(nll_bound(x, c, kl).sum(), params)
+    g_ref = torch.autograd.grad(nll_bound(x, c_ref, kl_ref).sum(), params)
+    for (n, _), a, b in zip(model.named_parameters(), g, g_ref):
+        assert b.abs().max() > 0, n
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=n)
+
+
+class GatedReader(AttentionReader):
+    """A researcher's reader: the glimpse times a learnt gate, a parameter DRAW does not have."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.gate = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, x_hat, h_dec):
+        return self.gate * super().forward(x, x_hat, h_dec)
+
+
+def test_a_subclassed_reader_trains_with_its_own_maths():
+    """Training goes through the bricks, so an extra parameter gets its gradient (there is no
+    second copy of the model that would skip it)."""
+    cfg = CONFIGS["attention"]
+    model = make("attention")
+    with torch.no_grad():       # larger weights than the init: the glimpse matters more
+        for p in model.parameters():
+            p.normal_(std=0.3)
+    gated = DrawModel(cfg.n_iter, GatedReader(cfg.x_dim, cfg.dec_dim, cfg.channels, cfg.height,
+                                              cfg.width, cfg.read_N),
+                      model.encoder, model.sampler, model.decoder, model.writer).double()
+    gated.reader.readout.load_state_dict(model.reader.readout.state_dict())
+    x, u = batch(cfg)
+    c, kl = gated(x, u)
+    nll_bound(x, c, kl).sum().backward()
+    g = gated.reader.gate.grad
+    assert g is not None and torch.isfinite(g) and g != 0
+    # the gate's gradient is that of its own maths: a central difference of the bound
+    with torch.no_grad():
+        bounds = []
+        for d in (1e-3, -1e-3):
+            gated.reader.gate.add_(d)
+            bounds.append(nll_bound(x, *gated(x, u)).sum())
+            gated.reader.gate.sub_(d)
+    torch.testing.assert_close(g, (bounds[0] - bounds[1]) / 2e-3, rtol=1e-4, atol=0)
+    # gate = 1 is the plain reader
+    with torch.no_grad():
+        gated.reader.gate.fill_(1.0)
+        torch.testing.assert_close(gated(x, u)[0], model(x, u)[0], rtol=0, atol=0)
+    optimizer = torch.optim.Adam(gated.parameters(), lr=1e-2)
+    optimizer.step()
+    assert gated.reader.gate.item() != 1.0
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(name):
+    cfg = CONFIGS[name]
+    model = make(name)
+    x = torch.zeros(0, cfg.x_dim, dtype=torch.float64)
+    c, kl = model(x)
+    assert c.shape == (0, cfg.x_dim) and kl.shape == (cfg.n_iter, 0)
+    nll_bound(x, c, kl).sum().backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+    assert model.log_weight(x).shape == (0,)
+
+
+def test_noise_has_the_one_shape_and_follows_the_generator():
+    model = make("attention")
+    like = torch.zeros(1, dtype=torch.float32)
+    u = model.noise(6, like, torch.Generator().manual_seed(3))
+    assert u.shape == model.noise_shape(6) == (3, 6, 5) and u.dtype == torch.float32
+    assert torch.equal(u, model.noise(6, like, torch.Generator().manual_seed(3)))
+    torch.manual_seed(4)
+    c1, _ = model(torch.zeros(6, 56, dtype=torch.float64))
+    torch.manual_seed(4)
+    u = model.noise(6, torch.zeros(1, dtype=torch.float64))
+    assert torch.equal(c1, model(torch.zeros(6, 56, dtype=torch.float64), u)[0])
 
 
 @pytest.mark.parametrize("name", CONFIGS)

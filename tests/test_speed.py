@@ -1,0 +1,89 @@
+"""draw.speed: the compiled glimpse against the plain model in float64, the denormal setting, and
+the benchmark's FLOP count and output."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.speed import compile_glimpse, set_flush_denormal
+
+CONFIGS = [DrawConfig(channels=2, height=6, width=5, n_iter=3, enc_dim=7, dec_dim=9, z_dim=3,
+                      read_N=2, write_N=3),
+           DrawConfig(height=5, width=5, n_iter=3, enc_dim=7, dec_dim=9, z_dim=3)]
+
+
+def make(cfg, seed=0):
+    """A float64 model with large random weights, so windows move and every path carries signal."""
+    torch.manual_seed(seed)
+    model = DrawModel.from_config(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
+def loss_and_grads(model, x, u):
+    c, kl = model(x, u)
+    # weights per example and a square on kl: every output gets its own, non-uniform gradient
+    loss = (torch.arange(1, x.shape[0] + 1, dtype=x.dtype) * nll_bound(x, c, kl)).sum() \
+        + (kl ** 2).sum()
+    return c, kl, torch.autograd.grad(loss, list(model.parameters()))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["attention", "full"])
+def test_compiled_glimpse_equals_plain_in_float64(cfg):
+    # aot_eager traces the glimpse's forward and backward graphs as inductor would get them,
+    # without generating code (minutes on 2 cores); bench/gpu_check.py runs inductor itself
+    torch._dynamo.reset()
+    plain, compiled = make(cfg), compile_glimpse(make(cfg), backend="aot_eager")
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, cfg.x_dim, generator=g, dtype=torch.float64)
+    u = torch.randn(cfg.n_iter, 4, cfg.z_dim, generator=g, dtype=torch.float64)
+    c1, kl1, g1 = loss_and_grads(plain, x, u)
+    for _ in range(2):          # the second call runs the graphs traced by the first
+        c2, kl2, g2 = loss_and_grads(compiled, x, u)
+        torch.testing.assert_close(c2, c1, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(kl2, kl1, rtol=1e-12, atol=1e-12)
+        for (name, _), a, b in zip(plain.named_parameters(), g1, g2):
+            assert a.abs().max() > 0, name
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)
+    # the state_dict is the model's: a checkpoint of either loads into the other
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.fixture
+def denormals_restored():
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_set_flush_denormal_switches_both_ways(denormals_restored):
+    tiny = torch.tensor([1e-40])                 # a denormal float32
+    assert set_flush_denormal(False) in (True, False)
+    assert (tiny * 1.0).item() > 0
+    if not set_flush_denormal(True):             # False where the CPU cannot flush
+        pytest.skip("this CPU cannot flush denormals")
+    assert (tiny * 1.0).item() == 0
+    set_flush_denormal(False)
+    assert (tiny * 1.0).item() > 0
+
+
+def load_bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
+    spec = importlib.util.spec_from_file_location("draw_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_flop_count_matches_hand_count():
+    bench = load_bench()
+    cfg = DrawConfig(n_iter=64, read_N=2, write_N=5)
+    # per step and image, multiply-adds: encoder (8 + 256 + 256) x 1024, decoder
+    # (100 + 256) x 1024, sampler 256 x 200, heads 256 x (5 + 5 + 25), read 2x28x56 + 4x28x2,
+    # write 5x5x28 + 28x5x28; times 2 FLOPs, 3 for forward and backward, 64 steps
+    macs = 520 * 1024 + 356 * 1024 + 256 * 200 + 256 * 35 + 3136 + 224 + 700 + 3920
+    assert bench.train_flops_per_image(cfg) == 6 * macs * 64
+    assert round(bench.train_flops_per_image(cfg) / 1e6, 1) == 370.6
