@@ -1,24 +1,30 @@
-"""DRAW throughput in one run: the fast path (draw.fast) against the plain path (DrawModel).
+"""DRAW throughput in one run: the model's training paths side by side.
 
-For each T it prints training and sampling images/s of both paths, their ratio, the FLOPs of a
-training step, the matmul rate this machine reaches on DRAW's shapes, the share of that ceiling
-each path reaches, and peak memory. Paths are timed in turn within every repeat, so a machine
-shared with other jobs slows them alike: the ratios of one run are what to compare, not the
-absolute numbers of two runs.
+For each T it prints training and sampling images/s of every path, its ratio to the default
+path ("plain": the model as training runs it), the FLOPs of a training step, the matmul rate
+this machine reaches on DRAW's shapes, the share of that ceiling each path reaches, and peak
+memory. Paths are timed in turn within every repeat, so a machine shared with other jobs slows
+them alike: the ratios of one run are what to compare, not the absolute numbers of two runs.
+On a loaded machine, `--clock cpu --threads 1` times each step by the CPU time of this thread,
+which other jobs change far less than wall time.
+
+Paths: plain (denormal floats computed, PyTorch's default), plain with denormals flushed
+(draw.speed.set_flush_denormal), the fast path draw/fast.py where it still exists (flushed, as
+it ran), and with --compile the compiled glimpse (draw.speed.compile_glimpse).
 
 Usage (from the repository root)::
 
-    python bench/bench.py            # about 2 minutes on 2 CPU cores
+    python bench/bench.py            # a few minutes on 2 idle CPU cores
     python bench/bench.py --quick    # a short run
 """
 import argparse
 import ctypes
+import importlib.util
 import statistics
 import time
 
 import torch
 
-from draw.fast import accelerate
 from draw.model import DrawConfig, DrawModel, nll_bound
 
 
@@ -53,7 +59,8 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(cfg: DrawConfig, batch: int, device: torch.device, repeats: int) -> float:
+def matmul_rate(cfg: DrawConfig, batch: int, device: torch.device, repeats: int,
+                clock=time.perf_counter) -> float:
     """GFLOP/s of float32 matmuls of DRAW's shapes: each linear's forward product and its two
     backward products, timed together; the median of `repeats`."""
     operands = []
@@ -65,23 +72,28 @@ def matmul_rate(cfg: DrawConfig, batch: int, device: torch.device, repeats: int)
     def run():
         for x, y in operands:
             x @ y
-    return flops / median_seconds(run, repeats, warmup=3, device=device) / 1e9
+    return flops / median_seconds(run, repeats, warmup=3, device=device, clock=clock) / 1e9
 
 
-def median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def median_seconds(fn, repeats: int, warmup: int, device: torch.device,
+                   clock=time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict:
+def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.device,
+                        clock=time.perf_counter) -> dict:
     """Median seconds of each function, timing them in turn within every repeat."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -90,10 +102,10 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.devi
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -130,7 +142,8 @@ def _status_kb(field: str) -> int:
 
 
 def training_step(model: DrawModel, forward, x: torch.Tensor):
-    """One step as training takes it: bound, backward, clip to norm 10, Adam."""
+    """One step as training takes it: bound, backward, clip to norm 10, Adam. (Not yet the
+    training package's own step: this bench predates it.)"""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step():
@@ -143,44 +156,69 @@ def training_step(model: DrawModel, forward, x: torch.Tensor):
     return step
 
 
-def with_denormals(fn):
-    """Run fn with denormal floats computed, not flushed (how the plain path runs by default)."""
+def with_flush(fn, flush: bool):
+    """fn run with denormal floats flushed to zero or computed (a process-wide CPU setting, so
+    every path sets its own before each call)."""
     def run():
-        torch.set_flush_denormal(False)
-        try:
-            fn()
-        finally:
-            torch.set_flush_denormal(True)
+        torch.set_flush_denormal(flush)
+        return fn()
     return run
+
+
+def narrow_windows(model: DrawModel, sigma: float):
+    """Set both attention heads' sigma bias (eq. 21) to `sigma` pixels. Windows at the
+    initialisation are wide (3.5 and 2.8 pixels), so their filters have no far tails; trained
+    windows are narrow, and the tails of narrow filters are where denormal floats come from."""
+    with torch.no_grad():
+        for head in (getattr(model.reader, "readout", None),
+                     getattr(model.writer, "z_trafo", None)):
+            if head is not None:
+                head.bias[3] = 2 * torch.log(torch.tensor(sigma))       # log sigma^2
 
 
 def bench_one(T: int, args, device: torch.device) -> dict:
     cfg = DrawConfig(n_iter=T, read_N=args.read_N, write_N=args.write_N, enc_dim=args.enc_dim,
                      dec_dim=args.dec_dim, z_dim=args.z_dim)
-    torch.manual_seed(args.seed)
-    plain = DrawModel.from_config(cfg).to(device)
-    twin = DrawModel.from_config(cfg).to(device)
-    twin.load_state_dict(plain.state_dict())
-    start = time.perf_counter()
-    fast = accelerate(twin, compile=args.compile, flush_denormal=not args.keep_denormals)
+    clock = CLOCKS[args.clock]
+
+    def model():
+        torch.manual_seed(args.seed)
+        m = DrawModel.from_config(cfg).to(device)
+        if args.sigma:
+            narrow_windows(m, args.sigma)
+        return m
     x = torch.bernoulli(torch.full((args.batch_size, cfg.x_dim), 0.13, device=device))
-    train = {"plain": training_step(plain, plain, x), "fast": training_step(twin, fast, x)}
-    sample = {"plain": lambda: plain.sample(args.batch_size),
-              "fast": lambda: fast.sample(args.batch_size)}
-    train["fast"]()                     # the first call compiles, when asked to
-    synchronize(device)
-    first_call = time.perf_counter() - start
-    if device.type == "cpu" and not args.keep_denormals:
-        train["plain, denormals"] = with_denormals(train["plain"])
-        sample["plain, denormals"] = with_denormals(sample["plain"])
-    train_s = interleaved_medians(train, args.repeats, args.warmup, device)
-    sample_s = interleaved_medians(sample, args.repeats, args.warmup, device)
+    plain, flushed = model(), model()
+    train = {"plain": with_flush(training_step(plain, plain, x), False)}
+    sample = {"plain": with_flush(lambda: plain.sample(args.batch_size), False)}
+    first_call = {}
+    if device.type == "cpu":
+        train["plain, flushed"] = with_flush(training_step(flushed, flushed, x), True)
+        sample["plain, flushed"] = with_flush(lambda: flushed.sample(args.batch_size), True)
+    if importlib.util.find_spec("draw.fast") is not None:
+        from draw.fast import accelerate
+        twin = model()
+        fast = accelerate(twin, flush_denormal=False)
+        train["fast"] = with_flush(training_step(twin, fast, x), True)
+        sample["fast"] = with_flush(lambda: fast.sample(args.batch_size), True)
+    if args.compile:
+        from draw.speed import compile_glimpse
+        compiled = compile_glimpse(model())
+        train["compiled"] = with_flush(training_step(compiled, compiled, x), False)
+        sample["compiled"] = sample["plain"]          # sampling runs decode, not compiled
+        start = time.perf_counter()
+        train["compiled"]()                           # the first call compiles
+        synchronize(device)
+        first_call["compiled"] = time.perf_counter() - start
+    train_s = interleaved_medians(train, args.repeats, args.warmup, device, clock)
+    sample_s = interleaved_medians(sample, args.repeats, args.warmup, device, clock)
+    torch.set_flush_denormal(False)
     return {"cfg": cfg, "train": train_s, "sample": sample_s, "first_call": first_call,
             "memory": {name: peak_memory_mb(fn, device) for name, fn in train.items()}}
 
 
 def main(quick: bool, niters: str, batch_size: int, threads: int | None, device: str,
-         repeats: int | None, warmup: int | None, compile: bool, keep_denormals: bool,
+         repeats: int | None, warmup: int | None, compile: bool, clock: str, sigma: float,
          read_N: int, write_N: int, enc_dim: int, dec_dim: int, z_dim: int, seed: int):
     args = argparse.Namespace(**locals())
     args.repeats = repeats or (3 if quick else 7)
@@ -190,12 +228,14 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
         torch.set_num_threads(threads)
     Ts = [int(t) for t in niters.split(",")]
     rate = matmul_rate(DrawConfig(read_N=read_N, write_N=write_N, enc_dim=enc_dim,
-                                  dec_dim=dec_dim, z_dim=z_dim), batch_size, dev, args.repeats)
+                                  dec_dim=dec_dim, z_dim=z_dim), batch_size, dev, args.repeats,
+                       CLOCKS[clock])
     where = f"{dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                              else f", {torch.get_num_threads()} threads")
+    windows = f"window sigma {sigma} px" if sigma else "windows as initialised"
     print(f"DRAW benchmark: {where}, float32, batch {batch_size}, 28x28, read {read_N}, "
-          f"write {write_N}, enc/dec {enc_dim}/{dec_dim}, z {z_dim}, compile={compile}; "
-          f"medians of {args.repeats} after {args.warmup} warm-up")
+          f"write {write_N}, enc/dec {enc_dim}/{dec_dim}, z {z_dim}, {windows}; "
+          f"{clock} clock, medians of {args.repeats} after {args.warmup} warm-up")
     print(f"matmul rate on DRAW's shapes: {rate:.1f} GFLOP/s")
     header = (f"{'T':>3} {'path':<17} {'train img/s':>11} {'x plain':>7} {'sample img/s':>12} "
               f"{'x plain':>7} {'MFLOP/img':>9} {'% ceiling':>9} {'peak MB':>8}")
@@ -213,8 +253,8 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
                   f"{r['sample']['plain'] / r['sample'][name]:>7.2f} {flops / 1e6:>9.1f} "
                   f"{100 * train_ips / ceiling:>8.1f}% "
                   f"{'n/a' if mem is None else f'{mem:.0f}':>8}")
-        print(f"{T:>3} ceiling {ceiling:.1f} img/s; fast path's first call (with any compile) "
-              f"{r['first_call']:.1f} s")
+        print(f"{T:>3} ceiling {ceiling:.1f} img/s" + "".join(
+            f"; {name}'s first call {s:.1f} s" for name, s in r["first_call"].items()))
 
 
 if __name__ == "__main__":
@@ -230,9 +270,14 @@ if __name__ == "__main__":
                    help="timed repeats per path (default 7, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed repeats first (default 2, 1 with --quick)")
-    p.add_argument("--compile", action="store_true", help="accelerate(..., compile=True)")
-    p.add_argument("--keep-denormals", action="store_true",
-                   help="do not flush denormal floats on CPU (accelerate's flush_denormal=False)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time draw.speed.compile_glimpse (compiles for minutes on a CPU)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or this thread's CPU time (use with --threads 1 on a "
+                        "loaded machine)")
+    p.add_argument("--sigma", type=float, default=1.0,
+                   help="both windows' initial sigma in pixels, narrow as in trained models; "
+                        "0 keeps the initialisation's wide windows")
     p.add_argument("--read-N", type=int, default=2, help="read window size")
     p.add_argument("--write-N", type=int, default=5, help="write window size")
     p.add_argument("--enc-dim", type=int, default=256, help="encoder LSTM size")

@@ -87,3 +87,18 @@ def test_benchmark_flop_count_matches_hand_count():
     macs = 520 * 1024 + 356 * 1024 + 256 * 200 + 256 * 35 + 3136 + 224 + 700 + 3920
     assert bench.train_flops_per_image(cfg) == 6 * macs * 64
     assert round(bench.train_flops_per_image(cfg) / 1e6, 1) == 370.6
+
+
+def test_benchmark_runs_and_reports_every_path(capsys):
+    bench = load_bench()
+    bench.main(quick=True, niters="2", batch_size=3, threads=None, device="cpu", repeats=1,
+               warmup=1, compile=False, clock="cpu", sigma=1.0, read_N=2, write_N=3, enc_dim=6,
+               dec_dim=5, z_dim=2, seed=0)
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "window sigma 1.0 px" in out
+    rows = [line.split() for line in out.splitlines()
+            if line.startswith("  2 ") and "ceiling" not in line]
+    paths = ["plain", "plain,"] + (["fast"] if importlib.util.find_spec("draw.fast") else [])
+    assert [row[1] for row in rows] == paths
+    assert rows[0][3] == "1.00" and rows[0][5] == "1.00"   # plain against itself
+    assert all(float(row[-7]) > 0 and float(row[-5]) > 0 for row in rows)   # train, sample img/s
