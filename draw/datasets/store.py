@@ -5,6 +5,10 @@ Layout of the data directory (see `data_root`)::
     <root>/<name>.npz      a converted dataset: one compressed NumPy archive of uint8 arrays
     <root>/raw/<name>/     downloaded original files, kept so that `convert` can run again
 
+A dataset made from another (`DatasetSpec.base`: two-digit-mnist and cluttered-mnist from mnist)
+has no files of its own: its download and convert fetch and convert the base, then compose it
+(two-digit-mnist is stored; cluttered-mnist is composed per batch, see draw/datasets/labelled.py).
+
 `get_data` loads the converted file; on first use it converts the original files already in
 `raw/<name>/`, or downloads them first. `convert` also reads the files the user already has
 (`--from DIR`, the job `fuel-convert` did). Every write is atomic, so an interrupted download or

@@ -1,7 +1,8 @@
 """SVHN format 1 (whole house-number photographs) cropped to the numbers, 64x64: svhn-multi.
 
-The DRAW paper generates 64x64 multi-digit house numbers "cropped as in Goodfellow et al. 2013",
-from SVHN format 1 (Netzer et al. 2011): the archives train.tar.gz, extra.tar.gz and test.tar.gz,
+The DRAW paper generates 64x64 multi-digit house numbers cropped as in Goodfellow et al. 2013,
+231,053 for training and 4,701 for validation (these figures as issue 13 quotes the paper; the
+paper's own SVHN paragraph could not be read from this machine), from SVHN format 1 (Netzer et al. 2011): the archives train.tar.gz, extra.tar.gz and test.tar.gz,
 each holding PNG photographs and a digitStruct.mat (MATLAB v7.3, that is HDF5) with every
 digit's box. Goodfellow et al.'s preprocessing, done here: the smallest rectangle holding all of
 a number's digit boxes, enlarged by 30% in x and in y about its centre, cropped from the
@@ -10,9 +11,9 @@ are not done). Where the papers are silent, these are choices, said where they a
 - the enlarged box is clipped to the photograph (no padding);
 - resizing is Pillow's bilinear filter (antialiased when shrinking);
 - numbers of more than 5 digits are dropped, as Goodfellow et al. do (their model reads at most
-  5). train + extra hold 33,402 + 202,353 = 235,755 photographs (the published counts); the DRAW
-  paper's 231,053 train + 4,701 valid = 235,754, one fewer, which a single 6-digit number would
-  explain; that is not verified against the real archives here;
+  5). train + extra hold 33,402 + 202,353 = 235,755 photographs (the counts published with the
+  data); the DRAW paper's 231,053 + 4,701 = 235,754, one fewer, which a single 6-digit number
+  in train would explain; that is not verified against the real archives here;
 - valid = 4,701 photographs of train + extra chosen at random with a fixed seed, train = the rest;
   test = test.tar.gz's 13,068 (the paper reports no test numbers).
 
