@@ -14,7 +14,9 @@ from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAf
                              ProgressBar, SampleCheckpoint, SimpleExtension, Timing,
                              TrainingDataMonitoring)
 from draw.training.main_loop import MainLoop
+from draw.datasets import batches
 from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.training.task import DrawTask
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, z_dim=2,
                  read_N=2, write_N=3)
@@ -27,7 +29,8 @@ class MockMainLoop:
         self.status = {"epoch": 0, "iteration": 0, "batch": 0, "finish_requested": False,
                        "interrupted": False}
         self.log = [{"epoch": 0, "iteration": 0}]
-        self.model = self.forward = model
+        self.model = model
+        self.task = None if model is None else DrawTask(model)
         self.dist = Distributed()
         self.last_batch = {}
         self._fresh = fresh
@@ -113,9 +116,11 @@ def test_training_data_monitoring_averages_over_images_and_batches():
         (torch.tensor([10.0]), torch.tensor([[5.0], [1.0]]), 2.0, 1.5),
     ]
     for bound, kl, g, s in batches:
-        # what MainLoop.step leaves: sums over the (global) batch and its size
-        loop.last_batch = {"nll_bound_sum": bound.sum(), "kl_sum": kl.sum(dim=1),
-                           "images": bound.numel(), "total_gradient_norm": torch.tensor(g),
+        # what MainLoop.step leaves: the task's sums over the (global) batch and its size
+        loop.last_batch = {"loss": bound.mean(),
+                           "sums": {"nll_bound": bound.sum(), "kl_term": kl.sum(dim=1),
+                                    "examples": torch.tensor(float(bound.numel()))},
+                           "total_gradient_norm": torch.tensor(g),
                            "total_step_norm": torch.tensor(s)}
         monitor.after_batch()
     loop.log.append({"epoch": 1, "iteration": 2})
@@ -134,9 +139,10 @@ def test_training_data_monitoring_state_survives_a_mid_epoch_resume():
     def feed(monitor, values):
         for v in values:
             monitor.main_loop.last_batch = {
-                "nll_bound_sum": torch.tensor(3 * v), "kl_sum": torch.tensor([2 * v]),
-                "images": 2, "total_gradient_norm": torch.tensor(v),
-                "total_step_norm": torch.tensor(1.0)}
+                "loss": torch.tensor(1.5 * v),
+                "sums": {"nll_bound": torch.tensor(3 * v), "kl_term": torch.tensor([2 * v]),
+                         "examples": torch.tensor(2.0)},
+                "total_gradient_norm": torch.tensor(v), "total_step_norm": torch.tensor(1.0)}
             monitor.after_batch()
 
     model = DrawModel.from_config(CFG)
@@ -163,8 +169,8 @@ def test_data_stream_monitoring_matches_a_direct_computation():
     model = DrawModel.from_config(CFG)
     loop = MockMainLoop(model)
     images = tiny_images()
-    (monitor,) = loop.attach(DataStreamMonitoring(images, "valid", batch_size=3, device="cpu",
-                                                  seed=4))
+    (monitor,) = loop.attach(DataStreamMonitoring(lambda: batches(images, 3), "valid",
+                                                  device="cpu", seed=4))
     rng_before = torch.get_rng_state()
     monitor.before_training()
     row = loop.log[-1]
@@ -221,7 +227,7 @@ def real_loop(tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     images = tiny_images(6)
     generator = torch.Generator().manual_seed(0)
-    return MainLoop(model, optimizer, lambda: [images[:3].float() / 255], generator)
+    return MainLoop(DrawTask(model), optimizer, lambda: [images[:3].float() / 255], generator)
 
 
 def test_checkpoint_writes_loadable_files_and_skips_an_unchanged_state(tmp_path):
@@ -298,7 +304,7 @@ def test_printing_one_line_per_epoch(capsys):
 def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch():
     loop = MockMainLoop()
     (progress,) = loop.attach(ProgressBar(batches_per_epoch=4))
-    loop.last_batch = {"nll_bound_sum": torch.tensor(6.0), "images": 2}
+    loop.last_batch = {"loss": torch.tensor(3.0)}
     progress.before_epoch()
     for _ in range(3):
         progress.after_batch()
@@ -345,3 +351,21 @@ def test_plot_feeds_the_live_page_and_survives_a_failed_start(tmp_path, monkeypa
     (plot,) = loop.attach(Plot(tmp_path))
     simulate(loop, [plot], epochs=1)
     assert calls == [("init", "127.0.0.1", 5006), ("start",)]
+
+
+def test_training_data_monitoring_reads_the_state_of_older_checkpoints():
+    """A checkpoint saved mid-epoch before tasks existed named its sums nll_bound_sum and
+    kl_sum and kept the image count apart: a resumed run finishes the epoch from them."""
+    loop = MockMainLoop(DrawModel.from_config(CFG))
+    (monitor,) = loop.attach(TrainingDataMonitoring())
+    f64 = dict(dtype=torch.float64)
+    monitor.load_state_dict({"sums": {"nll_bound_sum": torch.tensor(30.0, **f64),
+                                      "kl_sum": torch.tensor([4.0, 2.0], **f64),
+                                      "total_gradient_norm": torch.tensor(6.0, **f64),
+                                      "total_step_norm": torch.tensor(1.0, **f64)},
+                             "images": 10, "batches": 2})
+    loop.log.append({"epoch": 1, "iteration": 2})
+    monitor.after_epoch()
+    assert loop.log[-1] == {"epoch": 1, "iteration": 2, "train_nll_bound": 3.0,
+                            "train_kl_term_0": 0.4, "train_kl_term_1": 0.2,
+                            "train_total_gradient_norm": 3.0, "train_total_step_norm": 0.5}

@@ -17,7 +17,6 @@ from PIL import Image
 from draw.training.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
 from draw.datasets import batches, get_data
 from draw.training.evaluate import bound_statistics
-from draw.fast import accelerate
 from draw.model import DrawConfig, DrawModel
 from draw.training.run import lr_tag, main
 
@@ -153,15 +152,11 @@ def test_end_to_end_files(reference):
         assert keys <= set(row)
         assert all(isinstance(row[k], float) for k in keys)
     assert rows[-1]["train_nll_bound"] < rows[1]["train_nll_bound"]
-    # the saved parameters are the ones that were evaluated (through the fast path, the
-    # default): the test bound recomputes exactly, and the plain path agrees up to rounding
+    # the saved parameters are the ones that were evaluated: the test bound recomputes exactly
     test = get_data("sample").test
-    bound, _ = bound_statistics(accelerate(model), model, batches(test, 50),
-                                torch.Generator().manual_seed(3))
+    bound, _ = bound_statistics(model, model, batches(test, 50), torch.Generator().manual_seed(3))
     assert bound == rows[-1]["test_nll_bound"]
-    plain, _ = bound_statistics(model, model, batches(test, 50), torch.Generator().manual_seed(3))
-    assert plain == pytest.approx(bound, rel=1e-6)
-    assert config["fast"] is True and config["processes"] == 1
+    assert config["processes"] == 1 and config["run"]["flush_denormal"] is True
 
     for k in range(4):
         assert (run_dir / f"epoch-{k:03d}.png").exists()
@@ -228,7 +223,21 @@ BAD = {
     "garbage_oldmodel": (["--oldmodel", "garbage.pkl"], "garbage.pkl"),
     "oldmodel_of_another_config": (["--oldmodel", "other_model.pkl"], "n_iter 4 there"),
     "resume_missing": (["--resume", "no-such-run"], "no-such-run"),
+    "negative_seed": (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
+    "huge_seed": (["--seed", "1099511627776"], "--seed"),
+    "name_is_a_path": (["--name", "../escaped"], "--name must be a name"),
+    "name_is_dots": (["--name", ".."], "--name must be a name"),
+    "bad_plot_port": (["--plot-port", "0"], "--plot-port"),
+    "missing_config": (["--config", "nope.toml"], "nope.toml"),
+    "config_not_toml": (["--config", "bad.toml"], "bad.toml is not valid TOML"),
+    "config_unknown_key": (["--config", "unknown.toml"], "unknown setting 'nither'"),
+    "config_wrong_type": (["--config", "wrong.json"], "--z-dim must be an integer, got 'ten'"),
+    "config_bad_value": (["--config", "zero.toml"], "--epochs must be a positive integer"),
+    "config_suffix": (["--config", "settings.yaml"], "expected a .toml or .json file"),
 }
+CONFIGS = {"bad.toml": "niter = = 3\n", "unknown.toml": "nither = 3\n",
+           "wrong.json": '{"z-dim": "ten"}', "zero.toml": "epochs = 0\n",
+           "settings.yaml": "niter: 3\n"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -236,6 +245,8 @@ def test_bad_flags_fail_in_one_line_and_touch_nothing(case, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "garbage.pkl").write_bytes(b"\x80\x04not really a pickle")
     write_other_config(tmp_path / "other_model.pkl")
+    for name, text in CONFIGS.items():
+        (tmp_path / name).write_text(text)
     before = snapshot(tmp_path)
     argv, expected = BAD[case]
     code, err = run_script(["--dataset", "sample", "--niter", "2", *argv], capsys)
@@ -259,26 +270,37 @@ TINY = dict(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, en
             dec_dim=8, z_dim=3, attention="2,3")
 
 
-def test_no_fast_trains_with_the_models_own_forward(tmp_path, capsys):
-    main(**TINY, run_dir=str(tmp_path), fast=False)
-    assert "forward pass: plain (the model's own)" in capsys.readouterr().out
-    assert json.loads((the_run_dir(tmp_path) / "config.json").read_text())["fast"] is False
-
-
-def test_fast_path_falls_back_with_one_note(tmp_path, monkeypatch, capsys):
-    def refuse(model):
-        raise ValueError("not for this model")
-
-    monkeypatch.setattr("draw.training.run.accelerate", refuse)
-    main(**TINY, run_dir=str(tmp_path))
+def test_flush_denormal_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):
+    applied = []
+    monkeypatch.setattr(torch, "set_flush_denormal", applied.append)
+    main(**TINY, run_dir=str(tmp_path / "on"))
+    main(**TINY, run_dir=str(tmp_path / "off"), flush_denormal=False)
+    assert applied == [True, False]
     out = capsys.readouterr().out
-    notes = [line for line in out.splitlines() if line.startswith("note:")]
-    assert notes == ["note: the fast path cannot run this model (not for this model); training "
-                     "with the model's own forward pass, as with --no-fast"]
-    assert "forward pass: plain (the model's own)" in out
-    run_dir = the_run_dir(tmp_path)
-    assert json.loads((run_dir / "config.json").read_text())["fast"] is False
-    assert load_checkpoint(run_dir / f"{LONGNAME}_model.pkl")["iteration"] == 1
+    assert "flush denormals: on" in out and "flush denormals: off" in out
+    config = json.loads((the_run_dir(tmp_path / "off") / "config.json").read_text())
+    assert config["run"]["flush_denormal"] is False
+
+
+def test_a_checkpoint_of_the_old_format_resumes(tmp_path):
+    """Model files written before the settings dataclass store a `run` dict of 14 keys; a run
+    resumed from one goes on exactly as a run that never stopped."""
+    flags = {**TINY, "subset": 200, "batch_size": 50}
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    main(**{**flags, "epochs": 2}, run_dir=str(whole))
+    main(**flags, run_dir=str(part))
+    model_file = the_run_dir(part) / f"{LONGNAME}_model.pkl"
+    ckpt = load_checkpoint(model_file)
+    old_keys = ("name", "dataset", "epochs", "batch_size", "learning_rate", "attention",
+                "n_iter", "enc_dim", "dec_dim", "z_dim", "oldmodel", "seed", "grad_clip",
+                "subset")
+    ckpt["run"] = {key: ckpt["run"][key] for key in old_keys}
+    torch.save(ckpt, model_file)
+    main(resume=str(the_run_dir(part)), epochs=2)
+    a, _ = load_model(model_file)
+    b, _ = load_model(the_run_dir(whole) / f"{LONGNAME}_model.pkl")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
 
 
 @pytest.mark.parametrize("rank, local_rank, expected", [

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from draw.errors import DrawError
-from draw.model import DrawModel
 
 T = TypeVar("T")
 
@@ -163,46 +162,17 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     return d, device
 
 
-class TrainingForward(nn.Module):
-    """The training forward pass (x, u) -> (c, kl) as one module, so that DDP can wrap it.
-
-    DDP averages the gradients of the forward passes that go through its own module; the fast
-    path (draw.fast) is a plain callable, so it runs inside this module's forward. The model is
-    a submodule: the parameters DDP synchronises are the model's own, under the prefix "model.".
-
-    Parameters
-    ----------
-    model : DrawModel
-    fast : callable, optional
-        A callable with `model.forward`'s signature computing from `model`'s parameters
-        (`draw.fast.accelerate(model)`); None for the model's own forward.
-    """
-
-    def __init__(self, model: DrawModel, fast: Callable | None = None):
-        super().__init__()
-        self.model = model
-        self.fast = fast
-
-    def forward(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        # a rank's slice of a tail batch smaller than the world is empty; the fast path does
-        # not take empty batches, the plain one gives zero gradients, which still join the
-        # all-reduce
-        if self.fast is None or x.shape[0] == 0:
-            return self.model(x, u)
-        return self.fast(x, u)
-
-
-def wrap_model(model: DrawModel, d: Distributed, device: torch.device,
-               fast: Callable | None = None) -> nn.Module:
-    """The module to train through: `TrainingForward(model, fast)`, inside DDP when distributed.
+def wrap_model(model: nn.Module, d: Distributed, device: torch.device) -> nn.Module:
+    """The module to train through: `model` itself, or DDP around it when distributed.
 
     DDP broadcasts rank 0's parameters at construction, so every rank starts identical even if
-    they were initialised differently; it then averages gradients during backward.
+    they were initialised differently; it then averages gradients during backward. A rank's
+    slice of a tail batch smaller than the world is empty: the model's forward pass then gives
+    zero gradients, which still join the all-reduce.
     """
-    module = TrainingForward(model, fast)
     if not d.enabled:
-        return module
-    return DistributedDataParallel(module,
+        return model
+    return DistributedDataParallel(model,
                                    device_ids=[device.index] if device.type == "cuda" else None)
 
 

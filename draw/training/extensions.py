@@ -21,8 +21,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from draw.training.checkpoint import rng_state, save_checkpoint, save_log
-from draw.datasets import batches
-from draw.training.evaluate import bound_statistics
 from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
 from draw.outputs.sampling import prior_noise
 
@@ -151,90 +149,104 @@ class FinishAfter(SimpleExtension):
             self.main_loop.log[-1]["training_finish_requested"] = True
 
 
-class TrainingDataMonitoring(SimpleExtension):
-    """Average the training numbers over each epoch, into `train_nll_bound`,
-    `train_kl_term_<t>` (t = 0..T-1), `train_total_gradient_norm`, `train_total_step_norm`.
+def log_entries(prefix: str, means: dict) -> dict:
+    """A task's numbers as log keys: {"nll_bound": b, "kl_term": [k0, k1]} with prefix "valid"
+    gives valid_nll_bound, valid_kl_term_0, valid_kl_term_1 (the classic names)."""
+    row = {}
+    for name, value in means.items():
+        if isinstance(value, (list, tuple)):
+            row.update({f"{prefix}_{name}_{t}": float(v) for t, v in enumerate(value)})
+        else:
+            row[f"{prefix}_{name}"] = float(value)
+    return row
 
-    The bound and KL terms are means over the epoch's images, the norms means over its batches.
+
+class TrainingDataMonitoring(SimpleExtension):
+    """Average the task's monitored numbers over each epoch, into `train_<name>` (for DRAW
+    `train_nll_bound` and `train_kl_term_<t>`), with `train_total_gradient_norm` and
+    `train_total_step_norm`.
+
+    The task's numbers are means over the epoch's examples, the norms means over its batches.
     Sums stay on the device until the epoch ends, so monitoring adds no host sync per batch.
     The loop's per-batch sums are already global under torchrun, so every rank (and a
     checkpoint taken mid-epoch) holds the numbers of the whole job.
     """
+    # what checkpoints written before the task existed called the sums (a mid-epoch resume)
+    OLD_NAMES = {"nll_bound_sum": "nll_bound", "kl_sum": "kl_term"}
 
     def __init__(self, **kwargs):
         kwargs.setdefault("after_batch", True)
         kwargs.setdefault("after_epoch", True)
         super().__init__(**kwargs)
         self.sums: dict[str, torch.Tensor] = {}    # float64, on the model's device
-        self.images = 0
         self.batches = 0
 
     def do(self, which_callback: str, *args) -> None:
         if which_callback == "after_batch":
             last = self.main_loop.last_batch
-            for key in ("nll_bound_sum", "kl_sum", "total_gradient_norm", "total_step_norm"):
-                value = last[key].detach().double()
+            numbers = {**last["sums"], "total_gradient_norm": last["total_gradient_norm"],
+                       "total_step_norm": last["total_step_norm"]}
+            for key, value in numbers.items():
+                value = value.detach().double()
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
-            self.images += last["images"]
             self.batches += 1
         elif which_callback == "after_epoch" and self.batches:
-            row = self.main_loop.log[-1]
-            row["train_nll_bound"] = self.sums["nll_bound_sum"].item() / self.images
-            for t, kl_t in enumerate(self.sums["kl_sum"].tolist()):
-                row[f"train_kl_term_{t}"] = kl_t / self.images
-            for key in ("total_gradient_norm", "total_step_norm"):
-                row[f"train_{key}"] = self.sums[key].item() / self.batches
-            self.sums, self.images, self.batches = {}, 0, 0
+            sums = dict(self.sums)
+            norms = {key: sums.pop(key).item() / self.batches
+                     for key in ("total_gradient_norm", "total_step_norm")}
+            examples = sums.pop("examples").item()
+            means = {key: (value / examples).tolist() for key, value in sums.items()}
+            self.main_loop.log[-1].update(log_entries("train", {**means, **norms}))
+            self.sums, self.batches = {}, 0
 
     def state_dict(self) -> dict:
         return {"sums": {key: value.cpu() for key, value in self.sums.items()},
-                "images": self.images, "batches": self.batches}
+                "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
         device = next(self.main_loop.model.parameters()).device
-        self.sums = {key: value.to(device) for key, value in state.get("sums", {}).items()}
-        self.images, self.batches = state.get("images", 0), state.get("batches", 0)
+        sums = {self.OLD_NAMES.get(key, key): value.to(device)
+                for key, value in state.get("sums", {}).items()}
+        if "images" in state and sums:     # the old format kept the count apart
+            sums["examples"] = torch.tensor(float(state["images"]), dtype=torch.float64,
+                                            device=device)
+        self.sums, self.batches = sums, state.get("batches", 0)
 
 
 class DataStreamMonitoring(SimpleExtension):
-    """Evaluate the bound on a whole split under no_grad: `<prefix>_nll_bound` and
-    `<prefix>_kl_term_<t>`, means over the split's images.
+    """Evaluate the task on a whole split under no_grad: `<prefix>_<name>` for each of the
+    task's numbers (for DRAW `<prefix>_nll_bound` and `<prefix>_kl_term_<t>`), means over the
+    split's examples.
 
     Under torchrun every rank evaluates its slice of each batch and the sums are all-reduced:
     the numbers are those of one process, in 1 / world_size of the time.
 
     Parameters
     ----------
-    images : Tensor, shape (N, x_dim), uint8
-        The split, as `draw.datasets.Data` stores it.
+    stream : callable
+        Returns one pass over the split in batches on `device` (draw.datasets.batches).
     prefix : str
         "valid" or "test".
-    batch_size : int
     device : str or torch.device
     seed : int
-        The posterior noise comes from a generator seeded with it at every evaluation: each epoch
-        sees the same noise (so differences between epochs are the model's, not the noise's),
-        and evaluating draws nothing from the training's random streams.
+        Any noise comes from a generator seeded with it at every evaluation: each epoch sees
+        the same noise (so differences between epochs are the model's, not the noise's), and
+        evaluating draws nothing from the training's random streams.
     """
 
-    def __init__(self, images: torch.Tensor, prefix: str, batch_size: int, device, seed: int = 0,
-                 **kwargs):
+    def __init__(self, stream, prefix: str, device, seed: int = 0, **kwargs):
         kwargs.setdefault("before_first_epoch", True)
         kwargs.setdefault("after_epoch", True)
         kwargs.setdefault("name", f"{prefix}_monitoring")
         super().__init__(**kwargs)
-        self.images, self.prefix, self.batch_size = images, prefix, batch_size
+        self.stream, self.prefix = stream, prefix
         self.device, self.seed = torch.device(device), seed
 
     def do(self, which_callback: str, *args) -> None:
         loop = self.main_loop
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        data = batches(self.images, self.batch_size, device=self.device)
-        bound, kl = bound_statistics(loop.forward, loop.model, data, generator, dist=loop.dist)
-        row = loop.log[-1]
-        row[f"{self.prefix}_nll_bound"] = bound
-        for t, kl_t in enumerate(kl):
-            row[f"{self.prefix}_kl_term_{t}"] = kl_t
+        means = loop.task.evaluate(self.stream(), generator)
+        loop.log[-1].update(log_entries(self.prefix, means))
 
 
 class Checkpoint(SimpleExtension):
@@ -309,7 +321,7 @@ class SampleCheckpoint(SimpleExtension):
 
 
 class ProgressBar(SimpleExtension):
-    """A tqdm bar over each epoch's batches, with the running training bound."""
+    """A tqdm bar over each epoch's batches, with the latest batch's loss (for DRAW the bound)."""
 
     def __init__(self, batches_per_epoch: int, **kwargs):
         for trigger in ("before_epoch", "after_batch", "after_epoch", "after_training",
@@ -328,9 +340,8 @@ class ProgressBar(SimpleExtension):
             self.bar.update(1)
             if self.bar.n % 10 == 0:
                 # the loop already synced the loss for its finiteness check: .item() is free
-                last = self.main_loop.last_batch
-                bound = last["nll_bound_sum"].item() / last["images"]
-                self.bar.set_postfix(nll_bound=f"{bound:.2f}", refresh=False)
+                loss = self.main_loop.last_batch["loss"].item()
+                self.bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
         elif self.bar is not None:
             self.bar.close()
             self.bar = None

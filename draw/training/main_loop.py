@@ -1,19 +1,25 @@
 """The training loop: fetch a batch, take a step, fire events; extensions do everything else.
 
 Shaped after Blocks' MainLoop, which trained the classic model: the loop knows nothing about
-monitoring, checkpoints or plots. It fires the events before_training, before_epoch,
-after_batch, after_epoch, after_training and on_error, and every extension (draw/training/extensions.py)
-decides from its triggers whether to act. Extensions talk through the log: `log` holds one row
-(a dict of plain numbers) per finished epoch, plus row 0 for the state before training.
+monitoring, checkpoints or plots, nor about DRAW. A task (draw/training/task.py) turns a batch
+into the loss and the numbers to monitor; the loop takes the step. It fires the events
+before_training, before_epoch, after_batch, after_epoch, after_training and on_error, and every
+extension (draw/training/extensions.py) decides from its triggers whether to act. Extensions
+talk through the log: `log` holds one row (a dict of plain numbers) per finished epoch, plus
+row 0 for the state before training.
+
+One training step outside a run (benchmarks, bench/):
+
+    loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=1e-3))
+    loop.step(x)          # x: a batch (B, x_dim); loop.last_batch holds its numbers
 
 Data parallelism
 ----------------
-Under torchrun (draw/training/distributed.py) every rank runs this loop on the same global batches: each
-step draws the noise of the whole batch (the same draws on every rank, which share the seed),
-keeps its slice of both, and scales its loss so that DDP's average of the gradients is the
-gradient of the global mean. One all-reduce per step then gives every rank the global sums for
-monitoring and whether any rank has seen a Ctrl-C, so all ranks log the same numbers and stop
-after the same batch.
+Under torchrun (draw/training/distributed.py) every rank runs this loop on the same global
+batches; the task keeps each rank's slice (and its slice of the noise) and scales its loss so
+that DDP's average of the gradients is the gradient of the global mean. One all-reduce per step
+then gives every rank the global sums for monitoring and whether any rank has seen a Ctrl-C, so
+all ranks log the same numbers and stop after the same batch.
 
 Interruptions
 -------------
@@ -29,12 +35,9 @@ import threading
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
 from torch.nn.utils import clip_grad_norm_, parameters_to_vector
 
-from draw.training.distributed import Distributed, wrap_model
 from draw.errors import DrawError
-from draw.model import DrawModel, nll_bound
 
 
 class TrainingError(DrawError):
@@ -42,48 +45,38 @@ class TrainingError(DrawError):
 
 
 class MainLoop:
-    """Train `model` with `optimizer` on `epoch_batches` until an extension requests a stop.
+    """Train `task.model` with `optimizer` on `epoch_batches` until an extension requests a stop.
 
     Parameters
     ----------
-    model : DrawModel
+    task : a task (draw/training/task.py)
+        Supplies the model, the loss and the monitored sums of a batch, and evaluation.
     optimizer : torch.optim.Optimizer
         Over the model's parameters.
-    epoch_batches : callable
-        Called once per epoch; returns that epoch's batches, float tensors (B, x_dim) on the
-        model's device, whose order (and any binarization) is drawn from `generator` alone.
-    generator : torch.Generator
+    epoch_batches : callable, optional
+        Called once per epoch; returns that epoch's (global) batches on the model's device,
+        whose order (and any binarization) is drawn from `generator` alone. Only `run` needs it.
+    generator : torch.Generator, optional
         The data-order generator; its state at the start of each epoch is part of the state.
     extensions : iterable of SimpleExtension
         Run in this order at every event, so monitors go before the checkpoint that saves them.
     grad_clip : float
         Rescale the gradient to at most this total norm before each step (the classic
         StepClipping(10) ahead of Adam).
-    fast : callable, optional
-        A callable with the signature and the parameters of `model.forward`, such as
-        `draw.fast.accelerate(model)`, used for training and monitoring instead of the model's
-        own forward pass.
-    dist : Distributed, optional
-        This process's place in a torchrun job; a single process by default. The batches are
-        then global: every rank gets the same ones and trains on its slice.
     """
 
-    def __init__(self, model: DrawModel, optimizer: torch.optim.Optimizer,
-                 epoch_batches: Callable[[], Iterable[Tensor]], generator: torch.Generator,
-                 extensions: Iterable = (), grad_clip: float = 10.0,
-                 fast: Callable | None = None, dist: Distributed | None = None):
-        self.model = model
+    def __init__(self, task, optimizer: torch.optim.Optimizer,
+                 epoch_batches: Callable[[], Iterable] | None = None,
+                 generator: torch.Generator | None = None, extensions: Iterable = (),
+                 grad_clip: float = 10.0):
+        self.task = task
+        self.model = task.model
+        self.dist = task.dist
         self.optimizer = optimizer
         self.epoch_batches = epoch_batches
-        self.generator = generator
+        self.generator = generator if generator is not None else torch.Generator()
         self.extensions = list(extensions)
         self.grad_clip = grad_clip
-        self.dist = dist or Distributed()
-        # the forward pass (x, u=None) -> (c, kl): monitoring calls it as it is; training steps
-        # call the same computation through `train_forward`, a module that DDP wraps when
-        # distributed, since DDP averages only the gradients of passes through its own module
-        self.forward = model if fast is None else fast
-        self.train_forward = wrap_model(model, self.dist, next(model.parameters()).device, fast)
         self._sigint = False       # this rank has seen a Ctrl-C (see _on_sigint)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.log: list[dict] = []
@@ -142,45 +135,43 @@ class MainLoop:
                 return False
         return True
 
-    def step(self, x: Tensor) -> None:
-        """One Adam step on the bound (eq. 12) averaged over the global batch `x`; fills
-        `last_batch` with global sums."""
+    def step(self, batch) -> None:
+        """One clipped Adam step on the task's loss of the global `batch`.
+
+        Fills `last_batch`: "loss" (the global mean), "sums" (the task's monitored sums over
+        the global batch), "total_gradient_norm" and "total_step_norm", all tensors.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        B = x.shape[0]
-        # the noise of the whole batch, as DrawModel.forward would draw it; every rank draws the
-        # same (same seed, same draws so far) and keeps its slice, like that of x
-        u = torch.randn((self.model.n_iter, B, self.model.sampler.z_dim), dtype=x.dtype,
-                        device=x.device)                                      # (T, B, Z)
-        x, u = self.dist.shard(x), self.dist.shard(u, dim=1)                  # (b, D), (T, b, Z)
-        c, kl = self.train_forward(x, u)                                      # (b, D), (T, b)
-        bound = nll_bound(x, c, kl)                                           # (b,)
-        # the sum scaled by world / B: DDP's average over the ranks is the gradient of the
-        # global batch's mean, even when the slices differ in size (1 / B in a single process)
-        loss = bound.sum() * self.dist.loss_scale(B)
+        loss, sums = self.task.loss(batch)
         loss.backward()
         grad_norm = clip_grad_norm_(self.params, self.grad_clip)    # the same on every rank
-        sums = torch.cat([bound.detach().sum()[None], kl.detach().sum(dim=1)]).double()
+        # one vector [global mean loss, the sums flattened, any rank's Ctrl-C]: one all-reduce
+        names = list(sums)
+        parts = [loss.detach().double().reshape(1) / self.dist.world_size,
+                 *(sums[name].detach().double().reshape(-1) for name in names),
+                 loss.new_tensor([float(self._sigint)], dtype=torch.float64)]
+        total = self.dist.all_reduce_sum(torch.cat(parts))
         if self.dist.enabled:
-            # one all-reduce: the global sums, and whether any rank has seen a Ctrl-C
-            flag = sums.new_tensor([float(self._sigint)])
-            sums = self.dist.all_reduce_sum(torch.cat([sums, flag]))          # (1 + T + 1,)
-            self.status["interrupted"] = bool(sums[-1] > 0)
-            sums = sums[:-1]
+            self.status["interrupted"] = bool(total[-1] > 0)
+        pieces = total[:-1].split([p.numel() for p in parts[:-1]])
+        global_loss = pieces[0][0]
         # checked before the update, so a non-finite step never reaches the parameters (nor,
         # through them, a checkpoint); the one host sync per step is this check, and its
         # verdict is the same on every rank
-        if not torch.isfinite(sums[0] + grad_norm):
+        if not torch.isfinite(global_loss + grad_norm):
             raise TrainingError(
-                f"non-finite loss ({sums[0].item() / B:.4g}) or gradient norm "
+                f"non-finite loss ({global_loss.item():.4g}) or gradient norm "
                 f"({grad_norm.item():.4g}) at epoch {self.status['epoch'] + 1}, batch "
                 f"{self.status['batch'] + 1}; stopped before the update, the last saved epoch is "
                 f"intact (try a lower --lr)")
         before = parameters_to_vector(self.params).detach()
         self.optimizer.step()
         step_norm = (parameters_to_vector(self.params).detach() - before).norm()
-        self.last_batch = {"nll_bound_sum": sums[0], "kl_sum": sums[1:], "images": B,
-                           "total_gradient_norm": grad_norm.detach(),
-                           "total_step_norm": step_norm}
+        self.last_batch = {
+            "loss": global_loss,
+            "sums": {name: piece.view(sums[name].shape)
+                     for name, piece in zip(names, pieces[1:])},
+            "total_gradient_norm": grad_norm.detach(), "total_step_norm": step_norm}
 
     def _fire(self, event: str, *args) -> None:
         for extension in self.extensions:

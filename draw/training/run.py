@@ -1,25 +1,29 @@
 """Turn the settings of `train-draw.py` into a run: data, model, optimiser, extensions, files.
 
-Everything the user can get wrong (flags, dataset files, `--oldmodel`, `--resume`) is checked
-before the run directory is made, so a bad command line leaves no trace on disk. A run then lives
-in `<name>-YYYYmmdd-HHMMSS/`:
+`main(**flags)` first builds and checks the settings (draw/settings.py: defaults, a config file,
+the flags, or a resumed run's own settings), the model files (`--oldmodel`, `--resume`), the
+device, the data and the run directory's name; only then does anything touch the disk, so a bad
+command line leaves no trace. A run then lives in `<name>-YYYYmmdd-HHMMSS/`:
 
     config.json              the resolved model config and run settings
     args.txt                 the command line (one more line per resume)
-    <longname>_model.pkl     config, parameters, optimiser, RNG and loop state (draw/training/checkpoint.py)
+    <longname>_model.pkl     config, parameters, optimiser, RNG and loop state (checkpoint.py)
     <longname>_log.pkl       one row of numbers per epoch
-    sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (draw/training/extensions.py)
+    sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (extensions.py)
 
 with the classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`.
 
-Training runs through the fast path (draw/fast.py) unless `fast=False` (`--no-fast`). Under
-`torchrun --nproc_per_node=K` the same run is data-parallel (draw/training/distributed.py): `--bs` is
-the global batch, every process trains on its slice of it, and the run takes the steps of a
-single process up to float rounding; only the main process (rank 0) prints and writes files,
-and a run may be resumed with another number of processes.
+Training goes through the model's own forward pass (draw/training/task.py). Denormal floats
+are flushed to zero on the CPU unless `--no-flush-denormal`: a process-wide setting, applied
+here explicitly and shown in the header. Under `torchrun --nproc_per_node=K` the same run is
+data-parallel (draw/training/distributed.py): `--bs` is the global batch, every process trains
+on its slice of it, and the run takes the steps of a single process up to float rounding; only
+the main process (rank 0) prints and writes files, and a run may be resumed with another number
+of processes.
 """
 import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -31,30 +35,24 @@ import numpy as np
 import torch
 
 from draw.atomic import atomic_write_bytes
-from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_model, resolve_device,
-                             set_rng_state)
-from draw.datasets import batches, get_data, supported_datasets
+from draw.datasets import batches, get_data
 from draw.datasets.store import dataset_spec
-from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
-                              init_distributed, process_place, reported_once)
 from draw.errors import DrawError
-from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
-                             ProgressBar, SampleCheckpoint, Timing, TrainingDataMonitoring)
-from draw.fast import accelerate
-from draw.training.main_loop import MainLoop
 from draw.model import DrawConfig, DrawModel
+from draw.settings import DrawSettings
+from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
+                                      resolve_device, set_rng_state)
+from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
+                                       init_distributed, process_place, reported_once)
+from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot,
+                                      Printing, ProgressBar, SampleCheckpoint, Timing,
+                                      TrainingDataMonitoring)
+from draw.training.main_loop import MainLoop
+from draw.training.task import DrawTask
 
-# the classic train-draw.py defaults, plus the new --seed and --grad-clip
-DEFAULTS = {"name": None, "dataset": "bmnist", "epochs": 100, "batch_size": 100,
-            "learning_rate": 1e-3, "attention": "", "n_iter": 10, "enc_dim": 256, "dec_dim": 256,
-            "z_dim": 100, "oldmodel": None, "seed": 1, "grad_clip": 10.0, "subset": None}
-# how each setting is spelled on the command line, for messages
-FLAGS = {"name": "--name", "dataset": "--dataset", "epochs": "--epochs", "batch_size": "--bs",
-         "learning_rate": "--lr", "attention": "--attention", "n_iter": "--niter",
-         "enc_dim": "--enc-dim", "dec_dim": "--dec-dim", "z_dim": "--z-dim",
-         "oldmodel": "--oldmodel", "seed": "--seed", "grad_clip": "--grad-clip",
-         "subset": "--subset"}
 N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
+# what a checkpoint needs besides its settings to be resumed
+TRAINING_STATE = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
 
 
 def lr_tag(value: float) -> str:
@@ -67,70 +65,87 @@ def lr_tag(value: float) -> str:
     return f"{f'{value:e}'[0]}{-exponent}"
 
 
-def long_name(settings: dict) -> str:
+def long_name(s: DrawSettings) -> str:
     """The classic run name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`."""
-    read_N, write_N = parse_attention(settings["attention"])
-    tag = "full" if read_N is None else f"r{read_N}-w{write_N}"
-    return (f"{settings['dataset']}-{tag}-t{settings['n_iter']}-enc{settings['enc_dim']}-"
-            f"dec{settings['dec_dim']}-z{settings['z_dim']}-lr{lr_tag(settings['learning_rate'])}")
+    tag = "full" if s.read_N is None else f"r{s.read_N}-w{s.write_N}"
+    return (f"{s.dataset}-{tag}-t{s.n_iter}-enc{s.enc_dim}-dec{s.dec_dim}-z{s.z_dim}-"
+            f"lr{lr_tag(s.learning_rate)}")
 
 
-def parse_attention(attention: str) -> tuple[int | None, int | None]:
-    """`--attention`: "" is no attention, "R,W" an R x R read and a W x W write window."""
-    if not attention.strip():
-        return None, None
-    parts = attention.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise DrawError(f"--attention must be two positive window sizes READ,WRITE such as 2,5 "
-                        f"(or empty for none), got {attention!r}")
-    return int(parts[0]), int(parts[1])
+@dataclass(frozen=True)
+class _Checked:
+    """What the command line and the files it names say, all checked; nothing read or written
+    beyond the model files. Under torchrun every process checks its flags alone, before they
+    join the process group."""
+    settings: DrawSettings
+    cfg: DrawConfig
+    device: torch.device
+    run_path: Path | None         # the run directory when resuming
+    ckpt: dict | None             # the checkpoint to resume from
+    old: DrawModel | None         # the --oldmodel to start from
 
 
-def _check(settings: dict) -> None:
-    for key in ("epochs", "batch_size", "n_iter", "enc_dim", "dec_dim", "z_dim", "subset"):
-        value = settings[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise DrawError(f"{FLAGS[key]} must be a positive integer, got {value!r}")
-    for key in ("learning_rate", "grad_clip"):
-        if not (math.isfinite(settings[key]) and settings[key] > 0):
-            raise DrawError(f"{FLAGS[key]} must be a positive number, got {settings[key]!r}")
-    if settings["dataset"] not in supported_datasets:
-        raise DrawError(f"unknown --dataset {settings['dataset']!r}; choose from "
-                        f"{', '.join(supported_datasets)}")
-    parse_attention(settings["attention"])
+@dataclass(frozen=True)
+class _Plan:
+    """A complete run, before anything is written: the checked settings, this process's place
+    and device, the data, and the run directory (to create, or to continue)."""
+    checked: _Checked
+    dist: Distributed
+    device: torch.device
+    splits: dict[str, torch.Tensor]    # train (or its --subset), valid, test, on the device
+    run_path: Path
 
 
-def _resume_settings(resume: str, given: dict) -> tuple[Path, dict, dict]:
-    """The run directory, its checkpoint and its settings; given flags may only change epochs."""
+def _find_checkpoint(resume: str) -> tuple[Path, Path]:
     path = Path(resume)
     if path.is_file():
-        model_file, run_dir = path, path.parent
-    elif path.is_dir():
+        return path.parent, path
+    if path.is_dir():
         found = sorted(path.glob("*_model.pkl"))
         if len(found) != 1:
             raise DrawError(f"--resume {resume}: expected one *_model.pkl file there, "
                             f"found {len(found)}")
-        model_file, run_dir = found[0], path
+        return path, found[0]
+    raise DrawError(f"--resume {resume}: no such run directory")
+
+
+def _check(flags: dict) -> _Checked:
+    """Build and check the settings and read the model files; raise DrawError, write nothing."""
+    given = DrawSettings.given(flags)
+    run_path = ckpt = old = None
+    if given.get("resume") is not None:
+        run_path, model_file = _find_checkpoint(given["resume"])
+        try:
+            ckpt = load_checkpoint(model_file)
+        except CheckpointError as e:
+            raise DrawError(f"--resume: {e}") from e
+        if not isinstance(ckpt.get("run"), dict) or TRAINING_STATE - set(ckpt):
+            raise DrawError(f"--resume: {model_file} was not saved by train-draw.py (it lacks "
+                            f"the run settings or the training state)")
+        settings = DrawSettings.resumed(ckpt["run"], given, str(model_file))
     else:
-        raise DrawError(f"--resume {resume}: no such run directory")
+        settings = DrawSettings(**given)
+    device = resolve_device(settings.device)
+    C, H, W = dataset_spec(settings.dataset).shape
     try:
-        ckpt = load_checkpoint(model_file)
-    except CheckpointError as e:
-        raise DrawError(f"--resume: {e}") from e
-    stored = ckpt.get("run")
-    needed = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
-    if not isinstance(stored, dict) or set(DEFAULTS) - set(stored) or needed - set(ckpt):
-        raise DrawError(f"--resume: {model_file} was not saved by train-draw.py (it lacks the "
-                        f"run settings or the training state)")
-    if given.get("oldmodel") is not None:
-        raise DrawError("--resume and --oldmodel cannot be combined: a resumed run continues "
-                        "from its own parameters")
-    for key, value in given.items():
-        if key != "epochs" and value != stored[key]:
-            raise DrawError(f"--resume keeps the run's settings: {FLAGS[key]} is {stored[key]!r} "
-                            f"there, not {value!r} (leave the flag out)")
-    return run_dir, ckpt, {**stored, "epochs": given.get("epochs", stored["epochs"])}
+        cfg = DrawConfig(channels=C, height=H, width=W, n_iter=settings.n_iter,
+                         enc_dim=settings.enc_dim, dec_dim=settings.dec_dim,
+                         z_dim=settings.z_dim, read_N=settings.read_N, write_N=settings.write_N)
+    except ValueError as e:
+        raise DrawError(f"--attention={settings.attention}: {e}") from e
+    if ckpt is not None and DrawConfig.from_dict(ckpt["config"]) != cfg:
+        raise DrawError(f"--resume {settings.resume}: the model file's config does not match "
+                        f"{settings.dataset}'s {C}x{H}x{W} images")
+    if settings.oldmodel is not None and ckpt is None:
+        try:
+            old, _ = load_model(settings.oldmodel)
+        except CheckpointError as e:
+            raise DrawError(f"--oldmodel: {e}") from e
+        if old.config != cfg:
+            diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
+                              for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
+            raise DrawError(f"--oldmodel {settings.oldmodel} has another configuration: {diffs}")
+    return _Checked(settings, cfg, device, run_path, ckpt, old)
 
 
 def _subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -141,21 +156,46 @@ def _subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return images[pick[:n]]
 
 
-def _make_run_dir(parent: Path, name: str) -> Path:
+def _load_splits(s: DrawSettings, d: Distributed,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """The run's train (or its --subset), valid and test images, on `device`.
+
+    Under torchrun the first process of each machine loads first, since it may download and
+    convert; the others then read its files.
+    """
+    data = first_on_each_machine(d, lambda: get_data(s.dataset, root=s.data_dir), device,
+                                 what=f"loading {s.dataset}")
+    # on the device once, rather than copied there at every pass; valid and test stay whole
+    return {"train": _subset(data.train, s.subset, s.seed).to(device),
+            "valid": data.valid.to(device), "test": data.test.to(device)}
+
+
+def _new_run_path(parent: Path, name: str) -> Path:
+    """`<name>-YYYYmmdd-HHMMSS` in `parent`, checked to be creatable; made by `_make_run_dir`."""
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DrawError(f"--run-dir {parent}: {existing} is not a writable directory")
+    return parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _make_run_dir(planned: Path) -> Path:
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        planned.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(100):
             # two runs started in the same second get -2, -3, ... rather than one directory
-            run_dir = parent / (f"{name}-{stamp}" + (f"-{attempt + 1}" if attempt else ""))
+            run_dir = planned.with_name(planned.name + (f"-{attempt + 1}" if attempt else ""))
             try:
                 run_dir.mkdir()
                 return run_dir
             except FileExistsError:
                 continue
     except OSError as e:
-        raise DrawError(f"cannot create a run directory in {parent}: {e.strerror or e}") from e
-    raise DrawError(f"cannot create a run directory in {parent}: too many runs named {name}")
+        raise DrawError(f"cannot create a run directory in {planned.parent}: "
+                        f"{e.strerror or e}") from e
+    raise DrawError(f"cannot create a run directory in {planned.parent}: too many runs named "
+                    f"{planned.name}")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -165,157 +205,78 @@ def _write_text(path: Path, text: str) -> None:
         raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
 
 
-def _header(longname: str, settings: dict, plan: "_Plan", n_params: int, fast: bool,
-            resumed_at: str | None) -> str:
-    cfg, splits, d = plan.cfg, plan.splits, plan.dist
-    C, H, W = cfg.channels, cfg.height, cfg.width
-    bs = settings["batch_size"]
+def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -> str:
+    s, cfg, splits, d = plan.checked.settings, plan.checked.cfg, plan.splits, plan.dist
+    bs = s.batch_size
     lines = [f"\n{'Resuming' if resumed_at else 'Running'} experiment {longname}"]
     for label, value in (
-            ("dataset", f"{settings['dataset']} ({splits['train'].shape[0]} train, "
+            ("dataset", f"{s.dataset} ({splits['train'].shape[0]} train, "
                         f"{splits['valid'].shape[0]} valid, {splits['test'].shape[0]} test "
-                        f"images of {C}x{H}x{W})"),
-            ("subdirectory", plan.run_path), ("learning rate", f"{settings['learning_rate']:g}"),
-            ("attention", settings["attention"] or "none"), ("n_iterations", cfg.n_iter),
+                        f"images of {cfg.channels}x{cfg.height}x{cfg.width})"),
+            ("subdirectory", plan.run_path), ("learning rate", f"{s.learning_rate:g}"),
+            ("attention", s.attention or "none"), ("n_iterations", cfg.n_iter),
             ("encoder dimension", cfg.enc_dim), ("z dimension", cfg.z_dim),
             ("decoder dimension", cfg.dec_dim),
             ("batch size", f"{bs} in all, {bs // d.world_size}-{-(-bs // d.world_size)} per "
                            f"process" if d.enabled else bs),
-            ("epochs", settings["epochs"]), ("seed", settings["seed"]),
+            ("epochs", s.epochs), ("seed", s.seed),
             ("processes", f"{d.world_size} (torchrun, DistributedDataParallel over "
                           f"{'NCCL' if plan.device.type == 'cuda' else 'gloo'})"
              if d.enabled else None),
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
-            ("forward pass", "fast (draw.fast)" if fast else "plain (the model's own)"),
+            ("flush denormals", "on" if s.flush_denormal else "off"),
             ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
         if value is not None:
             lines.append(f"{label:>22}: {value}")
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class _Plan:
-    """A checked run: everything `main` needs, gathered before anything is written."""
-    settings: dict
-    cfg: DrawConfig
-    shape: tuple[int, int, int]
-    device: torch.device
-    run_path: Path | None = None      # the run directory, already there when resuming
-    ckpt: dict | None = None          # the checkpoint to resume from
-    old: DrawModel | None = None      # the --oldmodel to start from
-    dist: Distributed = Distributed()
-    splits: dict[str, torch.Tensor] | None = None     # train, valid, test on the device
-
-
-def _plan(given: dict, resume: str | None, device: str) -> _Plan:
-    """Check every setting and read the model files; raise DrawError, write nothing.
-
-    The data are not read yet: under torchrun the processes check their flags alone, before they
-    join the process group, and load the data together after (`_load_splits`).
-    """
-    run_path = ckpt = old = None
-    if resume is not None:
-        run_path, ckpt, settings = _resume_settings(resume, given)
-    else:
-        settings = {**DEFAULTS, **given}
-    _check(settings)
-    dev = resolve_device(device)
-    read_N, write_N = parse_attention(settings["attention"])
-    C, H, W = dataset_spec(settings["dataset"]).shape
-    try:
-        cfg = DrawConfig(channels=C, height=H, width=W, n_iter=settings["n_iter"],
-                         enc_dim=settings["enc_dim"], dec_dim=settings["dec_dim"],
-                         z_dim=settings["z_dim"], read_N=read_N, write_N=write_N)
-    except ValueError as e:
-        raise DrawError(f"--attention={settings['attention']}: {e}") from e
-    if ckpt is not None and DrawConfig.from_dict(ckpt["config"]) != cfg:
-        raise DrawError(f"--resume {resume}: the model file's config does not match "
-                        f"{settings['dataset']}'s {C}x{H}x{W} images")
-    if settings["oldmodel"] is not None and ckpt is None:
-        try:
-            old, _ = load_model(settings["oldmodel"])
-        except CheckpointError as e:
-            raise DrawError(f"--oldmodel: {e}") from e
-        if old.config != cfg:
-            diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
-                              for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
-            raise DrawError(f"--oldmodel {settings['oldmodel']} has another configuration: {diffs}")
-    return _Plan(settings, cfg, (C, H, W), dev, run_path, ckpt, old)
-
-
-def _load_splits(settings: dict, data_dir: str | None, d: Distributed,
-                 device: torch.device) -> dict[str, torch.Tensor]:
-    """The run's train (or its --subset), valid and test images, on `device`.
-
-    Under torchrun the first process of each machine loads first, since it may download and
-    convert; the others then read its files.
-    """
-    data = first_on_each_machine(d, lambda: get_data(settings["dataset"], root=data_dir),
-                                 device, what=f"loading {settings['dataset']}")
-    # on the device once, rather than copied there at every pass; valid and test stay whole
-    return {"train": _subset(data.train, settings["subset"], settings["seed"]).to(device),
-            "valid": data.valid.to(device), "test": data.test.to(device)}
-
-
-def _build_loop(plan: _Plan, longname: str, live_plotting: bool, plot_port: int,
-                fast: bool) -> MainLoop:
+def _build_loop(plan: _Plan, longname: str) -> MainLoop:
     """Model, Adam, data order and the classic extensions, in the order they must run."""
-    settings, run_path, bs = plan.settings, plan.run_path, plan.settings["batch_size"]
+    s, cfg, run_path = plan.checked.settings, plan.checked.cfg, plan.run_path
+    bs = s.batch_size
     writer = plan.dist.is_main        # only the main rank prints, shows progress, writes files
-    model = DrawModel.from_config(plan.cfg).to(plan.device)
-    if plan.old is not None:
-        model.load_state_dict(plan.old.state_dict())
-    accelerated = None
-    if fast:
-        try:
-            accelerated = accelerate(model)
-        except (ValueError, NotImplementedError, RuntimeError) as e:
-            if writer:
-                print(f"note: the fast path cannot run this model ({e}); training with the "
-                      f"model's own forward pass, as with --no-fast", flush=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
-    generator = torch.Generator().manual_seed(settings["seed"])
+    model = DrawModel.from_config(cfg).to(plan.device)
+    if plan.checked.old is not None:
+        model.load_state_dict(plan.checked.old.state_dict())
+    task = DrawTask(model, plan.dist)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
+    generator = torch.Generator().manual_seed(s.seed)
     extensions = [ProgressBar(math.ceil(plan.splits["train"].shape[0] / bs))] if writer else []
     extensions += [
         Timing(),
-        FinishAfter(after_n_epochs=settings["epochs"]),
+        FinishAfter(after_n_epochs=s.epochs),
         TrainingDataMonitoring(),
-        *[DataStreamMonitoring(plan.splits[key], key, bs, plan.device, seed=settings["seed"])
+        *[DataStreamMonitoring(lambda split=plan.splits[key]: batches(split, bs,
+                                                                      device=plan.device),
+                               key, plan.device, seed=s.seed)
           for key in ("valid", "test") if plan.splits[key].shape[0] > 0],
     ]
     if writer:
         extensions += [
             Printing(),
-            SampleCheckpoint(run_path, plan.shape, n=N_SAMPLES, seed=settings["seed"]),
-            Checkpoint(run_path, longname, settings),     # last: it saves what the others logged
+            SampleCheckpoint(run_path, (cfg.channels, cfg.height, cfg.width), n=N_SAMPLES,
+                             seed=s.seed),
+            Checkpoint(run_path, longname, s.stored()),  # last: it saves what the others logged
         ]
-        if live_plotting:
-            extensions.append(Plot(run_path, port=plot_port))
+        if s.live_plotting:
+            extensions.append(Plot(run_path, port=s.plot_port))
     train = plan.splits["train"]
-    # every rank draws the same global batches from the same generator (draw/training/main_loop.py)
-    return MainLoop(model, optimizer,
+    # every rank draws the same global batches from the same generator (main_loop.py)
+    return MainLoop(task, optimizer,
                     lambda: batches(train, bs, generator=generator, device=plan.device),
-                    generator, extensions, grad_clip=settings["grad_clip"], fast=accelerated,
-                    dist=plan.dist)
+                    generator, extensions, grad_clip=s.grad_clip)
 
 
-def main(name: str | None = None, dataset: str | None = None, epochs: int | None = None,
-         batch_size: int | None = None, learning_rate: float | None = None,
-         attention: str | None = None, n_iter: int | None = None, enc_dim: int | None = None,
-         dec_dim: int | None = None, z_dim: int | None = None, oldmodel: str | None = None,
-         live_plotting: bool = False, seed: int | None = None, device: str = "auto",
-         resume: str | None = None, data_dir: str | None = None, plot_port: int = 5006,
-         run_dir: str = ".", grad_clip: float | None = None, subset: int | None = None,
-         fast: bool = True) -> None:
-    """Train DRAW; the keyword arguments are train-draw.py's flags (`main(**vars(args))`).
+def main(**flags) -> None:
+    """Train DRAW; `flags` are train-draw.py's, by DrawSettings field name, plus `config`.
 
-    A setting left at None takes the classic default (`DEFAULTS`), or on `--resume` the run's
-    own value; a resumed run may change only `epochs` (the total to reach), the device, the data
-    directory, live plotting, the forward pass (`fast`) and the number of processes.
+    A setting not given takes its value from the config file, else its default, or on
+    `resume` the run's own (draw/settings.py says which a resumed run may change).
 
     Under torchrun every process calls `main` with the same flags; `batch_size` is the global
-    batch, split between the processes (draw/training/distributed.py). Only the main process prints and
-    writes files.
+    batch, split between the processes (draw/training/distributed.py). Only the main process
+    prints and writes files.
 
     Raises
     ------
@@ -326,60 +287,47 @@ def main(name: str | None = None, dataset: str | None = None, epochs: int | None
     """
     place = process_place()
     with reported_once(place):
-        _train(place, dict(name=name, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                           learning_rate=learning_rate, attention=attention, n_iter=n_iter,
-                           enc_dim=enc_dim, dec_dim=dec_dim, z_dim=z_dim, oldmodel=oldmodel,
-                           seed=seed, grad_clip=grad_clip, subset=subset),
-               resume=resume, device=device, data_dir=data_dir, run_dir=run_dir,
-               live_plotting=live_plotting, plot_port=plot_port, fast=fast)
+        checked = _check(flags)
+        ckpt, s = checked.ckpt, checked.settings
+        if ckpt is not None and ckpt["epoch"] >= s.epochs and ckpt["batch"] == 0:
+            if place.is_main:
+                print(f"{checked.run_path} already has {ckpt['epoch']} epochs; nothing to do "
+                      f"(pass --epochs N to train longer)")
+            return
+        dist, device = init_distributed(checked.device)
+        finished = False
+        try:
+            splits = _load_splits(s, dist, device)
+            run_path = checked.run_path or _new_run_path(Path(s.run_dir), s.name or s.dataset)
+            _run(_Plan(checked, dist, device, splits, run_path))
+            finished = True
+        finally:
+            close_distributed(dist, finished)
 
 
-def _train(place: Distributed, flags: dict, resume: str | None, device: str,
-           data_dir: str | None, run_dir: str, live_plotting: bool, plot_port: int,
-           fast: bool) -> None:
-    """`main` in one process: check, join the other processes (if any), train."""
-    if not 0 < plot_port < 65536:
-        raise DrawError(f"--plot-port must be a TCP port (1-65535), got {plot_port}")
-    given = {key: value for key, value in flags.items() if value is not None}
-    plan = _plan(given, resume, device)
-    settings, ckpt = plan.settings, plan.ckpt
-    if ckpt is not None and ckpt["epoch"] >= settings["epochs"] and ckpt["batch"] == 0:
-        if place.is_main:
-            print(f"{plan.run_path} already has {ckpt['epoch']} epochs; nothing to do "
-                  f"(pass --epochs N to train longer)")
-        return
-
-    plan.dist, plan.device = init_distributed(plan.device)
-    finished = False
-    try:
-        plan.splits = _load_splits(settings, data_dir, plan.dist, plan.device)
-        _run(plan, run_dir, live_plotting, plot_port, fast)
-        finished = True
-    finally:
-        close_distributed(plan.dist, finished)
-
-
-def _run(plan: _Plan, run_dir: str, live_plotting: bool, plot_port: int, fast: bool) -> None:
+def _run(plan: _Plan) -> None:
     """Everything is valid: from here on the run exists."""
-    settings, ckpt, writer = plan.settings, plan.ckpt, plan.dist.is_main
-    longname = long_name(settings)
+    s, ckpt, writer = plan.checked.settings, plan.checked.ckpt, plan.dist.is_main
+    longname = long_name(s)
+    # process-wide: subnormal floats become 0 in CPU arithmetic (no effect on GPUs)
+    torch.set_flush_denormal(s.flush_denormal)
     if ckpt is None:
         # every rank alike: the same initial parameters, and the same training noise
-        torch.manual_seed(settings["seed"])
-        np.random.seed(settings["seed"])
-        random.seed(settings["seed"])
+        torch.manual_seed(s.seed)
+        np.random.seed(s.seed)
+        random.seed(s.seed)
         if writer:
-            plan.run_path = _make_run_dir(Path(run_dir), settings["name"] or settings["dataset"])
-    loop = _build_loop(plan, longname, live_plotting, plot_port, fast)
-    fast = loop.forward is not loop.model     # False also where the fast path fell back
+            plan = _Plan(plan.checked, plan.dist, plan.device, plan.splits,
+                         _make_run_dir(plan.run_path))
+    loop = _build_loop(plan, longname)
     if writer:
         command = shlex.join([Path(sys.executable).name, *sys.argv])
         args_txt = plan.run_path / "args.txt"
         previous = args_txt.read_text() + "# resumed\n" if ckpt is not None else ""
         _write_text(args_txt, previous + command + "\n")
         _write_text(plan.run_path / "config.json", json.dumps(
-            {"name": longname, "config": plan.cfg.to_dict(), "run": settings,
-             "device": str(plan.device), "processes": plan.dist.world_size, "fast": fast,
+            {"name": longname, "config": plan.checked.cfg.to_dict(), "run": s.stored(),
+             "device": str(plan.device), "processes": plan.dist.world_size,
              "torch": torch.__version__}, indent=2) + "\n")
     resumed_at = None
     if ckpt is not None:
@@ -397,7 +345,7 @@ def _run(plan: _Plan, run_dir: str, live_plotting: bool, plot_port: int, fast: b
             resumed_at += f", batch {ckpt['batch']}"
     if writer:
         n_params = sum(p.numel() for p in loop.model.parameters())
-        print(_header(longname, settings, plan, n_params, fast, resumed_at), flush=True)
+        print(_header(longname, plan, n_params, resumed_at), flush=True)
     loop.run()
     if loop.status["interrupted"]:
         if writer:
