@@ -29,6 +29,8 @@ from draw.atomic import atomic_write_bytes
 from draw.cli import ArgumentParser, run
 from draw.datasets import batches, get_data
 from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.training.main_loop import MainLoop
+from draw.training.task import DrawTask
 
 RUNS = ("attention", "plain")
 EVAL_BATCH = 1000     # images per forward pass when evaluating; the bound does not depend on it
@@ -86,7 +88,8 @@ def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr
     """Train a fresh model for `steps` Adam steps and return its validation numbers."""
     torch.manual_seed(seed)                   # initialisation and the posterior noise u
     model = DrawModel.from_config(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # the training package's own step: the bound, backward, clipping at 10, Adam
+    loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=lr))
     order = torch.Generator().manual_seed(seed)
     per_epoch = len(data.train) // batch_size
     step, epoch, start = 0, 0, time.perf_counter()
@@ -98,14 +101,10 @@ def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr
         n = 0
         for x in batches(data.train, batch_size, generator=order, device=device,
                          drop_last=True):
-            c, kl = model(x)
-            loss = nll_bound(x, c, kl).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            bound_sum += loss.item()
-            kl_sum += kl.sum(dim=0).mean().item()
+            loop.step(x)
+            sums = loop.last_batch["sums"]
+            bound_sum += loop.last_batch["loss"].item()
+            kl_sum += (sums["kl_term"].sum() / sums["examples"]).item()
             n += 1
             step += 1
             bar.update()
