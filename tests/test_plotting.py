@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+import draw.outputs.plotting
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import (BOX_COLOR, MAX_PIXELS, MAX_SIDE, SEPARATOR, PictureSizeError,
                                    check_picture_size, draw_box, grid_size, grid_shape, image_grid,
@@ -248,3 +249,14 @@ def test_picture_size_limits():
     # grid_size is the size image_grid really makes
     image = image_grid(np.zeros((5, 1, 4, 3)), 2, 3)
     assert image.size == grid_size(2, 3, 4, 3) == (3 * 4 - 1, 2 * 5 - 1)
+
+
+def test_save_gif_shows_progress_when_slow(tmp_path, monkeypatch, capsys):
+    frames = [Image.new("L", (4, 3), v) for v in (0, 80, 160, 240)]
+    save_gif(frames, tmp_path / "quick.gif")
+    assert capsys.readouterr().err == ""                      # fast: no bar at all
+    monkeypatch.setattr(draw.outputs.plotting, "BAR_DELAY", 0.0)
+    save_gif(frames, tmp_path / "slow.gif")
+    assert "writing slow.gif" in capsys.readouterr().err
+    with Image.open(tmp_path / "slow.gif") as gif:
+        assert gif.n_frames == 4                              # every frame went through the bar

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from draw.atomic import atomic_path
 from draw.errors import DrawError
@@ -27,6 +28,8 @@ BOX_COLOR = (255, 0, 0)
 # warns that a file may be a decompression bomb when it reads it, and refuses twice that
 MAX_SIDE = 65535
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# a progress bar appears only when a stage takes longer than this (seconds)
+BAR_DELAY = 2.0
 
 
 class PictureSizeError(DrawError):
@@ -138,8 +141,11 @@ def save_gif(frames: list[Image.Image], path: str | os.PathLike, duration_ms: in
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
-    with atomic_path(path) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+    # Pillow quantises the frames as it iterates over them, most of the time of a large GIF
+    later = tqdm(frames[1:], desc=f"writing {path.name}", unit="frame", delay=BAR_DELAY,
+                 leave=False)
+    with atomic_path(path) as tmp, later:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=later,
                        duration=durations, loop=0)
 
 

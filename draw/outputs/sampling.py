@@ -14,16 +14,14 @@ from tqdm.auto import tqdm
 
 from draw.errors import DrawError
 from draw.model import AttentionWriter, DrawConfig, DrawModel
-from draw.outputs.plotting import (check_picture_size, grid_shape, grid_size, image_grid,
-                                   sampling_frames, save_gif, save_png)
+from draw.outputs.plotting import (BAR_DELAY, check_picture_size, grid_shape, grid_size,
+                                   image_grid, sampling_frames, save_gif, save_png)
 from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
 from draw.training.checkpoint import load_model, resolve_device
 
 # samples drawn at once: large enough for efficient matrix products, small enough that the
 # progress bar moves every few seconds even for big models on a CPU
 CHUNK = 1000
-# a progress bar appears only when a stage takes longer than this (seconds)
-BAR_DELAY = 2.0
 
 
 class SamplingError(DrawError):
@@ -146,7 +144,7 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     """
     cfg = model.config
     n = rows * cols if n is None else n
-    check_request(cfg, rows, cols, n, boxes, scale)
+    check_request(cfg, rows, cols, n, boxes, scale, device=next(model.parameters()).device)
     shape = (cfg.channels, cfg.height, cfg.width)
     model.eval()
     canvases, attention = draw_samples(model, prior_noise(model, n, seed), attention=boxes)
