@@ -170,9 +170,7 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
         raise DrawError(f"--split must be train, valid or test, got {split!r}")
     dev = resolve_device(device)
     cfg = model_file_config(model_file)
-    rows = max(MAX_ROWS, batch_size, samples)
-    check_memory(parameter_bytes(cfg) + activation_bytes(cfg, rows, grad=False),
-                 f"evaluating {model_file} ({rows:,} images or samples at once)", dev)
+    check_memory(parameter_bytes(cfg), f"the model of {model_file}", dev)
     net, ckpt = load_model(model_file, map_location=dev)
     run = ckpt.get("run") or {}
     dataset = dataset or run.get("dataset")
@@ -190,6 +188,11 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
         pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
         images = images[pick[:subset]]
     N = images.shape[0]
+    # the largest pass: a batch of the bound, or the (image, sample) rows importance sampling
+    # takes at once (one image's K rows when K alone exceeds MAX_ROWS)
+    rows = max(min(batch_size, N), min(max(MAX_ROWS, samples), N * samples))
+    check_memory(parameter_bytes(cfg) + activation_bytes(cfg, rows, grad=False),
+                 f"evaluating {model_file} ({rows:,} images or samples at once)", dev)
 
     def stream():
         return batches(images, batch_size, device=dev)
