@@ -110,8 +110,9 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
 def test_memory_is_checked_before_the_model_is_built(trained, capsys, monkeypatch):
     built = []
     monkeypatch.setattr(draw.training.evaluate, "load_model", lambda *a, **k: built.append(a))
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 10 ** 6)
-    with pytest.raises(draw.resources.ResourceError, match=r"needs about .* this machine has"):
+    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 1000)
+    with pytest.raises(draw.resources.ResourceError, match=r"the model of .* needs about .* "
+                                                           r"this machine has"):
         main(str(trained))
     assert not built
 
