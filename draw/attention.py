@@ -94,8 +94,10 @@ class ZoomableAttentionWindow:
         # eqs. 25-26: exp(-(a - mu)^2 / 2 sigma^2) / Z is a softmax over the pixels a. Written as
         # one, it needs no epsilon: it stays finite and normalised for any sigma and for windows
         # that lie far outside the image.
-        F = torch.softmax(logits, dim=-1).to(delta.dtype)                            # (B, 2, N, P)
-        return F[:, 0, :, :H], F[:, 1, :, :W]                                        # FY, FX
+        FY, FX = torch.softmax(logits, dim=-1).to(delta.dtype).unbind(1)            # (B, N, P)
+        if H != W:
+            FY, FX = FY[..., :H], FX[..., :W]
+        return FY, FX
 
     def read(self, images: Tensor, center_y: Tensor, center_x: Tensor, delta: Tensor,
              sigma: Tensor) -> Tensor:
@@ -111,14 +113,11 @@ class ZoomableAttentionWindow:
         -------
         Tensor, shape (B, C*N*N)
         """
-        B, C, H, W, N = images.shape[0], self.channels, self.img_height, self.img_width, self.N
+        B = images.shape[0]
         FY, FX = self.filterbank_matrices(center_y, center_x, delta, sigma)
-        # two batched products with the channels folded into the rows or columns, rather than
-        # a (B, C) batch of tiny ones: fewer, larger matmuls and no expanded copies of F
-        cols = images.view(B, C * H, W) @ FX.transpose(1, 2)                   # (B, C*H, N)
-        cols = cols.view(B, C, H, N).transpose(1, 2).reshape(B, H, C * N)      # (B, H, C*N)
-        glimpse = FY @ cols                                                    # (B, N, C*N)
-        return glimpse.view(B, N, C, N).transpose(1, 2).reshape(B, C * N * N)  # (B, C*N*N)
+        x = images.view(B, self.channels, self.img_height, self.img_width)     # (B, C, H, W)
+        glimpse = FY[:, None] @ x @ FX[:, None].transpose(-1, -2)              # (B, C, N, N)
+        return glimpse.reshape(B, self.channels * self.N * self.N)
 
     def write(self, windows: Tensor, center_y: Tensor, center_x: Tensor, delta: Tensor,
               sigma: Tensor) -> Tensor:
@@ -134,12 +133,11 @@ class ZoomableAttentionWindow:
         -------
         Tensor, shape (B, C*H*W)
         """
-        B, C, H, W, N = windows.shape[0], self.channels, self.img_height, self.img_width, self.N
+        B = windows.shape[0]
         FY, FX = self.filterbank_matrices(center_y, center_x, delta, sigma)
-        rows = windows.view(B, C * N, N) @ FX                                  # (B, C*N, W)
-        rows = rows.view(B, C, N, W).transpose(1, 2).reshape(B, N, C * W)      # (B, N, C*W)
-        image = FY.transpose(1, 2) @ rows                                      # (B, H, C*W)
-        return image.view(B, H, C, W).transpose(1, 2).reshape(B, C * H * W)   # (B, C*H*W)
+        w = windows.view(B, self.channels, self.N, self.N)                     # (B, C, N, N)
+        image = FY[:, None].transpose(-1, -2) @ w @ FX[:, None]                # (B, C, H, W)
+        return image.reshape(B, self.channels * self.img_height * self.img_width)
 
     def nn2att(self, l: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Turn a linear layer's output into attention parameters (eqs. 21-24).
