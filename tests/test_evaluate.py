@@ -100,7 +100,9 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
                                  ([trained, "--dataset", "nope"], 1, "unknown dataset"),
                                  ([trained, "--device", "abc"], 1, "--device"),
                                  ([trained, "--samples", "many"], 2, "--samples"),
-                                 ([huge], 1, "needs about")):
+                                 ([huge], 1, "needs about"),
+                                 ([trained, "-k", 10 ** 8, "--subset", 2], 1,
+                                  "(100,000,000 images or samples at once) needs about")):
         assert evaluate_py(*args, monkeypatch=monkeypatch) == code
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
