@@ -1,15 +1,17 @@
 """What every script does around its `main`: one-line errors and meaningful exit statuses.
 
-Scripts parse flags with `ArgumentParser` and hand them to `run(main, args)`. A malformed flag
-(exit 2), a DrawError such as an unreadable model file, or an OSError such as a full disk
-(exit 1) and Ctrl-C (exit 130) each print one line, `error: ...`, instead of a traceback; the
-files that were written are complete, because every write is atomic (draw/atomic.py).
+Scripts parse flags with `ArgumentParser` (or a settings class's `parser`, draw/settings.py) and
+hand them to `run(main, args)`, which calls `main(**vars(args))`. A malformed flag (exit 2), a
+DrawError such as an unreadable model file, or an OSError such as a full disk (exit 1) each
+print one line, `error: ...`, instead of a traceback. Ctrl-C (exit 130) prints one plain line:
+the Interrupted message of a run that stopped cleanly, or that the files already written are
+complete, because every write is atomic (draw/atomic.py).
 """
 import argparse
 import sys
 from typing import Callable
 
-from draw.errors import DrawError
+from draw.errors import DrawError, Interrupted
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -27,6 +29,9 @@ def run(main: Callable, args: argparse.Namespace) -> None:
     except (DrawError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
-        print("error: interrupted; the files already written are complete", file=sys.stderr)
+        print("interrupted; the files already written are complete", file=sys.stderr)
         sys.exit(130)

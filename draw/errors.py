@@ -8,3 +8,11 @@ class DrawError(Exception):
     and exit non-zero instead of showing a traceback. Each module subclasses it (DatasetError,
     CheckpointError, ...) so callers can catch one kind or all.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that stopped work cleanly: its message (one line) says where and what was kept.
+
+    A KeyboardInterrupt, so that callers (scripts, notebooks) stop as for any Ctrl-C; scripts
+    print the message as it is, not as an error.
+    """

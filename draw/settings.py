@@ -79,8 +79,8 @@ def derived():
 class RunSettings:
     """What every training run has; subclasses add their model's settings."""
     name: str | None = setting(
-        None, "name of the run: its directory is NAME-YYYYmmdd-HHMMSS (default: the dataset's "
-              "name)")
+        None, "name of the run: its directory is NAME-YYYYmmdd-HHMMSS, its files NAME_model.pkl "
+              "and NAME_log.pkl (default: the dataset's name)")
     dataset: str = setting("bmnist", "dataset to train on")
     epochs: int = setting(100, "total number of epochs to train", on_resume=CHANGE)
     batch_size: int = setting(100, "size of each mini-batch; under torchrun the global size, "
@@ -92,6 +92,13 @@ class RunSettings:
     grad_clip: float = setting(10.0, "clip the gradient to this total norm")
     subset: int | None = setting(None, "train on this many randomly chosen training images, "
                                        "for quick runs; valid and test stay whole (default: all)")
+    eval_every: int = setting(1, "evaluate on valid and test every N epochs (and always after "
+                                 "the last)", on_resume=CHANGE, metavar="N")
+    eval_subset: int | None = setting(
+        2000, "evaluate on this many randomly chosen valid and test images (the same ones "
+              "every time) before training and after each epoch but the last, which always "
+              "uses the whole splits; 0 for the whole splits every time", on_resume=CHANGE,
+        metavar="N")
     flush_denormal: bool = setting(
         True, "flush denormal floats to zero on the CPU (torch.set_flush_denormal), which "
               "keeps tiny gradients from slowing arithmetic down; process-wide",
@@ -118,12 +125,14 @@ class RunSettings:
 
     def check(self) -> None:
         """Raise DrawError on a bad value; subclasses extend it (and fill their derived fields)."""
-        for name in ("epochs", "batch_size", "subset"):
+        for name in ("epochs", "batch_size", "subset", "eval_every"):
             self.require(name, getattr(self, name) is None or getattr(self, name) >= 1,
                          "a positive integer")
         for name in ("learning_rate", "grad_clip"):
             value = getattr(self, name)
             self.require(name, math.isfinite(value) and value > 0, "a positive number")
+        self.require("eval_subset", self.eval_subset is None or self.eval_subset >= 0,
+                     "0 (whole splits) or a positive integer")
         self.require("seed", 0 <= self.seed <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
         self.require("plot_port", 0 < self.plot_port < 65536, "a TCP port (1-65535)")
         if self.name is not None and (not NAME.fullmatch(self.name) or set(self.name) == {"."}):

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train-draw.py"
 # one thread: the same arithmetic in every process, and no fight over the two cores
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-LONGNAME = "sample-r2-w3-t2-enc8-dec8-z3-lr13"
+LONGNAME = "sample-r2-w3-t2-enc8-dec8-z3-lr13"     # in the header and config.json
+FILES = "sample"                                   # the classic <name>_model.pkl, <name>_log.pkl
 ARGS = ["--dataset", "sample", "--subset", "400", "--bs", "50", "--epochs", "3", "--niter", "2",
         "--enc-dim", "8", "--dec-dim", "8", "--z-dim", "3", "--attention", "2,3", "--seed", "3"]
 HANG_GUARD_S = 600     # only so that a broken build fails instead of hanging; never reached
@@ -81,13 +82,13 @@ def untimed(rows):
 
 
 def assert_same_run(run_dir: Path, reference_dir: Path):
-    model, ckpt = load_model(run_dir / f"{LONGNAME}_model.pkl")
-    ref_model, ref_ckpt = load_model(reference_dir / f"{LONGNAME}_model.pkl")
+    model, ckpt = load_model(run_dir / f"{FILES}_model.pkl")
+    ref_model, ref_ckpt = load_model(reference_dir / f"{FILES}_model.pkl")
     assert (ckpt["epoch"], ckpt["iteration"], ckpt["batch"]) == (3, 24, 0)
     for (name, a), (_, b) in zip(model.state_dict().items(), ref_model.state_dict().items()):
         assert torch.equal(a, b), name
-    assert untimed(load_log(run_dir / f"{LONGNAME}_log.pkl")) == \
-        untimed(load_log(reference_dir / f"{LONGNAME}_log.pkl"))
+    assert untimed(load_log(run_dir / f"{FILES}_log.pkl")) == \
+        untimed(load_log(reference_dir / f"{FILES}_log.pkl"))
 
 
 def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
@@ -98,15 +99,23 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
     code, out, err = finish(first)
     assert code == 130, err
     run_dir = the_run_dir(tmp_path)
-    assert f"Continue with: python train-draw.py --resume {run_dir.name}" in err
-    assert err.strip().splitlines()[-1].startswith("error: interrupted")
-    model_file = run_dir / f"{LONGNAME}_model.pkl"
+    last = err.strip().splitlines()[-1]
+    # one plain line whose numbers are the progress bar's: epoch E in progress, batch B of 8
+    assert re.fullmatch(rf"stopped by Ctrl-C (in epoch \d after batch [1-7] of 8|after epoch "
+                        rf"\d); saved\. Continue with: python train-draw\.py --resume "
+                        rf"{run_dir.name}", last), last
+    model_file = run_dir / f"{FILES}_model.pkl"
     stopped = load_checkpoint(model_file)
     assert stopped["epoch"] < 3
 
     second = launch(["--resume", str(run_dir)], tmp_path)
     inode = model_file.stat().st_ino
-    wait_for(lambda: model_file.stat().st_ino != inode, second)         # its first save
+
+    def trained_and_saved():      # a save after training on (a model file is never partial)
+        return (model_file.stat().st_ino != inode
+                and load_checkpoint(model_file)["iteration"] > stopped["iteration"])
+
+    wait_for(trained_and_saved, second)
     second.kill()
     assert second.wait(timeout=HANG_GUARD_S) == -signal.SIGKILL
     killed = load_checkpoint(model_file)
@@ -138,12 +147,12 @@ def test_end_to_end_files(reference):
     assert config["run"]["batch_size"] == 50 and config["run"]["learning_rate"] == 1e-3
     assert "--attention 2,3" in (run_dir / "args.txt").read_text()
 
-    model, ckpt = load_model(run_dir / f"{LONGNAME}_model.pkl")
+    model, ckpt = load_model(run_dir / f"{FILES}_model.pkl")
     assert model.config == DrawConfig(channels=1, height=28, width=28, n_iter=2, enc_dim=8,
                                       dec_dim=8, z_dim=3, read_N=2, write_N=3)
     assert model.config.to_dict() == config["config"]
     assert ckpt["run"]["dataset"] == "sample" and ckpt["optimizer"] is not None
-    rows = load_log(run_dir / f"{LONGNAME}_log.pkl")
+    rows = load_log(run_dir / f"{FILES}_log.pkl")
     assert [(r["epoch"], r["iteration"]) for r in rows] == [(0, 0), (1, 8), (2, 16), (3, 24)]
     keys = {"train_nll_bound", "valid_nll_bound", "test_nll_bound", "train_total_gradient_norm",
             "train_total_step_norm", "time_train_this_epoch", "time_total",
@@ -170,10 +179,10 @@ def test_end_to_end_files(reference):
 
 def test_oldmodel_starts_from_its_parameters(reference, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    old = reference.run_dir / f"{LONGNAME}_model.pkl"
+    old = reference.run_dir / f"{FILES}_model.pkl"
     main(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, enc_dim=8, dec_dim=8,
          z_dim=3, attention="2,3", oldmodel=str(old), learning_rate=1e-9)
-    new, _ = load_model(the_run_dir(tmp_path) / f"{LONGNAME[:-2]}19_model.pkl")
+    new, _ = load_model(the_run_dir(tmp_path) / f"{FILES}_model.pkl")
     old_model, _ = load_model(old)
     for a, b in zip(new.parameters(), old_model.parameters()):
         assert torch.allclose(a, b, atol=1e-6)        # one step of a negligible learning rate
@@ -289,7 +298,7 @@ def test_a_checkpoint_of_the_old_format_resumes(tmp_path):
     whole, part = tmp_path / "whole", tmp_path / "part"
     main(**{**flags, "epochs": 2}, run_dir=str(whole))
     main(**flags, run_dir=str(part))
-    model_file = the_run_dir(part) / f"{LONGNAME}_model.pkl"
+    model_file = the_run_dir(part) / f"{FILES}_model.pkl"
     ckpt = load_checkpoint(model_file)
     old_keys = ("name", "dataset", "epochs", "batch_size", "learning_rate", "attention",
                 "n_iter", "enc_dim", "dec_dim", "z_dim", "oldmodel", "seed", "grad_clip",
@@ -298,7 +307,7 @@ def test_a_checkpoint_of_the_old_format_resumes(tmp_path):
     torch.save(ckpt, model_file)
     main(resume=str(the_run_dir(part)), epochs=2)
     a, _ = load_model(model_file)
-    b, _ = load_model(the_run_dir(whole) / f"{LONGNAME}_model.pkl")
+    b, _ = load_model(the_run_dir(whole) / f"{FILES}_model.pkl")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 

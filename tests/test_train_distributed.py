@@ -73,8 +73,8 @@ def test_one_set_of_outputs_written_by_rank_0(runs):
 
 
 def test_log_has_the_single_process_format_and_numbers(runs):
-    rows = load_log(runs["multi"] / f"{LONGNAME}_log.pkl")
-    reference = load_log(runs["single"] / f"{LONGNAME}_log.pkl")
+    rows = load_log(runs["multi"] / "sample_log.pkl")
+    reference = load_log(runs["single"] / "sample_log.pkl")
     assert [set(row) for row in rows] == [set(row) for row in reference]
     assert [(r["epoch"], r["iteration"]) for r in rows] == [(0, 0), (1, 5), (2, 10)]
     assert "train_kl_term_1" in rows[1] and "test_kl_term_1" in rows[1]
@@ -84,8 +84,8 @@ def test_log_has_the_single_process_format_and_numbers(runs):
 
 
 def test_final_parameters_equal_the_single_process_run(runs):
-    model, ckpt = load_model(runs["multi"] / f"{LONGNAME}_model.pkl")
-    ref_model, _ = load_model(runs["single"] / f"{LONGNAME}_model.pkl")
+    model, ckpt = load_model(runs["multi"] / "sample_model.pkl")
+    ref_model, _ = load_model(runs["single"] / "sample_model.pkl")
     assert (ckpt["epoch"], ckpt["iteration"], ckpt["batch"]) == (2, 10, 0)
     for (name, a), (_, b) in zip(model.state_dict().items(), ref_model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
@@ -101,8 +101,8 @@ def test_a_torchrun_checkpoint_resumes_in_one_process(runs):
     goes on as the 1-process run does."""
     for key in ("multi", "single"):
         main(resume=str(runs[key]), epochs=3)
-    model, ckpt = load_model(runs["multi"] / f"{LONGNAME}_model.pkl")
-    ref_model, _ = load_model(runs["single"] / f"{LONGNAME}_model.pkl")
+    model, ckpt = load_model(runs["multi"] / "sample_model.pkl")
+    ref_model, _ = load_model(runs["single"] / "sample_model.pkl")
     assert (ckpt["epoch"], ckpt["iteration"]) == (3, 15)
     for (name, a), (_, b) in zip(model.state_dict().items(), ref_model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")

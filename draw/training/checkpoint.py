@@ -11,14 +11,16 @@ with `torch.load(weights_only=True)`: reading a file cannot run code, and a file
 loads on a machine without one (`map_location`). Anything that is not such a dict (another
 program's pickle, a truncated download, a later format version) is a one-line CheckpointError.
 """
+import io
 import os
+import pickle
 import random
 import warnings
 
 import numpy as np
 import torch
 
-from draw.atomic import atomic_path
+from draw.atomic import atomic_write_bytes
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
 
@@ -37,13 +39,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def _save(path: str | os.PathLike, obj: dict) -> None:
+    # serialised in memory first: torch.save writing to a file reports a full disk as
+    # "[enforce fail at inline_container.cc] unexpected pos", while a plain write of the bytes
+    # raises OSError with its errno ("No space left on device"); the previous file is untouched
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    # torch.save reports a full disk or a vanished directory as OSError or as RuntimeError
-    # ("PytorchStreamWriter failed writing file"); either way the previous file is untouched
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"cannot write {os.fspath(path)}: {_first_line(e)}") from e
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OSError as e:
+        raise CheckpointError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from e
 
 
 def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
@@ -56,6 +60,16 @@ def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+    except pickle.UnpicklingError as e:
+        # torch's message advises loading with weights_only=False, the one thing not to do
+        # with a file from elsewhere: it is not passed on
+        if "Unsupported global" in str(e):
+            # a pickled object other than tensors and plain data: loading it could run code
+            raise CheckpointError(f"{path} is refused as unsafe: it holds pickled Python "
+                                  f"objects that could run code when loaded; it was not "
+                                  f"written by this program") from None
+        raise CheckpointError(f"{path} is not a readable {fmt} file (damaged, or another "
+                              f"program's pickle)") from None
     # foreign or damaged bytes raise a zoo of types (UnpicklingError, RuntimeError from the zip
     # reader, EOFError, ValueError, ...): all of them mean the same thing to the user
     except Exception as e:

@@ -1,97 +1,22 @@
 """Extensions of the main loop, with the classic Blocks names; they talk through the log.
 
-Every extension is a SimpleExtension: it has one no-op-by-default method per event of the loop
-(draw/training/main_loop.py), and trigger keyword arguments decide which events reach its `do`:
-
-    before_training=True     at the start of every run (fresh or resumed)
-    before_first_epoch=True  at the start of a fresh run only, after before_training
-    before_epoch=True, after_batch=True, after_epoch=True, after_training=True, on_error=True
-    every_n_batches=N, every_n_epochs=N
-
-Subclasses set their defaults with `kwargs.setdefault(...)`, as Blocks' do, so a caller can
-still change them. An extension that must survive a resume mid-epoch keeps its state in
-`state_dict` / `load_state_dict` (plain data); the Checkpoint extension saves it.
+Each is a SimpleExtension (draw/training/extension.py: events, triggers, state). The monitoring
+extensions (TrainingDataMonitoring, DataStreamMonitoring) are in draw/training/monitoring.py
+and importable from here with the others.
 """
 import math
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from draw.errors import DrawError
+from draw.training.extension import SimpleExtension
 from draw.training.checkpoint import rng_state, save_checkpoint, save_log
 from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
 from draw.outputs.sampling import prior_noise
-
-EVENTS = ("before_training", "before_epoch", "after_batch", "after_epoch", "after_training",
-          "on_error")
-TRIGGERS = EVENTS + ("before_first_epoch",)
-
-
-class SimpleExtension:
-    """Base class: trigger kwargs funnelled into one `do(which_callback, *args)`.
-
-    Parameters
-    ----------
-    name : str, optional
-        Key of this extension's state in a checkpoint; the class name by default.
-    every_n_batches, every_n_epochs : int, optional
-        Also call `do("after_batch")` / `do("after_epoch")` when the iteration / epoch count is a
-        multiple of N.
-    **triggers : bool
-        Any of before_training, before_first_epoch, before_epoch, after_batch, after_epoch,
-        after_training, on_error.
-    """
-
-    def __init__(self, name: str | None = None, every_n_batches: int | None = None,
-                 every_n_epochs: int | None = None, **triggers: bool):
-        unknown = set(triggers) - set(TRIGGERS)
-        if unknown:
-            raise TypeError(f"unknown triggers {sorted(unknown)}; known: {list(TRIGGERS)}")
-        self.name = name or type(self).__name__
-        self.every_n_batches = every_n_batches
-        self.every_n_epochs = every_n_epochs
-        self.triggers = {event for event, on in triggers.items() if on}
-        self.main_loop = None
-
-    def do(self, which_callback: str, *args) -> None:
-        """Act on an event; `which_callback` names it."""
-        raise NotImplementedError
-
-    def before_training(self) -> None:
-        if "before_training" in self.triggers:
-            self.do("before_training")
-        if "before_first_epoch" in self.triggers and self.main_loop.fresh:
-            self.do("before_first_epoch")
-
-    def before_epoch(self) -> None:
-        if "before_epoch" in self.triggers:
-            self.do("before_epoch")
-
-    def after_batch(self) -> None:
-        n = self.every_n_batches
-        if "after_batch" in self.triggers or (n and self.main_loop.status["iteration"] % n == 0):
-            self.do("after_batch")
-
-    def after_epoch(self) -> None:
-        n = self.every_n_epochs
-        if "after_epoch" in self.triggers or (n and self.main_loop.status["epoch"] % n == 0):
-            self.do("after_epoch")
-
-    def after_training(self) -> None:
-        if "after_training" in self.triggers:
-            self.do("after_training")
-
-    def on_error(self, exception: BaseException) -> None:
-        if "on_error" in self.triggers:
-            self.do("on_error", exception)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
 
 
 class Timing(SimpleExtension):
@@ -149,116 +74,19 @@ class FinishAfter(SimpleExtension):
             self.main_loop.log[-1]["training_finish_requested"] = True
 
 
-def log_entries(prefix: str, means: dict) -> dict:
-    """A task's numbers as log keys: {"nll_bound": b, "kl_term": [k0, k1]} with prefix "valid"
-    gives valid_nll_bound, valid_kl_term_0, valid_kl_term_1 (the classic names)."""
-    row = {}
-    for name, value in means.items():
-        if isinstance(value, (list, tuple)):
-            row.update({f"{prefix}_{name}_{t}": float(v) for t, v in enumerate(value)})
-        else:
-            row[f"{prefix}_{name}"] = float(value)
-    return row
-
-
-class TrainingDataMonitoring(SimpleExtension):
-    """Average the task's monitored numbers over each epoch, into `train_<name>` (for DRAW
-    `train_nll_bound` and `train_kl_term_<t>`), with `train_total_gradient_norm` and
-    `train_total_step_norm`.
-
-    The task's numbers are means over the epoch's examples, the norms means over its batches.
-    Sums stay on the device until the epoch ends, so monitoring adds no host sync per batch.
-    The loop's per-batch sums are already global under torchrun, so every rank (and a
-    checkpoint taken mid-epoch) holds the numbers of the whole job.
-    """
-    # what checkpoints written before the task existed called the sums (a mid-epoch resume)
-    OLD_NAMES = {"nll_bound_sum": "nll_bound", "kl_sum": "kl_term"}
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("after_batch", True)
-        kwargs.setdefault("after_epoch", True)
-        super().__init__(**kwargs)
-        self.sums: dict[str, torch.Tensor] = {}    # float64, on the model's device
-        self.batches = 0
-
-    def do(self, which_callback: str, *args) -> None:
-        if which_callback == "after_batch":
-            last = self.main_loop.last_batch
-            numbers = {**last["sums"], "total_gradient_norm": last["total_gradient_norm"],
-                       "total_step_norm": last["total_step_norm"]}
-            for key, value in numbers.items():
-                value = value.detach().double()
-                self.sums[key] = self.sums[key] + value if key in self.sums else value
-            self.batches += 1
-        elif which_callback == "after_epoch" and self.batches:
-            sums = dict(self.sums)
-            norms = {key: sums.pop(key).item() / self.batches
-                     for key in ("total_gradient_norm", "total_step_norm")}
-            examples = sums.pop("examples").item()
-            means = {key: (value / examples).tolist() for key, value in sums.items()}
-            self.main_loop.log[-1].update(log_entries("train", {**means, **norms}))
-            self.sums, self.batches = {}, 0
-
-    def state_dict(self) -> dict:
-        return {"sums": {key: value.cpu() for key, value in self.sums.items()},
-                "batches": self.batches}
-
-    def load_state_dict(self, state: dict) -> None:
-        device = next(self.main_loop.model.parameters()).device
-        sums = {self.OLD_NAMES.get(key, key): value.to(device)
-                for key, value in state.get("sums", {}).items()}
-        if "images" in state and sums:     # the old format kept the count apart
-            sums["examples"] = torch.tensor(float(state["images"]), dtype=torch.float64,
-                                            device=device)
-        self.sums, self.batches = sums, state.get("batches", 0)
-
-
-class DataStreamMonitoring(SimpleExtension):
-    """Evaluate the task on a whole split under no_grad: `<prefix>_<name>` for each of the
-    task's numbers (for DRAW `<prefix>_nll_bound` and `<prefix>_kl_term_<t>`), means over the
-    split's examples.
-
-    Under torchrun every rank evaluates its slice of each batch and the sums are all-reduced:
-    the numbers are those of one process, in 1 / world_size of the time.
-
-    Parameters
-    ----------
-    stream : callable
-        Returns one pass over the split in batches on `device` (draw.datasets.batches).
-    prefix : str
-        "valid" or "test".
-    device : str or torch.device
-    seed : int
-        Any noise comes from a generator seeded with it at every evaluation: each epoch sees
-        the same noise (so differences between epochs are the model's, not the noise's), and
-        evaluating draws nothing from the training's random streams.
-    """
-
-    def __init__(self, stream, prefix: str, device, seed: int = 0, **kwargs):
-        kwargs.setdefault("before_first_epoch", True)
-        kwargs.setdefault("after_epoch", True)
-        kwargs.setdefault("name", f"{prefix}_monitoring")
-        super().__init__(**kwargs)
-        self.stream, self.prefix = stream, prefix
-        self.device, self.seed = torch.device(device), seed
-
-    def do(self, which_callback: str, *args) -> None:
-        loop = self.main_loop
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        means = loop.task.evaluate(self.stream(), generator)
-        loop.log[-1].update(log_entries(self.prefix, means))
-
-
 class Checkpoint(SimpleExtension):
     """Save `<name>_model.pkl` (config, parameters, optimizer, RNG, loop state and log) and
     `<name>_log.pkl`, atomically, before training, after every epoch and when training stops.
 
-    The model file carries a copy of the log, so the pair it resumes from is always consistent,
-    whichever of the two files a kill interrupted. `run` is plain data about the run (dataset,
-    batch size, ...) that `--resume` and `evaluate.py` read back.
+    The model file is the commit point of an epoch: it is written first, with a copy of the
+    log, and the log file and the pictures (SampleCheckpoint, which runs after this) follow.
+    A kill or a full disk in between leaves them one epoch behind the model file, never ahead
+    of it, and a resumed run rewrites the log from the model file's copy. `run` is plain data
+    about the run (dataset, batch size, ...) that `--resume` and `evaluate.py` read back.
     """
 
     def __init__(self, run_dir, name: str, run: dict, **kwargs):
+        kwargs.setdefault("before_training", True)
         kwargs.setdefault("before_first_epoch", True)
         kwargs.setdefault("after_epoch", True)
         kwargs.setdefault("after_training", True)
@@ -273,9 +101,13 @@ class Checkpoint(SimpleExtension):
         position = (loop.status["epoch"], loop.status["iteration"])
         if which_callback == "after_training" and position == self.saved_at:
             return      # a normal end: the last epoch's files are already these
-        save_log(self.log_path, loop.log)
+        if which_callback == "before_training":
+            if not loop.fresh:
+                save_log(self.log_path, loop.log)   # resumed: the log the model file holds
+            return
         save_checkpoint(self.model_path, loop.model, loop.optimizer,
                         rng=rng_state(loop.generator), run=self.run, **loop.state_dict())
+        save_log(self.log_path, loop.log)
         self.saved_at = position
 
 
@@ -284,11 +116,15 @@ class SampleCheckpoint(SimpleExtension):
 
     Writes `sample.png` (the latest grid), `epoch-NNN.png` (one per epoch, NNN = epochs done),
     `training.gif` (the epoch grids in order) and `sequence.gif` (the latest samples being drawn
-    step by step, with the write window boxed when the model has write attention).
+    step by step, with the write window boxed when the model has write attention). Put it
+    after Checkpoint: the pictures then never show an epoch the model file does not hold. A
+    resumed run draws the pictures of its epoch if a kill came between the model file and
+    them, and removes any of later epochs.
     """
 
     def __init__(self, run_dir, shape: tuple[int, int, int], n: int = 100, seed: int = 0,
                  **kwargs):
+        kwargs.setdefault("before_training", True)
         kwargs.setdefault("before_first_epoch", True)
         kwargs.setdefault("after_epoch", True)
         super().__init__(**kwargs)
@@ -297,6 +133,25 @@ class SampleCheckpoint(SimpleExtension):
         self.cols = math.ceil(n / self.rows)
 
     def do(self, which_callback: str, *args) -> None:
+        epoch = self.main_loop.status["epoch"]
+        if which_callback == "before_training":
+            if self.main_loop.fresh:
+                return                  # before_first_epoch draws them
+            for path in self.run_dir.glob("epoch-[0-9][0-9][0-9]*.png"):
+                if path.stem[len("epoch-"):].isdigit() and int(path.stem[6:]) > epoch:
+                    path.unlink()
+            if (self.run_dir / f"epoch-{epoch:03d}.png").exists():
+                return
+        try:
+            self._draw(epoch)
+        except OSError as e:
+            # a full disk, say: one line naming the file, not draw/atomic.py's temporary one
+            name = Path(e.filename or "samples").name
+            if name.startswith(".") and name.endswith(".tmp"):
+                name = name[1:].rsplit(".", 2)[0]               # .NAME.XXXXXXXX.tmp -> NAME
+            raise DrawError(f"cannot write {self.run_dir / name}: {e.strerror or e}") from e
+
+    def _draw(self, epoch: int) -> None:
         model = self.main_loop.model
         cfg = model.config
         u = prior_noise(model, self.n, self.seed)       # the same noise at every epoch
@@ -305,7 +160,6 @@ class SampleCheckpoint(SimpleExtension):
         canvases, attention = out if with_attention else (out, None)          # (T, n, x_dim)
         canvases = canvases.float().cpu()
         grid = image_grid(canvases[-1].view(self.n, *self.shape), self.rows, self.cols)
-        epoch = self.main_loop.status["epoch"]
         save_png(grid, self.run_dir / f"epoch-{epoch:03d}.png")
         save_png(grid, self.run_dir / "sample.png")
         # the GIF is rebuilt from the PNGs on disk, so it survives a resume unchanged

@@ -2,16 +2,21 @@
 
 `main(**flags)` first builds and checks the settings (draw/settings.py: defaults, a config file,
 the flags, or a resumed run's own settings), the model files (`--oldmodel`, `--resume`), the
-device, the data and the run directory's name; only then does anything touch the disk, so a bad
-command line leaves no trace. A run then lives in `<name>-YYYYmmdd-HHMMSS/`:
+device, the data, the memory the model needs and the run directory's name; only then does
+anything touch the disk, so a bad command line leaves no trace. A run then lives in
+`<name>-YYYYmmdd-HHMMSS/`, with `name` = --name or the dataset, as in the classic repository:
 
-    config.json              the resolved model config and run settings
+    .lock                    held while a process trains here (draw/training/lock.py)
+    config.json              the long name, the resolved model config and run settings
     args.txt                 the command line (one more line per resume)
-    <longname>_model.pkl     config, parameters, optimiser, RNG and loop state (checkpoint.py)
-    <longname>_log.pkl       one row of numbers per epoch
+    <name>_model.pkl         config, parameters, optimiser, RNG and loop state (checkpoint.py)
+    <name>_log.pkl           one row of numbers per epoch
     sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (extensions.py)
 
-with the classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`.
+The classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`, is in
+the header and config.json. Runs made before kept their files under the long name; a resumed
+run goes on writing the files it found. A run killed before its first model file is restarted
+by `--resume` from the settings in its config.json.
 
 Training goes through the model's own forward pass (draw/training/task.py). Denormal floats
 are flushed to zero on the CPU unless `--no-flush-denormal`: a process-wide setting, applied
@@ -21,24 +26,23 @@ on its slice of it, and the run takes the steps of a single process up to float 
 the main process (rank 0) prints and writes files, and a run may be resumed with another number
 of processes.
 """
+import dataclasses
 import json
 import math
-import os
 import random
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from draw.atomic import atomic_write_bytes
 from draw.datasets import batches, get_data
 from draw.datasets.store import dataset_spec
-from draw.errors import DrawError
+from draw.errors import DrawError, Interrupted
 from draw.model import DrawConfig, DrawModel
+from draw.resources import check_memory, training_bytes
 from draw.settings import DrawSettings
 from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
                                       resolve_device, set_rng_state)
@@ -47,6 +51,9 @@ from draw.training.distributed import (Distributed, close_distributed, first_on_
 from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot,
                                       Printing, ProgressBar, SampleCheckpoint, Timing,
                                       TrainingDataMonitoring)
+from draw.training.lock import RunLock, check_unlocked
+from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, read_text,
+                                  stored_in_config, write_text)
 from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
 
@@ -83,6 +90,7 @@ class _Checked:
     run_path: Path | None         # the run directory when resuming
     ckpt: dict | None             # the checkpoint to resume from
     old: DrawModel | None         # the --oldmodel to start from
+    files: str                    # <files>_model.pkl, <files>_log.pkl
 
 
 @dataclass(frozen=True)
@@ -93,36 +101,29 @@ class _Plan:
     dist: Distributed
     device: torch.device
     splits: dict[str, torch.Tensor]    # train (or its --subset), valid, test, on the device
+    binary: bool                       # every pixel 0 or 1: the bound is one on -log p(x)
     run_path: Path
-
-
-def _find_checkpoint(resume: str) -> tuple[Path, Path]:
-    path = Path(resume)
-    if path.is_file():
-        return path.parent, path
-    if path.is_dir():
-        found = sorted(path.glob("*_model.pkl"))
-        if len(found) != 1:
-            raise DrawError(f"--resume {resume}: expected one *_model.pkl file there, "
-                            f"found {len(found)}")
-        return path, found[0]
-    raise DrawError(f"--resume {resume}: no such run directory")
 
 
 def _check(flags: dict) -> _Checked:
     """Build and check the settings and read the model files; raise DrawError, write nothing."""
     given = DrawSettings.given(flags)
-    run_path = ckpt = old = None
+    run_path = ckpt = old = model_file = None
     if given.get("resume") is not None:
-        run_path, model_file = _find_checkpoint(given["resume"])
-        try:
-            ckpt = load_checkpoint(model_file)
-        except CheckpointError as e:
-            raise DrawError(f"--resume: {e}") from e
-        if not isinstance(ckpt.get("run"), dict) or TRAINING_STATE - set(ckpt):
-            raise DrawError(f"--resume: {model_file} was not saved by train-draw.py (it lacks "
-                            f"the run settings or the training state)")
-        settings = DrawSettings.resumed(ckpt["run"], given, str(model_file))
+        run_path, model_file = find_checkpoint(given["resume"])
+        check_unlocked(run_path)
+        if model_file is None:
+            stored = stored_in_config(run_path)
+            settings = DrawSettings.resumed(stored, given, str(run_path / "config.json"))
+        else:
+            try:
+                ckpt = load_checkpoint(model_file)
+            except CheckpointError as e:
+                raise DrawError(f"--resume: {e}") from e
+            if not isinstance(ckpt.get("run"), dict) or TRAINING_STATE - set(ckpt):
+                raise DrawError(f"--resume: {model_file} was not saved by train-draw.py (it "
+                                f"lacks the run settings or the training state)")
+            settings = DrawSettings.resumed(ckpt["run"], given, str(model_file))
     else:
         settings = DrawSettings(**given)
     device = resolve_device(settings.device)
@@ -145,7 +146,9 @@ def _check(flags: dict) -> _Checked:
             diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
                               for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
             raise DrawError(f"--oldmodel {settings.oldmodel} has another configuration: {diffs}")
-    return _Checked(settings, cfg, device, run_path, ckpt, old)
+    files = (model_file.name[:-len("_model.pkl")] if model_file is not None
+             else settings.name or settings.dataset)
+    return _Checked(settings, cfg, device, run_path, ckpt, old, files)
 
 
 def _subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -157,52 +160,35 @@ def _subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
 
 
 def _load_splits(s: DrawSettings, d: Distributed,
-                 device: torch.device) -> dict[str, torch.Tensor]:
-    """The run's train (or its --subset), valid and test images, on `device`.
+                 device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
+    """The run's train (or its --subset), valid and test images (and their --eval-subset), on
+    `device`, and whether the data are binary.
 
     Under torchrun the first process of each machine loads first, since it may download and
     convert; the others then read its files.
     """
     data = first_on_each_machine(d, lambda: get_data(s.dataset, root=s.data_dir), device,
                                  what=f"loading {s.dataset}")
-    # on the device once, rather than copied there at every pass; valid and test stay whole
-    return {"train": _subset(data.train, s.subset, s.seed).to(device),
-            "valid": data.valid.to(device), "test": data.test.to(device)}
+    # on the device once, rather than copied there at every pass; valid and test stay whole,
+    # and their --eval-subset is a view into them
+    splits = {"train": _subset(data.train, s.subset, s.seed).to(device),
+              "valid": data.valid.to(device), "test": data.test.to(device)}
+    for key in ("valid", "test"):
+        splits[f"{key}_subset"] = _subset(splits[key], s.eval_subset or None, s.seed)
+    n_train = splits["train"].shape[0]
+    if s.batch_size > n_train:
+        raise DrawError(f"--bs {s.batch_size} is larger than the training set ({n_train} "
+                        f"images{' with --subset' if s.subset else ''})")
+    return splits, data.binary
 
 
-def _new_run_path(parent: Path, name: str) -> Path:
-    """`<name>-YYYYmmdd-HHMMSS` in `parent`, checked to be creatable; made by `_make_run_dir`."""
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise DrawError(f"--run-dir {parent}: {existing} is not a writable directory")
-    return parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _make_run_dir(planned: Path) -> Path:
-    try:
-        planned.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(100):
-            # two runs started in the same second get -2, -3, ... rather than one directory
-            run_dir = planned.with_name(planned.name + (f"-{attempt + 1}" if attempt else ""))
-            try:
-                run_dir.mkdir()
-                return run_dir
-            except FileExistsError:
-                continue
-    except OSError as e:
-        raise DrawError(f"cannot create a run directory in {planned.parent}: "
-                        f"{e.strerror or e}") from e
-    raise DrawError(f"cannot create a run directory in {planned.parent}: too many runs named "
-                    f"{planned.name}")
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        atomic_write_bytes(path, text.encode())
-    except OSError as e:
-        raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
+def _check_memory(cfg: DrawConfig, s: DrawSettings, d: Distributed,
+                  device: torch.device) -> None:
+    """One line, before the model is built, if training cannot fit in memory."""
+    per_process = -(-s.batch_size // d.world_size)
+    check_memory(training_bytes(cfg, per_process),
+                 f"training this model (T={cfg.n_iter}, enc {cfg.enc_dim}, dec {cfg.dec_dim}, "
+                 f"z {cfg.z_dim}) on batches of {per_process}", device)
 
 
 def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -> str:
@@ -225,13 +211,38 @@ def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -
              if d.enabled else None),
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
             ("flush denormals", "on" if s.flush_denormal else "off"),
+            ("evaluation", f"every {s.eval_every} epoch(s) on "
+                           f"{splits['valid_subset'].shape[0]} valid and "
+                           f"{splits['test_subset'].shape[0]} test images; the whole splits "
+                           f"after the last"),
+            ("objective", "the bound on -log p(x) (eq. 12), nats" if plan.binary else
+             "Bernoulli cross-entropy of the grey levels + KL (eq. 12), nats: not a bound "
+             "on -log p(x) for non-binary data"),
             ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
         if value is not None:
             lines.append(f"{label:>22}: {value}")
     return "\n".join(lines) + "\n"
 
 
-def _build_loop(plan: _Plan, longname: str) -> MainLoop:
+def _monitors(plan: _Plan) -> list[DataStreamMonitoring]:
+    """Evaluation of valid and test: on their --eval-subset every --eval-every epochs, on the
+    whole splits after the last epoch, with a progress bar on the main process."""
+    s = plan.checked.settings
+    bs, monitors = s.batch_size, []
+    for key in ("valid", "test"):
+        whole, part = plan.splits[key], plan.splits[f"{key}_subset"]
+        if whole.shape[0] == 0:
+            continue
+        monitors.append(DataStreamMonitoring(
+            lambda images=part: batches(images, bs, device=plan.device), key, plan.device,
+            seed=s.seed, every=s.eval_every,
+            final=lambda images=whole: batches(images, bs, device=plan.device),
+            sizes=(math.ceil(part.shape[0] / bs), math.ceil(whole.shape[0] / bs)),
+            progress=plan.dist.is_main))
+    return monitors
+
+
+def _build_loop(plan: _Plan) -> MainLoop:
     """Model, Adam, data order and the classic extensions, in the order they must run."""
     s, cfg, run_path = plan.checked.settings, plan.checked.cfg, plan.run_path
     bs = s.batch_size
@@ -243,21 +254,15 @@ def _build_loop(plan: _Plan, longname: str) -> MainLoop:
     optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
     extensions = [ProgressBar(math.ceil(plan.splits["train"].shape[0] / bs))] if writer else []
-    extensions += [
-        Timing(),
-        FinishAfter(after_n_epochs=s.epochs),
-        TrainingDataMonitoring(),
-        *[DataStreamMonitoring(lambda split=plan.splits[key]: batches(split, bs,
-                                                                      device=plan.device),
-                               key, plan.device, seed=s.seed)
-          for key in ("valid", "test") if plan.splits[key].shape[0] > 0],
-    ]
+    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs), TrainingDataMonitoring(),
+                   *_monitors(plan)]
     if writer:
         extensions += [
             Printing(),
+            # the model file commits an epoch; the log and the pictures follow it
+            Checkpoint(run_path, plan.checked.files, s.stored()),
             SampleCheckpoint(run_path, (cfg.channels, cfg.height, cfg.width), n=N_SAMPLES,
                              seed=s.seed),
-            Checkpoint(run_path, longname, s.stored()),  # last: it saves what the others logged
         ]
         if s.live_plotting:
             extensions.append(Plot(run_path, port=s.plot_port))
@@ -297,16 +302,31 @@ def main(**flags) -> None:
         dist, device = init_distributed(checked.device)
         finished = False
         try:
-            splits = _load_splits(s, dist, device)
-            run_path = checked.run_path or _new_run_path(Path(s.run_dir), s.name or s.dataset)
-            _run(_Plan(checked, dist, device, splits, run_path))
+            splits, binary = _load_splits(s, dist, device)
+            _check_memory(checked.cfg, s, dist, device)
+            run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
+            _run(_Plan(checked, dist, device, splits, binary, run_path))
             finished = True
         finally:
             close_distributed(dist, finished)
 
 
 def _run(plan: _Plan) -> None:
-    """Everything is valid: from here on the run exists."""
+    """Everything is valid: from here on the run exists. The main process holds the run
+    directory's lock while it trains (which also clears what a killed save left)."""
+    lock = None
+    try:
+        if plan.dist.is_main:
+            if plan.checked.run_path is None:
+                plan = dataclasses.replace(plan, run_path=make_run_dir(plan.run_path))
+            lock = RunLock(plan.run_path).acquire()
+        _train(plan)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(plan: _Plan) -> None:
     s, ckpt, writer = plan.checked.settings, plan.checked.ckpt, plan.dist.is_main
     longname = long_name(s)
     # process-wide: subnormal floats become 0 in CPU arithmetic (no effect on GPUs)
@@ -316,16 +336,16 @@ def _run(plan: _Plan) -> None:
         torch.manual_seed(s.seed)
         np.random.seed(s.seed)
         random.seed(s.seed)
-        if writer:
-            plan = _Plan(plan.checked, plan.dist, plan.device, plan.splits,
-                         _make_run_dir(plan.run_path))
-    loop = _build_loop(plan, longname)
+    loop = _build_loop(plan)
     if writer:
         command = shlex.join([Path(sys.executable).name, *sys.argv])
         args_txt = plan.run_path / "args.txt"
-        previous = args_txt.read_text() + "# resumed\n" if ckpt is not None else ""
-        _write_text(args_txt, previous + command + "\n")
-        _write_text(plan.run_path / "config.json", json.dumps(
+        previous = ""
+        if plan.checked.run_path is not None:
+            previous = read_text(args_txt) + ("# resumed\n" if ckpt is not None else
+                                               "# restarted: killed before its first save\n")
+        write_text(args_txt, previous + command + "\n")
+        write_text(plan.run_path / "config.json", json.dumps(
             {"name": longname, "config": plan.checked.cfg.to_dict(), "run": s.stored(),
              "device": str(plan.device), "processes": plan.dist.world_size,
              "torch": torch.__version__}, indent=2) + "\n")
@@ -348,10 +368,13 @@ def _run(plan: _Plan) -> None:
         print(_header(longname, plan, n_params, resumed_at), flush=True)
     loop.run()
     if loop.status["interrupted"]:
-        if writer:
-            launcher = "torchrun --nproc_per_node=K" if plan.dist.enabled else "python"
-            print(f"stopped by Ctrl-C at epoch {loop.status['epoch']}, batch "
-                  f"{loop.status['batch']}; saved. Continue with: {launcher} train-draw.py "
-                  f"--resume {plan.run_path}", file=sys.stderr)
+        launcher = "torchrun --nproc_per_node=K" if plan.dist.enabled else "python"
+        status, batches_per_epoch = loop.status, math.ceil(plan.splits["train"].shape[0] /
+                                                           s.batch_size)
+        # the progress bar's numbers: epoch E is the one in progress, batch B of its total
+        where = (f"in epoch {status['epoch'] + 1} after batch {status['batch']} of "
+                 f"{batches_per_epoch}" if status["batch"] else
+                 f"after epoch {status['epoch']}")
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
-        raise KeyboardInterrupt
+        raise Interrupted(f"stopped by Ctrl-C {where}; saved. Continue with: {launcher} "
+                          f"train-draw.py --resume {plan.run_path}")

@@ -1,0 +1,86 @@
+"""A run directory: found from --resume, named and made for a fresh run, and its small text
+files (config.json, args.txt); any training script's set-up shares these (run.py for DRAW).
+
+The directory is `<name>-YYYYmmdd-HHMMSS` in --run-dir; its lock and the clean-up after a killed
+run are in draw/training/lock.py.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+from draw.atomic import atomic_write_bytes
+from draw.errors import DrawError
+
+
+def find_checkpoint(resume: str) -> tuple[Path, Path | None]:
+    """The run directory and its model file; None for a run killed before its first one,
+    which its config.json lets restart."""
+    path = Path(resume)
+    if path.is_file():
+        return path.parent, path
+    if path.is_dir():
+        found = sorted(path.glob("*_model.pkl"))
+        if not found and (path / "config.json").is_file():
+            return path, None
+        if len(found) != 1:
+            raise DrawError(f"--resume {resume}: expected one *_model.pkl file there, "
+                            f"found {len(found)}")
+        return path, found[0]
+    raise DrawError(f"--resume {resume}: no such run directory")
+
+
+def stored_in_config(run_path: Path) -> dict:
+    """The settings in the config.json of a run killed before its first model file."""
+    try:
+        stored = json.loads((run_path / "config.json").read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DrawError(f"--resume {run_path}: no model file, and config.json does not hold "
+                        f"the run's settings") from e
+    if not isinstance(stored, dict):
+        raise DrawError(f"--resume {run_path}: config.json's settings are not a table")
+    return stored
+
+
+def new_run_path(parent: Path, name: str) -> Path:
+    """`<name>-YYYYmmdd-HHMMSS` in `parent`, checked to be creatable; made by `_make_run_dir`."""
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DrawError(f"--run-dir {parent}: {existing} is not a writable directory")
+    return parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_run_dir(planned: Path) -> Path:
+    try:
+        planned.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(100):
+            # two runs started in the same second get -2, -3, ... rather than one directory
+            run_dir = planned.with_name(planned.name + (f"-{attempt + 1}" if attempt else ""))
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise DrawError(f"cannot create a run directory in {planned.parent}: "
+                        f"{e.strerror or e}") from e
+    raise DrawError(f"cannot create a run directory in {planned.parent}: too many runs named "
+                    f"{planned.name}")
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise DrawError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def write_text(path: Path, text: str) -> None:
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as e:
+        raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
