@@ -1,0 +1,196 @@
+"""Classification with DRAW's read attention (section 4.1, Table 1): settings, task, pictures.
+
+What train-classifier.py trains through the same MainLoop, extensions, checkpoints and torchrun
+as train-draw.py (draw/training/main_loop.py): `ClassifierSettings` (the flags), the task
+`ClassifyTask` (cross-entropy as the loss; the error rate in percent as the monitored number,
+so the log holds `train_error`, `valid_error` and `test_error`, and `train_cross_entropy` ...),
+and `GlimpseCheckpoint` (the paper's Figure 4, every epoch). `classifier_test_error` scores a saved
+classifier on its dataset's test split (what evaluate.py prints for a classifier file).
+"""
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss, errors
+from draw.datasets import get_labelled, labelled_batches, labelled_datasets
+from draw.errors import DrawError
+from draw.outputs.glimpses import glimpse_grid
+from draw.outputs.plotting import save_png
+from draw.settings import RunSettings, setting
+from draw.training.checkpoint import CheckpointError, load_checkpoint
+from draw.training.distributed import Distributed, wrap_model
+from draw.training.extensions import Printing, SimpleExtension
+
+N_GLIMPSE_IMAGES = 8     # test images in the Figure 4 picture, one row each
+
+
+@dataclass(frozen=True)
+class ClassifierSettings(RunSettings):
+    """A classifier training run (train-classifier.py): the run's settings and the model's."""
+    dataset: str = setting("cluttered-mnist", "labelled dataset to classify")
+    attention: int = setting(12, "read window size N: each glimpse is N x N (the paper: 12)",
+                             aliases=("-a",))
+    n_iter: int = setting(8, "number of glimpses T (the paper: 4 and 8)", flag="--niter")
+    enc_dim: int = setting(256, "LSTM state dimension (the paper: 256)")
+
+    def check(self) -> None:
+        if self.dataset not in labelled_datasets:
+            raise DrawError(f"unknown --dataset {self.dataset!r} for a classifier; choose from "
+                            f"{', '.join(labelled_datasets)}")
+        try:
+            super().check()
+        except DrawError as e:
+            # RunSettings.check ends by requiring a generation dataset (cluttered-mnist is
+            # composed on the fly, not one of them); every other check of it has run by then
+            # (tests/test_classifier_train.py checks that they still fire)
+            if not str(e).startswith("unknown --dataset"):
+                raise
+        for name in ("attention", "n_iter", "enc_dim"):
+            self.require(name, getattr(self, name) >= 1, "a positive integer")
+        if self.live_plotting:
+            raise DrawError("--live-plotting: train-classifier.py has no live plots; its "
+                            "numbers are printed every epoch and glimpses.png shows the windows")
+
+
+def model_config(s: ClassifierSettings, shape: tuple[int, int, int],
+                 n_classes: int) -> ClassifierConfig:
+    """The classifier a run's settings describe, for images of `shape` (C, H, W)."""
+    C, H, W = shape
+    try:
+        return ClassifierConfig(channels=C, height=H, width=W, n_iter=s.n_iter,
+                                enc_dim=s.enc_dim, read_N=s.attention, n_classes=n_classes)
+    except ValueError as e:
+        raise DrawError(f"--attention {s.attention}: {e}") from e
+
+
+class ClassifyTask:
+    """The classifier's objective for the main loop (draw/training/task.py says what a task is):
+    the mean cross-entropy of the softmax on the final state; monitored, the cross-entropy and
+    the error rate in percent.
+
+    Parameters
+    ----------
+    model : AttentionClassifier
+        On its device already.
+    dist : Distributed, optional
+        Under torchrun the model is wrapped in DistributedDataParallel once, here.
+    """
+
+    def __init__(self, model: AttentionClassifier, dist: Distributed | None = None):
+        self.model = model
+        self.dist = dist or Distributed()
+        self.module = wrap_model(model, self.dist, next(model.parameters()).device)
+
+    def _sums(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        ce = classification_loss(logits, y)                                  # (b,)
+        return ce, {"cross_entropy": ce.detach().sum(),
+                    "error": 100 * errors(logits.detach(), y).sum(),
+                    "examples": torch.tensor(float(y.shape[0]), device=y.device)}
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The mean cross-entropy over the global batch (x (B, D), y (B,)), as this rank's
+        share of it (see DrawTask.loss for the scaling)."""
+        x, y = batch
+        B = x.shape[0]
+        x, y = self.dist.shard(x), self.dist.shard(y)                         # (b, D), (b,)
+        ce, sums = self._sums(self.module(x), y)
+        return ce.sum() * self.dist.loss_scale(B), sums
+
+    @torch.no_grad()
+    def evaluate(self, data: Iterable, generator: torch.Generator | None = None) -> dict:
+        """Cross-entropy and error rate (percent) over all examples of `data`, batches of
+        (x, y); the classifier draws no noise, so `generator` is unused."""
+        was_training = self.model.training
+        self.model.eval()
+        totals = None
+        try:
+            for x, y in data:
+                x, y = self.dist.shard(x), self.dist.shard(y)
+                _, sums = self._sums(self.model(x), y)
+                part = torch.stack([sums["cross_entropy"], sums["error"],
+                                    sums["examples"]]).double()
+                totals = part if totals is None else totals + part
+        finally:
+            self.model.train(was_training)
+        if totals is None:
+            raise ValueError("evaluate needs at least one batch")
+        ce, error, examples = self.dist.all_reduce_sum(totals).tolist()
+        return {"cross_entropy": ce / examples, "error": error / examples}
+
+
+class GlimpseCheckpoint(SimpleExtension):
+    """The paper's Figure 4 before training and after every epoch: the first
+    N_GLIMPSE_IMAGES test images, one row each, every glimpse's read window boxed.
+
+    Writes `glimpses-NNN.png` (NNN = epochs done) and `glimpses.png` (the latest).
+    """
+
+    def __init__(self, run_dir, images: torch.Tensor, shape: tuple[int, int, int], **kwargs):
+        kwargs.setdefault("before_first_epoch", True)
+        kwargs.setdefault("after_epoch", True)
+        super().__init__(**kwargs)
+        self.run_dir, self.images, self.shape = Path(run_dir), images, tuple(shape)
+
+    def do(self, which_callback: str, *args) -> None:
+        model = self.main_loop.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                _, attention = model(self.images, return_attention=True)     # (T, n) each
+        finally:
+            model.train(was_training)
+        picture = glimpse_grid(self.images.view(-1, *self.shape), attention,
+                               model.config.read_N)
+        epoch = self.main_loop.status["epoch"]
+        save_png(picture, self.run_dir / f"glimpses-{epoch:03d}.png")
+        save_png(picture, self.run_dir / "glimpses.png")
+
+
+class ClassifierPrinting(Printing):
+    """Printing's one line per epoch, with the classifier's numbers."""
+    COLUMNS = (("train_error", "train {:.2f}%"), ("valid_error", "valid {:.2f}%"),
+               ("test_error", "test {:.2f}%"), ("train_cross_entropy", "xent {:.4f}"),
+               ("train_total_gradient_norm", "|grad| {:.3g}"), ("time_train_this_epoch",
+                                                                 "{:.1f} s"))
+
+
+def load_classifier(path, map_location="cpu") -> tuple[AttentionClassifier, dict]:
+    """Rebuild a classifier from its model file (written by train-classifier.py).
+
+    Raises CheckpointError, one line, for anything else, a DRAW model file included.
+    """
+    ckpt = load_checkpoint(path, map_location)
+    if ckpt["config"].get("model") != ClassifierConfig().to_dict()["model"]:
+        raise CheckpointError(f"{path} is a DRAW model file, not a classifier's "
+                              f"(train-classifier.py writes those)")
+    try:
+        cfg = ClassifierConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid classifier config: {e}") from e
+    model = AttentionClassifier.from_config(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: parameters do not fit its config ({first})") from e
+    return model.to(map_location), ckpt
+
+
+def classifier_test_error(path, data_dir: str | None = None, batch_size: int = 500,
+               device: str | torch.device = "cpu") -> float:
+    """The test error, in percent, of the classifier saved in `path`, on the test split of the
+    dataset it was trained on (for cluttered-mnist the fixed 10,000 test images).
+
+    What evaluate.py prints for a classifier's model file. Raises CheckpointError for a file
+    that is not a classifier's and DatasetError (a DrawError) for missing data.
+    """
+    model, ckpt = load_classifier(path, device)
+    run = ckpt.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("dataset"), str):
+        raise CheckpointError(f"{path} does not say which dataset it was trained on")
+    data = get_labelled(run["dataset"], root=data_dir)
+    return ClassifyTask(model).evaluate(labelled_batches(data.test, batch_size,
+                                                         device=device))["error"]

@@ -1,0 +1,153 @@
+"""train-classifier.py end to end on a tiny cluttered MNIST: files, log, exact resume, test error,
+and one-line errors that write nothing.
+
+A small labelled "mnist" of the shipped sample's real digits (labels drawn at random) stands in
+for MNIST in a temporary data directory; cluttered-mnist is composed from it.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from draw.classifier import AttentionClassifier, ClassifierConfig
+from draw.datasets import get_data
+from draw.datasets.converted import save_converted
+from draw.datasets.registry import REGISTRY
+from draw.datasets.store import converted_path
+from draw.errors import DrawError
+from draw.training.checkpoint import CheckpointError, load_log, load_model
+from draw.training.classify import (ClassifierSettings, ClassifyTask, classifier_test_error,
+                                    load_classifier)
+from draw.training.classify_run import main
+from draw.training.run import main as train_draw
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="cluttered-mnist", n_iter=2, attention=4, enc_dim=8, batch_size=40,
+            learning_rate=3e-3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data directory holding a labelled mnist of 120 / 30 / 30 real digits."""
+    root = tmp_path_factory.mktemp("data")
+    sample = get_data("sample")
+    rng = np.random.default_rng(0)
+    splits = {"train": sample.train[:120].numpy(), "valid": sample.valid[:30].numpy(),
+              "test": sample.test[:30].numpy()}
+    for split in list(splits):
+        splits[f"{split}_labels"] = rng.integers(0, 10, len(splits[split]), dtype=np.uint8)
+    save_converted(converted_path("mnist", root), REGISTRY["mnist"], splits)
+    return str(root)
+
+
+def test_task_loss_and_evaluation():
+    """The loss is the batch's mean cross-entropy; evaluation's numbers are means over all the
+    examples of all its batches, the error in percent."""
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(height=12, width=12, n_iter=2, enc_dim=6, read_N=3, n_classes=4)
+    task = ClassifyTask(AttentionClassifier.from_config(cfg).double())
+    x = torch.rand(7, 144, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    logits = task.model(x)
+    loss, sums = task.loss((x, y))
+    assert torch.allclose(loss, F.cross_entropy(logits, y))
+    wrong = (logits.argmax(1) != y).sum().item()
+    assert sums["error"].item() == 100 * wrong and sums["examples"].item() == 7
+    means = task.evaluate([(x[:3], y[:3]), (x[3:], y[3:])])
+    assert means["error"] == pytest.approx(100 * wrong / 7)
+    assert means["cross_entropy"] == pytest.approx(F.cross_entropy(logits, y).item())
+    assert task.model.training
+
+
+def _run_dir(parent: Path) -> Path:
+    (run_dir,) = [p for p in parent.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_a_run_writes_its_files_and_logs_errors_in_percent(data_dir, tmp_path):
+    main(**TINY, epochs=2, data_dir=data_dir, run_dir=str(tmp_path), name="c", eval_subset=20)
+    run_dir = _run_dir(tmp_path)
+    name = "c"
+    for f in (f"{name}_model.pkl", f"{name}_log.pkl", "config.json", "args.txt",
+              "glimpses.png", "glimpses-000.png", "glimpses-001.png", "glimpses-002.png"):
+        assert (run_dir / f).is_file(), f
+    log = load_log(run_dir / f"{name}_log.pkl")
+    assert [row["epoch"] for row in log] == [0, 1, 2]
+    assert [row["iteration"] for row in log] == [0, 3, 6]          # 120 images, batches of 40
+    for row in log[1:]:
+        for key in ("train_error", "valid_error", "test_error"):
+            assert 0 <= row[key] <= 100
+            # every error is a whole number of images: of 120 train, of --eval-subset's 20
+            # valid / test images after epoch 1, of all 30 after the last
+            n = 120 if key == "train_error" else 30 if row["epoch"] == 2 else 20
+            assert abs(row[key] * n / 100 - round(row[key] * n / 100)) < 1e-9, (key, row)
+        assert row["train_cross_entropy"] > 0
+    assert "valid_error" in log[0] and "train_error" not in log[0]
+    # the saved model scores the fixed test images as the log's last row does
+    model_file = run_dir / f"{name}_model.pkl"
+    assert classifier_test_error(model_file, data_dir=data_dir) == pytest.approx(
+        log[-1]["test_error"], abs=1e-9)
+    model, ckpt = load_classifier(model_file)
+    assert model.config.n_iter == 2 and model.config.read_N == 4
+    assert ckpt["run"]["dataset"] == "cluttered-mnist"
+
+
+def test_resume_continues_exactly(data_dir, tmp_path):
+    """One epoch, then a resume to two, ends with the parameters of two epochs in one go (the
+    second epoch's training images are composed afresh from the seed in both)."""
+    main(**TINY, epochs=2, data_dir=data_dir, run_dir=str(tmp_path / "straight"))
+    main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path / "split"))
+    split_dir = _run_dir(tmp_path / "split")
+    main(resume=str(split_dir), epochs=2, data_dir=data_dir, device="cpu")
+    straight, _ = load_classifier(next(_run_dir(tmp_path / "straight").glob("*_model.pkl")))
+    resumed, ckpt = load_classifier(next(split_dir.glob("*_model.pkl")))
+    assert ckpt["epoch"] == 2
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_classifier_file_is_not_a_draw_model_and_the_other_way_round(data_dir, tmp_path):
+    main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path))
+    model_file = next(_run_dir(tmp_path).glob("*_model.pkl"))
+    with pytest.raises(CheckpointError):
+        load_model(model_file)                       # what sample.py and evaluate.py call
+    draw_dir = tmp_path / "draw"
+    train_draw(dataset="sample", n_iter=1, epochs=1, subset=20, batch_size=10, enc_dim=4,
+               dec_dim=4, z_dim=2, device="cpu", run_dir=str(draw_dir))
+    with pytest.raises(CheckpointError, match="is a DRAW model file, not a classifier's"):
+        load_classifier(next(_run_dir(draw_dir).glob("*_model.pkl")))
+    with pytest.raises(DrawError, match="--resume: .* is a DRAW model file"):
+        main(resume=str(_run_dir(draw_dir)), data_dir=data_dir)
+
+
+def test_settings_check_every_run_setting_for_a_labelled_dataset():
+    """RunSettings' checks all apply to cluttered-mnist, though it is no generation dataset."""
+    for bad, message in ((dict(batch_size=0), "--bs must be a positive integer"),
+                         (dict(learning_rate=-1.0), "--lr must be a positive number"),
+                         (dict(seed=-1), "--seed must be an integer"),
+                         (dict(name="a/b"), "--name must be a name"),
+                         (dict(dataset="sample"), "for a classifier; choose from mnist, "
+                                                  "cluttered-mnist")):
+        with pytest.raises(DrawError, match=message):
+            ClassifierSettings(**bad)
+    assert ClassifierSettings().dataset == "cluttered-mnist"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "bmnist"], "bmnist"),
+    (["--attention", "101"], "read_N=101 is larger than the 100x100 image"),
+    (["--niter", "0"], "--niter must be a positive integer"),
+    (["--config", "missing.toml"], "missing.toml"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(data_dir, tmp_path, flags, message):
+    out = subprocess.run([sys.executable, str(ROOT / "train-classifier.py"), *flags,
+                          "--data-dir", data_dir, "--run-dir", str(tmp_path / "runs")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr
+    assert not (tmp_path / "runs").exists()
