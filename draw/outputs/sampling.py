@@ -77,7 +77,7 @@ def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tens
     else:
         generator.manual_seed(seed)
     p = next(model.parameters())
-    u = torch.randn((model.n_iter, n, model.sampler.z_dim), generator=generator)
+    u = model.noise(n, like=torch.empty(0), generator=generator)             # (T, n, Z)
     return u.to(device=p.device, dtype=p.dtype)
 
 

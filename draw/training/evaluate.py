@@ -75,8 +75,7 @@ def bound_statistics(forward: Callable, model: DrawModel, data: Iterable[Tensor]
                        device=next(model.parameters()).device)
     try:
         for x in data:
-            u = torch.randn((model.n_iter, x.shape[0], model.sampler.z_dim), generator=generator,
-                            device=x.device, dtype=x.dtype)                   # (T, B, Z)
+            u = model.noise(x.shape[0], like=x, generator=generator)           # (T, B, Z)
             x, u = dist.shard(x), dist.shard(u, dim=1)                        # (b, D), (T, b, Z)
             if x.shape[0] == 0:
                 continue        # a rank's empty slice of a batch smaller than the world
@@ -128,8 +127,7 @@ def importance_sampled_nll(model: DrawModel, data: Iterable[Tensor], samples: in
         for x in data:
             for chunk in x.split(max(1, max_rows // samples)):                # (b, D)
                 rows = chunk.repeat_interleave(samples, dim=0)                # (b*K, D)
-                u = torch.randn((model.n_iter, rows.shape[0], model.sampler.z_dim),
-                                generator=generator, device=rows.device, dtype=rows.dtype)
+                u = model.noise(rows.shape[0], like=rows, generator=generator)  # (T, bK, Z)
                 log_w = model.log_weight(rows, u).double().view(-1, samples)  # (b, K)
                 nll.append(-(torch.logsumexp(log_w, dim=1) - math.log(samples)).cpu())
                 bound.append(-log_w.mean(dim=1).cpu())

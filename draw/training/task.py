@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from draw.model import DrawModel, nll_bound, standard_noise
+from draw.model import DrawModel, nll_bound
 from draw.training.distributed import Distributed, wrap_model
 from draw.training.evaluate import bound_statistics
 
@@ -54,7 +54,7 @@ class DrawTask:
         B = x.shape[0]
         # the noise of the whole batch, as DrawModel.forward would draw it; every rank draws the
         # same (same seed, same draws so far) and keeps its slice, like that of x
-        u = standard_noise(None, (self.model.n_iter, B, self.model.sampler.z_dim), x)  # (T, B, Z)
+        u = self.model.noise(B, like=x)                                       # (T, B, Z)
         x, u = self.dist.shard(x), self.dist.shard(u, dim=1)                  # (b, D), (T, b, Z)
         c, kl = self.module(x, u)                                             # (b, D), (T, b)
         bound = nll_bound(x, c, kl)                                           # (b,)
