@@ -291,6 +291,28 @@ def test_flush_denormal_is_a_setting_the_run_applies(tmp_path, monkeypatch, caps
     assert config["run"]["flush_denormal"] is False
 
 
+def test_compile_trains_the_compiled_glimpse_to_the_same_parameters(tmp_path, monkeypatch,
+                                                                     capsys):
+    """--compile runs draw.speed.compile_glimpse on the model; traced with the aot_eager backend
+    (inductor's C++ compile takes minutes on a CPU), the run ends where the eager one does."""
+    import draw.speed
+    compiled = []
+
+    def compile_glimpse(model):
+        compiled.append(model)
+        return draw.speed.compile_glimpse(model, backend="aot_eager")
+
+    monkeypatch.setattr("draw.training.run.compile_glimpse", compile_glimpse)
+    main(**TINY, run_dir=str(tmp_path / "eager"))
+    main(**TINY, run_dir=str(tmp_path / "compiled"), compile=True)
+    assert len(compiled) == 1
+    assert "compiled glimpse: yes" in capsys.readouterr().out
+    eager, _ = load_model(the_run_dir(tmp_path / "eager") / f"{FILES}_model.pkl")
+    graph, _ = load_model(the_run_dir(tmp_path / "compiled") / f"{FILES}_model.pkl")
+    for a, b in zip(eager.parameters(), graph.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_checkpoint_of_the_old_format_resumes(tmp_path):
     """Model files written before the settings dataclass store a `run` dict of 14 keys; a run
     resumed from one goes on exactly as a run that never stopped."""

@@ -44,6 +44,7 @@ from draw.errors import DrawError, Interrupted
 from draw.model import DrawConfig, DrawModel
 from draw.resources import check_memory, training_bytes
 from draw.settings import DrawSettings
+from draw.speed import compile_glimpse, set_flush_denormal
 from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
                                       resolve_device, set_rng_state)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
@@ -211,6 +212,7 @@ def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -
              if d.enabled else None),
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
             ("flush denormals", "on" if s.flush_denormal else "off"),
+            ("compiled glimpse", "yes (torch.compile)" if s.compile else None),
             ("evaluation", f"every {s.eval_every} epoch(s) on "
                            f"{splits['valid_subset'].shape[0]} valid and "
                            f"{splits['test_subset'].shape[0]} test images; the whole splits "
@@ -250,6 +252,8 @@ def _build_loop(plan: _Plan) -> MainLoop:
     model = DrawModel.from_config(cfg).to(plan.device)
     if plan.checked.old is not None:
         model.load_state_dict(plan.checked.old.state_dict())
+    if s.compile:
+        compile_glimpse(model)
     task = DrawTask(model, plan.dist)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
@@ -330,7 +334,7 @@ def _train(plan: _Plan) -> None:
     s, ckpt, writer = plan.checked.settings, plan.checked.ckpt, plan.dist.is_main
     longname = long_name(s)
     # process-wide: subnormal floats become 0 in CPU arithmetic (no effect on GPUs)
-    torch.set_flush_denormal(s.flush_denormal)
+    set_flush_denormal(s.flush_denormal)
     if ckpt is None:
         # every rank alike: the same initial parameters, and the same training noise
         torch.manual_seed(s.seed)
