@@ -91,7 +91,8 @@ def test_resume_rules():
     s = DrawSettings.resumed(OLD_RUN, {"epochs": 5, "device": "cpu", "n_iter": 2}, "m.pkl")
     assert s.epochs == 5 and s.device == "cpu" and s.flush_denormal is True
     assert (s.read_N, s.write_N) == (2, 3)
-    assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset"}
+    assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
+                                              "compile"}
     assert not set(s.stored()) & {name for name, f in DrawSettings._fields().items()
                                   if f.metadata["on_resume"] == SESSION}
     for given, message in (({"learning_rate": 0.01}, "--lr is 0.001 there, not 0.01"),
