@@ -100,7 +100,7 @@ def _reference_logits(model: AttentionClassifier, x: torch.Tensor) -> torch.Tens
             delta = (max(H, W) - 1) / (N - 1) * math.exp(log_d)
             var, gamma = math.exp(log_s2), math.exp(log_g)
 
-            def bank(g, size):                                                    # eqs. 19-20, 25-26
+            def bank(g, size):                                      # eqs. 19-20, 25-26
                 F = torch.zeros(N, size, dtype=x.dtype)
                 for i in range(1, N + 1):
                     mu = g + (i - N / 2 - 0.5) * delta
