@@ -445,17 +445,6 @@ class DrawModel(nn.Module):
         return canvases, dict(zip(names, windows.unbind(0)))
 
 
-def standard_noise(u: Tensor | None, shape: tuple[int, int, int], like: Tensor) -> Tensor:
-    """The noise u of shape (n_iter, B, z_dim): `u` itself, checked, or a fresh N(0, I) draw in
-    `like`'s dtype and device (from the global generator, so torch.manual_seed fixes it)."""
-    if u is None:
-        return torch.randn(shape, dtype=like.dtype, device=like.device)
-    if tuple(u.shape) != shape:
-        raise ValueError(f"noise u must have shape (n_iter, batch, z_dim) = {shape}, "
-                         f"got {tuple(u.shape)}")
-    return u
-
-
 def reconstruction_loss(x: Tensor, c: Tensor) -> Tensor:
     """L^x = -log D(x | c_T) (eq. 9): Bernoulli cross-entropy of x under sigmoid(c_T), summed over
     pixels, computed from the logits for stability. Shape (B,), nats."""
