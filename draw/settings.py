@@ -78,6 +78,8 @@ def derived():
 @dataclass(frozen=True)
 class RunSettings:
     """What every training run has; subclasses add their model's settings."""
+    # the datasets --dataset may name; a subclass that trains on others sets its own
+    datasets: typing.ClassVar[tuple[str, ...]] = tuple(supported_datasets)
     name: str | None = setting(
         None, "name of the run: its directory is NAME-YYYYmmdd-HHMMSS, its files NAME_model.pkl "
               "and NAME_log.pkl (default: the dataset's name)")
@@ -138,9 +140,9 @@ class RunSettings:
         if self.name is not None and (not NAME.fullmatch(self.name) or set(self.name) == {"."}):
             raise DrawError(f"--name must be a name (letters, digits, . _ + -), not a path: "
                             f"{self.name!r}")
-        if self.dataset not in supported_datasets:
+        if self.dataset not in self.datasets:
             raise DrawError(f"unknown --dataset {self.dataset!r}; choose from "
-                            f"{', '.join(supported_datasets)}")
+                            f"{', '.join(self.datasets)}")
 
     def require(self, name: str, ok: bool, what: str) -> None:
         if not ok:

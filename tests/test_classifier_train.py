@@ -125,13 +125,14 @@ def test_a_classifier_file_is_not_a_draw_model_and_the_other_way_round(data_dir,
 
 
 def test_settings_check_every_run_setting_for_a_labelled_dataset():
-    """RunSettings' checks all apply to cluttered-mnist, though it is no generation dataset."""
+    """RunSettings' checks all apply to cluttered-mnist, though it is no generation dataset;
+    --dataset is checked against the labelled datasets."""
     for bad, message in ((dict(batch_size=0), "--bs must be a positive integer"),
                          (dict(learning_rate=-1.0), "--lr must be a positive number"),
                          (dict(seed=-1), "--seed must be an integer"),
                          (dict(name="a/b"), "--name must be a name"),
-                         (dict(dataset="sample"), "for a classifier; choose from mnist, "
-                                                  "cluttered-mnist")):
+                         (dict(dataset="sample"), "unknown --dataset 'sample'; choose from "
+                                                  "mnist, cluttered-mnist")):
         with pytest.raises(DrawError, match=message):
             ClassifierSettings(**bad)
     assert ClassifierSettings().dataset == "cluttered-mnist"
