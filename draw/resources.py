@@ -19,7 +19,7 @@ import torch
 
 from draw.errors import DrawError
 from draw.model import DrawConfig
-from draw.training.checkpoint import CheckpointError, load_checkpoint
+from draw.training.checkpoint import draw_config, load_checkpoint
 
 GB = 1024 ** 3
 
@@ -108,11 +108,7 @@ def training_bytes(cfg: DrawConfig, batch: int) -> int:
 def model_file_config(path: str | os.PathLike) -> DrawConfig:
     """The config of a model file, read without building the model, so that its sizes can be
     checked first (a file can claim sizes no machine holds). CheckpointError as load_model."""
-    ckpt = load_checkpoint(path)
-    try:
-        return DrawConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{os.fspath(path)} has an invalid config: {e}") from e
+    return draw_config(load_checkpoint(path), path)
 
 
 def available_memory(device: torch.device | str | None = None) -> int:

@@ -23,6 +23,7 @@ from draw.training.checkpoint import CheckpointError, load_log, load_model
 from draw.training.classify import (ClassifierSettings, ClassifyTask, classifier_test_error,
                                     load_classifier)
 from draw.training.classify_run import main
+from draw.training.evaluate import main as evaluate
 from draw.training.run import main as train_draw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +114,13 @@ def test_resume_continues_exactly(data_dir, tmp_path):
 def test_a_classifier_file_is_not_a_draw_model_and_the_other_way_round(data_dir, tmp_path):
     main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path))
     model_file = next(_run_dir(tmp_path).glob("*_model.pkl"))
-    with pytest.raises(CheckpointError):
-        load_model(model_file)                       # what sample.py and evaluate.py call
+    with pytest.raises(CheckpointError, match="is a classifier .*, not a DRAW model"):
+        load_model(model_file)                       # what sample.py calls
+    with pytest.raises(DrawError, match="--resume: .* is a classifier"):
+        train_draw(resume=str(model_file))
+    # evaluate.py scores a classifier's file: its error on the whole test split
+    assert evaluate(model_file, data_dir=data_dir, device="cpu") == {
+        "test_error": classifier_test_error(model_file, data_dir=data_dir)}
     draw_dir = tmp_path / "draw"
     train_draw(dataset="sample", n_iter=1, epochs=1, subset=20, batch_size=10, enc_dim=4,
                dec_dim=4, z_dim=2, device="cpu", run_dir=str(draw_dir))

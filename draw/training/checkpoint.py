@@ -22,6 +22,7 @@ import torch
 
 from draw.atomic import atomic_write_bytes
 from draw.errors import DrawError
+from draw.classifier import MODEL_KIND as CLASSIFIER
 from draw.model import DrawConfig, DrawModel
 
 MODEL_FORMAT = "draw-model"
@@ -119,6 +120,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+class ClassifierFileError(CheckpointError):
+    """A classifier's model file (train-classifier.py) where a DRAW model's was expected."""
+
+
+def draw_config(ckpt: dict, path: str | os.PathLike) -> DrawConfig:
+    """The DrawConfig a loaded model file holds; CheckpointError, one line, where it has none."""
+    config = ckpt["config"]
+    if isinstance(config, dict) and config.get("model") == CLASSIFIER:
+        raise ClassifierFileError(f"{os.fspath(path)} is a classifier (train-classifier.py), not "
+                                  f"a DRAW model; evaluate.py prints its test error")
+    try:
+        return DrawConfig.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.fspath(path)} has an invalid config: {_first_line(e)}") from e
+
+
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, dict]:
     """Rebuild a model from a model file: its config alone defines the architecture.
 
@@ -130,11 +147,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, 
         Everything the file holds (see the module docstring).
     """
     ckpt = load_checkpoint(path, map_location)
-    try:
-        cfg = DrawConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{os.fspath(path)} has an invalid config: {_first_line(e)}") from e
-    model = DrawModel.from_config(cfg)
+    model = DrawModel.from_config(draw_config(ckpt, path))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

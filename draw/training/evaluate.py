@@ -25,7 +25,7 @@ from draw.datasets import batches, get_data, supported_datasets
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
 from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
-from draw.training.checkpoint import load_model, resolve_device
+from draw.training.checkpoint import ClassifierFileError, load_model, resolve_device
 from draw.training.distributed import Distributed
 
 # K: the bound of eq. 12, the number the paper reports, does not depend on it; K = 10 gives about
@@ -147,6 +147,18 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {s} s" if minutes else f"{s} s"
 
 
+def classifier_main(model_file: str, data_dir: str | None, device: torch.device) -> dict:
+    """evaluate.py on a classifier's model file (train-classifier.py): its error on the whole
+    test split, in percent (--split, --subset and --samples are DRAW's and not used)."""
+    # imported here, not above: draw.training.classify imports the extensions, which import
+    # this module
+    from draw.training.classify import classifier_test_error
+    error = classifier_test_error(model_file, data_dir=data_dir, device=device)
+    print(f"{model_file}: a classifier")
+    print(f"  {'test error:':<36}{error:9.2f} %")
+    return {"test_error": error}
+
+
 def main(model_file: str, dataset: str | None = None, split: str = "test",
          samples: int = DEFAULT_SAMPLES, batch_size: int = 100, subset: int | None = None,
          seed: int = 0, device: str = "auto", data_dir: str | None = None) -> dict:
@@ -167,7 +179,10 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
     if split not in ("train", "valid", "test"):
         raise DrawError(f"--split must be train, valid or test, got {split!r}")
     dev = resolve_device(device)
-    cfg = model_file_config(model_file)
+    try:
+        cfg = model_file_config(model_file)
+    except ClassifierFileError:
+        return classifier_main(model_file, data_dir, dev)
     check_memory(parameter_bytes(cfg), f"the model of {model_file}", dev)
     net, ckpt = load_model(model_file, map_location=dev)
     run = ckpt.get("run") or {}

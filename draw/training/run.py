@@ -45,7 +45,7 @@ from draw.model import DrawConfig, DrawModel
 from draw.resources import check_memory, training_bytes
 from draw.settings import DrawSettings
 from draw.speed import compile_glimpse, set_flush_denormal
-from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
+from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
                                       resolve_device, set_rng_state)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                                        init_distributed, process_place, reported_once)
@@ -119,6 +119,7 @@ def _check(flags: dict) -> _Checked:
         else:
             try:
                 ckpt = load_checkpoint(model_file)
+                draw_config(ckpt, model_file)     # a DRAW model's file (not a classifier's)
             except CheckpointError as e:
                 raise DrawError(f"--resume: {e}") from e
             if not isinstance(ckpt.get("run"), dict) or TRAINING_STATE - set(ckpt):
