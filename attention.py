@@ -7,7 +7,7 @@ with the package (a public-domain portrait of Grace Hopper).
 """
 import argparse
 
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run
 from draw.outputs.attention_demo import main
 
 
@@ -18,13 +18,6 @@ def point(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected Y,X in pixels, got {text!r}") from None
     return y, x
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:

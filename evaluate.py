@@ -1,32 +1,19 @@
 #!/usr/bin/env python
-"""Evaluate a DRAW model file: the test bound and an importance-sampled NLL (draw/training/evaluate.py).
+"""Evaluate a model file: a DRAW model's test bound and importance-sampled NLL, a classifier's test
+error (draw/training/evaluate.py).
 
     python evaluate.py bmnist-20250101-120000/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl
 """
 import argparse
 
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run, seed
 from draw.training.evaluate import DEFAULT_SAMPLES, main
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2 ** 64:
-        # torch.Generator.manual_seed takes 64 bits
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_file", type=str, help="a <name>_model.pkl file written by train-draw.py")
+    parser.add_argument("model_file", type=str, help="a <name>_model.pkl file written by train-draw.py or "
+                        "train-classifier.py")
     parser.add_argument("--dataset", type=str, default=None,
                         help="dataset to evaluate on (default: the one the model was trained on)")
     parser.add_argument("--split", type=str, default="test", choices=("train", "valid", "test"),

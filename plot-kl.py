@@ -8,15 +8,8 @@ Example:
 """
 import argparse
 
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run
 from draw.outputs.klplot import MAX_DPI, SPLITS, main
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:

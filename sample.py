@@ -7,7 +7,7 @@ Example (the classic command line):
 """
 import argparse
 
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run, seed
 from draw.outputs.sampling import main
 
 
@@ -22,21 +22,6 @@ def pair(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected N or AxB with positive integers, got {text!r}")
     return parts
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2 ** 64:
-        # torch.Generator.manual_seed takes 64 bits
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
-    return value
 
 
 def milliseconds(text: str) -> int:

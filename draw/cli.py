@@ -14,6 +14,22 @@ from typing import Callable
 from draw.errors import DrawError, Interrupted
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed of torch.Generator.manual_seed, which takes 64 bits."""
+    value = int(text)
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (`error: ...`, exit status 2) instead of the usage text."""
 
