@@ -51,9 +51,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from draw.cli import ArgumentParser
 from draw.datasets import supported_datasets
 from draw.errors import DrawError
+from draw.speed import set_flush_denormal
 
 KEEP = "keep"        # stored with the run; a resumed run keeps it (a flag may only repeat it)
 CHANGE = "change"    # stored with the run; a resumed run may change it (e.g. --epochs)
@@ -118,6 +121,11 @@ class RunSettings:
     live_plotting: bool = setting(False, "show live plots in a browser (Bokeh)",
                                   aliases=("--plot",), on_resume=SESSION)
     plot_port: int = setting(5006, "port of the live-plot server", on_resume=SESSION)
+    # measured (doc/development.md): on an idle 2-core CPU two threads train 1.3x faster than
+    # one; on a CPU that other jobs share, one thread is several times faster than two
+    threads: int | None = setting(None, "CPU threads of PyTorch (default: PyTorch's, one per "
+                                        "core); 1 is much faster on a CPU shared with other jobs",
+                                  on_resume=SESSION, metavar="N")
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -127,7 +135,7 @@ class RunSettings:
 
     def check(self) -> None:
         """Raise DrawError on a bad value; subclasses extend it (and fill their derived fields)."""
-        for name in ("epochs", "batch_size", "subset", "eval_every"):
+        for name in ("epochs", "batch_size", "subset", "eval_every", "threads"):
             self.require(name, getattr(self, name) is None or getattr(self, name) >= 1,
                          "a positive integer")
         for name in ("learning_rate", "grad_clip"):
@@ -143,6 +151,13 @@ class RunSettings:
         if self.dataset not in self.datasets:
             raise DrawError(f"unknown --dataset {self.dataset!r}; choose from "
                             f"{', '.join(self.datasets)}")
+
+    def apply_to_process(self) -> None:
+        """Make the run's process-wide settings, explicitly, once at its start: PyTorch's CPU
+        threads and the flushing of denormal floats (draw/speed.py)."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        set_flush_denormal(self.flush_denormal)
 
     def require(self, name: str, ok: bool, what: str) -> None:
         if not ok:

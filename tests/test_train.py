@@ -291,6 +291,17 @@ def test_flush_denormal_is_a_setting_the_run_applies(tmp_path, monkeypatch, caps
     assert config["run"]["flush_denormal"] is False
 
 
+def test_threads_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):
+    applied = []
+    monkeypatch.setattr(torch, "set_num_threads", applied.append)
+    main(**TINY, run_dir=str(tmp_path / "default"))
+    main(**TINY, run_dir=str(tmp_path / "one"), threads=1)
+    assert applied == [1]                      # PyTorch's own default unless asked
+    assert "CPU threads: " in capsys.readouterr().out
+    config = json.loads((the_run_dir(tmp_path / "one") / "config.json").read_text())
+    assert "threads" not in config["run"]      # where the run trains, not what it is
+
+
 def test_compile_trains_the_compiled_glimpse_to_the_same_parameters(tmp_path, monkeypatch,
                                                                      capsys):
     """--compile runs draw.speed.compile_glimpse on the model; traced with the aot_eager backend

@@ -196,7 +196,7 @@ def _train(checked: _Checked, dist: Distributed, device: torch.device, data: Lab
            run_path: Path) -> None:
     s, cfg, ckpt, writer = checked.settings, checked.cfg, checked.ckpt, dist.is_main
     longname = long_name(s)
-    torch.set_flush_denormal(s.flush_denormal)     # process-wide, as train-draw.py does
+    s.apply_to_process()          # threads and denormal flushing, process-wide
     if ckpt is None:
         torch.manual_seed(s.seed)
         np.random.seed(s.seed)

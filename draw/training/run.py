@@ -44,7 +44,7 @@ from draw.errors import DrawError, Interrupted
 from draw.model import DrawConfig, DrawModel
 from draw.resources import check_memory, training_bytes
 from draw.settings import DrawSettings
-from draw.speed import compile_glimpse, set_flush_denormal
+from draw.speed import compile_glimpse
 from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
                                       resolve_device, set_rng_state)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
@@ -212,6 +212,7 @@ def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -
                           f"{'NCCL' if plan.device.type == 'cuda' else 'gloo'})"
              if d.enabled else None),
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
+            ("CPU threads", torch.get_num_threads()),
             ("flush denormals", "on" if s.flush_denormal else "off"),
             ("compiled glimpse", "yes (torch.compile)" if s.compile else None),
             ("evaluation", f"every {s.eval_every} epoch(s) on "
@@ -334,8 +335,7 @@ def _run(plan: _Plan) -> None:
 def _train(plan: _Plan) -> None:
     s, ckpt, writer = plan.checked.settings, plan.checked.ckpt, plan.dist.is_main
     longname = long_name(s)
-    # process-wide: subnormal floats become 0 in CPU arithmetic (no effect on GPUs)
-    set_flush_denormal(s.flush_denormal)
+    s.apply_to_process()          # threads and denormal flushing, process-wide
     if ckpt is None:
         # every rank alike: the same initial parameters, and the same training noise
         torch.manual_seed(s.seed)
