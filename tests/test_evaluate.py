@@ -1,4 +1,5 @@
 """Evaluation: the importance-sampled NLL against the bound, a per-image reference, and evaluate.py."""
+import dataclasses
 import math
 import runpy
 import sys
@@ -35,7 +36,20 @@ def test_importance_sampled_nll_is_below_the_bound(trained, capsys):
     assert result["is_nll"] < result["nll_bound"] - 1.0
     assert result["is_nll"] <= result["is_bound"]
     out = capsys.readouterr().out
-    assert "nll bound (eq. 12):" in out and "importance-sampled nll, K=20:" in out
+    # the sample's grey levels: eq. 12 is the objective, not a bound on -log p(x)
+    assert "objective (eq. 12, grey levels):" in out and "importance-sampled, K=20:" in out
+    assert "nll" not in out
+
+
+def test_binary_data_is_scored_as_a_bound_on_the_nll(trained, capsys, monkeypatch):
+    """For binary images (bmnist) the numbers are a bound on -log p(x) and an estimate of it."""
+    def binary(*args, **kwargs):
+        return dataclasses.replace(get_data(*args, **kwargs), binary=True)
+
+    monkeypatch.setattr(draw.training.evaluate, "get_data", binary)
+    main(str(trained), samples=2, subset=20)
+    out = capsys.readouterr().out
+    assert "nll bound (eq. 12):" in out and "importance-sampled nll, K=2:" in out
 
 
 def test_estimate_per_image_jensen_and_k_equals_one(trained):
@@ -88,7 +102,7 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
     assert evaluate_py(trained, "--samples", 3, "--subset", 40, "--bs", 20,
                        monkeypatch=monkeypatch) == 0
     out = capsys.readouterr().out
-    assert "40 images" in out and "importance-sampled nll, K=3:" in out
+    assert "40 images" in out and "importance-sampled, K=3:" in out
     huge = trained.parent / "huge_model.pkl"
     ckpt = torch.load(trained, weights_only=True)
     torch.save({**ckpt, "config": {**ckpt["config"], "enc_dim": 100_000_000}}, huge)
@@ -127,7 +141,7 @@ def test_progress_bar_and_expected_time(trained, capsys, monkeypatch):
     lines = [line for line in captured.out.splitlines() if line.startswith("expected time")]
     assert len(lines) == 1, captured.out                                # said once, up front
     assert "for 30 images at K=5" in lines[0] and "timed on the first 10" in lines[0]
-    assert captured.out.index("expected time") < captured.out.index("nll bound")
+    assert captured.out.index("expected time") < captured.out.index("objective")
     assert "importance sampling, K=5" in captured.err and "30/30" in captured.err
     assert result["images"] == 30
 
