@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from draw.model import AttentionReader, spanning_window_bias
+from draw.bricks import AttentionReader, spanning_window_bias
 
 WINDOW_NAMES = ("center_y", "center_x", "delta", "sigma", "gamma")
 MODEL_KIND = "attention-classifier"     # the "model" entry of a classifier's saved config

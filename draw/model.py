@@ -1,4 +1,4 @@
-"""The DRAW model: reader, encoder, sampler, decoder and writer bricks, and the variational bound.
+"""The DRAW model: its config, the model built from its bricks (draw/bricks.py), the bound.
 
 References
 ----------
@@ -15,7 +15,6 @@ Choices the paper leaves open, made as in the classic Theano/Blocks repository u
 - One write window is shared by all channels, as is the read window.
 """
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from draw.attention import ZoomableAttentionWindow
+from draw.bricks import (AttentionReader, AttentionWriter, Qsampler, Reader, Writer,
+                         spanning_window_bias)
 
 
 @dataclass(frozen=True)
@@ -66,138 +66,6 @@ class DrawConfig:
         if unknown:
             raise ValueError(f"unknown DrawConfig fields {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
-
-
-def spanning_window_bias(zoomer: ZoomableAttentionWindow, sigma_per_delta: float,
-                         gamma_power: float) -> Tensor:
-    """The bias of an attention head (eq. 21) whose window's grid tiles the whole image.
-
-    While a head's weights are small its window is its bias (and h_0^dec = 0 makes the first
-    one exactly that). This window is centred, with stride delta = max(H, W) / N, so that the
-    N x N grid tiles the image: N * delta = max(H, W), each filter at the middle of its
-    delta x delta cell.
-
-    Parameters
-    ----------
-    zoomer : ZoomableAttentionWindow
-        The head's filterbank; its `nn2att` defines the parameterisation (eqs. 22-24).
-    sigma_per_delta : float
-        sigma / delta. At 1/2 neighbouring filters overlap into an even cover: summed over the
-        grid they weigh every pixel within 10 per cent of 1 / delta, except the outermost two
-        rows and columns, and exactly 1 / delta on average along the longer side. Smaller
-        values leave gaps between the filters.
-    gamma_power : float
-        The intensity gamma is delta ** gamma_power: -2 for a writer (eq. 29 divides by
-        gamma, so with an even cover a unit patch w adds 1 per pixel on average), 0 for a
-        reader (eq. 27: each glimpse value is a weighted mean of pixels).
-
-    Returns
-    -------
-    Tensor, shape (5,)
-        (g~_Y, g~_X, log delta~, log sigma^2, log gamma), the columns of `nn2att`.
-    """
-    delta = max(zoomer.img_height, zoomer.img_width) / zoomer.N
-    unit_delta = zoomer.nn2att(torch.zeros(1, 5, dtype=torch.float64))[2].item()  # at delta~ = 1
-    return torch.tensor([0.0, 0.0, math.log(delta / unit_delta),
-                         2 * math.log(sigma_per_delta * delta), gamma_power * math.log(delta)])
-
-
-class Reader(nn.Module):
-    """read without attention (eq. 17): the image and the error image, whole."""
-
-    def __init__(self, x_dim: int):
-        super().__init__()
-        self.read_dim = 2 * x_dim
-
-    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
-        return torch.cat([x, x_hat], dim=1)                                   # (B, 2*x_dim)
-
-
-class AttentionReader(nn.Module):
-    """read with attention (eq. 27): gamma [F_Y x F_X^T, F_Y x_hat F_X^T]."""
-
-    def __init__(self, x_dim: int, dec_dim: int, channels: int, height: int, width: int, N: int):
-        super().__init__()
-        self.x_dim, self.channels, self.N = x_dim, channels, N
-        self.read_dim = 2 * channels * N * N
-        self.zoomer = ZoomableAttentionWindow(channels, height, width, N)
-        # x and x_hat side by side are one image of 2C channels: one filterbank, one matmul
-        self.pair_zoomer = ZoomableAttentionWindow(2 * channels, height, width, N)
-        self.readout = nn.Linear(dec_dim, 5)                                  # eq. 21
-
-    def forward(self, x: Tensor, x_hat: Tensor, h_dec: Tensor) -> Tensor:
-        center_y, center_x, delta, sigma, gamma = self.zoomer.nn2att(self.readout(h_dec))
-        glimpses = self.pair_zoomer.read(torch.cat([x, x_hat], dim=1),
-                                         center_y, center_x, delta, sigma)  # (B, 2*C*N*N)
-        return gamma[:, None] * glimpses
-
-
-class Writer(nn.Module):
-    """write without attention (eq. 18): a linear map from h_dec to the whole canvas."""
-
-    def __init__(self, dec_dim: int, x_dim: int):
-        super().__init__()
-        self.x_dim = x_dim
-        self.transform = nn.Linear(dec_dim, x_dim)
-
-    def forward(self, h_dec: Tensor) -> Tensor:
-        return self.transform(h_dec)                                          # (B, x_dim)
-
-
-class AttentionWriter(nn.Module):
-    """write with attention (eqs. 28-29): (1 / gamma_hat) F_Y_hat^T w F_X_hat."""
-
-    def __init__(self, dec_dim: int, channels: int, height: int, width: int, N: int):
-        super().__init__()
-        self.channels, self.N = channels, N
-        self.x_dim = channels * height * width
-        self.zoomer = ZoomableAttentionWindow(channels, height, width, N)
-        self.w_trafo = nn.Linear(dec_dim, channels * N * N)                   # eq. 28
-        self.z_trafo = nn.Linear(dec_dim, 5)                                  # eq. 21, own head
-
-    def window(self, h_dec: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The write window (center_y, center_x, delta, sigma, gamma), each (B,) (eqs. 21-24)."""
-        return self.zoomer.nn2att(self.z_trafo(h_dec))
-
-    def forward(self, h_dec: Tensor) -> Tensor:
-        w = self.w_trafo(h_dec)                                               # (B, C*N*N)
-        center_y, center_x, delta, sigma, gamma = self.window(h_dec)
-        return self.zoomer.write(w, center_y, center_x, delta, sigma) / gamma[:, None]
-
-
-class Qsampler(nn.Module):
-    """The approximate posterior Q(Z_t | h_t^enc) = N(mu_t, sigma_t) (eqs. 1-2)."""
-
-    def __init__(self, input_dim: int, z_dim: int):
-        super().__init__()
-        self.z_dim = z_dim
-        self.mean_transform = nn.Linear(input_dim, z_dim)
-        self.log_sigma_transform = nn.Linear(input_dim, z_dim)
-
-    def forward(self, h_enc: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mean_transform(h_enc), self.log_sigma_transform(h_enc)   # (B, Z) each
-
-    def sample(self, h_enc: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """z = mu + sigma u, the reparameterised sample of eq. 6, with mu and log sigma.
-
-        Returns z, mean and log_sigma, each (B, Z).
-        """
-        mean, log_sigma = self(h_enc)
-        return mean + torch.exp(log_sigma) * u, mean, log_sigma
-
-    @staticmethod
-    def kl(mean: Tensor, log_sigma: Tensor) -> Tensor:
-        """KL(N(mu, sigma) || N(0, I)) (eq. 11), summed over the last axis: (..., Z) -> (...)."""
-        # 1/2 sum(mu^2 + sigma^2 - log sigma^2) - Z/2. The constant is folded into
-        # sigma^2 - 1 = expm1(2 log sigma), which keeps float32 precision near sigma = 1, where
-        # training starts (sigma^2 - 1 there would cancel to a few correct digits).
-        return 0.5 * (mean ** 2 + torch.expm1(2 * log_sigma) - 2 * log_sigma).sum(dim=-1)
-
-    @staticmethod
-    def log_ratio(z: Tensor, u: Tensor, log_sigma: Tensor) -> Tensor:
-        """log Q(z) - log P(z) at z = mu + sigma u, summed over the last axis: (..., Z) -> (...)."""
-        # log N(z; mu, sigma) - log N(z; 0, 1) with (z - mu) / sigma = u; the 2 pi terms cancel
-        return (0.5 * (z ** 2 - u ** 2) - log_sigma).sum(dim=-1)
 
 
 class DrawState(NamedTuple):

@@ -31,7 +31,7 @@ class ResourceError(DrawError):
 def parameter_count(cfg: DrawConfig) -> int:
     """The exact number of parameters of DrawModel.from_config(cfg), computed without building it.
 
-    Bricks (see draw/model.py): the attention reader's readout Linear(dec_dim, 5); the encoder
+    Bricks (see draw/bricks.py): the attention reader's readout Linear(dec_dim, 5); the encoder
     LSTMCell(read_dim + dec_dim, enc_dim); the sampler's two Linear(enc_dim, z_dim); the decoder
     LSTMCell(z_dim, dec_dim); the writer Linear(dec_dim, x_dim), or with attention
     Linear(dec_dim, C N^2) and Linear(dec_dim, 5).

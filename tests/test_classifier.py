@@ -7,7 +7,8 @@ import torch
 
 from draw.classifier import (AttentionClassifier, ClassifierConfig, GlimpseReader,
                              classification_loss, errors)
-from draw.model import AttentionReader, DrawConfig
+from draw.bricks import AttentionReader
+from draw.model import DrawConfig
 
 TINY = ClassifierConfig(channels=1, height=9, width=11, n_iter=3, enc_dim=7, read_N=3,
                         n_classes=4)

@@ -12,7 +12,8 @@ from draw.datasets import batches
 from draw.training.extensions import (DataStreamMonitoring, FinishAfter, SimpleExtension,
                                       TrainingDataMonitoring)
 from draw.training.main_loop import MainLoop, TrainingError
-from draw.model import AttentionReader, DrawConfig, DrawModel, nll_bound
+from draw.bricks import AttentionReader
+from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.task import DrawTask
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, z_dim=2)

@@ -7,8 +7,8 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call
 
-from draw.model import (AttentionReader, AttentionWriter, DrawConfig, DrawModel, Qsampler,
-                        Reader, Writer, nll_bound)
+from draw.bricks import AttentionReader, AttentionWriter, Qsampler, Reader, Writer
+from draw.model import DrawConfig, DrawModel, nll_bound
 
 TINY = dict(channels=1, height=8, width=7, n_iter=3, enc_dim=16, dec_dim=12, z_dim=5)
 CONFIGS = {

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from draw.model import DrawConfig, DrawModel, nll_bound, spanning_window_bias
+from draw.bricks import spanning_window_bias
+from draw.model import DrawConfig, DrawModel, nll_bound
 
 
 def initial_window(head: torch.nn.Linear, zoomer):

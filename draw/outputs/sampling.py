@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from draw.errors import DrawError
-from draw.model import AttentionWriter, DrawConfig, DrawModel
+from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import (BAR_DELAY, check_picture_size, grid_shape, grid_size,
                                    image_grid, sampling_frames, save_gif, save_png)
 from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
