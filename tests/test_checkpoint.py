@@ -64,16 +64,19 @@ def test_log_round_trip(tmp_path):
 class _Payload:
     """Unpickling this would create a file: the safe loader must refuse to run it."""
 
-    def __init__(self, target):
-        self.target = target
+    def __init__(self, target, through_shell=False):
+        self.target, self.through_shell = target, through_shell
 
     def __reduce__(self):
+        if self.through_shell:      # a module torch blocks outright, with its own message
+            return (os.system, (f"touch {self.target}",))
         return (open, (str(self.target), "w"))
 
 
-def test_foreign_pickle_is_refused_without_running_it(tmp_path):
+@pytest.mark.parametrize("through_shell", [False, True], ids=["builtins.open", "os.system"])
+def test_foreign_pickle_is_refused_without_running_it(tmp_path, through_shell):
     evil, marker = tmp_path / "evil.pkl", tmp_path / "was_executed"
-    torch.save({"format": "draw-model", "payload": _Payload(marker)}, evil)
+    torch.save({"format": "draw-model", "payload": _Payload(marker, through_shell)}, evil)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(evil)
     assert str(info.value).startswith(f"{evil} is refused as unsafe")

@@ -64,7 +64,9 @@ def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
     except pickle.UnpicklingError as e:
         # torch's message advises loading with weights_only=False, the one thing not to do
         # with a file from elsewhere: it is not passed on
-        if "Unsupported global" in str(e):
+        # torch names such a global "Unsupported global: GLOBAL m.f" or, for the modules it
+        # blocks outright (os, subprocess, ...), "unsupported GLOBAL m.f whose module m is blocked"
+        if "unsupported global" in str(e).lower():
             # a pickled object other than tensors and plain data: loading it could run code
             raise CheckpointError(f"{path} is refused as unsafe: it holds pickled Python "
                                   f"objects that could run code when loaded; it was not "
