@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from draw.atomic import atomic_write_bytes
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run
 from draw.datasets import batches, get_data
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.main_loop import MainLoop
@@ -34,13 +34,6 @@ from draw.training.task import DrawTask
 
 RUNS = ("attention", "plain")
 EVAL_BATCH = 1000     # images per forward pass when evaluating; the bound does not depend on it
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def positive_float(text: str) -> float:
@@ -152,11 +145,11 @@ if __name__ == "__main__":
                              "$FUEL_DATA_PATH, or the cache directory)")
     parser.add_argument("--runs", type=str, nargs="+", choices=RUNS, default=list(RUNS),
                         help="which models to train, in order (default: attention plain)")
-    parser.add_argument("--steps", type=positive_int, default=2000,
+    parser.add_argument("--steps", type=positive, default=2000,
                         help="Adam steps per run (default: 2000, 4 epochs)")
-    parser.add_argument("--bs", type=positive_int, dest="batch_size", default=100,
+    parser.add_argument("--bs", type=positive, dest="batch_size", default=100,
                         help="images per training batch (default: 100)")
-    parser.add_argument("--niter", type=positive_int, dest="n_iter", default=16,
+    parser.add_argument("--niter", type=positive, dest="n_iter", default=16,
                         help="number of glimpses T (default: 16)")
     parser.add_argument("--attention", type=window_sizes, default=(2, 5),
                         help="read and write window sizes of the attention run (default: 2,5)")
@@ -166,7 +159,7 @@ if __name__ == "__main__":
                         help="seed of initialisation, batch order and noise (default: 1)")
     parser.add_argument("--device", type=str, default="auto",
                         help="cpu, cuda, cuda:N, or auto: CUDA when available (default: auto)")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=positive, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is fastest "
                              "when other jobs share the cores")
     parser.add_argument("--out", type=output_file, default=None,
