@@ -45,8 +45,8 @@ from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
 from draw.training.run import TRAINING_STATE, lr_tag
-from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, read_text,
-                                  stored_in_config, write_text)
+from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
+                                  read_text, stored_in_config, write_text)
 
 
 def long_name(s: ClassifierSettings) -> str:
@@ -160,10 +160,7 @@ def main(**flags) -> None:
     with reported_once(place):
         checked = _check(flags)
         s, ckpt = checked.settings, checked.ckpt
-        if ckpt is not None and ckpt["epoch"] >= s.epochs and ckpt["batch"] == 0:
-            if place.is_main:
-                print(f"{checked.run_path} already has {ckpt['epoch']} epochs; nothing to do "
-                      f"(pass --epochs N to train longer)")
+        if nothing_to_do(checked.run_path, ckpt, s.epochs, place.is_main):
             return
         dist, device = init_distributed(checked.device)
         finished = False

@@ -53,8 +53,8 @@ from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAf
                                       Printing, ProgressBar, SampleCheckpoint, Timing,
                                       TrainingDataMonitoring)
 from draw.training.lock import RunLock, check_unlocked
-from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, read_text,
-                                  stored_in_config, write_text)
+from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
+                                  read_text, stored_in_config, write_text)
 from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
 
@@ -300,10 +300,7 @@ def main(**flags) -> None:
     with reported_once(place):
         checked = _check(flags)
         ckpt, s = checked.ckpt, checked.settings
-        if ckpt is not None and ckpt["epoch"] >= s.epochs and ckpt["batch"] == 0:
-            if place.is_main:
-                print(f"{checked.run_path} already has {ckpt['epoch']} epochs; nothing to do "
-                      f"(pass --epochs N to train longer)")
+        if nothing_to_do(checked.run_path, ckpt, s.epochs, place.is_main):
             return
         dist, device = init_distributed(checked.device)
         finished = False

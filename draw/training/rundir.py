@@ -84,3 +84,13 @@ def write_text(path: Path, text: str) -> None:
         atomic_write_bytes(path, text.encode())
     except OSError as e:
         raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def nothing_to_do(run_path: Path | None, ckpt: dict | None, epochs: int, is_main: bool) -> bool:
+    """Whether a resumed run has already trained its `epochs` (and, on the main process, say so)."""
+    if ckpt is None or ckpt["epoch"] < epochs or ckpt["batch"] != 0:
+        return False
+    if is_main:
+        print(f"{run_path} already has {ckpt['epoch']} epochs; nothing to do "
+              f"(pass --epochs N to train longer)")
+    return True
