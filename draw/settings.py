@@ -93,6 +93,10 @@ class RunSettings:
                               flag="--bs", aliases=("--batch-size",))
     learning_rate: float = setting(1e-3, "Adam learning rate", flag="--lr",
                                    aliases=("--learning-rate",))
+    lr_warmup: int = setting(0, "raise the learning rate linearly from lr/N to --lr over the "
+                                "first N steps (default: no warm-up)", metavar="N")
+    lr_decay: float = setting(1.0, "multiply the learning rate by D after every epoch "
+                                   "(default 1: constant)", metavar="D")
     seed: int = setting(1, f"seed of initialisation, data order and noise (0 to {SEED_MAX})")
     grad_clip: float = setting(10.0, "clip the gradient to this total norm")
     subset: int | None = setting(None, "train on this many randomly chosen training images, "
@@ -141,6 +145,8 @@ class RunSettings:
         for name in ("learning_rate", "grad_clip"):
             value = getattr(self, name)
             self.require(name, math.isfinite(value) and value > 0, "a positive number")
+        self.require("lr_warmup", self.lr_warmup >= 0, "0 (none) or a positive integer")
+        self.require("lr_decay", 0 < self.lr_decay <= 1, "a number in (0, 1]")
         self.require("eval_subset", self.eval_subset is None or self.eval_subset >= 0,
                      "0 (whole splits) or a positive integer")
         self.require("seed", 0 <= self.seed <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
@@ -151,6 +157,16 @@ class RunSettings:
         if self.dataset not in self.datasets:
             raise DrawError(f"unknown --dataset {self.dataset!r}; choose from "
                             f"{', '.join(self.datasets)}")
+
+    def describe_lr(self) -> str:
+        """The learning rate and its schedule in words, e.g. `0.003, warm-up 500 steps, x0.95
+        per epoch` (draw/training/extensions.py: LearningRateSchedule)."""
+        parts = [f"{self.learning_rate:g}"]
+        if self.lr_warmup:
+            parts.append(f"warm-up {self.lr_warmup} steps")
+        if self.lr_decay != 1.0:
+            parts.append(f"x{self.lr_decay:g} per epoch")
+        return ", ".join(parts)
 
     def apply_to_process(self) -> None:
         """Make the run's process-wide settings, explicitly, once at its start: PyTorch's CPU

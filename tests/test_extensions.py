@@ -10,7 +10,8 @@ from PIL import Image
 
 from draw.training.checkpoint import load_log, load_model
 from draw.training.distributed import Distributed
-from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot, Printing,
+from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
+                                      LearningRateSchedule, Plot, Printing,
                              ProgressBar, SampleCheckpoint, SimpleExtension, Timing,
                              TrainingDataMonitoring)
 from draw.training.main_loop import MainLoop
@@ -219,6 +220,53 @@ def test_timing_and_finish_after():
     (finish,) = done.attach(FinishAfter(after_n_epochs=2))
     finish.before_training()
     assert done.status["finish_requested"]
+
+
+def test_learning_rate_schedule_sets_each_step_and_continues_after_a_resume():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    seen = []
+
+    class Step(SimpleExtension):       # what the optimizer holds when step i is taken
+        def do(self, which_callback, *args):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    def run(loop, epochs):
+        schedule = LearningRateSchedule(optimizer, 0.01, warmup=4, decay=0.5,
+                                        batches_per_epoch=3)
+        step = Step(before_epoch=True)
+        loop.attach(schedule, step)
+        # the step of each batch happens before after_batch: record it in a batch's place
+        for e in (schedule, step):
+            e.before_training()
+        for _ in range(epochs):
+            for _ in range(3):
+                step.do("step")
+                loop.status["iteration"] += 1
+                schedule.after_batch()
+            loop.status["epoch"] += 1
+            loop.log.append({"epoch": loop.status["epoch"], "iteration": loop.status["iteration"]})
+            schedule.after_epoch()
+        return schedule
+
+    loop = MockMainLoop()
+    schedule = run(loop, epochs=2)
+    # steps 0..5: warm-up (i + 1) / 4 up to step 3, then halved from the second epoch on
+    expected = [0.01 * 1 / 4, 0.01 * 2 / 4, 0.01 * 3 / 4, 0.01 * 0.5, 0.01 * 0.5, 0.01 * 0.5]
+    assert seen == pytest.approx(expected, rel=1e-15)
+    assert [row.get("learning_rate") for row in loop.log] == \
+        pytest.approx([None, 0.0075, 0.005], rel=1e-15)
+    assert optimizer.param_groups[0]["lr"] == schedule.rate(6) == 0.01 * 0.25
+
+    # a new process resuming after step 4 (mid-epoch): the same rates, nothing saved
+    seen.clear()
+    optimizer.param_groups[0]["lr"] = 123.0          # what a stale optimizer state would hold
+    resumed = MockMainLoop(fresh=False)
+    resumed.status.update(iteration=4, epoch=1)
+    run(resumed, epochs=1)
+    assert seen[0] == pytest.approx(0.005, rel=1e-15)
+
+    constant = LearningRateSchedule(optimizer, 3e-4, batches_per_epoch=3)
+    assert {constant.rate(i) for i in range(100)} == {3e-4}    # exactly, as without a schedule
 
 
 def real_loop(tmp_path):

@@ -74,7 +74,11 @@ def test_checks_name_the_flag():
                             ({"seed": 2 ** 32}, "--seed must be an integer from 0 to"),
                             ({"name": "a/b"}, "--name must be a name"),
                             ({"dataset": "nope"}, "unknown --dataset 'nope'"),
-                            ({"attention": "2"}, "--attention must be two")):
+                            ({"attention": "2"}, "--attention must be two"),
+                            ({"lr_warmup": -1}, "--lr-warmup must be 0 .none. or a positive"),
+                            ({"lr_decay": 0.0}, r"--lr-decay must be a number in \(0, 1\]"),
+                            ({"lr_decay": 1.5}, r"--lr-decay must be a number in \(0, 1\]"),
+                            ({"lr_decay": float("nan")}, "--lr-decay must be a number in")):
         with pytest.raises(DrawError, match=message):
             DrawSettings(**kwargs)
     assert DrawSettings(seed=0).seed == 0 and DrawSettings(seed=2 ** 32 - 1).seed == 2 ** 32 - 1
@@ -92,7 +96,8 @@ def test_resume_rules():
     assert s.epochs == 5 and s.device == "cpu" and s.flush_denormal is True
     assert (s.read_N, s.write_N) == (2, 3)
     assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
-                                              "compile"}
+                                              "compile", "lr_warmup", "lr_decay"}
+    assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
     assert not set(s.stored()) & {name for name, f in DrawSettings._fields().items()
                                   if f.metadata["on_resume"] == SESSION}
     for given, message in (({"learning_rate": 0.01}, "--lr is 0.001 there, not 0.01"),

@@ -27,7 +27,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 LONGNAME = "sample-r2-w3-t2-enc8-dec8-z3-lr13"     # in the header and config.json
 FILES = "sample"                                   # the classic <name>_model.pkl, <name>_log.pkl
 ARGS = ["--dataset", "sample", "--subset", "400", "--bs", "50", "--epochs", "3", "--niter", "2",
-        "--enc-dim", "8", "--dec-dim", "8", "--z-dim", "3", "--attention", "2,3", "--seed", "3"]
+        "--enc-dim", "8", "--dec-dim", "8", "--z-dim", "3", "--attention", "2,3", "--seed", "3",
+        "--lr-warmup", "5", "--lr-decay", "0.5"]    # 8 steps per epoch
 HANG_GUARD_S = 600     # only so that a broken build fails instead of hanging; never reached
 
 
@@ -152,6 +153,10 @@ def test_end_to_end_files(reference):
                                       dec_dim=8, z_dim=3, read_N=2, write_N=3)
     assert model.config.to_dict() == config["config"]
     assert ckpt["run"]["dataset"] == "sample" and ckpt["optimizer"] is not None
+    # warm-up over steps 0-4, halved per epoch: each epoch's last step, and the next step's
+    assert [row.get("learning_rate") for row in ckpt["log"]] == [None, 1e-3, 5e-4, 2.5e-4]
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [1.25e-4]
+    assert "learning rate: 0.001, warm-up 5 steps, x0.5 per epoch" in out
     rows = load_log(run_dir / f"{FILES}_log.pkl")
     assert [(r["epoch"], r["iteration"]) for r in rows] == [(0, 0), (1, 8), (2, 16), (3, 24)]
     keys = {"train_nll_bound", "valid_nll_bound", "test_nll_bound", "train_total_gradient_norm",

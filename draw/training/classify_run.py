@@ -40,7 +40,8 @@ from draw.training.classify import (N_GLIMPSE_IMAGES, ClassifierPrinting, Classi
                                     model_config)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                                        init_distributed, process_place, reported_once)
-from draw.training.extensions import Checkpoint, FinishAfter, ProgressBar, Timing
+from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSchedule,
+                                      ProgressBar, Timing)
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
@@ -127,8 +128,12 @@ def _build_loop(s: ClassifierSettings, cfg: ClassifierConfig, data: LabelledData
     task = ClassifyTask(model, dist)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
-    extensions = [ProgressBar(math.ceil(len(data.train) / bs))] if writer else []
-    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs), TrainingDataMonitoring()]
+    n_batches = math.ceil(len(data.train) / bs)
+    extensions = [ProgressBar(n_batches)] if writer else []
+    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs),
+                   LearningRateSchedule(optimizer, s.learning_rate, s.lr_warmup, s.lr_decay,
+                                        n_batches),
+                   TrainingDataMonitoring()]
     for key in ("valid", "test"):
         # on --eval-subset every --eval-every epochs, on the whole split after the last
         whole, part = getattr(data, key), getattr(data, f"{key}_subset")
@@ -228,7 +233,7 @@ def _train(checked: _Checked, dist: Distributed, device: torch.device, data: Lab
                             f"{cfg.channels}x{cfg.height}x{cfg.width})"),
                 ("subdirectory", run_path), ("glimpses", f"{cfg.n_iter} of "
                                                          f"{cfg.read_N}x{cfg.read_N}"),
-                ("LSTM dimension", cfg.enc_dim), ("learning rate", f"{s.learning_rate:g}"),
+                ("LSTM dimension", cfg.enc_dim), ("learning rate", s.describe_lr()),
                 ("batch size", s.batch_size), ("epochs", s.epochs), ("seed", s.seed),
                 ("evaluation", f"every {s.eval_every} epoch(s) on "
                                f"{s.eval_subset or 'all'} valid and test images, all after "

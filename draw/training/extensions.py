@@ -74,6 +74,39 @@ class FinishAfter(SimpleExtension):
             self.main_loop.log[-1]["training_finish_requested"] = True
 
 
+class LearningRateSchedule(SimpleExtension):
+    """Set the learning rate before every step from the step count alone (Blocks'
+    SharedVariableModifier): a linear warm-up over the first `warmup` steps, then a factor
+    `decay` per finished epoch. Step i = 0, 1, ... takes
+
+        lr_i = lr * min(1, (i + 1) / warmup) * decay ** (i // batches_per_epoch)
+
+    A function of the step count, so a resumed run, mid-epoch too, continues the same schedule
+    with nothing saved. With warm-up or decay, each epoch's log row gets the rate of its last
+    step (`learning_rate`)."""
+
+    def __init__(self, optimizer, lr: float, warmup: int = 0, decay: float = 1.0,
+                 batches_per_epoch: int = 1, **kwargs):
+        for trigger in ("before_training", "after_batch", "after_epoch"):
+            kwargs.setdefault(trigger, True)
+        super().__init__(**kwargs)
+        self.optimizer, self.lr = optimizer, lr
+        self.warmup, self.decay, self.batches_per_epoch = warmup, decay, batches_per_epoch
+
+    def rate(self, i: int) -> float:
+        warm = min(1.0, (i + 1) / self.warmup) if self.warmup else 1.0
+        return self.lr * warm * self.decay ** (i // self.batches_per_epoch)
+
+    def do(self, which_callback: str, *args) -> None:
+        i = self.main_loop.status["iteration"]       # the number of steps taken
+        if which_callback == "after_epoch":
+            if self.warmup or self.decay != 1.0:
+                self.main_loop.log[-1]["learning_rate"] = self.rate(i - 1)
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.rate(i)
+
+
 class Checkpoint(SimpleExtension):
     """Save `<name>_model.pkl` (config, parameters, optimizer, RNG, loop state and log) and
     `<name>_log.pkl`, atomically, before training, after every epoch and when training stops.
@@ -206,7 +239,8 @@ class Printing(SimpleExtension):
 
     COLUMNS = (("train_nll_bound", "train {:.2f}"), ("valid_nll_bound", "valid {:.2f}"),
                ("test_nll_bound", "test {:.2f}"), ("train_total_gradient_norm", "|grad| {:.3g}"),
-               ("train_total_step_norm", "|step| {:.3g}"), ("time_train_this_epoch", "{:.1f} s"))
+               ("train_total_step_norm", "|step| {:.3g}"), ("learning_rate", "lr {:.3g}"),
+               ("time_train_this_epoch", "{:.1f} s"))
 
     def __init__(self, **kwargs):
         kwargs.setdefault("before_first_epoch", True)

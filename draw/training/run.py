@@ -49,9 +49,9 @@ from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpo
                                       resolve_device, set_rng_state)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                                        init_distributed, process_place, reported_once)
-from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter, Plot,
-                                      Printing, ProgressBar, SampleCheckpoint, Timing,
-                                      TrainingDataMonitoring)
+from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
+                                      LearningRateSchedule, Plot, Printing, ProgressBar,
+                                      SampleCheckpoint, Timing, TrainingDataMonitoring)
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
                                   read_text, stored_in_config, write_text)
@@ -201,7 +201,7 @@ def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -
             ("dataset", f"{s.dataset} ({splits['train'].shape[0]} train, "
                         f"{splits['valid'].shape[0]} valid, {splits['test'].shape[0]} test "
                         f"images of {cfg.channels}x{cfg.height}x{cfg.width})"),
-            ("subdirectory", plan.run_path), ("learning rate", f"{s.learning_rate:g}"),
+            ("subdirectory", plan.run_path), ("learning rate", s.describe_lr()),
             ("attention", s.attention or "none"), ("n_iterations", cfg.n_iter),
             ("encoder dimension", cfg.enc_dim), ("z dimension", cfg.z_dim),
             ("decoder dimension", cfg.dec_dim),
@@ -259,9 +259,12 @@ def _build_loop(plan: _Plan) -> MainLoop:
     task = DrawTask(model, plan.dist)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
-    extensions = [ProgressBar(math.ceil(plan.splits["train"].shape[0] / bs))] if writer else []
-    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs), TrainingDataMonitoring(),
-                   *_monitors(plan)]
+    n_batches = math.ceil(plan.splits["train"].shape[0] / bs)
+    extensions = [ProgressBar(n_batches)] if writer else []
+    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs),
+                   LearningRateSchedule(optimizer, s.learning_rate, s.lr_warmup, s.lr_decay,
+                                        n_batches),
+                   TrainingDataMonitoring(), *_monitors(plan)]
     if writer:
         extensions += [
             Printing(),
