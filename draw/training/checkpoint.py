@@ -112,6 +112,13 @@ def save_checkpoint(path: str | os.PathLike, model: DrawModel,
     _save(path, state)
 
 
+def save_model_dict(path: str | os.PathLike, state: dict) -> None:
+    """Write a model file's dict as it is, atomically (export.py trims one to share it)."""
+    if state.get("format") != MODEL_FORMAT or state.get("version") != VERSION:
+        raise ValueError("save_model_dict needs a model file's dict (format and version)")
+    _save(path, state)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a model file written by `save_checkpoint`; CheckpointError if it is not one."""
     ckpt = _load(path, MODEL_FORMAT, map_location)

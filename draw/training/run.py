@@ -123,8 +123,9 @@ def _check(flags: dict) -> _Checked:
             except CheckpointError as e:
                 raise DrawError(f"--resume: {e}") from e
             if not isinstance(ckpt.get("run"), dict) or TRAINING_STATE - set(ckpt):
-                raise DrawError(f"--resume: {model_file} was not saved by train-draw.py (it "
-                                f"lacks the run settings or the training state)")
+                raise DrawError(f"--resume: {model_file} lacks the run settings or the "
+                                f"training state (an exported or foreign model file: "
+                                f"start a new run from it with --oldmodel)")
             settings = DrawSettings.resumed(ckpt["run"], given, str(model_file))
     else:
         settings = DrawSettings(**given)

@@ -13,9 +13,9 @@ from draw.atomic import atomic_write_bytes
 from draw.errors import DrawError
 
 
-def find_checkpoint(resume: str) -> tuple[Path, Path | None]:
+def find_checkpoint(resume: str, flag: str = "--resume") -> tuple[Path, Path | None]:
     """The run directory and its model file; None for a run killed before its first one,
-    which its config.json lets restart."""
+    which its config.json lets restart. `flag` names the argument in errors."""
     path = Path(resume)
     if path.is_file():
         return path.parent, path
@@ -24,10 +24,10 @@ def find_checkpoint(resume: str) -> tuple[Path, Path | None]:
         if not found and (path / "config.json").is_file():
             return path, None
         if len(found) != 1:
-            raise DrawError(f"--resume {resume}: expected one *_model.pkl file there, "
+            raise DrawError(f"{flag} {resume}: expected one *_model.pkl file there, "
                             f"found {len(found)}")
         return path, found[0]
-    raise DrawError(f"--resume {resume}: no such run directory")
+    raise DrawError(f"{flag} {resume}: no such run directory or model file")
 
 
 def stored_in_config(run_path: Path) -> dict:

@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Export a trained model to share: its parameters, config, settings and log, without the
+optimiser and random states a resume needs (a third of the size).
+
+Example:
+
+    python export-model.py runs/paper-20261201-152946 pretrained/bmnist-r2-w5-t64_model.pkl
+"""
+from draw.cli import ArgumentParser, run
+from draw.training.export import main
+
+
+def parse_args():
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a run directory, or a <name>_model.pkl file written by "
+                                       "train-draw.py or train-classifier.py")
+    parser.add_argument("destination", help="the file to write, e.g. "
+                                            "pretrained/<name>_model.pkl")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    run(main, parse_args())

@@ -1,0 +1,92 @@
+"""export-model.py: a run's model file without its training state, which sample.py, evaluate.py
+and --oldmodel read as any model file and --resume refuses; bad input writes nothing."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from draw.classifier import AttentionClassifier, ClassifierConfig
+from draw.errors import DrawError
+from draw.outputs.sampling import main as sample
+from draw.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from draw.training.classify import load_classifier
+from draw.training.evaluate import main as evaluate
+from draw.training.export import export_model
+from draw.training.run import main as train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="sample", subset=100, batch_size=50, n_iter=2, enc_dim=8, dec_dim=8,
+            z_dim=3, attention="2,3", eval_subset=50, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    parent = tmp_path_factory.mktemp("runs")
+    train(**TINY, epochs=2, run_dir=str(parent), name="tiny")
+    (path,) = parent.iterdir()
+    return path
+
+
+def test_export_keeps_the_model_and_its_history_not_the_training_state(run_dir, tmp_path):
+    out = tmp_path / "pretrained" / "tiny_model.pkl"
+    out.parent.mkdir()
+    export_model(run_dir, out)
+    full = load_checkpoint(run_dir / "tiny_model.pkl")
+    model, exported = load_model(out)
+    ref, _ = load_model(run_dir / "tiny_model.pkl")
+    for (name, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert exported["optimizer"] is None and exported["rng"] is None
+    assert {"batch", "epoch_rng", "extensions"}.isdisjoint(exported)
+    for key in ("config", "run", "epoch", "iteration", "log"):
+        assert exported[key] == full[key], key
+    # Adam's two moments were two thirds of the file
+    assert out.stat().st_size < 0.45 * (run_dir / "tiny_model.pkl").stat().st_size
+
+
+def test_an_exported_model_samples_evaluates_and_seeds_a_new_run_but_does_not_resume(
+        run_dir, tmp_path):
+    out = tmp_path / "tiny_model.pkl"
+    export_model(run_dir / "tiny_model.pkl", out)
+    sample(str(out), n_samples=4, seed=1, output_dir=str(tmp_path / "samples"), device="cpu")
+    assert (tmp_path / "samples" / "sequence.gif").stat().st_size > 0
+    assert evaluate(str(out), samples=2, subset=20, device="cpu") == \
+        evaluate(str(run_dir / "tiny_model.pkl"), samples=2, subset=20, device="cpu")
+    with pytest.raises(DrawError, match="exported or foreign model file: start a new run "
+                                        "from it with --oldmodel"):
+        train(resume=str(out))
+    train(**TINY, epochs=1, oldmodel=str(out), run_dir=str(tmp_path / "again"))
+    assert len(list((tmp_path / "again").glob("*/tiny_model.pkl"))) == 0   # named by dataset
+    assert len(list((tmp_path / "again").glob("*/sample_model.pkl"))) == 1
+
+
+def test_a_classifier_exports_too(tmp_path):
+    model = AttentionClassifier.from_config(ClassifierConfig())
+    optimizer = torch.optim.Adam(model.parameters())
+    src = tmp_path / "c_model.pkl"
+    save_checkpoint(src, model, optimizer, run={"dataset": "cluttered-mnist"}, log=[])
+    export_model(src, tmp_path / "out_model.pkl")
+    exported_model, ckpt = load_classifier(tmp_path / "out_model.pkl")
+    assert ckpt["optimizer"] is None and ckpt["run"] == {"dataset": "cluttered-mnist"}
+    for a, b in zip(exported_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path):
+    own = run_dir / "tiny_model.pkl"
+    before = own.read_bytes()
+    with pytest.raises(DrawError, match="the run's own model file"):
+        export_model(run_dir, own)
+    assert own.read_bytes() == before
+    foreign = tmp_path / "foreign.pkl"
+    foreign.write_bytes(b"not a model")
+    for source, message in ((foreign, "foreign.pkl"), (tmp_path / "nowhere", "no such run "
+                                                       "directory or model file")):
+        result = subprocess.run([sys.executable, str(ROOT / "export-model.py"), str(source),
+                                 str(tmp_path / "out_model.pkl")], capture_output=True, text=True)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out_model.pkl").exists()
