@@ -77,7 +77,7 @@ def test_a_classifier_exports_too(tmp_path):
 def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path):
     own = run_dir / "tiny_model.pkl"
     before = own.read_bytes()
-    with pytest.raises(DrawError, match="the run's own model file"):
+    with pytest.raises(DrawError, match="is the model file being exported"):
         export_model(run_dir, own)
     assert own.read_bytes() == before
     foreign = tmp_path / "foreign.pkl"

@@ -34,7 +34,7 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
                         f"first save)")
     destination = Path(destination)
     if destination.exists() and destination.resolve() == path.resolve():
-        raise DrawError(f"{destination} is the run's own model file: exporting over it would "
+        raise DrawError(f"{destination} is the model file being exported: writing over it would "
                         f"lose its training state; name another file")
     ckpt = load_checkpoint(path)
     # rebuilt once, so that a file whose parameters do not fit its config is refused here
