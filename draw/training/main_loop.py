@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 import torch
-from torch.nn.utils import clip_grad_norm_, parameters_to_vector
+from torch.nn.utils import clip_grad_norm_
 
 from draw.errors import DrawError
 
@@ -79,6 +79,10 @@ class MainLoop:
         self.grad_clip = grad_clip
         self._sigint = False       # this rank has seen a Ctrl-C (see _on_sigint)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # the parameters before each update, for the step norm: kept between steps, because
+        # two fresh 1M-float vectors per step (parameters_to_vector) cost 2-7 ms of a 180 ms
+        # step at T=10 (page faults of the new memory included; bench/README.md)
+        self._before: list[torch.Tensor] | None = None
         self.log: list[dict] = []
         self.status = {"epoch": 0, "iteration": 0, "batch": 0, "epoch_rng": None,
                        "finish_requested": False, "interrupted": False}
@@ -164,14 +168,24 @@ class MainLoop:
                 f"({grad_norm.item():.4g}) at epoch {self.status['epoch'] + 1}, batch "
                 f"{self.status['batch'] + 1}; stopped before the update, the last saved epoch is "
                 f"intact (try a lower --lr)")
-        before = parameters_to_vector(self.params).detach()
-        self.optimizer.step()
-        step_norm = (parameters_to_vector(self.params).detach() - before).norm()
+        step_norm = self._update_and_step_norm()
         self.last_batch = {
             "loss": global_loss,
             "sums": {name: piece.view(sums[name].shape)
                      for name, piece in zip(names, pieces[1:])},
             "total_gradient_norm": grad_norm.detach(), "total_step_norm": step_norm}
+
+    @torch.no_grad()
+    def _update_and_step_norm(self) -> torch.Tensor:
+        """optimizer.step(); returns the norm of the change of all parameters it made."""
+        if self._before is None or any(b.dtype != p.dtype or b.device != p.device
+                                       for b, p in zip(self._before, self.params)):
+            self._before = [p.detach().clone() for p in self.params]
+        else:
+            torch._foreach_copy_(self._before, self.params)
+        self.optimizer.step()
+        torch._foreach_sub_(self._before, self.params)        # before - after: -step
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._before)))
 
     def _fire(self, event: str, *args) -> None:
         for extension in self.extensions:
