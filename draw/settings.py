@@ -1,85 +1,29 @@
-"""A run's settings as one typed dataclass: each field's default, flag, help and resume rule.
+"""The settings of a training run, one typed dataclass each (draw/settingsbase.py: flags,
+config files, resume rules).
 
 `RunSettings` holds what every training run has (name, dataset, epochs, batch size, learning
 rate, seed, device, directories, resume, ...); `DrawSettings` adds DRAW's model (attention, T,
 LSTM and z sizes, --oldmodel). A classifier's settings subclass `RunSettings` the same way and
-get the parser, config files, resume rules and checks for free. A field is declared once:
-
-    n_iter: int = setting(10, "number of glimpses T", flag="--niter")
-
-and from that one place come the argparse flag (`parser`), its help text with the default, the
-key of a config file, the name in messages ("--niter must be a positive integer"), the type
-check and what a resumed run may change (`on_resume`). Building a settings object checks it
-(`__post_init__`): a DrawSettings that exists is valid, so everything is checked before any file
-is written.
-
-Where settings come from, later sources overriding earlier ones:
-
-    the field defaults < a config file (--config FILE) < the flags given on the command line
-
-and on --resume the run's own stored settings replace the defaults; flags and a config file may
-then only repeat them, except those marked CHANGE (e.g. --epochs, the total to reach) and the
-SESSION ones that are not stored at all (device, directories, live plotting).
-
-Config files
-------------
-TOML (`.toml`) or JSON (`.json`): one flat table of settings. A key is a field name or any of its
-flag spellings without the leading dashes (`n_iter`, `niter`; `batch_size`, `bs`; `enc_dim`,
-`enc-dim`). Values have the field's type: integers, numbers, strings, true/false. Relative paths
-are relative to the working directory, as on the command line. For example, the paper's MNIST
-run with attention (configs/*.toml):
-
-    # DRAW, binarized MNIST, read 2x2 / write 5x5, T = 64 (Gregor et al. 2015, Table 2)
-    dataset = "bmnist"
-    attention = "2,5"
-    niter = 64
-    lr = 3e-4
-    epochs = 100
-
-    python train-draw.py --config configs/bmnist-attention.toml --epochs 10   # flags win
-
-An unknown key, a wrong type or a bad value is a one-line error naming the file.
+get the parser, config files, resume rules and checks for free.
 """
-import argparse
-import dataclasses
-import json
 import math
 import re
-import tomllib
-import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from draw.cli import ArgumentParser
 from draw.datasets import supported_datasets
 from draw.errors import DrawError
+from draw.settingsbase import CHANGE, FRESH, SESSION, Settings, derived, setting
 from draw.speed import set_flush_denormal
 
-KEEP = "keep"        # stored with the run; a resumed run keeps it (a flag may only repeat it)
-CHANGE = "change"    # stored with the run; a resumed run may change it (e.g. --epochs)
-FRESH = "fresh"      # stored; only for a fresh run (giving it with --resume is an error)
-SESSION = "session"  # not stored: where and how this process runs (device, directories)
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path
 
 
-def setting(default, help: str, flag: str | None = None, aliases: tuple[str, ...] = (),
-            on_resume: str = KEEP, metavar: str | None = None):
-    """A dataclass field of a settings class; `flag` defaults to --field-name."""
-    return field(default=default, metadata={"help": help, "flag": flag, "aliases": aliases,
-                                            "on_resume": on_resume, "metavar": metavar})
-
-
-def derived():
-    """A field computed from the others by the checks (e.g. read_N from --attention)."""
-    return field(default=None, init=False, metadata={"derived": True})
-
-
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(Settings):
     """What every training run has; subclasses add their model's settings."""
     # the datasets --dataset may name; a subclass that trains on others sets its own
     datasets: typing.ClassVar[tuple[str, ...]] = tuple(supported_datasets)
@@ -131,14 +75,8 @@ class RunSettings:
                                         "core); 1 is much faster on a CPU shared with other jobs",
                                   on_resume=SESSION, metavar="N")
 
-    def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for name in self._fields():
-            object.__setattr__(self, name, self._typed(name, getattr(self, name), hints[name]))
-        self.check()
-
     def check(self) -> None:
-        """Raise DrawError on a bad value; subclasses extend it (and fill their derived fields)."""
+        super().check()
         for name in ("epochs", "batch_size", "subset", "eval_every", "threads"):
             self.require(name, getattr(self, name) is None or getattr(self, name) >= 1,
                          "a positive integer")
@@ -174,155 +112,6 @@ class RunSettings:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         set_flush_denormal(self.flush_denormal)
-
-    def require(self, name: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise DrawError(f"{self.flag(name)} must be {what}, got {getattr(self, name)!r}")
-
-    @classmethod
-    def flag(cls, name: str) -> str:
-        """How field `name` is spelled on the command line, e.g. batch_size -> --bs."""
-        f = cls._fields()[name]
-        return f.metadata["flag"] or "--" + f.name.replace("_", "-")
-
-    @classmethod
-    def _fields(cls) -> dict[str, dataclasses.Field]:
-        return {f.name: f for f in dataclasses.fields(cls) if f.init}
-
-    @classmethod
-    def _typed(cls, name: str, value, hint):
-        """`value` checked against the field's annotation; an integer is a valid float."""
-        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if value is None and type(None) in allowed:
-            return value
-        if bool in allowed:
-            if isinstance(value, bool):
-                return value
-        elif int in allowed:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif float in allowed:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif str in allowed and isinstance(value, str):
-            return value
-        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        raise DrawError(f"{cls.flag(name)} must be {kind[allowed[0]]}, got {value!r}")
-
-    def stored(self) -> dict:
-        """The settings a run keeps with its checkpoint (all but the SESSION ones)."""
-        return {name: getattr(self, name) for name, f in self._fields().items()
-                if f.metadata["on_resume"] != SESSION}
-
-    # --- where settings come from ---------------------------------------------------------
-
-    @classmethod
-    def given(cls, flags: dict) -> dict:
-        """The settings asked for: a config file's (flags["config"]) overridden by the flags.
-
-        `flags` maps field names to values, as `parser()` parses them; None means not given.
-        """
-        flags = {key: value for key, value in flags.items() if value is not None}
-        config = flags.pop("config", None)
-        unknown = sorted(set(flags) - set(cls._fields()))
-        if unknown:
-            raise DrawError(f"unknown settings {unknown}; known: {sorted(cls._fields())}")
-        return {**(cls.read_config(config) if config is not None else {}), **flags}
-
-    @classmethod
-    def read_config(cls, path: str) -> dict:
-        """A TOML or JSON file of settings, as field names and values (the module docstring)."""
-        suffix = Path(path).suffix.lower()
-        if suffix not in (".toml", ".json"):
-            raise DrawError(f"--config {path}: expected a .toml or .json file")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            table = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
-        except OSError as e:
-            raise DrawError(f"--config {path}: {e.strerror or e}") from e
-        except (ValueError, UnicodeDecodeError) as e:   # TOMLDecodeError and JSONDecodeError too
-            raise DrawError(f"--config {path} is not valid {suffix[1:].upper()}: "
-                            f"{str(e).splitlines()[0]}") from e
-        if not isinstance(table, dict):
-            raise DrawError(f"--config {path}: expected a table of settings, got "
-                            f"{type(table).__name__}")
-        keys = cls._config_keys()
-        out = {}
-        for key, value in table.items():
-            if key not in keys:
-                raise DrawError(f"--config {path}: unknown setting {key!r}; known: "
-                                f"{', '.join(sorted(cls._fields()))}")
-            if keys[key] in out:
-                raise DrawError(f"--config {path}: {key!r} sets {keys[key]} a second time")
-            out[keys[key]] = value
-        return out
-
-    @classmethod
-    def _config_keys(cls) -> dict[str, str]:
-        """Every accepted config key (field names, flag spellings without dashes) -> field."""
-        keys = {}
-        for name, f in cls._fields().items():
-            for spelling in (name, cls.flag(name), *f.metadata["aliases"]):
-                bare = spelling.lstrip("-")
-                keys[bare] = keys[bare.replace("-", "_")] = keys[bare.replace("_", "-")] = name
-        return keys
-
-    @classmethod
-    def resumed(cls, stored: dict, given: dict, where: str):
-        """The settings of a run continued from its checkpoint's `stored` settings.
-
-        Stored settings that a later version added take their defaults (the run ran without
-        them); `given` (flags, config file) may only repeat the KEEP ones.
-        """
-        fields = cls._fields()
-        unknown = sorted(set(stored) - set(fields))
-        if unknown:
-            raise DrawError(f"--resume: {where} has settings this version does not know: "
-                            f"{unknown}")
-        for name, value in given.items():
-            rule = fields[name].metadata["on_resume"]
-            if rule == FRESH:
-                raise DrawError(f"--resume and {cls.flag(name)} cannot be combined: a resumed "
-                                f"run continues from its own state")
-            before = stored.get(name, fields[name].default)
-            if rule == KEEP and value != before:
-                raise DrawError(f"--resume keeps the run's settings: {cls.flag(name)} is "
-                                f"{before!r} there, not {value!r} (leave the flag out)")
-        return cls(**{**stored, **given})
-
-    # --- the command line ------------------------------------------------------------------
-
-    @classmethod
-    def parser(cls, description: str) -> argparse.ArgumentParser:
-        """An argparse parser with one flag per field, plus --config.
-
-        Flags not given are absent from the parsed namespace (not set to their defaults), so
-        that `given` can tell them from a config file's or a resumed run's values.
-        """
-        parser = ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--config", metavar="FILE",
-                            help="a TOML or JSON file of settings (keys as the flags'); flags "
-                                 "given here override it")
-        hints = typing.get_type_hints(cls)
-        for name, f in cls._fields().items():
-            hint = hints[name]
-            kind = next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
-            text = f.metadata["help"]
-            if f.default is not None and "default:" not in text:
-                text += f" (default: {f.default})" if kind is not bool else \
-                    f" (default: {'on' if f.default else 'off'})"
-            text += {KEEP: "; kept by --resume", FRESH: "; not with --resume"}.get(
-                f.metadata["on_resume"], "")
-            spellings = (cls.flag(name), *f.metadata["aliases"])
-            if kind is bool:
-                parser.add_argument(*spellings, dest=name, help=text,
-                                    action=argparse.BooleanOptionalAction)
-            else:
-                parser.add_argument(*spellings, dest=name, type=kind, help=text,
-                                    metavar=f.metadata["metavar"])
-        return parser
-
 
 def parse_attention(attention: str) -> tuple[int | None, int | None]:
     """`--attention`: "" is no attention, "R,W" an R x R read and a W x W write window."""

@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 
 from draw.errors import DrawError
-from draw.settings import SESSION, DrawSettings, RunSettings
+from draw.settings import DrawSettings, RunSettings
+from draw.settingsbase import SESSION
 
 CLASSIC = ["--attention=2,5", "--niter=64", "--lr=3e-4", "--epochs=100", "--dataset", "mnist",
            "--name", "paper", "--bs", "50", "--enc-dim", "300", "--dec-dim", "200",
@@ -111,7 +112,7 @@ def test_resume_rules():
 
 def test_a_classifier_can_reuse_the_machinery():
     """A subclass of RunSettings with its own fields gets flags, config keys and checks."""
-    from draw.settings import setting
+    from draw.settingsbase import setting
 
     @dataclasses.dataclass(frozen=True)
     class ClassifierSettings(RunSettings):

@@ -18,7 +18,8 @@ from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
 from draw.outputs.glimpses import glimpse_grid
 from draw.outputs.plotting import save_png
-from draw.settings import RunSettings, setting
+from draw.settings import RunSettings
+from draw.settingsbase import setting
 from draw.training.checkpoint import CheckpointError, load_checkpoint
 from draw.training.distributed import Distributed, wrap_model
 from draw.training.extensions import Printing, SimpleExtension
