@@ -10,7 +10,6 @@ run's own measured training time (`time_train_this_epoch`, which other jobs on t
 inflate), or with `--images-per-s R` the images trained divided by R: the same clock for runs
 made under different loads, R measured idle with `python bench/bench.py --niters 64`.
 """
-import argparse
 from pathlib import Path
 
 from matplotlib.figure import Figure    # no pyplot: a file, never a window
