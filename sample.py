@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sample from a trained DRAW model: samples/sample.png, samples/time-NNN.png, sequence.gif.
+"""Sample from a trained DRAW model: samples/sample.png, time-NNN.png, sequence.gif, strip.png.
 
 Example (the classic command line):
 
@@ -46,9 +46,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=seed, default=None,
                         help="seed of the prior noise, for repeatable samples (default: random)")
     parser.add_argument("--output-dir", type=str, default="samples",
-                        help="directory for sample.png, time-NNN.png and sequence.gif")
+                        help="directory for sample.png, time-NNN.png, sequence.gif and strip.png")
     parser.add_argument("--boxes", action="store_true",
-                        help="outline each step's write-attention window on its frame")
+                        help="outline each step's write-attention window on its frame "
+                             "(time-NNN.png, sequence.gif, strip.png)")
     parser.add_argument("--scale", type=positive, default=1,
                         help="enlarge every image this many times (nearest neighbour)")
     parser.add_argument("--duration-ms", type=milliseconds, default=100,

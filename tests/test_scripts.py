@@ -109,6 +109,16 @@ def test_sample_script_writes_grid_steps_and_gif(tmp_path, model_file):
         np.testing.assert_array_equal(frames[t], step)       # the GIF is lossless here
         assert (step == BOX_COLOR).all(axis=-1).any()        # write windows are boxed
     assert not (out / f"time-{T:03d}.png").exists()
+    # strip.png: the 5 samples (rows) at every one of the T steps (columns), boxes included:
+    # its cells are the frames' cells
+    with Image.open(out / "strip.png") as png:
+        strip = np.asarray(png.convert("RGB"))
+    assert strip.shape == (5 * 25 - 1, T * 21 - 1, 3)
+    for k in range(5):
+        for t in range(T):
+            top, left = (k // 3) * 25, (k % 3) * 21
+            np.testing.assert_array_equal(strip[k * 25:k * 25 + 24, t * 21:t * 21 + 20],
+                                          frames[t][top:top + 24, left:left + 20])
     # sample.png: the bare final canvases of the same seed, as the package computes them
     reference = tmp_path / "reference"
     model, _ = load_model(model_file)
@@ -124,7 +134,7 @@ def test_write_samples_default_grid_and_no_boxes(tmp_path):
                                   z_dim=4))
     written = write_samples(model, tmp_path, 2, 2, seed=0)
     assert [p.name for p in written] == ["sample.png", "time-000.png", "time-001.png",
-                                         "time-002.png", "sequence.gif"]
+                                         "time-002.png", "sequence.gif", "strip.png"]
     canvases = model.sample(4, draw.outputs.sampling.prior_noise(model, 4, seed=0))
     want = image_grid(canvases[-1].view(4, 3, 6, 5), 2, 2)
     with Image.open(tmp_path / "sample.png") as got:
@@ -132,6 +142,15 @@ def test_write_samples_default_grid_and_no_boxes(tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     frames, _ = gif_frames(tmp_path / "sequence.gif")
     assert len(frames) == 3 and frames[0].shape == (2 * 7 - 1, 2 * 6 - 1, 3)
+    # strip.png without boxes: 4 samples down, the 3 steps across, the canvases themselves
+    with Image.open(tmp_path / "strip.png") as png:
+        strip = np.asarray(png)
+    assert strip.shape == (4 * 7 - 1, 3 * 6 - 1, 3)
+    for k in range(4):
+        for t in range(3):
+            cell = canvases[t, k].view(3, 6, 5).clamp(0, 1).mul(255).round().byte()
+            np.testing.assert_array_equal(strip[k * 7:k * 7 + 6, t * 6:t * 6 + 5],
+                                          cell.permute(1, 2, 0).numpy())
 
 
 def test_plot_kl_script_writes_nontrivial_pictures_and_html(tmp_path, log_file):

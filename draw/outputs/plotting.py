@@ -248,6 +248,26 @@ def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
     return frames
 
 
+def sequence_strip(canvases, shape: tuple[int, int, int], steps, attention: dict | None = None,
+                   N: int | None = None, scale: int = 1) -> Image.Image:
+    """Samples being drawn, as in the paper's figures: one row per sample, one column per step
+    of `steps` (a sequence of step indices; end with n_iter - 1 for the finished drawing), each
+    cell with the window that wrote that step boxed when `attention` is given.
+
+    `canvases`, `attention`, `N` and `scale` are those of `sampling_frames`, for the samples to
+    show. Returns an "RGB" picture with 1-pixel separators between the cells.
+    """
+    steps = list(steps)
+    canvases = _to_numpy(canvases)[steps]                                    # (S, n, C*H*W)
+    picked = None if attention is None else {k: v[steps] for k, v in attention.items()}
+    columns = sampling_frames(canvases, shape, canvases.shape[1], 1, attention=picked, N=N,
+                              scale=scale)
+    columns = [np.asarray(column.convert("RGB")) for column in columns]    # (rows, W', 3) each
+    gap = np.full((columns[0].shape[0], 1, 3), np.rint(SEPARATOR * 255), dtype=np.uint8)
+    parts = [part for column in columns for part in (gap, column)][1:]
+    return Image.fromarray(np.concatenate(parts, axis=1), mode="RGB")
+
+
 def draw_box(cell: np.ndarray, box: tuple[int, int, int, int]) -> None:
     """Outline the part of box (x0, y0, x1, y1) (see `window_box`) that lies inside an RGB array
     cell (H, W, 3), in BOX_COLOR, in place.

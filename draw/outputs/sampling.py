@@ -4,24 +4,28 @@ A sample is the paper's generation process (section 2.3): z_t ~ N(0, I) for t = 
 and written onto the canvas step by step. The files are those of the classic repository:
 `sample.png` (the final canvases), `time-NNN.png` (the canvases after step NNN, counted from 0)
 and `sequence.gif` (the drawing process, last frame held), optionally with every step's write
-window boxed as in the paper's video.
+window boxed as in the paper's video; and `strip.png`, a few samples at evenly spaced steps side
+by side, as in the paper's figures of digits being drawn.
 """
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import (BAR_DELAY, check_picture_size, grid_shape, grid_size,
-                                   image_grid, sampling_frames, save_gif, save_png)
+                                   image_grid, sampling_frames, save_gif, save_png,
+                                   sequence_strip)
 from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
 from draw.training.checkpoint import load_model, resolve_device
 
 # samples drawn at once: large enough for efficient matrix products, small enough that the
 # progress bar moves every few seconds even for big models on a CPU
 CHUNK = 1000
+STRIP_ROWS, STRIP_STEPS = 8, 16    # strip.png: the first 8 samples at 16 steps
 
 
 class SamplingError(DrawError):
@@ -116,7 +120,8 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
                   n: int | None = None, seed: int | None = None, boxes: bool = False,
                   scale: int = 1, duration_ms: int = 100,
                   hold_last_ms: int = 1000) -> list[Path]:
-    """Sample n images and write sample.png, time-NNN.png and sequence.gif into `directory`.
+    """Sample n images and write sample.png, time-NNN.png, sequence.gif and strip.png into
+    `directory`.
 
     Parameters
     ----------
@@ -131,7 +136,8 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     seed : int, optional
         Seed of the prior noise; a fresh one when omitted.
     boxes : bool
-        Outline each step's write window on its frame (time-NNN.png and sequence.gif); needs a
+        Outline each step's write window on its frame (time-NNN.png, sequence.gif and
+        strip.png); needs a
         model with write attention. sample.png always shows the bare final canvases.
     scale : int
         Enlarge every image `scale` times (nearest neighbour), for viewing and finer boxes.
@@ -165,6 +171,16 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
         save_png(frames[-1], written[-1])
     written.append(directory / "sequence.gif")
     save_gif(frames, written[-1], duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    # the first STRIP_ROWS samples at STRIP_STEPS evenly spaced steps, the last one the finished
+    # drawing: the paper's figure of digits being drawn, in one picture
+    steps = np.unique(np.linspace(0, model.n_iter - 1, min(model.n_iter, STRIP_STEPS)).round())
+    k = min(n, STRIP_ROWS)
+    strip = sequence_strip(canvases[:, :k], shape, steps.astype(int),
+                           None if attention is None else {a: v[:, :k] for a, v in
+                                                           attention.items()},
+                           N=cfg.write_N, scale=scale)
+    written.append(directory / "strip.png")
+    save_png(strip, written[-1])
     return written
 
 
@@ -203,5 +219,6 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
     model, _ = load_model(model_file, map_location=dev)
     written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
                             scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
-    print(f"wrote {written[0]}, {written[1].name} .. {written[-2].name} and {written[-1].name}")
+    print(f"wrote {written[0]}, {written[1].name} .. {written[-3].name}, {written[-2].name} "
+          f"and {written[-1].name}")
     return written
