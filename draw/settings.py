@@ -35,8 +35,9 @@ class RunSettings(Settings):
     batch_size: int = setting(100, "size of each mini-batch; under torchrun the global size, "
                                    "split between the processes",
                               flag="--bs", aliases=("--batch-size",))
+    # CHANGE: resuming with a lower rate is the classic way to finish a long run
     learning_rate: float = setting(1e-3, "Adam learning rate", flag="--lr",
-                                   aliases=("--learning-rate",))
+                                   aliases=("--learning-rate",), on_resume=CHANGE)
     lr_warmup: int = setting(0, "raise the learning rate linearly from lr/N to --lr over the "
                                 "first N steps (default: no warm-up)", metavar="N")
     lr_decay: float = setting(1.0, "multiply the learning rate by D after every epoch "

@@ -101,7 +101,9 @@ def test_resume_rules():
     assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
     assert not set(s.stored()) & {name for name, f in DrawSettings._fields().items()
                                   if f.metadata["on_resume"] == SESSION}
-    for given, message in (({"learning_rate": 0.01}, "--lr is 0.001 there, not 0.01"),
+    # a lower rate for the rest of a run (an "lr drop") is allowed; the model's settings are not
+    assert DrawSettings.resumed(OLD_RUN, {"learning_rate": 3e-4}, "m.pkl").learning_rate == 3e-4
+    for given, message in (({"batch_size": 20}, "--bs is 50 there, not 20"),
                            ({"oldmodel": "x.pkl"}, "--resume and --oldmodel cannot be combined"),
                            ({"grad_clip": 5.0}, "--grad-clip is 10.0 there")):
         with pytest.raises(DrawError, match=message):

@@ -272,7 +272,7 @@ def test_bad_flags_fail_in_one_line_and_touch_nothing(case, tmp_path, monkeypatc
 def test_resume_refuses_changed_settings_and_touches_nothing(reference, capsys):
     run_dir = reference.run_dir
     before = snapshot(run_dir)
-    for argv, expected in ((["--lr", "0.01"], "--lr is 0.001 there"),
+    for argv, expected in ((["--bs", "20"], "--bs is 50 there"),
                            (["--niter", "5"], "--niter is 2 there"),
                            (["--oldmodel", "x.pkl"], "cannot be combined")):
         code, err = run_script(["--resume", str(run_dir), *argv], capsys)
@@ -282,6 +282,15 @@ def test_resume_refuses_changed_settings_and_touches_nothing(reference, capsys):
 
 TINY = dict(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, enc_dim=8,
             dec_dim=8, z_dim=3, attention="2,3")
+
+
+def test_a_resumed_run_may_continue_at_a_lower_learning_rate(tmp_path):
+    main(**TINY, run_dir=str(tmp_path), learning_rate=1e-3)
+    (run_dir,) = tmp_path.iterdir()
+    main(resume=str(run_dir), epochs=2, learning_rate=2e-4)
+    ckpt = load_checkpoint(run_dir / "sample_model.pkl")
+    assert [row.get("learning_rate") for row in ckpt["log"]] == [None, 1e-3, 2e-4]
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-4 == ckpt["run"]["learning_rate"]
 
 
 def test_flush_denormal_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):

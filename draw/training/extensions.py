@@ -82,8 +82,8 @@ class LearningRateSchedule(SimpleExtension):
         lr_i = lr * min(1, (i + 1) / warmup) * decay ** (i // batches_per_epoch)
 
     A function of the step count, so a resumed run, mid-epoch too, continues the same schedule
-    with nothing saved. With warm-up or decay, each epoch's log row gets the rate of its last
-    step (`learning_rate`)."""
+    with nothing saved (and one resumed with another --lr continues at that rate). Each epoch's
+    log row gets the rate of its last step (`learning_rate`)."""
 
     def __init__(self, optimizer, lr: float, warmup: int = 0, decay: float = 1.0,
                  batches_per_epoch: int = 1, **kwargs):
@@ -100,8 +100,7 @@ class LearningRateSchedule(SimpleExtension):
     def do(self, which_callback: str, *args) -> None:
         i = self.main_loop.status["iteration"]       # the number of steps taken
         if which_callback == "after_epoch":
-            if self.warmup or self.decay != 1.0:
-                self.main_loop.log[-1]["learning_rate"] = self.rate(i - 1)
+            self.main_loop.log[-1]["learning_rate"] = self.rate(i - 1)
             return
         for group in self.optimizer.param_groups:
             group["lr"] = self.rate(i)
