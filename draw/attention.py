@@ -42,6 +42,19 @@ class ZoomableAttentionWindow:
         self.img_height = img_height
         self.img_width = img_width
         self.N = N
+        # the filterbank's constants, made once per dtype and device instead of four ops in
+        # every call (two aranges, two subtractions; see `_constants`)
+        self._cache: dict = {}
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The grid offsets i - N/2 - 1/2 of eqs. 19-20 (N,) and the pixel centres 0..P-1 (P,)."""
+        key = (dtype, device)
+        if key not in self._cache:
+            kw = dict(dtype=dtype, device=device)
+            # eqs. 19-20 with the paper's grid index i = 1..N, so the grid is centred on g
+            offset = torch.arange(1, self.N + 1, **kw) - self.N / 2 - 0.5
+            self._cache[key] = offset, torch.arange(max(self.img_height, self.img_width), **kw)
+        return self._cache[key]
 
     def filterbank_matrices(self, center_y: Tensor, center_x: Tensor, delta: Tensor,
                             sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,19 +75,19 @@ class ZoomableAttentionWindow:
         FX : Tensor, shape (B, N, W)
             Each row is normalised to sum to 1 (the Z_X and Z_Y of eqs. 25-26).
         """
+        return self.filterbank(torch.stack([center_y, center_x], dim=1), delta, sigma)
+
+    def filterbank(self, centre: Tensor, delta: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """`filterbank_matrices` with the grid centre as one tensor (B, 2): (g_Y, g_X), as
+        `window` returns it."""
         # Built in float32 at least: in half precision the exponents below overflow to -inf for
         # narrow windows far from a pixel, and a row of -inf has no softmax.
         dtype = torch.promote_types(delta.dtype, torch.float32)
-        kw = dict(dtype=dtype, device=delta.device)
         H, W = self.img_height, self.img_width
         # F_Y and F_X in one pass: the vertical and the horizontal axis stacked as axis 1, over
         # P = max(H, W) pixels (a square image's two axes are the same pixels)
-        P = max(H, W)
-        # eqs. 19-20 with the paper's grid index i = 1..N, so the grid is centred on g
-        offset = torch.arange(1, self.N + 1, **kw) - self.N / 2 - 0.5                # (N,)
-        centre = torch.stack([center_y, center_x], dim=1).to(dtype)                  # (B, 2)
-        mu = centre[:, :, None] + offset * delta.to(dtype)[:, None, None]            # (B, 2, N)
-        pixels = torch.arange(P, **kw)                                               # (P,)
+        offset, pixels = self._constants(dtype, delta.device)                       # (N,), (P,)
+        mu = centre.to(dtype)[:, :, None] + offset * delta.to(dtype)[:, None, None]  # (B, 2, N)
         s = sigma.to(dtype)[:, None, None, None]                                     # (B, 1, 1, 1)
         logits = -0.5 * ((pixels - mu[..., None]) / s) ** 2                          # (B, 2, N, P)
         if H != W:      # the shorter axis's pixels past its end are not pixels: weight 0
@@ -113,8 +126,14 @@ class ZoomableAttentionWindow:
         -------
         Tensor, shape (B, C*N*N)
         """
+        return self.read_through(self.filterbank_matrices(center_y, center_x, delta, sigma),
+                                 images)
+
+    def read_through(self, filterbank: tuple[Tensor, Tensor], images: Tensor) -> Tensor:
+        """`read` with the filterbank (F_Y, F_X) of `filterbank_matrices` given: one filterbank
+        can read several images (DRAW's reader: x and x_hat). images (B, C*H*W) -> (B, C*N*N)."""
+        FY, FX = filterbank
         B = images.shape[0]
-        FY, FX = self.filterbank_matrices(center_y, center_x, delta, sigma)
         x = images.view(B, self.channels, self.img_height, self.img_width)     # (B, C, H, W)
         glimpse = FY[:, None] @ x @ FX[:, None].transpose(-1, -2)              # (B, C, N, N)
         return glimpse.reshape(B, self.channels * self.N * self.N)
@@ -133,8 +152,14 @@ class ZoomableAttentionWindow:
         -------
         Tensor, shape (B, C*H*W)
         """
+        return self.write_through(self.filterbank_matrices(center_y, center_x, delta, sigma),
+                                  windows)
+
+    def write_through(self, filterbank: tuple[Tensor, Tensor], windows: Tensor) -> Tensor:
+        """`write` with the filterbank (F_Y, F_X) of `filterbank_matrices` given:
+        windows (B, C*N*N) -> (B, C*H*W)."""
+        FY, FX = filterbank
         B = windows.shape[0]
-        FY, FX = self.filterbank_matrices(center_y, center_x, delta, sigma)
         w = windows.view(B, self.channels, self.N, self.N)                     # (B, C, N, N)
         image = FY[:, None].transpose(-1, -2) @ w @ FX[:, None]                # (B, C, H, W)
         return image.reshape(B, self.channels * self.img_height * self.img_width)
@@ -154,12 +179,20 @@ class ZoomableAttentionWindow:
             g~ = 0 is the image centre and g~ = -1 / +1 lie at its edges; sigma is the standard
             deviation (the square root of exp(log sigma^2)).
         """
-        g_y, g_x, log_delta, log_sigma2, log_gamma = l.unbind(dim=1)
+        centre, delta, sigma, gamma = self.window(l)
+        return (*centre.unbind(dim=1), delta, sigma, gamma)
+
+    def window(self, l: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`nn2att` with the grid centre as one tensor: centre (B, 2) = (g_Y, g_X), delta, sigma,
+        gamma (B,) each; `filterbank` takes it so. Both centres in one op each (the two
+        unbound ones and their stack were 8 ops a glimpse forward, more backward)."""
+        H, W = self.img_height, self.img_width
         # eqs. 22-23, g = (A + 1)/2 (g~ + 1) in the paper's 1-based pixels; minus 1 for 0-based
-        center_y = (self.img_height + 1) / 2 * (g_y + 1) - 1
-        center_x = (self.img_width + 1) / 2 * (g_x + 1) - 1
+        half = (H + 1) / 2 if H == W else l.new_tensor([(H + 1) / 2, (W + 1) / 2])
+        centre = half * (l[:, :2] + 1) - 1                                          # (B, 2)
+        _, _, log_delta, log_sigma2, log_gamma = l.unbind(dim=1)
         # eq. 24; with N = 1 the single filter sits on g and the stride plays no role
-        delta = (max(self.img_height, self.img_width) - 1) / max(self.N - 1, 1) * torch.exp(log_delta)
+        delta = (max(H, W) - 1) / max(self.N - 1, 1) * torch.exp(log_delta)
         sigma = torch.exp(log_sigma2 / 2)
         gamma = torch.exp(log_gamma)
-        return center_y, center_x, delta, sigma, gamma
+        return centre, delta, sigma, gamma

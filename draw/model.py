@@ -304,7 +304,8 @@ class DrawModel(nn.Module):
             state = self.decode(state, z[t])                                  # eqs. 7-8
             canvases.append(torch.sigmoid(state.c))
             if return_attention:
-                windows.append(torch.stack(self.writer.window(state.h_dec)))  # (5, n)
+                centre, *rest = self.writer.window(state.h_dec)
+                windows.append(torch.stack([*centre.unbind(1), *rest]))       # (5, n)
         canvases = torch.stack(canvases)                                      # (T, n, x_dim)
         if not return_attention:
             return canvases
