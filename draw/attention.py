@@ -133,10 +133,14 @@ class ZoomableAttentionWindow:
         """`read` with the filterbank (F_Y, F_X) of `filterbank_matrices` given: one filterbank
         can read several images (DRAW's reader: x and x_hat). images (B, C*H*W) -> (B, C*N*N)."""
         FY, FX = filterbank
-        B = images.shape[0]
-        x = images.view(B, self.channels, self.img_height, self.img_width)     # (B, C, H, W)
-        glimpse = FY[:, None] @ x @ FX[:, None].transpose(-1, -2)              # (B, C, N, N)
-        return glimpse.reshape(B, self.channels * self.N * self.N)
+        B, C, H, W, N = images.shape[0], self.channels, self.img_height, self.img_width, self.N
+        # Two bmm over the batch, no broadcasting: the channels side by side as columns for the
+        # left product F_Y x, stacked as rows for the right one. With C = 1 every reshape is a
+        # view; broadcast 4-d matmuls cost more calls and autograd nodes (bench/README.md).
+        x = images.view(B, C, H, W).transpose(1, 2).reshape(B, H, C * W)
+        t = torch.bmm(FY, x)                                                   # (B, N, C*W)
+        t = t.view(B, N, C, W).transpose(1, 2).reshape(B, C * N, W)
+        return torch.bmm(t, FX.transpose(1, 2)).reshape(B, C * N * N)         # (B, C*N*N)
 
     def write(self, windows: Tensor, center_y: Tensor, center_x: Tensor, delta: Tensor,
               sigma: Tensor) -> Tensor:
@@ -159,10 +163,13 @@ class ZoomableAttentionWindow:
         """`write` with the filterbank (F_Y, F_X) of `filterbank_matrices` given:
         windows (B, C*N*N) -> (B, C*H*W)."""
         FY, FX = filterbank
-        B = windows.shape[0]
-        w = windows.view(B, self.channels, self.N, self.N)                     # (B, C, N, N)
-        image = FY[:, None].transpose(-1, -2) @ w @ FX[:, None]                # (B, C, H, W)
-        return image.reshape(B, self.channels * self.img_height * self.img_width)
+        B, C, H, W, N = windows.shape[0], self.channels, self.img_height, self.img_width, self.N
+        # as in `read_through`: channels as rows of the right product w F_X, as columns of the
+        # left one; F_Y^T (w F_X) rather than (F_Y^T w) F_X, which MKL ran slower
+        t = torch.bmm(windows.view(B, C * N, N), FX)                           # (B, C*N, W)
+        t = t.view(B, C, N, W).transpose(1, 2).reshape(B, N, C * W)
+        image = torch.bmm(FY.transpose(1, 2), t)                               # (B, H, C*W)
+        return image.view(B, H, C, W).transpose(1, 2).reshape(B, C * H * W)
 
     def nn2att(self, l: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Turn a linear layer's output into attention parameters (eqs. 21-24).
