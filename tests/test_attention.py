@@ -164,8 +164,9 @@ def test_far_tails_are_exact_zeros_not_denormals(dtype):
         assert not ((t != 0) & (t.abs() < tiny)).any()
 
 
-def test_nn2att_follows_eqs_21_to_24():
-    H, W, N = 20, 30, 5
+@pytest.mark.parametrize("H,W", [(20, 30), (25, 25)])      # (A + 1)/2 as a tensor and as a float
+def test_nn2att_follows_eqs_21_to_24(H, W):
+    N = 5
     att = ZoomableAttentionWindow(1, H, W, N)
     l = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0],          # centre, unit scales
                       [-1.0, 1.0, math.log(2.0), math.log(9.0), math.log(0.5)],
@@ -181,6 +182,21 @@ def test_nn2att_follows_eqs_21_to_24():
                                                            dtype=torch.float64))
     torch.testing.assert_close(sigma, torch.tensor([1.0, 3.0, math.exp(1.0)], dtype=torch.float64))
     torch.testing.assert_close(gamma, torch.tensor([1.0, 0.5, math.exp(3.0)], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("C,H,W,N", SHAPES)
+def test_images_read_through_one_filterbank_are_the_channels_of_one_image(C, H, W, N):
+    """DRAW's reader reads x and x_hat one at a time through one filterbank (read_through): the
+    same as reading them side by side as one image of 2C channels, so channels do not mix."""
+    g = torch.Generator().manual_seed(4)
+    params = random_params(3, H, W, g)
+    x, x_hat = torch.rand(2, 3, C * H * W, generator=g, dtype=torch.float64)
+    att = ZoomableAttentionWindow(C, H, W, N)
+    filterbank = att.filterbank(torch.stack(params[:2], dim=1), *params[2:])
+    pair = ZoomableAttentionWindow(2 * C, H, W, N).read(torch.cat([x, x_hat], dim=1), *params)
+    one_at_a_time = torch.cat([att.read_through(filterbank, x),
+                               att.read_through(filterbank, x_hat)], dim=1)
+    torch.testing.assert_close(one_at_a_time, pair, rtol=0, atol=1e-15)
 
 
 def test_unit_stride_window_at_g_zero_spans_the_image():

@@ -178,8 +178,7 @@ class MainLoop:
     @torch.no_grad()
     def _update_and_step_norm(self) -> torch.Tensor:
         """optimizer.step(); returns the norm of the change of all parameters it made."""
-        if self._before is None or any(b.dtype != p.dtype or b.device != p.device
-                                       for b, p in zip(self._before, self.params)):
+        if self._before is None:
             self._before = [p.detach().clone() for p in self.params]
         else:
             torch._foreach_copy_(self._before, self.params)
