@@ -145,10 +145,12 @@ def _status_kb(field: str) -> int:
     raise ValueError(f"no {field} in /proc/self/status")
 
 
-def training_step(model: DrawModel, batch_size: int):
+def training_step(model: DrawModel, batch_size: int, fused_adam: bool = False):
     """One step as training takes it: the training package's MainLoop.step on a DrawTask, on a
-    fixed batch of binary images with 13% of pixels on (about MNIST's share)."""
-    loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=1e-3))
+    fixed batch of binary images with 13% of pixels on (about MNIST's share). fused_adam: Adam's
+    one-kernel implementation (`fused=True`) instead of PyTorch's default for-loop one."""
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused_adam else {}))
+    loop = MainLoop(DrawTask(model), adam)
     x = torch.bernoulli(torch.full((batch_size, model.config.x_dim), 0.13,
                                    device=next(model.parameters()).device))
     return lambda: loop.step(x)
@@ -186,15 +188,18 @@ def bench_one(T: int, args, device: torch.device) -> dict:
             narrow_windows(m, args.sigma)
         return m
     plain, flushed = model(), model()
-    train = {"plain": with_flush(training_step(plain, args.batch_size), False)}
+
+    def step(m):
+        return training_step(m, args.batch_size, args.fused_adam)
+    train = {"plain": with_flush(step(plain), False)}
     sample = {"plain": with_flush(lambda: plain.sample(args.batch_size), False)}
     first_call = {}
     if device.type == "cpu":
-        train["plain, flushed"] = with_flush(training_step(flushed, args.batch_size), True)
+        train["plain, flushed"] = with_flush(step(flushed), True)
         sample["plain, flushed"] = with_flush(lambda: flushed.sample(args.batch_size), True)
     if args.compile:
         compiled = compile_glimpse(model())
-        train["compiled"] = with_flush(training_step(compiled, args.batch_size), False)
+        train["compiled"] = with_flush(step(compiled), False)
         sample["compiled"] = sample["plain"]          # sampling runs decode, not compiled
         start = time.perf_counter()
         train["compiled"]()                           # the first call compiles
@@ -208,7 +213,8 @@ def bench_one(T: int, args, device: torch.device) -> dict:
 
 
 def main(quick: bool, niters: str, batch_size: int, threads: int | None, device: str,
-         repeats: int | None, warmup: int | None, compile: bool, clock: str, sigma: float,
+         repeats: int | None, warmup: int | None, compile: bool, fused_adam: bool, clock: str,
+         sigma: float,
          read_N: int, write_N: int, enc_dim: int, dec_dim: int, z_dim: int, seed: int):
     args = argparse.Namespace(**locals())
     args.repeats = repeats or (3 if quick else 7)
@@ -223,8 +229,9 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
     where = f"{dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                              else f", {torch.get_num_threads()} threads")
     windows = f"window sigma {sigma} px" if sigma else "windows as initialised"
+    adam = "fused Adam" if fused_adam else "Adam"
     print(f"DRAW benchmark: {where}, float32, batch {batch_size}, 28x28, read {read_N}, "
-          f"write {write_N}, enc/dec {enc_dim}/{dec_dim}, z {z_dim}, {windows}; "
+          f"write {write_N}, enc/dec {enc_dim}/{dec_dim}, z {z_dim}, {windows}, {adam}; "
           f"{clock} clock, medians of {args.repeats} after {args.warmup} warm-up")
     print(f"matmul rate on DRAW's shapes: {rate:.1f} GFLOP/s")
     header = (f"{'T':>3} {'path':<17} {'train img/s':>11} {'x plain':>7} {'sample img/s':>12} "
@@ -262,6 +269,8 @@ if __name__ == "__main__":
                    help="untimed repeats first (default 2, 1 with --quick)")
     p.add_argument("--compile", action="store_true",
                    help="also time draw.speed.compile_glimpse (compiles for minutes on a CPU)")
+    p.add_argument("--fused-adam", action="store_true",
+                   help="every path's Adam with fused=True (one kernel for all parameters)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (use with --threads 1 on a "
                         "loaded machine)")
