@@ -1,6 +1,8 @@
 """draw.speed: the compiled glimpse against the plain model in float64, the denormal setting, and
-the benchmark's FLOP count and output."""
+the benchmark's FLOP count and output, bench/ab.py's two-tree timing."""
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,20 @@ def test_benchmark_runs_and_reports_every_path(capsys):
     assert [row[1] for row in rows] == ["plain", "plain,"]       # "plain, flushed" splits
     assert rows[0][3] == "1.00" and rows[0][5] == "1.00"   # plain against itself
     assert all(float(row[-7]) > 0 and float(row[-5]) > 0 for row in rows)   # train, sample img/s
+
+
+def test_ab_times_two_trees_in_turn(tmp_path):
+    """bench/ab.py: the same tree twice, two steps each; the reference's ratio to itself is 1."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "bench" / "ab.py"
+    run = subprocess.run([sys.executable, str(script), str(root), str(root), "--niters", "1",
+                          "--steps", "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["T=1", "T=1"] and len(rows) == 2
+    assert rows[0][4:6] == ["first/this", "1.000"] and float(rows[1][5]) > 0
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path), str(root)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        "error: give two or more folders that each hold a draw/ package"]

@@ -1,0 +1,103 @@
+"""Before/after: the training step of two source trees, timed step by step in turn.
+
+bench.py compares paths of one tree in one process; this compares two trees (say the draw/ of
+an older commit and the working tree), each in its own worker process with the tree first on
+PYTHONPATH. The workers take one step each in turn, so load from other jobs falls on both
+alike, and every pair of steps gives one ratio: the median of those ratios is far steadier on a
+shared machine than the ratio of two separate runs (bench/README.md). Times are CPU time of the
+worker's one thread (--clock cpu, the default) or wall time.
+
+Usage (from the repository root)::
+
+    git archive <commit> draw | tar -x -C /tmp/before
+    python bench/ab.py /tmp/before . --niters 10,64 --steps 30
+"""
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def load_bench():
+    """bench.py of this folder, for its training step (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("draw_bench", Path(__file__).with_name("bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker(T: int, clock: str, fused_adam: bool) -> None:
+    """Build bench.py's model and step with this process's `draw`, then time one training step
+    per line read from stdin, printing its seconds."""
+    import torch
+    from draw.model import DrawConfig, DrawModel
+
+    bench = load_bench()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
+    bench.narrow_windows(model, 1.0)
+    step = bench.training_step(model, 100, fused_adam)
+    step()
+    step()                                                 # warm-up
+    print("ready", flush=True)
+    tick = CLOCKS[clock]
+    for _ in sys.stdin:
+        start = tick()
+        step()
+        print(tick() - start, flush=True)
+
+
+def compare(trees: list[str], T: int, steps: int, clock: str, fused_adam: bool) -> None:
+    procs = []
+    for tree in trees:
+        env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(T), "--clock", clock]
+            + (["--fused-adam"] if fused_adam else []),
+            cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"error: a worker did not start (T={T})")
+    times = [[] for _ in procs]
+    for i in range(steps):
+        order = range(len(procs)) if i % 2 == 0 else reversed(range(len(procs)))
+        for k in order:                           # alternate who goes first
+            procs[k].stdin.write("go\n")
+            procs[k].stdin.flush()
+            times[k].append(float(procs[k].stdout.readline()))
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    for tree, t in zip(trees, times):
+        ratios = sorted(a / b for a, b in zip(times[0], t))
+        print(f"T={T:<3} {tree:<28} {statistics.median(t) * 1e3:8.1f} ms/step  "
+              f"first/this {statistics.median(ratios):.3f} "
+              f"(quartiles {ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trees", nargs="*", help="folders holding a draw/ package; the first is the "
+                                            "reference of the ratios")
+    p.add_argument("--niters", default="10,64", help="comma-separated T values")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per tree and T")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                   help="CPU time of the worker's thread (default) or wall time")
+    p.add_argument("--fused-adam", action="store_true", help="Adam with fused=True in every tree")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        worker(a.worker, a.clock, a.fused_adam)
+    elif len(a.trees) < 2 or not all((Path(t) / "draw").is_dir() for t in a.trees):
+        sys.exit("error: give two or more folders that each hold a draw/ package")
+    else:
+        for T in (int(t) for t in a.niters.split(",")):
+            compare(a.trees, T, a.steps, a.clock, a.fused_adam)
