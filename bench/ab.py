@@ -5,7 +5,8 @@ an older commit and the working tree), each in its own worker process with the t
 PYTHONPATH. The workers take one step each in turn, so load from other jobs falls on both
 alike, and every pair of steps gives one ratio: the median of those ratios is far steadier on a
 shared machine than the ratio of two separate runs (bench/README.md). Times are CPU time of the
-worker's one thread (--clock cpu, the default) or wall time.
+worker's thread (--clock cpu, the default, with one thread) or wall time (--clock wall, e.g.
+with --threads 2 on an idle machine: only one worker runs at a time).
 
 Usage (from the repository root)::
 
@@ -26,20 +27,21 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 def load_bench():
     """bench.py of this folder, for its training step (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("draw_bench", Path(__file__).with_name("bench.py"))
+    path = Path(__file__).with_name("bench.py")
+    spec = importlib.util.spec_from_file_location("draw_bench", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def worker(T: int, clock: str, fused_adam: bool) -> None:
+def worker(T: int, clock: str, fused_adam: bool, threads: int) -> None:
     """Build bench.py's model and step with this process's `draw`, then time one training step
     per line read from stdin, printing its seconds."""
     import torch
     from draw.model import DrawConfig, DrawModel
 
     bench = load_bench()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     bench.narrow_windows(model, 1.0)
@@ -54,13 +56,14 @@ def worker(T: int, clock: str, fused_adam: bool) -> None:
         print(tick() - start, flush=True)
 
 
-def compare(trees: list[str], T: int, steps: int, clock: str, fused_adam: bool) -> None:
+def compare(trees: list[str], T: int, steps: int, clock: str, fused_adam: bool,
+            threads: int) -> None:
     procs = []
     for tree in trees:
-        env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS=str(threads))
         procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(T), "--clock", clock]
-            + (["--fused-adam"] if fused_adam else []),
+            [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
+             str(threads)] + (["--fused-adam"] if fused_adam else []),
             cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for p in procs:
         if p.stdout.readline().strip() != "ready":
@@ -91,13 +94,14 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=30, help="timed steps per tree and T")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                    help="CPU time of the worker's thread (default) or wall time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
     p.add_argument("--fused-adam", action="store_true", help="Adam with fused=True in every tree")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        worker(a.worker, a.clock, a.fused_adam)
+        worker(a.worker, a.clock, a.fused_adam, a.threads)
     elif len(a.trees) < 2 or not all((Path(t) / "draw").is_dir() for t in a.trees):
         sys.exit("error: give two or more folders that each hold a draw/ package")
     else:
         for T in (int(t) for t in a.niters.split(",")):
-            compare(a.trees, T, a.steps, a.clock, a.fused_adam)
+            compare(a.trees, T, a.steps, a.clock, a.fused_adam, a.threads)
