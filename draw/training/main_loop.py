@@ -80,8 +80,8 @@ class MainLoop:
         self._sigint = False       # this rank has seen a Ctrl-C (see _on_sigint)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         # the parameters before each update, for the step norm: kept between steps, because
-        # two fresh 1M-float vectors per step (parameters_to_vector) cost 2-7 ms of a 180 ms
-        # step at T=10 (page faults of the new memory included; bench/README.md)
+        # two fresh 1M-float vectors per step (parameters_to_vector) cost about 5 ms of a 180 ms
+        # step at T=10, page faults of the new memory included (bench/README.md)
         self._before: list[torch.Tensor] | None = None
         self.log: list[dict] = []
         self.status = {"epoch": 0, "iteration": 0, "batch": 0, "epoch_rng": None,
