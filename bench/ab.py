@@ -34,7 +34,7 @@ def load_bench():
     return module
 
 
-def worker(T: int, clock: str, fused_adam: bool, threads: int) -> None:
+def worker(T: int, clock: str, threads: int) -> None:
     """Build bench.py's model and step with this process's `draw`, then time one training step
     per line read from stdin, printing its seconds."""
     import torch
@@ -45,7 +45,7 @@ def worker(T: int, clock: str, fused_adam: bool, threads: int) -> None:
     torch.manual_seed(0)
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     bench.narrow_windows(model, 1.0)
-    step = bench.training_step(model, 100, fused_adam)
+    step = bench.training_step(model, 100)      # with the tree's own Adam (bench.run_adam)
     step()
     step()                                                 # warm-up
     print("ready", flush=True)
@@ -56,14 +56,13 @@ def worker(T: int, clock: str, fused_adam: bool, threads: int) -> None:
         print(tick() - start, flush=True)
 
 
-def compare(trees: list[str], T: int, steps: int, clock: str, fused_adam: bool,
-            threads: int) -> None:
+def compare(trees: list[str], T: int, steps: int, clock: str, threads: int) -> None:
     procs = []
     for tree in trees:
         env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS=str(threads))
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
-             str(threads)] + (["--fused-adam"] if fused_adam else []),
+             str(threads)],
             cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for p in procs:
         if p.stdout.readline().strip() != "ready":
@@ -95,13 +94,12 @@ if __name__ == "__main__":
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                    help="CPU time of the worker's thread (default) or wall time")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
-    p.add_argument("--fused-adam", action="store_true", help="Adam with fused=True in every tree")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        worker(a.worker, a.clock, a.fused_adam, a.threads)
+        worker(a.worker, a.clock, a.threads)
     elif len(a.trees) < 2 or not all((Path(t) / "draw").is_dir() for t in a.trees):
         sys.exit("error: give two or more folders that each hold a draw/ package")
     else:
         for T in (int(t) for t in a.niters.split(",")):
-            compare(a.trees, T, a.steps, a.clock, a.fused_adam, a.threads)
+            compare(a.trees, T, a.steps, a.clock, a.threads)

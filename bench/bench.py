@@ -145,12 +145,21 @@ def _status_kb(field: str) -> int:
     raise ValueError(f"no {field} in /proc/self/status")
 
 
-def training_step(model: DrawModel, batch_size: int, fused_adam: bool = False):
-    """One step as training takes it: the training package's MainLoop.step on a DrawTask, on a
-    fixed batch of binary images with 13% of pixels on (about MNIST's share). fused_adam: Adam's
-    one-kernel implementation (`fused=True`) instead of PyTorch's default for-loop one."""
-    adam = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused_adam else {}))
-    loop = MainLoop(DrawTask(model), adam)
+def run_adam(model: DrawModel) -> tuple[torch.optim.Optimizer, str]:
+    """Adam as the training runs of the `draw` being timed make it: draw.training.main_loop.adam
+    (fused) where that tree has it, else PyTorch's default Adam, as older trees' runs had."""
+    try:
+        from draw.training.main_loop import adam
+    except ImportError:
+        return torch.optim.Adam(model.parameters(), lr=1e-3), "Adam"
+    return adam(model.parameters(), lr=1e-3), "fused Adam"
+
+
+def training_step(model: DrawModel, batch_size: int):
+    """One step as training takes it: the training package's MainLoop.step on a DrawTask, with
+    the runs' Adam, on a fixed batch of binary images with 13% of pixels on (about MNIST's
+    share)."""
+    loop = MainLoop(DrawTask(model), run_adam(model)[0])
     x = torch.bernoulli(torch.full((batch_size, model.config.x_dim), 0.13,
                                    device=next(model.parameters()).device))
     return lambda: loop.step(x)
@@ -190,7 +199,7 @@ def bench_one(T: int, args, device: torch.device) -> dict:
     plain, flushed = model(), model()
 
     def step(m):
-        return training_step(m, args.batch_size, args.fused_adam)
+        return training_step(m, args.batch_size)
     train = {"plain": with_flush(step(plain), False)}
     sample = {"plain": with_flush(lambda: plain.sample(args.batch_size), False)}
     first_call = {}
@@ -213,7 +222,7 @@ def bench_one(T: int, args, device: torch.device) -> dict:
 
 
 def main(quick: bool, niters: str, batch_size: int, threads: int | None, device: str,
-         repeats: int | None, warmup: int | None, compile: bool, fused_adam: bool, clock: str,
+         repeats: int | None, warmup: int | None, compile: bool, clock: str,
          sigma: float,
          read_N: int, write_N: int, enc_dim: int, dec_dim: int, z_dim: int, seed: int):
     args = argparse.Namespace(**locals())
@@ -229,7 +238,7 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
     where = f"{dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                              else f", {torch.get_num_threads()} threads")
     windows = f"window sigma {sigma} px" if sigma else "windows as initialised"
-    adam = "fused Adam" if fused_adam else "Adam"
+    adam = run_adam(torch.nn.Linear(1, 1))[1]
     print(f"DRAW benchmark: {where}, float32, batch {batch_size}, 28x28, read {read_N}, "
           f"write {write_N}, enc/dec {enc_dim}/{dec_dim}, z {z_dim}, {windows}, {adam}; "
           f"{clock} clock, medians of {args.repeats} after {args.warmup} warm-up")
@@ -269,8 +278,6 @@ if __name__ == "__main__":
                    help="untimed repeats first (default 2, 1 with --quick)")
     p.add_argument("--compile", action="store_true",
                    help="also time draw.speed.compile_glimpse (compiles for minutes on a CPU)")
-    p.add_argument("--fused-adam", action="store_true",
-                   help="every path's Adam with fused=True (one kernel for all parameters)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (use with --threads 1 on a "
                         "loaded machine)")

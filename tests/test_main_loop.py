@@ -11,7 +11,7 @@ from draw.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from draw.datasets import batches
 from draw.training.extensions import (DataStreamMonitoring, FinishAfter, SimpleExtension,
                                       TrainingDataMonitoring)
-from draw.training.main_loop import MainLoop, TrainingError
+from draw.training.main_loop import MainLoop, TrainingError, adam, load_adam_state
 from draw.bricks import AttentionReader
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.task import DrawTask
@@ -259,3 +259,33 @@ def test_the_loop_and_its_monitors_train_a_task_that_is_not_draw():
     # train_squared_error is the epoch's mean over examples, as the task's sums say
     assert last["train_squared_error"] < 0.01 < first["train_squared_error"]
     assert last["valid_error"] == 0.0 < loop.log[0]["valid_error"]
+
+
+def test_adam_is_fused_and_takes_an_unfused_checkpoints_state():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3))
+
+    def step(optimizer):
+        optimizer.zero_grad()
+        (w ** 2).sum().backward()
+        optimizer.step()
+
+    old = torch.optim.Adam([w], lr=1e-3)          # as runs made it before fused Adam
+    for _ in range(3):
+        step(old)
+    state = copy.deepcopy(old.state_dict())
+    assert state["param_groups"][0]["fused"] is None
+    new = adam([w], lr=1e-3)
+    load_adam_state(new, state)
+    assert new.param_groups[0]["fused"] is True
+    assert new.state_dict()["param_groups"][0]["fused"] is True
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(new.state[w][key], old.state[w][key]), key
+    # the next step from the same state: the same update up to float32 rounding
+    start = w.detach().clone()
+    step(old)
+    unfused = w.detach().clone()
+    w.data.copy_(start)
+    step(new)
+    assert not torch.equal(w, start)
+    torch.testing.assert_close(w.detach(), unfused, rtol=1e-6, atol=1e-8)

@@ -94,7 +94,7 @@ def test_benchmark_flop_count_matches_hand_count():
 def test_benchmark_runs_and_reports_every_path(capsys):
     bench = load_bench()
     bench.main(quick=True, niters="2", batch_size=3, threads=None, device="cpu", repeats=1,
-               warmup=1, compile=False, fused_adam=True, clock="cpu", sigma=1.0, read_N=2,
+               warmup=1, compile=False, clock="cpu", sigma=1.0, read_N=2,
                write_N=3, enc_dim=6, dec_dim=5, z_dim=2, seed=0)
     out = capsys.readouterr().out
     assert "GFLOP/s" in out and "window sigma 1.0 px, fused Adam" in out

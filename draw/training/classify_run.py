@@ -43,7 +43,7 @@ from draw.training.distributed import (Distributed, close_distributed, first_on_
 from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSchedule,
                                       ProgressBar, Timing)
 from draw.training.lock import RunLock, check_unlocked
-from draw.training.main_loop import MainLoop
+from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
 from draw.training.run import TRAINING_STATE, lr_tag
 from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
@@ -126,7 +126,7 @@ def _build_loop(s: ClassifierSettings, cfg: ClassifierConfig, data: LabelledData
     bs, writer = s.batch_size, dist.is_main
     model = AttentionClassifier.from_config(cfg).to(device)
     task = ClassifyTask(model, dist)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
+    optimizer = adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
     n_batches = math.ceil(len(data.train) / bs)
     extensions = [ProgressBar(n_batches)] if writer else []
@@ -219,7 +219,7 @@ def _train(checked: _Checked, dist: Distributed, device: torch.device, data: Lab
     resumed_at = None
     if ckpt is not None:
         loop.model.load_state_dict(ckpt["model"])
-        loop.optimizer.load_state_dict(ckpt["optimizer"])
+        load_adam_state(loop.optimizer, ckpt["optimizer"])
         loop.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"], loop.generator)      # last: building the model drew from it
         resumed_at = f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"]

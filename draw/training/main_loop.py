@@ -10,7 +10,7 @@ row 0 for the state before training.
 
 One training step outside a run (benchmarks, bench/):
 
-    loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=1e-3))
+    loop = MainLoop(DrawTask(model), adam(model.parameters(), lr=1e-3))
     loop.step(x)          # x: a batch (B, x_dim); loop.last_batch holds its numbers
 
 Data parallelism
@@ -42,6 +42,22 @@ from draw.errors import DrawError
 
 class TrainingError(DrawError):
     """Training cannot go on: a non-finite loss or gradient."""
+
+
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """The runs' optimizer: Adam with PyTorch's fused kernel (one pass over all parameters
+    instead of a dozen element-wise kernels each). Measured in bench/README.md: the clipped
+    Adam step 7.7 -> 2.4 ms; the whole training step 1.02x at T=10."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
+def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """Restore a checkpoint's optimizer state into an `adam` optimizer. A checkpoint saved
+    before Adam was fused stores fused=None, which load_state_dict would restore; the moments
+    are the same either way (fused and unfused steps differ by about 4e-9)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"] = True
 
 
 class MainLoop:

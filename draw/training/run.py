@@ -55,7 +55,7 @@ from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAf
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
                                   read_text, stored_in_config, write_text)
-from draw.training.main_loop import MainLoop
+from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.task import DrawTask
 
 N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
@@ -258,7 +258,7 @@ def _build_loop(plan: _Plan) -> MainLoop:
     if s.compile:
         compile_glimpse(model)
     task = DrawTask(model, plan.dist)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
+    optimizer = adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
     n_batches = math.ceil(plan.splits["train"].shape[0] / bs)
     extensions = [ProgressBar(n_batches)] if writer else []
@@ -358,7 +358,7 @@ def _train(plan: _Plan) -> None:
     resumed_at = None
     if ckpt is not None:
         loop.model.load_state_dict(ckpt["model"])
-        loop.optimizer.load_state_dict(ckpt["optimizer"])
+        load_adam_state(loop.optimizer, ckpt["optimizer"])
         loop.load_state_dict(ckpt)
         # last: building the model drew from the global generator
         set_rng_state(ckpt["rng"], loop.generator)
