@@ -287,7 +287,11 @@ TINY = dict(dataset="sample", subset=100, batch_size=100, epochs=1, n_iter=2, en
 def test_a_resumed_run_may_continue_at_a_lower_learning_rate(tmp_path):
     main(**TINY, run_dir=str(tmp_path), learning_rate=1e-3)
     (run_dir,) = tmp_path.iterdir()
+    name = json.loads((run_dir / "config.json").read_text())["name"]
+    assert name.endswith("-lr13")
     main(resume=str(run_dir), epochs=2, learning_rate=2e-4)
+    # the experiment keeps the name it started with
+    assert json.loads((run_dir / "config.json").read_text())["name"] == name
     ckpt = load_checkpoint(run_dir / "sample_model.pkl")
     assert [row.get("learning_rate") for row in ckpt["log"]] == [None, 1e-3, 2e-4]
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-4 == ckpt["run"]["learning_rate"]

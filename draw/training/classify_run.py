@@ -46,8 +46,8 @@ from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
 from draw.training.run import TRAINING_STATE, lr_tag
-from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
-                                  read_text, stored_in_config, write_text)
+from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
+                                  nothing_to_do, read_text, stored_in_config, write_text)
 
 
 def long_name(s: ClassifierSettings) -> str:
@@ -197,7 +197,7 @@ def _run(checked: _Checked, dist: Distributed, device: torch.device, data: Label
 def _train(checked: _Checked, dist: Distributed, device: torch.device, data: LabelledData,
            run_path: Path) -> None:
     s, cfg, ckpt, writer = checked.settings, checked.cfg, checked.ckpt, dist.is_main
-    longname = long_name(s)
+    longname = experiment_name(checked.run_path, long_name(s))
     s.apply_to_process()          # threads and denormal flushing, process-wide
     if ckpt is None:
         torch.manual_seed(s.seed)

@@ -53,8 +53,8 @@ from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAf
                                       LearningRateSchedule, Plot, Printing, ProgressBar,
                                       SampleCheckpoint, Timing, TrainingDataMonitoring)
 from draw.training.lock import RunLock, check_unlocked
-from draw.training.rundir import (find_checkpoint, make_run_dir, new_run_path, nothing_to_do,
-                                  read_text, stored_in_config, write_text)
+from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
+                                  nothing_to_do, read_text, stored_in_config, write_text)
 from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.task import DrawTask
 
@@ -335,7 +335,7 @@ def _run(plan: _Plan) -> None:
 
 def _train(plan: _Plan) -> None:
     s, ckpt, writer = plan.checked.settings, plan.checked.ckpt, plan.dist.is_main
-    longname = long_name(s)
+    longname = experiment_name(plan.checked.run_path, long_name(s))
     s.apply_to_process()          # threads and denormal flushing, process-wide
     if ckpt is None:
         # every rank alike: the same initial parameters, and the same training noise

@@ -42,6 +42,18 @@ def stored_in_config(run_path: Path) -> dict:
     return stored
 
 
+def experiment_name(run_path: Path | None, default: str) -> str:
+    """The name a run was given when it started (config.json), which a resumed run keeps even
+    where a changed setting (--lr) would spell it differently; `default` for a new run."""
+    if run_path is None:
+        return default
+    try:
+        name = json.loads((run_path / "config.json").read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    return name if isinstance(name, str) else default
+
+
 def new_run_path(parent: Path, name: str) -> Path:
     """`<name>-YYYYmmdd-HHMMSS` in `parent`, checked to be creatable; made by `_make_run_dir`."""
     existing = parent
