@@ -1,0 +1,44 @@
+"""pretrained/bmnist-r2-w5-t64_model.pkl, the model the README's pictures and numbers come from:
+the paper's configuration, no training state, and trained: a low bound on real digits."""
+from pathlib import Path
+
+import torch
+
+from draw.datasets import get_data
+from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.outputs.sampling import write_samples
+from draw.training.checkpoint import load_model
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained" / "bmnist-r2-w5-t64_model.pkl"
+PAPER = DrawConfig(channels=1, height=28, width=28, n_iter=64, enc_dim=256, dec_dim=256,
+                   z_dim=100, read_N=2, write_N=5)
+
+
+def test_the_papers_configuration_without_training_state():
+    model, ckpt = load_model(PRETRAINED)
+    assert model.config == PAPER
+    assert ckpt["optimizer"] is None and ckpt["rng"] is None and "epoch_rng" not in ckpt
+    assert ckpt["run"]["dataset"] == "bmnist" and ckpt["run"]["attention"] == "2,5"
+    # its history came with it: every finished epoch's validation bound, falling
+    bounds = [row["valid_nll_bound"] for row in ckpt["log"][1:ckpt["epoch"] + 1]]
+    assert len(bounds) == ckpt["epoch"] and bounds[-1] < bounds[0] < 200
+
+
+def test_it_is_trained_a_low_bound_on_real_digits():
+    # the shipped sample's MNIST test digits, thresholded at one half: binary images like the
+    # training data (bmnist binarizes MNIST stochastically)
+    x = (get_data("sample").test[:100].float() / 255 >= 0.5).float()           # (100, 784)
+    torch.manual_seed(0)
+    model, _ = load_model(PRETRAINED)
+    untrained = DrawModel.from_config(PAPER)
+    with torch.no_grad():
+        trained_bound = nll_bound(x, *model(x)).mean().item()
+        untrained_bound = nll_bound(x, *untrained(x)).mean().item()
+    assert trained_bound < 85 and untrained_bound > 500     # measured: 76.4, 543.4 (epoch 19)
+
+
+def test_it_draws(tmp_path):
+    model, _ = load_model(PRETRAINED)
+    written = write_samples(model, tmp_path, 2, 4, seed=1, boxes=True)
+    assert [p.name for p in written[:2]] == ["sample.png", "time-000.png"]
+    assert (tmp_path / "strip.png").stat().st_size > 0
