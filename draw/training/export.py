@@ -15,8 +15,7 @@ import os
 from pathlib import Path
 
 from draw.errors import DrawError
-from draw.training.checkpoint import (CLASSIFIER, CheckpointError, load_checkpoint, load_model,
-                                      save_model_dict)
+from draw.training.checkpoint import ClassifierFileError, load_model, save_model_dict
 from draw.training.classify import load_classifier
 from draw.training.rundir import find_checkpoint
 
@@ -36,19 +35,15 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
     if destination.exists() and destination.resolve() == path.resolve():
         raise DrawError(f"{destination} is the model file being exported: writing over it would "
                         f"lose its training state; name another file")
-    ckpt = load_checkpoint(path)
     # rebuilt once, so that a file whose parameters do not fit its config is refused here
-    # rather than by whoever downloads the export
-    if ckpt["config"].get("model") == CLASSIFIER:
-        load_classifier(path)
-    else:
-        load_model(path)
+    # rather than by whoever downloads the export (a CheckpointError is a DrawError)
+    try:
+        _, ckpt = load_model(path)
+    except ClassifierFileError:
+        _, ckpt = load_classifier(path)
     exported = {key: ckpt[key] for key in KEPT if key in ckpt}
     exported.update(optimizer=None, rng=None)
-    try:
-        save_model_dict(destination, exported)
-    except CheckpointError as e:
-        raise DrawError(str(e)) from e
+    save_model_dict(destination, exported)
     return exported
 
 
