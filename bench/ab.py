@@ -8,10 +8,18 @@ shared machine than the ratio of two separate runs (bench/README.md). Times are 
 worker's thread (--clock cpu, the default, with one thread) or wall time (--clock wall, e.g.
 with --threads 2 on an idle machine: only one worker runs at a time).
 
+A tree is timed with its own training step: MainLoop.step on a DrawTask where the tree has
+one (bench.py's `training_step`), and for trees from before issue 11, which trained through the
+hand-fused draw/fast.py by default, that tree's MainLoop.step through its fast path, with the
+Adam those runs used. A tree written as FOLDER:compile is timed with its glimpse compiled
+(draw.speed.compile_glimpse; the first call, which compiles, is not timed).
+
 Usage (from the repository root)::
 
     git archive <commit> draw | tar -x -C /tmp/before
     python bench/ab.py /tmp/before . --niters 10,64 --steps 30
+    git archive 68d1897 draw | tar -x -C /tmp/fast     # the last tree with draw/fast.py
+    python bench/ab.py /tmp/fast . .:compile --threads 2 --clock wall
 """
 import argparse
 import importlib.util
@@ -34,18 +42,37 @@ def load_bench():
     return module
 
 
-def worker(T: int, clock: str, threads: int) -> None:
-    """Build bench.py's model and step with this process's `draw`, then time one training step
-    per line read from stdin, printing its seconds."""
+def legacy_fast_step(model, batch_size: int):
+    """The training step of a tree from before issue 11: its MainLoop.step through draw/fast.py,
+    with PyTorch's default Adam, as `train-draw.py` ran it then."""
+    import torch
+    from draw.fast import accelerate
+    from draw.training.main_loop import MainLoop
+
+    loop = MainLoop(model, torch.optim.Adam(model.parameters(), lr=1e-3), list,
+                    torch.Generator(), fast=accelerate(model))
+    x = torch.bernoulli(torch.full((batch_size, model.config.x_dim), 0.13))
+    return lambda: loop.step(x)
+
+
+def worker(T: int, clock: str, threads: int, compiled: bool) -> None:
+    """Build the model and the tree's own training step with this process's `draw`, then time
+    one step per line read from stdin, printing its seconds."""
     import torch
     from draw.model import DrawConfig, DrawModel
 
-    bench = load_bench()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
-    bench.narrow_windows(model, 1.0)
-    step = bench.training_step(model, 100)      # with the tree's own Adam (bench.run_adam)
+    narrow_windows(model, 1.0)
+    if importlib.util.find_spec("draw.fast") is not None:
+        step = legacy_fast_step(model, 100)
+    else:
+        bench = load_bench()
+        if compiled:
+            from draw.speed import compile_glimpse
+            compile_glimpse(model)
+        step = bench.training_step(model, 100)  # with the tree's own Adam (bench.run_adam)
     step()
     step()                                                 # warm-up
     print("ready", flush=True)
@@ -56,14 +83,25 @@ def worker(T: int, clock: str, threads: int) -> None:
         print(tick() - start, flush=True)
 
 
+def narrow_windows(model, sigma: float) -> None:
+    """Both attention heads' sigma at `sigma` pixels, as bench.py's `narrow_windows` (which
+    needs a tree of today's layout) sets them: trained windows are narrow."""
+    import torch
+    with torch.no_grad():
+        for head in (model.reader.readout, model.writer.z_trafo):
+            head.bias[3] = 2 * torch.log(torch.tensor(sigma))          # log sigma^2
+
+
 def compare(trees: list[str], T: int, steps: int, clock: str, threads: int) -> None:
     procs = []
     for tree in trees:
-        env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS=str(threads))
+        folder, compiled = tree.removesuffix(":compile"), tree.endswith(":compile")
+        env = dict(os.environ, PYTHONPATH=str(Path(folder).resolve()),
+                   OMP_NUM_THREADS=str(threads))
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
-             str(threads)],
-            cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+             str(threads)] + ["--compiled"] * compiled,
+            cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for p in procs:
         if p.stdout.readline().strip() != "ready":
             raise SystemExit(f"error: a worker did not start (T={T})")
@@ -95,10 +133,12 @@ if __name__ == "__main__":
                    help="CPU time of the worker's thread (default) or wall time")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        worker(a.worker, a.clock, a.threads)
-    elif len(a.trees) < 2 or not all((Path(t) / "draw").is_dir() for t in a.trees):
+        worker(a.worker, a.clock, a.threads, a.compiled)
+    elif len(a.trees) < 2 or not all((Path(t.removesuffix(":compile")) / "draw").is_dir()
+                                     for t in a.trees):
         sys.exit("error: give two or more folders that each hold a draw/ package")
     else:
         for T in (int(t) for t in a.niters.split(",")):

@@ -137,10 +137,11 @@ class DrawSettings(RunSettings):
     oldmodel: str | None = setting(None, "start from the parameters of a *_model.pkl file of "
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
-    compile: bool = setting(False, "compile the glimpse (DrawModel.step) with torch.compile "
-                                   "(draw.speed.compile_glimpse): the same maths, minutes of "
-                                   "compiling first; measured 1.16x on a CPU at T=8",
-                            on_resume=CHANGE)
+    compile: bool | None = setting(
+        None, "compile the glimpse (DrawModel.step) with torch.compile "
+              "(draw.speed.compile_glimpse): the same maths, 1.17x (T=10) and 1.23x (T=64) "
+              "faster on a CPU after about 25 s of compiling (default: when the run trains at "
+              "least 100,000 glimpses, steps x T, and a compiler is there)", on_resume=CHANGE)
     read_N: int | None = derived()      # from attention, parsed once
     write_N: int | None = derived()
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.speed import compile_glimpse, set_flush_denormal
+from draw.speed import (AUTO_COMPILE_GLIMPSES, compile_choice, compile_glimpse,
+                        compiler_missing, set_flush_denormal)
 
 CONFIGS = [DrawConfig(channels=2, height=6, width=5, n_iter=3, enc_dim=7, dec_dim=9, z_dim=3,
                       read_N=2, write_N=3),
@@ -53,6 +54,22 @@ def test_compiled_glimpse_equals_plain_in_float64(cfg):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)
     # the state_dict is the model's: a checkpoint of either loads into the other
     assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_compile_choice_follows_the_flag_else_the_run_length(monkeypatch):
+    cpu = torch.device("cpu")
+    assert compile_choice(True, 1, cpu) == (True, "yes (--compile)")
+    assert compile_choice(False, 10 ** 9, cpu) == (False, "no (--no-compile)")
+    short, why = compile_choice(None, AUTO_COMPILE_GLIMPSES - 1, cpu)
+    assert not short and why.startswith("no: 99,999 glimpses to train, fewer than the 100,000")
+    if compiler_missing(cpu) is None:
+        assert compile_choice(None, AUTO_COMPILE_GLIMPSES, cpu) == (
+            True, "yes: 100,000 glimpses to train (--no-compile stops it)")
+    monkeypatch.setenv("CXX", "no-such-compiler-for-draw")
+    assert compiler_missing(cpu) == "no C++ compiler (no-such-compiler-for-draw) on the PATH"
+    assert compile_choice(None, 10 ** 9, cpu) == (
+        False, "no: no C++ compiler (no-such-compiler-for-draw) on the PATH")
+    assert compile_choice(True, 10 ** 9, cpu)[0]        # the flag is obeyed, as asked
 
 
 @pytest.fixture

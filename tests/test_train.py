@@ -1,6 +1,7 @@
 """train-draw.py end to end on the shipped `sample` data: files, exact resume after SIGINT and
 SIGKILL, and bad command lines that fail in one line without touching the disk."""
 import json
+import math
 import os
 import re
 import runpy
@@ -340,6 +341,30 @@ def test_compile_trains_the_compiled_glimpse_to_the_same_parameters(tmp_path, mo
     graph, _ = load_model(the_run_dir(tmp_path / "compiled") / f"{FILES}_model.pkl")
     for a, b in zip(eager.parameters(), graph.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_long_run_compiles_by_default_and_counts_what_is_left(tmp_path, monkeypatch, capsys):
+    """Without --compile or --no-compile a run compiles when its glimpses left to train (steps
+    x T) reach draw.speed's threshold: counted from the checkpoint when resumed."""
+    import draw.speed
+    compiled = []
+    monkeypatch.setattr("draw.training.run.compile_glimpse",
+                        lambda model: compiled.append(model) or
+                        draw.speed.compile_glimpse(model, backend="aot_eager"))
+    steps = 2 * math.ceil(400 / TINY["batch_size"])         # 2 epochs of the --subset
+    glimpses = steps * TINY["n_iter"]
+    monkeypatch.setattr("draw.speed.AUTO_COMPILE_GLIMPSES", glimpses)
+    run_dir = tmp_path / "run"
+    main(**{**TINY, "subset": 400, "epochs": 2}, run_dir=str(run_dir))
+    assert len(compiled) == 1
+    assert f"compiled glimpse: yes: {glimpses:,} glimpses to train" in capsys.readouterr().out
+    main(resume=str(the_run_dir(run_dir)), epochs=3)          # one epoch left: half as many
+    assert len(compiled) == 1
+    assert (f"compiled glimpse: no: {glimpses // 2:,} glimpses to train, fewer than the "
+            f"{glimpses:,}") in capsys.readouterr().out
+    main(resume=str(the_run_dir(run_dir)), epochs=4, compile=True)
+    assert len(compiled) == 2
+    assert "compiled glimpse: yes (--compile)" in capsys.readouterr().out
 
 
 def test_a_checkpoint_of_the_old_format_resumes(tmp_path):

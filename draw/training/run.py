@@ -18,8 +18,9 @@ the header and config.json. Runs made before kept their files under the long nam
 run goes on writing the files it found. A run killed before its first model file is restarted
 by `--resume` from the settings in its config.json.
 
-Training goes through the model's own forward pass (draw/training/task.py). Denormal floats
-are flushed to zero on the CPU unless `--no-flush-denormal`: a process-wide setting, applied
+Training goes through the model's own forward pass (draw/training/task.py), its glimpse
+compiled by `torch.compile` when the run is long enough to repay it (`draw.speed.compile_choice`;
+`--compile`, `--no-compile` decide instead), as the header says. Denormal floats are flushed to zero on the CPU unless `--no-flush-denormal`: a process-wide setting, applied
 here explicitly and shown in the header. Under `torchrun --nproc_per_node=K` the same run is
 data-parallel (draw/training/distributed.py): `--bs` is the global batch, every process trains
 on its slice of it, and the run takes the steps of a single process up to float rounding; only
@@ -44,7 +45,7 @@ from draw.errors import DrawError, Interrupted
 from draw.model import DrawConfig, DrawModel
 from draw.resources import check_memory, training_bytes
 from draw.settings import DrawSettings
-from draw.speed import compile_glimpse
+from draw.speed import compile_choice, compile_glimpse
 from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
                                       resolve_device, set_rng_state)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
@@ -104,6 +105,7 @@ class _Plan:
     splits: dict[str, torch.Tensor]    # train (or its --subset), valid, test, on the device
     binary: bool                       # every pixel 0 or 1: the bound is one on -log p(x)
     run_path: Path
+    compiled: tuple[bool, str]         # whether the glimpse is compiled, and why (speed.py)
 
 
 def _check(flags: dict) -> _Checked:
@@ -215,7 +217,7 @@ def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
             ("CPU threads", torch.get_num_threads()),
             ("flush denormals", "on" if s.flush_denormal else "off"),
-            ("compiled glimpse", "yes (torch.compile)" if s.compile else None),
+            ("compiled glimpse", plan.compiled[1]),
             ("evaluation", f"every {s.eval_every} epoch(s) on "
                            f"{splits['valid_subset'].shape[0]} valid and "
                            f"{splits['test_subset'].shape[0]} test images; the whole splits "
@@ -255,7 +257,7 @@ def _build_loop(plan: _Plan) -> MainLoop:
     model = DrawModel.from_config(cfg).to(plan.device)
     if plan.checked.old is not None:
         model.load_state_dict(plan.checked.old.state_dict())
-    if s.compile:
+    if plan.compiled[0]:
         compile_glimpse(model)
     task = DrawTask(model, plan.dist)
     optimizer = adam(model.parameters(), lr=s.learning_rate)
@@ -312,7 +314,10 @@ def main(**flags) -> None:
             splits, binary = _load_splits(s, dist, device)
             _check_memory(checked.cfg, s, dist, device)
             run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
-            _run(_Plan(checked, dist, device, splits, binary, run_path))
+            n_batches = math.ceil(splits["train"].shape[0] / s.batch_size)
+            done = 0 if ckpt is None else ckpt["epoch"] * n_batches + ckpt["batch"]
+            compiled = compile_choice(s.compile, (s.epochs * n_batches - done) * s.n_iter, device)
+            _run(_Plan(checked, dist, device, splits, binary, run_path, compiled))
             finished = True
         finally:
             close_distributed(dist, finished)
