@@ -12,7 +12,7 @@ A tree is timed with its own training step: MainLoop.step on a DrawTask where th
 one (bench.py's `training_step`), and for trees from before issue 11, which trained through the
 hand-fused draw/fast.py by default, that tree's MainLoop.step through its fast path, with the
 Adam those runs used. A tree written as FOLDER:compile is timed with its glimpse compiled
-(draw.speed.compile_glimpse; the first call, which compiles, is not timed).
+(draw.speed.compile_glimpses; the first call, which compiles, is not timed).
 
 Usage (from the repository root)::
 
@@ -70,8 +70,8 @@ def worker(T: int, clock: str, threads: int, compiled: bool) -> None:
     else:
         bench = load_bench()
         if compiled:
-            from draw.speed import compile_glimpse
-            compile_glimpse(model)
+            from draw.speed import compile_glimpses
+            compile_glimpses(model)
         step = bench.training_step(model, 100)  # with the tree's own Adam (bench.run_adam)
     step()
     step()                                                 # warm-up

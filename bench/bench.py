@@ -11,7 +11,7 @@ which other jobs change far less than wall time.
 Paths, each the one model, DrawModel, trained by the training package's step (MainLoop.step on
 a DrawTask: bound, backward, clipping at 10, Adam): plain (denormal floats computed, PyTorch's
 default), plain with denormals flushed (draw.speed.set_flush_denormal), and with --compile the
-compiled glimpse (draw.speed.compile_glimpse). The hand-fused draw/fast.py these were measured
+compiled glimpses (draw.speed.compile_glimpses). The hand-fused draw/fast.py these were measured
 against is gone; bench/README.md has the numbers from before its removal.
 
 Usage (from the repository root)::
@@ -27,7 +27,7 @@ import time
 import torch
 
 from draw.model import DrawConfig, DrawModel
-from draw.speed import compile_glimpse
+from draw.speed import compile_glimpses
 from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
 
@@ -207,7 +207,7 @@ def bench_one(T: int, args, device: torch.device) -> dict:
         train["plain, flushed"] = with_flush(step(flushed), True)
         sample["plain, flushed"] = with_flush(lambda: flushed.sample(args.batch_size), True)
     if args.compile:
-        compiled = compile_glimpse(model())
+        compiled = compile_glimpses(model())
         train["compiled"] = with_flush(step(compiled), False)
         sample["compiled"] = sample["plain"]          # sampling runs decode, not compiled
         start = time.perf_counter()
@@ -277,7 +277,7 @@ if __name__ == "__main__":
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed repeats first (default 2, 1 with --quick)")
     p.add_argument("--compile", action="store_true",
-                   help="also time draw.speed.compile_glimpse (compiles for minutes on a CPU)")
+                   help="also time draw.speed.compile_glimpses (compiles for minutes on a CPU)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (use with --threads 1 on a "
                         "loaded machine)")

@@ -11,7 +11,7 @@ T=64):
 1. the model in float32, with its glimpse compiled, and with TF32 matmuls, against itself in
    float64 on this GPU: relative differences of the loss and the gradients;
 2. training images/s (forward, backward, gradient clipping, Adam; median of timed steps after
-   warm-up) of each variant: plain; its glimpse compiled (draw.speed.compile_glimpse); the
+   warm-up) of each variant: plain; its glimpses compiled (draw.speed.compile_glimpses); the
    whole training step captured in one CUDA graph; both; both with TF32 matmuls; with compile
    and capture times and peak memory. Every variant is the one model, DrawModel;
 3. the projected time of 100 epochs (50,000 training images each) for every variant, plus
@@ -28,7 +28,7 @@ import torch
 
 from bench import train_flops_per_image
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.speed import compile_glimpse
+from draw.speed import compile_glimpses
 
 TRAIN_IMAGES, EVAL_IMAGES = 50_000, 20_000      # binarized MNIST: train; valid + test
 
@@ -42,7 +42,7 @@ def check_agreement(cfg: DrawConfig, batch_size: int, device: torch.device):
     model in float64 on this device: relative differences of the loss and the gradients."""
     torch.manual_seed(0)
     model = DrawModel.from_config(cfg).to(device)
-    compiled = compile_glimpse(DrawModel.from_config(cfg).to(device))
+    compiled = compile_glimpses(DrawModel.from_config(cfg).to(device))
     compiled.load_state_dict(model.state_dict())
     reference = DrawModel.from_config(cfg).to(device).double()
     reference.load_state_dict(model.state_dict())
@@ -173,7 +173,7 @@ def main(batch_size: int, niter: int, epochs: int, repeats: int):
         try:
             start = time.perf_counter()
             if options[0]:
-                compile_glimpse(model)
+                compile_glimpses(model)
             step = (graphed_step if options[1] else eager_step)(model, x)
             step()                                 # compiles, when asked to
             torch.cuda.synchronize()

@@ -81,7 +81,7 @@ class DrawModel(nn.Module):
     """DRAW (eqs. 3-8), built from its bricks.
 
     `step` is one glimpse (read, encode, sample, decode, write) and `decode` its generative half;
-    `forward`, `log_weight` and `sample` only loop over them. To change DRAW's maths, replace a
+    `forward`, `log_weight` (through `unroll` and `glimpses`) and `sample` only loop over them. To change DRAW's maths, replace a
     brick (any module with the same call signature) or override `step`/`decode`: everything
     that trains, evaluates or samples goes through them.
 
@@ -108,6 +108,7 @@ class DrawModel(nn.Module):
         self.decoder = decoder
         self.writer = writer
         self.config: DrawConfig | None = None
+        self.glimpses_per_call: int | None = None     # None: all T in one call of `glimpses`
         self.apply(self._init_weights)
 
     @classmethod
@@ -236,14 +237,31 @@ class DrawModel(nn.Module):
         c = state.c + self.writer(h_dec)                                      # eq. 8
         return state._replace(c=c, h_dec=h_dec, cell_dec=cell_dec)
 
+    def glimpses(self, state: DrawState, x: Tensor, u: Tensor
+                 ) -> tuple[DrawState, Tensor, Tensor, Tensor]:
+        """Consecutive glimpses, one per row of the noise u (k, B, z_dim): `step` k times.
+
+        Returns the state after them and z, mean, log_sigma, each (k, B, z_dim). `unroll` runs
+        the T glimpses through it in calls of `glimpses_per_call` (all T by default);
+        draw.speed.compile_glimpses compiles it.
+        """
+        posterior = []
+        for u_t in u.unbind(0):
+            state, *z_mean_log_sigma = self.step(state, x, u_t)
+            posterior.append(z_mean_log_sigma)
+        return state, *(torch.stack(v) for v in zip(*posterior))            # (k, B, Z) each
+
     def unroll(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """All T glimpses of x. Returns c_T (B, x_dim) and z, mean, log_sigma (T, B, z_dim)."""
         state = self.initial_state(x.shape[0], x)
-        posterior = []
-        for t in range(self.n_iter):
-            state, *z_mean_log_sigma = self.step(state, x, u[t])
-            posterior.append(z_mean_log_sigma)
-        z, mean, log_sigma = (torch.stack(v) for v in zip(*posterior))       # (T, B, Z) each
+        per_call = self.glimpses_per_call or self.n_iter
+        parts = []
+        for start in range(0, self.n_iter, per_call):
+            state, *z_mean_log_sigma = self.glimpses(state, x, u[start:start + per_call])
+            parts.append(z_mean_log_sigma)
+        if len(parts) == 1:
+            return state.c, *parts[0]
+        z, mean, log_sigma = (torch.cat(v) for v in zip(*parts))             # (T, B, Z) each
         return state.c, z, mean, log_sigma
 
     def forward(self, x: Tensor, u: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -138,10 +138,10 @@ class DrawSettings(RunSettings):
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
     compile: bool | None = setting(
-        None, "compile the glimpse (DrawModel.step) with torch.compile "
-              "(draw.speed.compile_glimpse): the same maths, 1.17x (T=10) and 1.23x (T=64) "
-              "faster on a CPU after about 25 s of compiling (default: when the run trains at "
-              "least 100,000 glimpses, steps x T, and a compiler is there)", on_resume=CHANGE)
+        None, "compile the glimpses (DrawModel.glimpses, 8 per graph) with torch.compile "
+              "(draw.speed.compile_glimpses): the same maths, about 1.4x faster on a CPU after "
+              "a minute or more of compiling (default: when the run trains at least 100,000 "
+              "glimpses, steps x T, and a compiler is there)", on_resume=CHANGE)
     read_N: int | None = derived()      # from attention, parsed once
     write_N: int | None = derived()
 

@@ -3,6 +3,7 @@
 Both are derived from the one model, `draw.model.DrawModel`; neither changes its maths, its
 parameters or its checkpoints. bench/README.md has what each measured.
 """
+import math
 import os
 import shutil
 
@@ -34,32 +35,47 @@ def set_flush_denormal(on: bool) -> bool:
     return torch.set_flush_denormal(on)
 
 
-def compile_glimpse(model: DrawModel, **options) -> DrawModel:
-    """Compile the model's glimpse, `model.step`, with `torch.compile`; returns the model.
+# Glimpses traced into one compiled graph. Per call of a compiled function Dynamo checks its
+# guards and AOTAutograd runs its forward and backward wrappers, and a graph of several
+# glimpses fuses element-wise work across them. Training steps at T=64, against one glimpse per
+# graph (paired, idle, 2 threads): 2 per call 1.12x, 4 1.12x, 8 1.26x, after 31, 59 and 76 s of
+# compiling (bench/README.md).
+GLIMPSES_PER_CALL = 8
 
-    `forward` and `log_weight` loop over `step`, so training and evaluation run the compiled
-    glimpse, forward and backward; the compiled function is traced from the model's own `step`
-    (a subclass's override included) and its bricks, so there is no second copy of the maths.
-    Sampling (`decode` alone) stays eager. The first call compiles: minutes on a small CPU,
-    repaid only by a long run (bench/README.md).
+
+def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **options
+                     ) -> DrawModel:
+    """Compile the model's glimpses with `torch.compile`, `per_call` of them per graph; returns
+    the model.
+
+    `forward` and `log_weight` run the T glimpses through `model.glimpses` (a loop over `step`)
+    in calls of `model.glimpses_per_call`, so training and evaluation run them compiled, forward
+    and backward. The graphs are traced from the model's own `step` (a subclass's override
+    included) and its bricks: no second copy of the maths. T is cut into equal calls (T=10: two
+    of 5), so that there are two graphs per batch shape, one for the first call (whose state
+    needs no gradient) and one for the others. Sampling (`decode` alone) stays eager. The first
+    call compiles: a minute or more on a small CPU, repaid only by a long run (bench/README.md).
 
     Parameters
     ----------
     model : DrawModel
+    per_call : int
+        At most this many glimpses per compiled call.
     **options
-        Passed to `torch.compile`, e.g. mode="max-autotune" or backend="aot_eager" (traces
-        forward and backward graphs without generating code: how the tests check them).
+        Passed to `torch.compile`, e.g. backend="aot_eager" (traces forward and backward graphs
+        without generating code: how the tests check them).
     """
-    # one graph per glimpse shape, not one per unrolled loop: a step is traced once and replayed
-    # T times (a second trace for step 1, whose state needs gradients where step 0's did not)
-    model.step = torch.compile(model.step, **({"dynamic": False} | options))
+    calls = math.ceil(model.n_iter / per_call)
+    model.glimpses_per_call = math.ceil(model.n_iter / calls)
+    # one graph per shape (dynamic=False): the batch and the call's length are fixed in a run
+    model.glimpses = torch.compile(model.glimpses, **({"dynamic": False} | options))
     return model
 
 
-# Compiling costs a fixed time (about 25 s on 2 idle cores, several minutes on a loaded one) and
-# then saves about 2-4 ms per glimpse trained on a CPU (T=64: 616 against 757 ms per step;
-# T=10: 107 against 147; bench/README.md). Runs of this many glimpses (steps x T) and more save
-# several minutes at least; shorter ones, such as the quick start (12,000), would lose.
+# Compiling costs a fixed time (a minute or two on 2 idle cores, more on a loaded one) and then
+# saves about 3-4 ms per glimpse trained on a CPU (T=64: 552 against 822 ms per step; T=10: 88
+# against 118; bench/README.md). Runs of this many glimpses (steps x T) and more save several
+# minutes; shorter ones, such as the quick start (12,000), would lose.
 AUTO_COMPILE_GLIMPSES = 100_000
 
 

@@ -1,5 +1,5 @@
-"""draw.speed: the compiled glimpse against the plain model in float64, the denormal setting, and
-the benchmark's FLOP count and output, bench/ab.py's two-tree timing."""
+"""draw.speed: the compiled glimpses against the plain model in float64, when a run compiles, the
+denormal setting, and the benchmark's FLOP count and output, bench/ab.py's two-tree timing."""
 import importlib.util
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.speed import (AUTO_COMPILE_GLIMPSES, compile_choice, compile_glimpse,
+from draw.speed import (AUTO_COMPILE_GLIMPSES, compile_choice, compile_glimpses,
                         compiler_missing, set_flush_denormal)
 
 CONFIGS = [DrawConfig(channels=2, height=6, width=5, n_iter=3, enc_dim=7, dec_dim=9, z_dim=3,
@@ -35,12 +35,15 @@ def loss_and_grads(model, x, u):
     return c, kl, torch.autograd.grad(loss, list(model.parameters()))
 
 
+@pytest.mark.parametrize("per_call", [8, 2], ids=["one call", "calls of 2 and 1"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["attention", "full"])
-def test_compiled_glimpse_equals_plain_in_float64(cfg):
-    # aot_eager traces the glimpse's forward and backward graphs as inductor would get them,
+def test_compiled_glimpses_equal_plain_in_float64(cfg, per_call):
+    # aot_eager traces the glimpses' forward and backward graphs as inductor would get them,
     # without generating code (minutes on 2 cores); bench/gpu_check.py runs inductor itself
     torch._dynamo.reset()
-    plain, compiled = make(cfg), compile_glimpse(make(cfg), backend="aot_eager")
+    plain = make(cfg)
+    compiled = compile_glimpses(make(cfg), per_call=per_call, backend="aot_eager")
+    assert compiled.glimpses_per_call == min(per_call, cfg.n_iter)     # T = 3: 3, or 2 + 1
     g = torch.Generator().manual_seed(1)
     x = torch.rand(4, cfg.x_dim, generator=g, dtype=torch.float64)
     u = torch.randn(cfg.n_iter, 4, cfg.z_dim, generator=g, dtype=torch.float64)
@@ -70,6 +73,22 @@ def test_compile_choice_follows_the_flag_else_the_run_length(monkeypatch):
     assert compile_choice(None, 10 ** 9, cpu) == (
         False, "no: no C++ compiler (no-such-compiler-for-draw) on the PATH")
     assert compile_choice(True, 10 ** 9, cpu)[0]        # the flag is obeyed, as asked
+
+
+def test_unrolling_in_calls_of_any_length_changes_nothing():
+    """`unroll` in calls of 1, 2 (2 + 1) or 3 glimpses gives the same numbers bit for bit."""
+    cfg = CONFIGS[0]
+    model = make(cfg)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, cfg.x_dim, generator=g, dtype=torch.float64)
+    u = torch.randn(cfg.n_iter, 4, cfg.z_dim, generator=g, dtype=torch.float64)
+    results = []
+    for per_call in (None, 1, 2, 3):
+        model.glimpses_per_call = per_call
+        results.append(loss_and_grads(model, x, u))
+    for c, kl, grads in results[1:]:
+        assert torch.equal(c, results[0][0]) and torch.equal(kl, results[0][1])
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[0][2]))
 
 
 @pytest.fixture

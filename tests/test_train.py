@@ -323,20 +323,20 @@ def test_threads_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):
 
 def test_compile_trains_the_compiled_glimpse_to_the_same_parameters(tmp_path, monkeypatch,
                                                                      capsys):
-    """--compile runs draw.speed.compile_glimpse on the model; traced with the aot_eager backend
+    """--compile runs draw.speed.compile_glimpses on the model; traced with the aot_eager backend
     (inductor's C++ compile takes minutes on a CPU), the run ends where the eager one does."""
     import draw.speed
     compiled = []
 
-    def compile_glimpse(model):
+    def compile_glimpses(model):
         compiled.append(model)
-        return draw.speed.compile_glimpse(model, backend="aot_eager")
+        return draw.speed.compile_glimpses(model, backend="aot_eager")
 
-    monkeypatch.setattr("draw.training.run.compile_glimpse", compile_glimpse)
+    monkeypatch.setattr("draw.training.run.compile_glimpses", compile_glimpses)
     main(**TINY, run_dir=str(tmp_path / "eager"))
     main(**TINY, run_dir=str(tmp_path / "compiled"), compile=True)
     assert len(compiled) == 1
-    assert "compiled glimpse: yes" in capsys.readouterr().out
+    assert "compiled glimpses: yes" in capsys.readouterr().out
     eager, _ = load_model(the_run_dir(tmp_path / "eager") / f"{FILES}_model.pkl")
     graph, _ = load_model(the_run_dir(tmp_path / "compiled") / f"{FILES}_model.pkl")
     for a, b in zip(eager.parameters(), graph.parameters()):
@@ -348,23 +348,23 @@ def test_a_long_run_compiles_by_default_and_counts_what_is_left(tmp_path, monkey
     x T) reach draw.speed's threshold: counted from the checkpoint when resumed."""
     import draw.speed
     compiled = []
-    monkeypatch.setattr("draw.training.run.compile_glimpse",
+    monkeypatch.setattr("draw.training.run.compile_glimpses",
                         lambda model: compiled.append(model) or
-                        draw.speed.compile_glimpse(model, backend="aot_eager"))
+                        draw.speed.compile_glimpses(model, backend="aot_eager"))
     steps = 2 * math.ceil(400 / TINY["batch_size"])         # 2 epochs of the --subset
     glimpses = steps * TINY["n_iter"]
     monkeypatch.setattr("draw.speed.AUTO_COMPILE_GLIMPSES", glimpses)
     run_dir = tmp_path / "run"
     main(**{**TINY, "subset": 400, "epochs": 2}, run_dir=str(run_dir))
     assert len(compiled) == 1
-    assert f"compiled glimpse: yes: {glimpses:,} glimpses to train" in capsys.readouterr().out
+    assert f"compiled glimpses: yes: {glimpses:,} glimpses to train" in capsys.readouterr().out
     main(resume=str(the_run_dir(run_dir)), epochs=3)          # one epoch left: half as many
     assert len(compiled) == 1
-    assert (f"compiled glimpse: no: {glimpses // 2:,} glimpses to train, fewer than the "
+    assert (f"compiled glimpses: no: {glimpses // 2:,} glimpses to train, fewer than the "
             f"{glimpses:,}") in capsys.readouterr().out
     main(resume=str(the_run_dir(run_dir)), epochs=4, compile=True)
     assert len(compiled) == 2
-    assert "compiled glimpse: yes (--compile)" in capsys.readouterr().out
+    assert "compiled glimpses: yes (--compile)" in capsys.readouterr().out
 
 
 def test_a_checkpoint_of_the_old_format_resumes(tmp_path):

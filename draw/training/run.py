@@ -18,7 +18,7 @@ the header and config.json. Runs made before kept their files under the long nam
 run goes on writing the files it found. A run killed before its first model file is restarted
 by `--resume` from the settings in its config.json.
 
-Training goes through the model's own forward pass (draw/training/task.py), its glimpse
+Training goes through the model's own forward pass (draw/training/task.py), its glimpses
 compiled by `torch.compile` when the run is long enough to repay it (`draw.speed.compile_choice`;
 `--compile`, `--no-compile` decide instead), as the header says. Denormal floats are flushed to zero on the CPU unless `--no-flush-denormal`: a process-wide setting, applied
 here explicitly and shown in the header. Under `torchrun --nproc_per_node=K` the same run is
@@ -45,7 +45,7 @@ from draw.errors import DrawError, Interrupted
 from draw.model import DrawConfig, DrawModel
 from draw.resources import check_memory, training_bytes
 from draw.settings import DrawSettings
-from draw.speed import compile_choice, compile_glimpse
+from draw.speed import compile_choice, compile_glimpses
 from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
                                       resolve_device, set_rng_state)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
@@ -105,7 +105,7 @@ class _Plan:
     splits: dict[str, torch.Tensor]    # train (or its --subset), valid, test, on the device
     binary: bool                       # every pixel 0 or 1: the bound is one on -log p(x)
     run_path: Path
-    compiled: tuple[bool, str]         # whether the glimpse is compiled, and why (speed.py)
+    compiled: tuple[bool, str]         # whether the glimpses are compiled, and why (speed.py)
 
 
 def _check(flags: dict) -> _Checked:
@@ -217,7 +217,7 @@ def _header(longname: str, plan: _Plan, n_params: int, resumed_at: str | None) -
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
             ("CPU threads", torch.get_num_threads()),
             ("flush denormals", "on" if s.flush_denormal else "off"),
-            ("compiled glimpse", plan.compiled[1]),
+            ("compiled glimpses", plan.compiled[1]),
             ("evaluation", f"every {s.eval_every} epoch(s) on "
                            f"{splits['valid_subset'].shape[0]} valid and "
                            f"{splits['test_subset'].shape[0]} test images; the whole splits "
@@ -258,7 +258,7 @@ def _build_loop(plan: _Plan) -> MainLoop:
     if plan.checked.old is not None:
         model.load_state_dict(plan.checked.old.state_dict())
     if plan.compiled[0]:
-        compile_glimpse(model)
+        compile_glimpses(model)
     task = DrawTask(model, plan.dist)
     optimizer = adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
