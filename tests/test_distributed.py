@@ -13,6 +13,7 @@ from draw.errors import DrawError
 from draw.training.evaluate import bound_statistics
 from draw.training.main_loop import MainLoop
 from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.speed import compile_glimpses
 from draw.training.task import DrawTask
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=10, dec_dim=9, z_dim=4,
@@ -40,10 +41,13 @@ def state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def adam_steps(d: Distributed, seed_offset=0):
-    """A few training steps as train-draw.py takes them; returns the final parameters."""
+def adam_steps(d: Distributed, seed_offset=0, compiled=False):
+    """A few training steps as train-draw.py takes them, the glimpses compiled or not (traced by
+    aot_eager, in calls of 2 and 1); returns the final parameters."""
     torch.manual_seed(0 + seed_offset)     # ranks may start apart: DDP broadcasts rank 0's weights
     model = DrawModel.from_config(CFG)
+    if compiled:
+        compile_glimpses(model, per_call=2, backend="aot_eager")
     module = wrap_model(model, d, torch.device("cpu"))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for B in BATCH_SIZES:
@@ -115,6 +119,7 @@ def worker(rank, world_size, port, out_path):
     d, _ = init_distributed(torch.device("cpu"))
     try:
         result = {"plain": adam_steps(d, seed_offset=rank),
+                  "compiled": adam_steps(d, seed_offset=rank, compiled=True),
                   "loop": main_loop_steps(d), "evaluation": evaluation(d),
                   "load": load_in_turn(d, Path(f"{out_path}.cache")),
                   "total": d.all_reduce_sum(torch.tensor([float(rank + 1)]))}
@@ -143,6 +148,7 @@ def test_two_processes_take_the_same_steps_as_one(two_ranks):
     for rank, result in enumerate(two_ranks):
         assert result["total"].item() == 3.0                     # 1 + 2 over both ranks
         assert_same_params(result["plain"], single, rank, "plain")
+        assert_same_params(result["compiled"], single, rank, "compiled glimpses")
     # and the steps really moved the parameters
     torch.manual_seed(0)
     initial = DrawModel.from_config(CFG).state_dict()
