@@ -19,7 +19,8 @@ from draw.training.checkpoint import load_checkpoint, load_log, load_model, save
 from draw.datasets import batches, get_data
 from draw.training.evaluate import bound_statistics
 from draw.model import DrawConfig, DrawModel
-from draw.training.run import lr_tag, main
+from draw.training.plan import lr_tag
+from draw.training.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train-draw.py"

@@ -45,7 +45,7 @@ from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSched
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
-from draw.training.run import TRAINING_STATE, lr_tag
+from draw.training.plan import TRAINING_STATE, lr_tag
 from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
                                   nothing_to_do, read_text, stored_in_config, write_text)
 
