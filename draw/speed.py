@@ -67,8 +67,13 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
     """
     calls = math.ceil(model.n_iter / per_call)
     model.glimpses_per_call = math.ceil(model.n_iter / calls)
-    # one graph per shape (dynamic=False): the batch and the call's length are fixed in a run
-    model.glimpses = torch.compile(model.glimpses, **({"dynamic": False} | options))
+    # One graph per shape (dynamic=False): the batch and the call's length are fixed in a run.
+    # inplace_buffers off: with it, inductor (torch 2.13, CPU) computed wrong gradients for a
+    # graph of several glimpses while the loss stayed right: 0.3% off at T=2 in one call, 50-97%
+    # at T=64 in calls of 8 (NaN in some steps), against 1e-4 for one glimpse per graph or
+    # with it off (tests/test_speed.py, test_inductor_gradients_of_several_glimpses).
+    options = {"dynamic": False, "options": {"inplace_buffers": False}} | options
+    model.glimpses = torch.compile(model.glimpses, **options)
     return model
 
 
