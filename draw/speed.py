@@ -63,7 +63,8 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
         At most this many glimpses per compiled call.
     **options
         Passed to `torch.compile`, e.g. backend="aot_eager" (traces forward and backward graphs
-        without generating code: how the tests check them).
+        without generating code: how most tests check them); an `options` dict is merged into
+        the inductor options above.
     """
     calls = math.ceil(model.n_iter / per_call)
     model.glimpses_per_call = math.ceil(model.n_iter / calls)
@@ -72,8 +73,9 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
     # graph of several glimpses while the loss stayed right: 0.3% off at T=2 in one call, 50-97%
     # at T=64 in calls of 8 (NaN in some steps), against 1e-4 for one glimpse per graph or
     # with it off (tests/test_speed.py, test_inductor_gradients_of_several_glimpses).
-    options = {"dynamic": False, "options": {"inplace_buffers": False}} | options
-    model.glimpses = torch.compile(model.glimpses, **options)
+    inductor = {"inplace_buffers": False} | options.pop("options", {})
+    model.glimpses = torch.compile(model.glimpses, **{"dynamic": False, "options": inductor,
+                                                      **options})
     return model
 
 
