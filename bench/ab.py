@@ -11,7 +11,7 @@ with --threads 2 on an idle machine: only one worker runs at a time).
 A tree is timed with its own training step: MainLoop.step on a DrawTask where the tree has
 one (bench.py's `training_step`), and for trees from before issue 11, which trained through the
 hand-fused draw/fast.py by default, that tree's MainLoop.step through its fast path, with the
-Adam those runs used. A tree written as FOLDER:compile is timed with its glimpse compiled
+Adam those runs used. A tree written as FOLDER:compile is timed with its glimpses compiled
 (draw.speed.compile_glimpses; the first call, which compiles, is not timed).
 
 Usage (from the repository root)::
@@ -66,6 +66,9 @@ def worker(T: int, clock: str, threads: int, compiled: bool) -> None:
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     narrow_windows(model, 1.0)
     if importlib.util.find_spec("draw.fast") is not None:
+        if compiled:
+            sys.exit("error: FOLDER:compile needs a tree with draw.speed.compile_glimpses, "
+                     "not one with draw/fast.py")
         step = legacy_fast_step(model, 100)
     else:
         bench = load_bench()

@@ -8,7 +8,7 @@ One command, a few minutes, from the repository root::
 It prints, for the bmnist setting (batch 100, 28x28, read 2, write 5, enc/dec 256, z 100,
 T=64):
 
-1. the model in float32, with its glimpse compiled, and with TF32 matmuls, against itself in
+1. the model in float32, with its glimpses compiled, and with TF32 matmuls, against itself in
    float64 on this GPU: relative differences of the loss and the gradients;
 2. training images/s (forward, backward, gradient clipping, Adam; median of timed steps after
    warm-up) of each variant: plain; its glimpses compiled (draw.speed.compile_glimpses); the
@@ -38,7 +38,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_agreement(cfg: DrawConfig, batch_size: int, device: torch.device):
-    """The model in float32, with its glimpse compiled, and with TF32 matmuls, each against the
+    """The model in float32, with its glimpses compiled, and with TF32 matmuls, each against the
     model in float64 on this device: relative differences of the loss and the gradients."""
     torch.manual_seed(0)
     model = DrawModel.from_config(cfg).to(device)

@@ -81,9 +81,9 @@ class DrawModel(nn.Module):
     """DRAW (eqs. 3-8), built from its bricks.
 
     `step` is one glimpse (read, encode, sample, decode, write) and `decode` its generative half;
-    `forward`, `log_weight` (through `unroll` and `glimpses`) and `sample` only loop over them. To change DRAW's maths, replace a
-    brick (any module with the same call signature) or override `step`/`decode`: everything
-    that trains, evaluates or samples goes through them.
+    `forward`, `log_weight` (through `unroll` and `glimpses`) and `sample` only loop over them.
+    To change DRAW's maths, replace a brick (any module with the same call signature) or
+    override `step`/`decode`: everything that trains, evaluates or samples goes through them.
 
     Parameters
     ----------

@@ -16,7 +16,7 @@ import torch
 from draw.datasets import supported_datasets
 from draw.errors import DrawError
 from draw.settingsbase import CHANGE, FRESH, SESSION, Settings, derived, setting
-from draw.speed import set_flush_denormal
+from draw.speed import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
 
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path
@@ -138,10 +138,11 @@ class DrawSettings(RunSettings):
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
     compile: bool | None = setting(
-        None, "compile the glimpses (DrawModel.glimpses, 8 per graph) with torch.compile "
-              "(draw.speed.compile_glimpses): the same maths, about 1.4x faster on a CPU after "
-              "a minute or more of compiling (default: when the run trains at least 100,000 "
-              "glimpses, steps x T, and a compiler is there)", on_resume=CHANGE)
+        None, f"compile the glimpses (DrawModel.glimpses, {GLIMPSES_PER_CALL} per graph) with "
+              f"torch.compile (draw.speed.compile_glimpses): the same maths, 1.3-1.4x faster "
+              f"than eager on a CPU after a minute or two of compiling (default: when the run "
+              f"has at least {AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a "
+              f"compiler is there)", on_resume=SESSION)
     read_N: int | None = derived()      # from attention, parsed once
     write_N: int | None = derived()
 

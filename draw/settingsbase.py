@@ -183,6 +183,8 @@ class Settings:
         if unknown:
             raise DrawError(f"--resume: {where} has settings this version does not know: "
                             f"{unknown}")
+        # SESSION settings an older version stored (compile, say) are this session's to choose
+        stored = {k: v for k, v in stored.items() if fields[k].metadata["on_resume"] != SESSION}
         for name, value in given.items():
             rule = fields[name].metadata["on_resume"]
             if rule == FRESH:

@@ -41,6 +41,10 @@ def set_flush_denormal(on: bool) -> bool:
 # graph (paired, idle, 2 threads): 2 per call 1.12x, 4 1.12x, 8 1.26x, after 31, 59 and 76 s of
 # compiling (bench/README.md).
 GLIMPSES_PER_CALL = 8
+# A batch shape has two or three graphs (the first call, whose state needs no gradient; the
+# others; a shorter last one), with gradients and without: room for several batch shapes (the
+# training batch, an epoch's tail, evaluation's) before Dynamo would fall back to eager.
+RECOMPILE_LIMIT = 32
 
 
 def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **options
@@ -51,10 +55,16 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
     `forward` and `log_weight` run the T glimpses through `model.glimpses` (a loop over `step`)
     in calls of `model.glimpses_per_call`, so training and evaluation run them compiled, forward
     and backward. The graphs are traced from the model's own `step` (a subclass's override
-    included) and its bricks: no second copy of the maths. T is cut into equal calls (T=10: two
-    of 5), so that there are two graphs per batch shape, one for the first call (whose state
-    needs no gradient) and one for the others. Sampling (`decode` alone) stays eager. The first
+    included) and its bricks: no second copy of the maths. T is cut into calls as equal as they
+    can be (T=10: two of 5; T=17: 6, 6 and 5). Sampling (`decode` alone) stays eager. The first
     call compiles: a minute or more on a small CPU, repaid only by a long run (bench/README.md).
+
+    With inductor (the default backend) its `inplace_buffers` is off: on, torch 2.13's CPU
+    inductor computed wrong gradients for graphs of several glimpses while the loss stayed
+    right (the paper model's 0.3% off at T=2 in one call, 50-97% at T=64 in calls of 8, NaN in
+    some steps; 1e-4, float32 rounding, with it off or with one glimpse per graph).
+    tests/test_speed.py compiles with inductor itself; bench/compile_check.py checks a trained
+    model.
 
     Parameters
     ----------
@@ -63,26 +73,26 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
         At most this many glimpses per compiled call.
     **options
         Passed to `torch.compile`, e.g. backend="aot_eager" (traces forward and backward graphs
-        without generating code: how most tests check them); an `options` dict is merged into
-        the inductor options above.
+        without generating code: how most tests check them). An inductor `mode` or `options`
+        dict is merged with inplace_buffers=False rather than replacing it.
     """
     calls = math.ceil(model.n_iter / per_call)
     model.glimpses_per_call = math.ceil(model.n_iter / calls)
-    # One graph per shape (dynamic=False): the batch and the call's length are fixed in a run.
-    # inplace_buffers off: with it, inductor (torch 2.13, CPU) computed wrong gradients for a
-    # graph of several glimpses while the loss stayed right: 0.3% off at T=2 in one call, 50-97%
-    # at T=64 in calls of 8 (NaN in some steps), against 1e-4 for one glimpse per graph or
-    # with it off (tests/test_speed.py, test_inductor_gradients_of_several_glimpses).
-    inductor = {"inplace_buffers": False} | options.pop("options", {})
-    model.glimpses = torch.compile(model.glimpses, **{"dynamic": False, "options": inductor,
-                                                      **options})
+    # one graph per shape (dynamic=False): the batch and the calls' lengths are fixed in a run
+    options = {"dynamic": False, "recompile_limit": RECOMPILE_LIMIT} | options
+    if options.get("backend", "inductor") == "inductor":
+        from torch._inductor import list_mode_options    # here: imported by compiling runs only
+        mode = options.pop("mode", None)
+        tuned = list_mode_options(mode) if mode else {}
+        options["options"] = tuned | {"inplace_buffers": False} | options.get("options", {})
+    model.glimpses = torch.compile(model.glimpses, **options)
     return model
 
 
 # Compiling costs a fixed time (a minute or two on 2 idle cores, more on a loaded one) and then
-# saves about 3-4 ms per glimpse trained on a CPU (T=64: 552 against 822 ms per step; T=10: 88
-# against 118; bench/README.md). Runs of this many glimpses (steps x T) and more save several
-# minutes; shorter ones, such as the quick start (12,000), would lose.
+# saves about 2.5-3 ms per glimpse trained on a CPU (T=64: 456.5 against 651.0 ms per step;
+# T=10: 81.8 against 107.1; bench/README.md). Runs of this many glimpses (steps x T) and more
+# save several minutes; shorter ones, such as the quick start (12,000), would lose.
 AUTO_COMPILE_GLIMPSES = 100_000
 
 
@@ -92,7 +102,8 @@ def compiler_missing(device: torch.device) -> str | None:
     if not torch._dynamo.is_dynamo_supported():
         return "torch.compile does not support this Python"
     if device.type == "cpu":
-        cxx = os.environ.get("CXX", "g++")
+        from torch._inductor import config
+        cxx = os.environ.get("CXX") or config.cpp.cxx[-1]                      # g++ on Linux
         return None if shutil.which(cxx) else f"no C++ compiler ({cxx}) on the PATH"
     if device.type == "cuda":
         from torch.utils._triton import has_triton
@@ -102,7 +113,7 @@ def compiler_missing(device: torch.device) -> str | None:
 
 def compile_choice(setting: bool | None, glimpses: int, device: torch.device
                    ) -> tuple[bool, str]:
-    """Whether a run compiles its glimpse, and why, in words for its header.
+    """Whether a run compiles its glimpses, and why, in words for its header.
 
     Parameters
     ----------

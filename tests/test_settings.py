@@ -97,7 +97,7 @@ def test_resume_rules():
     assert s.epochs == 5 and s.device == "cpu" and s.flush_denormal is True
     assert (s.read_N, s.write_N) == (2, 3)
     assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
-                                              "compile", "lr_warmup", "lr_decay"}
+                                              "lr_warmup", "lr_decay"}
     assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
     assert not set(s.stored()) & {name for name, f in DrawSettings._fields().items()
                                   if f.metadata["on_resume"] == SESSION}
@@ -110,6 +110,10 @@ def test_resume_rules():
             DrawSettings.resumed(OLD_RUN, given, "m.pkl")
     with pytest.raises(DrawError, match="m.pkl has settings this version does not know"):
         DrawSettings.resumed({**OLD_RUN, "future": 1}, {}, "m.pkl")
+    # runs of before stored compile, now this session's choice: their False is not kept
+    assert DrawSettings.resumed({**OLD_RUN, "compile": False}, {}, "m.pkl").compile is None
+    assert DrawSettings.resumed({**OLD_RUN, "compile": False}, {"compile": True},
+                                "m.pkl").compile is True
 
 
 def test_a_classifier_can_reuse_the_machinery():

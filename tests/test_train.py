@@ -322,7 +322,7 @@ def test_threads_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):
     assert "threads" not in config["run"]      # where the run trains, not what it is
 
 
-def test_compile_trains_the_compiled_glimpse_to_the_same_parameters(tmp_path, monkeypatch,
+def test_compile_trains_the_compiled_glimpses_to_the_same_parameters(tmp_path, monkeypatch,
                                                                      capsys):
     """--compile runs draw.speed.compile_glimpses on the model; traced with the aot_eager backend
     (inductor's C++ compile takes minutes on a CPU), the run ends where the eager one does."""

@@ -64,7 +64,8 @@ class Checked:
 @dataclass(frozen=True)
 class Plan:
     """A complete run, before anything is written: the checked settings, this process's place
-    and device, the data, and the run directory (to create, or to continue)."""
+    and device, the data, the run directory (to create, or to continue) and whether its
+    glimpses are compiled."""
     checked: Checked
     dist: Distributed
     device: torch.device
@@ -131,7 +132,7 @@ def subset(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
 
 
 def load_splits(s: DrawSettings, d: Distributed,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
+                device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
     """The run's train (or its --subset), valid and test images (and their --eval-subset), on
     `device`, and whether the data are binary.
 
@@ -154,7 +155,7 @@ def load_splits(s: DrawSettings, d: Distributed,
 
 
 def check_training_memory(cfg: DrawConfig, s: DrawSettings, d: Distributed,
-                  device: torch.device) -> None:
+                          device: torch.device) -> None:
     """One line, before the model is built, if training cannot fit in memory."""
     per_process = -(-s.batch_size // d.world_size)
     check_memory(training_bytes(cfg, per_process),
@@ -170,6 +171,6 @@ def make_plan(checked: Checked, dist: Distributed, device: torch.device) -> Plan
     check_training_memory(checked.cfg, s, dist, device)
     run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
     n_batches = math.ceil(splits["train"].shape[0] / s.batch_size)
-    done = 0 if ckpt is None else ckpt["epoch"] * n_batches + ckpt["batch"]
-    compiled = compile_choice(s.compile, (s.epochs * n_batches - done) * s.n_iter, device)
+    done = 0 if ckpt is None else ckpt["epoch"] * n_batches + ckpt["batch"]   # steps taken
+    compiled = compile_choice(s.compile, max(0, s.epochs * n_batches - done) * s.n_iter, device)
     return Plan(checked, dist, device, splits, binary, run_path, compiled)

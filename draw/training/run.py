@@ -21,8 +21,8 @@ Training goes through the model's own forward pass (draw/training/task.py), its 
 compiled by `torch.compile` when the run is long enough to repay it (`draw.speed.compile_choice`;
 `--compile`, `--no-compile` decide instead). Denormal floats are flushed to zero on the CPU
 unless `--no-flush-denormal`: a process-wide setting, applied here explicitly. The header says
-both. Under `torchrun --nproc_per_node=K` the same run is
-data-parallel (draw/training/distributed.py): `--bs` is the global batch, every process trains
+both. Under `torchrun --nproc_per_node=K` the same run is data-parallel
+(draw/training/distributed.py): `--bs` is the global batch, every process trains
 on its slice of it, and the run takes the steps of a single process up to float rounding; only
 the main process (rank 0) prints and writes files, and a run may be resumed with another number
 of processes.
