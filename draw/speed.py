@@ -111,6 +111,19 @@ def compiler_missing(device: torch.device) -> str | None:
     return f"not tried on {device.type}"
 
 
+def toolchain_error(device: torch.device) -> str | None:
+    """None if inductor compiles and runs a tiny function on `device` here, else the first line
+    of its error: a compiler on the PATH may still lack Python's headers or OpenMP. Seconds,
+    most of them importing inductor, which a compiling run pays anyway."""
+    try:
+        probe = torch.compile(lambda t: torch.sigmoid(t) * 2, dynamic=False)
+        probe(torch.ones(4, device=device))
+    except Exception as e:    # whatever broke, the run can train eager instead
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        return lines[0][:200]
+    return None
+
+
 def compile_choice(setting: bool | None, glimpses: int, device: torch.device
                    ) -> tuple[bool, str]:
     """Whether a run compiles its glimpses, and why, in words for its header.
@@ -119,7 +132,8 @@ def compile_choice(setting: bool | None, glimpses: int, device: torch.device
     ----------
     setting : bool or None
         --compile (True), --no-compile (False), or neither (None): compile when the run has at
-        least AUTO_COMPILE_GLIMPSES glimpses left to train and a compiler is there.
+        least AUTO_COMPILE_GLIMPSES glimpses left to train and inductor works here (a compiler
+        on the PATH, and a tiny function compiled and run: `toolchain_error`).
     glimpses : int
         Training steps left times T.
     device : torch.device
@@ -132,4 +146,7 @@ def compile_choice(setting: bool | None, glimpses: int, device: torch.device
     missing = compiler_missing(device)
     if missing is not None:
         return False, f"no: {missing}"
+    error = toolchain_error(device)
+    if error is not None:
+        return False, f"no: inductor failed on a test function ({error})"
     return True, f"yes: {glimpses:,} glimpses to train (--no-compile stops it)"

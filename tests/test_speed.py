@@ -10,7 +10,7 @@ import torch
 
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.speed import (AUTO_COMPILE_GLIMPSES, compile_choice, compile_glimpses,
-                        compiler_missing, set_flush_denormal)
+                        compiler_missing, set_flush_denormal, toolchain_error)
 
 CONFIGS = [DrawConfig(channels=2, height=6, width=5, n_iter=3, enc_dim=7, dec_dim=9, z_dim=3,
                       read_N=2, write_N=3),
@@ -73,6 +73,15 @@ def test_compile_choice_follows_the_flag_else_the_run_length(monkeypatch):
     assert compile_choice(None, 10 ** 9, cpu) == (
         False, "no: no C++ compiler (no-such-compiler-for-draw) on the PATH")
     assert compile_choice(True, 10 ** 9, cpu)[0]        # the flag is obeyed, as asked
+    monkeypatch.delenv("CXX")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("C++ compile error\nfatal error: Python.h: No such file")
+    monkeypatch.setattr(torch, "compile", broken)
+    assert toolchain_error(cpu) == "C++ compile error"
+    if compiler_missing(cpu) is None:
+        assert compile_choice(None, 10 ** 9, cpu) == (
+            False, "no: inductor failed on a test function (C++ compile error)")
 
 
 @pytest.mark.skipif(compiler_missing(torch.device("cpu")) is not None,

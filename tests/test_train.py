@@ -355,6 +355,7 @@ def test_a_long_run_compiles_by_default_and_counts_what_is_left(tmp_path, monkey
     steps = 2 * math.ceil(400 / TINY["batch_size"])         # 2 epochs of the --subset
     glimpses = steps * TINY["n_iter"]
     monkeypatch.setattr("draw.speed.AUTO_COMPILE_GLIMPSES", glimpses)
+    monkeypatch.setattr("draw.speed.toolchain_error", lambda device: None)   # inductor: seconds
     run_dir = tmp_path / "run"
     main(**{**TINY, "subset": 400, "epochs": 2}, run_dir=str(run_dir))
     assert len(compiled) == 1
