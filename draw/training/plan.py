@@ -74,6 +74,11 @@ class Plan:
     run_path: Path
     compiled: tuple[bool, str]         # whether the glimpses are compiled, and why (speed.py)
 
+    @property
+    def batches_per_epoch(self) -> int:
+        """Training batches per epoch; the last may be smaller."""
+        return math.ceil(self.splits["train"].shape[0] / self.checked.settings.batch_size)
+
 
 def check(flags: dict) -> Checked:
     """Build and check the settings and read the model files; raise DrawError, write nothing."""
@@ -170,7 +175,7 @@ def make_plan(checked: Checked, dist: Distributed, device: torch.device) -> Plan
     splits, binary = load_splits(s, dist, device)
     check_training_memory(checked.cfg, s, dist, device)
     run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
-    n_batches = math.ceil(splits["train"].shape[0] / s.batch_size)
-    done = 0 if ckpt is None else ckpt["epoch"] * n_batches + ckpt["batch"]   # steps taken
-    compiled = compile_choice(s.compile, max(0, s.epochs * n_batches - done) * s.n_iter, device)
+    n = math.ceil(splits["train"].shape[0] / s.batch_size)                    # Plan's, below
+    done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]            # steps taken
+    compiled = compile_choice(s.compile, max(0, s.epochs * n - done) * s.n_iter, device)
     return Plan(checked, dist, device, splits, binary, run_path, compiled)

@@ -123,7 +123,7 @@ def _build_loop(plan: Plan) -> MainLoop:
     task = DrawTask(model, plan.dist)
     optimizer = adam(model.parameters(), lr=s.learning_rate)
     generator = torch.Generator().manual_seed(s.seed)
-    n_batches = math.ceil(plan.splits["train"].shape[0] / bs)
+    n_batches = plan.batches_per_epoch
     extensions = [ProgressBar(n_batches)] if writer else []
     extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs),
                    LearningRateSchedule(optimizer, s.learning_rate, s.lr_warmup, s.lr_decay,
@@ -235,11 +235,10 @@ def _train(plan: Plan) -> None:
     loop.run()
     if loop.status["interrupted"]:
         launcher = "torchrun --nproc_per_node=K" if plan.dist.enabled else "python"
-        status, batches_per_epoch = loop.status, math.ceil(plan.splits["train"].shape[0] /
-                                                           s.batch_size)
+        status = loop.status
         # the progress bar's numbers: epoch E is the one in progress, batch B of its total
         where = (f"in epoch {status['epoch'] + 1} after batch {status['batch']} of "
-                 f"{batches_per_epoch}" if status["batch"] else
+                 f"{plan.batches_per_epoch}" if status["batch"] else
                  f"after epoch {status['epoch']}")
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
         raise Interrupted(f"stopped by Ctrl-C {where}; saved. Continue with: {launcher} "
