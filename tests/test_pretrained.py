@@ -34,7 +34,7 @@ def test_it_is_trained_a_low_bound_on_real_digits():
     with torch.no_grad():
         trained_bound = nll_bound(x, *model(x)).mean().item()
         untrained_bound = nll_bound(x, *untrained(x)).mean().item()
-    assert trained_bound < 85 and untrained_bound > 500     # measured: 76.4, 543.4 (epoch 19)
+    assert trained_bound < 85 and untrained_bound > 500     # measured: 75.1, 543.4 (epoch 32)
 
 
 def test_it_draws(tmp_path):
