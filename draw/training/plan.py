@@ -7,6 +7,7 @@ one-line DrawError for anything wrong; `make_plan` adds the device's data, the m
 the run directory's name and the compile choice (draw/speed.py). Nothing touches the disk
 until both have passed, so a bad command line leaves no trace.
 """
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +73,19 @@ class Plan:
     splits: dict[str, torch.Tensor]    # train (or its --subset), valid, test, on the device
     binary: bool                       # every pixel 0 or 1: the bound is one on -log p(x)
     run_path: Path
-    compiled: tuple[bool, str]         # whether the glimpses are compiled, and why (speed.py)
 
     @property
     def batches_per_epoch(self) -> int:
         """Training batches per epoch; the last may be smaller."""
         return math.ceil(self.splits["train"].shape[0] / self.checked.settings.batch_size)
+
+    @functools.cached_property
+    def compiled(self) -> tuple[bool, str]:
+        """Whether the glimpses are compiled, and why (draw.speed.compile_choice), from the
+        glimpses left to train."""
+        s, ckpt, n = self.checked.settings, self.checked.ckpt, self.batches_per_epoch
+        done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]          # steps taken
+        return compile_choice(s.compile, max(0, s.epochs * n - done) * s.n_iter, self.device)
 
 
 def check(flags: dict) -> Checked:
@@ -169,13 +177,10 @@ def check_training_memory(cfg: DrawConfig, s: DrawSettings, d: Distributed,
 
 
 def make_plan(checked: Checked, dist: Distributed, device: torch.device) -> Plan:
-    """The data on the device, the memory checked, the run directory named (not made) and
-    whether to compile; under torchrun every process makes its own."""
-    s, ckpt = checked.settings, checked.ckpt
+    """The data on the device, the memory checked and the run directory named (not made);
+    under torchrun every process makes its own."""
+    s = checked.settings
     splits, binary = load_splits(s, dist, device)
     check_training_memory(checked.cfg, s, dist, device)
     run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
-    n = math.ceil(splits["train"].shape[0] / s.batch_size)                    # Plan's, below
-    done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]            # steps taken
-    compiled = compile_choice(s.compile, max(0, s.epochs * n - done) * s.n_iter, device)
-    return Plan(checked, dist, device, splits, binary, run_path, compiled)
+    return Plan(checked, dist, device, splits, binary, run_path)
