@@ -92,7 +92,7 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
 # Compiling costs a fixed time (a minute or two on 2 idle cores, more on a loaded one) and then
 # saves about 2.5-3 ms per glimpse trained on a CPU (T=64: 456.5 against 651.0 ms per step;
 # T=10: 81.8 against 107.1; bench/README.md). Runs of this many glimpses (steps x T) and more
-# save several minutes; shorter ones, such as the quick start (12,000), would lose.
+# save several minutes; shorter ones, such as the quick start (9,600), would lose.
 AUTO_COMPILE_GLIMPSES = 100_000
 
 
