@@ -17,6 +17,7 @@ from draw.datasets import supported_datasets
 from draw.errors import DrawError
 from draw.settingsbase import CHANGE, FRESH, SESSION, Settings, derived, setting
 from draw.speed import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
+from draw.training.tensorboard import require_tensorboard
 
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path
@@ -70,6 +71,10 @@ class RunSettings(Settings):
     live_plotting: bool = setting(False, "show live plots in a browser (Bokeh)",
                                   aliases=("--plot",), on_resume=SESSION)
     plot_port: int = setting(5006, "port of the live-plot server", on_resume=SESSION)
+    tensorboard: bool = setting(False, "also write TensorBoard event files into the run "
+                                       "directory: the log's numbers and the pictures, every "
+                                       "epoch (needs pip install -e \".[tensorboard]\")",
+                                on_resume=SESSION)
     # measured (doc/development.md): on an idle 2-core CPU two threads train 1.3x faster than
     # one; on a CPU that other jobs share, one thread is several times faster than two
     threads: int | None = setting(None, "CPU threads of PyTorch (default: PyTorch's, one per "
@@ -90,6 +95,8 @@ class RunSettings(Settings):
                      "0 (whole splits) or a positive integer")
         self.require("seed", 0 <= self.seed <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
         self.require("plot_port", 0 < self.plot_port < 65536, "a TCP port (1-65535)")
+        if self.tensorboard:
+            require_tensorboard()
         if self.name is not None and (not NAME.fullmatch(self.name) or set(self.name) == {"."}):
             raise DrawError(f"--name must be a name (letters, digits, . _ + -), not a path: "
                             f"{self.name!r}")

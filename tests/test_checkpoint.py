@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_log, load_model,
-                             resolve_device, rng_state, save_checkpoint, save_log, set_rng_state)
+                             resolve_device, rng_state, save_checkpoint, save_log, save_log_csv,
+                             set_rng_state)
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel, nll_bound
 
@@ -59,6 +60,20 @@ def test_log_round_trip(tmp_path):
             {"epoch": 1, "iteration": 10, "train_nll_bound": 101.5, "train_kl_term_0": 3.25}]
     save_log(tmp_path / "run_log.pkl", rows)
     assert load_log(tmp_path / "run_log.pkl") == rows
+
+
+def test_log_as_csv(tmp_path):
+    """One line per row, a column per key in the order first seen, empty where a row lacks
+    the key, floats in full."""
+    rows = [{"epoch": 0, "iteration": 0, "test_nll_bound": 543.2},
+            {"epoch": 1, "iteration": 10, "train_nll_bound": 0.1 + 0.2, "test_nll_bound": 99.0,
+             "training_finish_requested": True}]
+    save_log_csv(tmp_path / "run_log.csv", rows)
+    assert (tmp_path / "run_log.csv").read_text() == (
+        "epoch,iteration,test_nll_bound,train_nll_bound,training_finish_requested\n"
+        "0,0,543.2,,\n"
+        "1,10,99.0,0.30000000000000004,True\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["run_log.csv"]     # no temporary file
 
 
 class _Payload:
@@ -143,6 +158,8 @@ def test_failed_save_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path, m
     assert str(info.value) == f"cannot write {path}: No space left on device"
     with pytest.raises(CheckpointError, match="cannot write"):
         save_log(tmp_path / "run_log.pkl", [])
+    with pytest.raises(CheckpointError, match="cannot write .*run_log.csv: No space left"):
+        save_log_csv(tmp_path / "run_log.csv", [{"epoch": 0}])
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert load_checkpoint(path)["epoch"] == 1

@@ -73,7 +73,7 @@ def test_a_run_writes_its_files_and_logs_errors_in_percent(data_dir, tmp_path):
     main(**TINY, epochs=2, data_dir=data_dir, run_dir=str(tmp_path), name="c", eval_subset=20)
     run_dir = _run_dir(tmp_path)
     name = "c"
-    for f in (f"{name}_model.pkl", f"{name}_log.pkl", "config.json", "args.txt",
+    for f in (f"{name}_model.pkl", f"{name}_log.pkl", f"{name}_log.csv", "config.json", "args.txt",
               "glimpses.png", "glimpses-000.png", "glimpses-001.png", "glimpses-002.png"):
         assert (run_dir / f).is_file(), f
     log = load_log(run_dir / f"{name}_log.pkl")

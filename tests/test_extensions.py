@@ -350,10 +350,11 @@ def test_printing_one_line_per_epoch(capsys):
         "|step| 0.01 | 12.3 s"]
 
 
-def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch():
+def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch(terminal):
     loop = MockMainLoop()
     (progress,) = loop.attach(ProgressBar(batches_per_epoch=4))
     loop.last_batch = {"loss": torch.tensor(3.0)}
+    terminal()
     progress.before_epoch()
     for _ in range(3):
         progress.after_batch()
@@ -365,6 +366,18 @@ def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch():
     assert (progress.bar.n, progress.bar.desc) == (3, "epoch 3")
     progress.after_epoch()
     assert progress.bar is None
+
+
+def test_no_progress_bar_where_stderr_is_not_a_terminal(capsys):
+    loop = MockMainLoop()
+    (progress,) = loop.attach(ProgressBar(batches_per_epoch=4))
+    loop.last_batch = {"loss": torch.tensor(3.0)}
+    progress.before_epoch()
+    assert progress.bar is None
+    for _ in range(4):
+        progress.after_batch()
+    progress.after_epoch()
+    assert capsys.readouterr().err == ""
 
 
 def test_plot_feeds_the_live_page_and_survives_a_failed_start(tmp_path, monkeypatch):

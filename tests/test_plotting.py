@@ -251,11 +251,14 @@ def test_picture_size_limits():
     assert image.size == grid_size(2, 3, 4, 3) == (3 * 4 - 1, 2 * 5 - 1)
 
 
-def test_save_gif_shows_progress_when_slow(tmp_path, monkeypatch, capsys):
+def test_save_gif_shows_progress_when_slow(tmp_path, monkeypatch, capsys, terminal):
     frames = [Image.new("L", (4, 3), v) for v in (0, 80, 160, 240)]
     save_gif(frames, tmp_path / "quick.gif")
     assert capsys.readouterr().err == ""                      # fast: no bar at all
     monkeypatch.setattr(draw.outputs.plotting, "BAR_DELAY", 0.0)
+    save_gif(frames, tmp_path / "not-a-terminal.gif")
+    assert capsys.readouterr().err == ""                      # a log file: no bar
+    terminal()
     save_gif(frames, tmp_path / "slow.gif")
     assert "writing slow.gif" in capsys.readouterr().err
     with Image.open(tmp_path / "slow.gif") as gif:

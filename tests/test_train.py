@@ -1,5 +1,7 @@
 """train-draw.py end to end on the shipped `sample` data: files, exact resume after SIGINT and
 SIGKILL, and bad command lines that fail in one line without touching the disk."""
+import ast
+import csv
 import json
 import math
 import os
@@ -84,6 +86,13 @@ def untimed(rows):
     return [{k: v for k, v in row.items() if not k.startswith("time")} for row in rows]
 
 
+def read_csv_log(path: Path) -> list[dict]:
+    """The CSV log as rows like the pickle's: numbers parsed, empty cells left out."""
+    with open(path, newline="") as f:
+        return [{key: ast.literal_eval(cell) for key, cell in row.items() if cell != ""}
+                for row in csv.DictReader(f)]
+
+
 def assert_same_run(run_dir: Path, reference_dir: Path):
     model, ckpt = load_model(run_dir / f"{FILES}_model.pkl")
     ref_model, ref_ckpt = load_model(reference_dir / f"{FILES}_model.pkl")
@@ -92,6 +101,8 @@ def assert_same_run(run_dir: Path, reference_dir: Path):
         assert torch.equal(a, b), name
     assert untimed(load_log(run_dir / f"{FILES}_log.pkl")) == \
         untimed(load_log(reference_dir / f"{FILES}_log.pkl"))
+    # the CSV is rewritten with the pickle, a resumed run's too
+    assert read_csv_log(run_dir / f"{FILES}_log.csv") == load_log(run_dir / f"{FILES}_log.pkl")
 
 
 def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
@@ -131,6 +142,17 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
     assert (run_dir / "args.txt").read_text().count("# resumed") == 2
 
 
+def test_output_to_a_pipe_is_the_header_and_one_line_per_epoch(reference):
+    """Where output is not a terminal (a cluster job's log file, `| tee`), no progress bar
+    writes its carriage-return frames: stdout holds the header and one line per epoch."""
+    code, out, err = reference.result()       # both stdout and stderr were pipes
+    assert "\r" not in out and "\r" not in err
+    header, epochs = out.strip().split("\n\n")
+    assert header.startswith(f"Running experiment {LONGNAME}")
+    assert [line.split("|")[0].split() for line in epochs.splitlines()] == [
+        ["epoch", str(k)] for k in range(4)]
+
+
 def test_resuming_a_finished_run_does_nothing(reference, capsys):
     before = snapshot(reference.run_dir)
     assert main(resume=str(reference.run_dir)) is None
@@ -168,6 +190,11 @@ def test_end_to_end_files(reference):
         assert keys <= set(row)
         assert all(isinstance(row[k], float) for k in keys)
     assert rows[-1]["train_nll_bound"] < rows[1]["train_nll_bound"]
+    # the same rows as CSV: one line per epoch, one column per key, every float exact
+    assert read_csv_log(run_dir / f"{FILES}_log.csv") == rows
+    with open(run_dir / f"{FILES}_log.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:2] == ["epoch", "iteration"] and len(header) == len(set().union(*rows))
     # the saved parameters are the ones that were evaluated: the test bound recomputes exactly
     test = get_data("sample").test
     bound, _ = bound_statistics(model, model, batches(test, 50), torch.Generator().manual_seed(3))

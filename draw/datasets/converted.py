@@ -94,7 +94,8 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray], desc: str) -> None:
     """
     total = sum(a.nbytes + 128 for a in arrays.values())     # 128: a .npy header, padded
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf, \
-            tqdm(total=total, desc=desc, unit="B", unit_scale=True, delay=2) as bar:
+            tqdm(total=total, desc=desc, unit="B", unit_scale=True, delay=2,
+                 disable=None) as bar:
         for key, array in arrays.items():
             with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
                 # a non-file stream: NumPy writes the array in chunks of about 16 MB through it

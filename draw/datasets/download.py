@@ -99,7 +99,7 @@ def _download(url: str, tmp: Path, timeout: float) -> None:
             total = int(length) if length and length.isdigit() else None
             received = 0
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=url.rsplit("/", 1)[-1], file=sys.stderr) as bar:
+                      desc=url.rsplit("/", 1)[-1], file=sys.stderr, disable=None) as bar:
                 while True:
                     try:
                         chunk = response.read(_CHUNK)

@@ -158,7 +158,7 @@ def _verify_stream(spec: FileSpec, path: Path) -> None:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, delay=2,
-                                         desc=f"verifying {path.name}") as bar:
+                                         desc=f"verifying {path.name}", disable=None) as bar:
             def chunks():
                 while chunk := f.read(1 << 24):
                     bar.update(len(chunk))

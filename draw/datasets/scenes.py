@@ -127,7 +127,7 @@ def two_digit_splits(mnist) -> dict[str, np.ndarray]:
     """two-digit-mnist's splits from mnist's `Data` (draw.datasets.store.Data)."""
     splits = {}
     with tqdm(total=sum(TWO_DIGIT_SIZES.values()), desc="composing two-digit-mnist",
-              unit="img", delay=2) as bar:
+              unit="img", delay=2, disable=None) as bar:
         for stream, split in enumerate(SPLITS):
             digits = getattr(mnist, split).numpy().reshape(-1, DIGIT, DIGIT)     # (M, 28, 28)
             rng = np.random.default_rng([TWO_DIGIT_SEED, stream])

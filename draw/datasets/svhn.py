@@ -60,7 +60,7 @@ def read_digit_struct(data: bytes, where: str) -> tuple[list[str], list[np.ndarr
             names, boxes = [], []
             for name_ref, box_ref in tqdm(zip(name_refs, box_refs), total=len(name_refs),
                                           desc=f"reading {Path(where).name}", unit="photo",
-                                          delay=2):
+                                          delay=2, disable=None):
                 names.append("".join(map(chr, f[name_ref][()].ravel())))
                 box = f[box_ref]
                 columns = [_field(f, box[field]) for field in _FIELDS]
@@ -125,7 +125,8 @@ def read_archive(path: Path, where: str, folder: str) -> np.ndarray:
         images = np.zeros((len(keep), 3 * SIDE * SIDE), np.uint8)
         seen = np.zeros(len(keep), bool)
         with tarfile.open(path, mode="r|gz") as archive, \
-                tqdm(total=len(keep), desc=f"cropping {folder}", unit="photo", delay=2) as bar:
+                tqdm(total=len(keep), desc=f"cropping {folder}", unit="photo", delay=2,
+                     disable=None) as bar:
             for member in archive:
                 r = row.get(member.name)
                 if r is None:

@@ -28,7 +28,8 @@ BOX_COLOR = (255, 0, 0)
 # warns that a file may be a decompression bomb when it reads it, and refuses twice that
 MAX_SIDE = 65535
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
-# a progress bar appears only when a stage takes longer than this (seconds)
+# a progress bar appears only when a stage takes longer than this (seconds), and only on a
+# terminal (tqdm's disable=None): in a log file its carriage-return frames would be noise
 BAR_DELAY = 2.0
 
 
@@ -143,7 +144,7 @@ def save_gif(frames: list[Image.Image], path: str | os.PathLike, duration_ms: in
     durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
     # Pillow quantises the frames as it iterates over them, most of the time of a large GIF
     later = tqdm(frames[1:], desc=f"writing {path.name}", unit="frame", delay=BAR_DELAY,
-                 leave=False)
+                 leave=False, disable=None)
     with atomic_path(path) as tmp, later:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=later,
                        duration=durations, loop=0)

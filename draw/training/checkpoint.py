@@ -5,12 +5,15 @@ A model file `<name>_model.pkl` is `torch.save` of
      "optimizer": state_dict or None, "rng": dict or None, "epoch": int, "iteration": int, ...}
 and a log file `<name>_log.pkl` is `torch.save` of
     {"format": "draw-log", "version": 1, "rows": [{"epoch": int, "iteration": int, ...}, ...]}.
+The same rows also go to `<name>_log.csv` for other programs (pandas, spreadsheets): one line
+per row, one column per key.
 
 Neither holds a pickled module, class or function (see Equinox's "Why not pickle?"), so both load
 with `torch.load(weights_only=True)`: reading a file cannot run code, and a file written on a GPU
 loads on a machine without one (`map_location`). Anything that is not such a dict (another
 program's pickle, a truncated download, a later format version) is a one-line CheckpointError.
 """
+import csv
 import io
 import os
 import pickle
@@ -183,6 +186,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 def save_log(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write the training log (one dict of plain numbers per row) atomically."""
     _save(path, {"format": LOG_FORMAT, "version": VERSION, "rows": list(rows)})
+
+
+def save_log_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write the training log as CSV, atomically: a header of every key, in the order the rows
+    first hold them, then one line per row. A row without a key (row 0 has no training
+    numbers) leaves its cell empty; floats are written in full (repr), so they read back
+    exactly."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    try:
+        atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from e
 
 
 def load_log(path: str | os.PathLike) -> list[dict]:

@@ -9,7 +9,9 @@ batch by batch), and a run lives in `<name>-YYYYmmdd-HHMMSS/`:
     <name>_model.pkl            config, parameters, optimiser, RNG and loop state
     <name>_log.pkl              one row per epoch: train_error, valid_error, test_error (percent),
                                 train_cross_entropy, ..., time_train_this_epoch
+    <name>_log.csv              the same rows as CSV, one column per key
     glimpses.png, glimpses-NNN.png   the paper's Figure 4 on the first test images
+    events.out.tfevents.*       with --tensorboard: the log and the glimpses
 
 with <name> the --name (default: the dataset's); the header and config.json carry a long name
 such as `cluttered-mnist-classifier-r12-t8-enc256-lr13`. Valid and test are evaluated as in
@@ -48,6 +50,7 @@ from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitorin
 from draw.training.plan import TRAINING_STATE, lr_tag
 from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
                                   nothing_to_do, read_text, stored_in_config, write_text)
+from draw.training.tensorboard import TensorBoard
 
 
 def long_name(s: ClassifierSettings) -> str:
@@ -150,6 +153,8 @@ def _build_loop(s: ClassifierSettings, cfg: ClassifierConfig, data: LabelledData
             Checkpoint(run_path, files, s.stored()),
             GlimpseCheckpoint(run_path, first, (cfg.channels, cfg.height, cfg.width)),
         ]
+        if s.tensorboard:
+            extensions.append(TensorBoard(run_path, "glimpses-{epoch:03d}.png", "glimpses"))
     loop = MainLoop(task, optimizer, None, generator, extensions, grad_clip=s.grad_clip)
     # every rank draws the same global batches; the training images of epoch e are epoch e's
     loop.epoch_batches = lambda: labelled_batches(data.train, bs, generator=generator,

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from draw.errors import DrawError
 from draw.training.extension import SimpleExtension
-from draw.training.checkpoint import rng_state, save_checkpoint, save_log
+from draw.training.checkpoint import rng_state, save_checkpoint, save_log, save_log_csv
 from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
 from draw.outputs.sampling import prior_noise
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
@@ -107,8 +107,9 @@ class LearningRateSchedule(SimpleExtension):
 
 
 class Checkpoint(SimpleExtension):
-    """Save `<name>_model.pkl` (config, parameters, optimizer, RNG, loop state and log) and
-    `<name>_log.pkl`, atomically, before training, after every epoch and when training stops.
+    """Save `<name>_model.pkl` (config, parameters, optimizer, RNG, loop state and log),
+    `<name>_log.pkl` and the same log as `<name>_log.csv`, atomically, before training, after
+    every epoch and when training stops.
 
     The model file is the commit point of an epoch: it is written first, with a copy of the
     log, and the log file and the pictures (SampleCheckpoint, which runs after this) follow.
@@ -125,6 +126,7 @@ class Checkpoint(SimpleExtension):
         super().__init__(**kwargs)
         self.model_path = Path(run_dir) / f"{name}_model.pkl"
         self.log_path = Path(run_dir) / f"{name}_log.pkl"
+        self.csv_path = Path(run_dir) / f"{name}_log.csv"
         self.run = run
         self.saved_at = None
 
@@ -135,12 +137,16 @@ class Checkpoint(SimpleExtension):
             return      # a normal end: the last epoch's files are already these
         if which_callback == "before_training":
             if not loop.fresh:
-                save_log(self.log_path, loop.log)   # resumed: the log the model file holds
+                self._save_log(loop.log)            # resumed: the log the model file holds
             return
         save_checkpoint(self.model_path, loop.model, loop.optimizer,
                         rng=rng_state(loop.generator), run=self.run, **loop.state_dict())
-        save_log(self.log_path, loop.log)
+        self._save_log(loop.log)
         self.saved_at = position
+
+    def _save_log(self, rows: list[dict]) -> None:
+        save_log(self.log_path, rows)
+        save_log_csv(self.csv_path, rows)
 
 
 class SampleCheckpoint(SimpleExtension):
@@ -207,7 +213,10 @@ class SampleCheckpoint(SimpleExtension):
 
 
 class ProgressBar(SimpleExtension):
-    """A tqdm bar over each epoch's batches, with the latest batch's loss (for DRAW the bound)."""
+    """A tqdm bar over each epoch's batches, with the latest batch's loss (for DRAW the bound).
+
+    Only on a terminal: where stderr is a file or a pipe (a cluster job, `| tee`), the bar's
+    carriage-return frames would bury the one line per epoch that Printing writes."""
 
     def __init__(self, batches_per_epoch: int, **kwargs):
         for trigger in ("before_epoch", "after_batch", "after_epoch", "after_training",
@@ -220,8 +229,10 @@ class ProgressBar(SimpleExtension):
     def do(self, which_callback: str, *args) -> None:
         status = self.main_loop.status
         if which_callback == "before_epoch":
-            self.bar = tqdm(total=self.total, initial=status["batch"], leave=False,
-                            desc=f"epoch {status['epoch'] + 1}", unit="batch", dynamic_ncols=True)
+            # disable=None: tqdm's own test, no bar where stderr is not a terminal
+            bar = tqdm(total=self.total, initial=status["batch"], leave=False, disable=None,
+                       desc=f"epoch {status['epoch'] + 1}", unit="batch", dynamic_ncols=True)
+            self.bar = None if bar.disable else bar
         elif which_callback == "after_batch" and self.bar is not None:
             self.bar.update(1)
             if self.bar.n % 10 == 0:

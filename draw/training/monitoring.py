@@ -99,7 +99,7 @@ class DataStreamMonitoring(SimpleExtension):
     sizes : (int, int), optional
         Batches in one pass of `stream` and of `final`, for a progress bar with an ETA.
     progress : bool
-        Show that bar (the main process only).
+        Show that bar (the main process only) where stderr is a terminal.
     """
 
     def __init__(self, stream, prefix: str, device, seed: int = 0, every: int = 1, final=None,
@@ -121,7 +121,8 @@ class DataStreamMonitoring(SimpleExtension):
         total = None if self.sizes is None else self.sizes[1 if last else 0]
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         with tqdm(stream(), total=total, desc=f"evaluating {self.prefix}", unit="batch",
-                  leave=False, disable=not self.progress, dynamic_ncols=True) as bar:
+                  leave=False, disable=None if self.progress else True,
+                  dynamic_ncols=True) as bar:       # None: only where stderr is a terminal
             means = loop.task.evaluate(_Counted(bar), generator)
         row = loop.log[-1]
         row.update(log_entries(self.prefix, means))

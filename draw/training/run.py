@@ -10,7 +10,9 @@ anything touch the disk, so a bad command line leaves no trace. A run then lives
     args.txt                 the command line (one more line per resume)
     <name>_model.pkl         config, parameters, optimiser, RNG and loop state (checkpoint.py)
     <name>_log.pkl           one row of numbers per epoch
+    <name>_log.csv           the same rows as CSV, one column per key
     sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (extensions.py)
+    events.out.tfevents.*    with --tensorboard: the log and the samples (tensorboard.py)
 
 The classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`, is in
 the header and config.json. Runs made before kept their files under the long name; a resumed
@@ -52,6 +54,7 @@ from draw.training.lock import RunLock
 from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.plan import Plan, check, long_name, make_plan
 from draw.training.rundir import experiment_name, make_run_dir, nothing_to_do, read_text, write_text
+from draw.training.tensorboard import TensorBoard
 from draw.training.task import DrawTask
 
 N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
@@ -137,6 +140,8 @@ def _build_loop(plan: Plan) -> MainLoop:
             SampleCheckpoint(run_path, (cfg.channels, cfg.height, cfg.width), n=N_SAMPLES,
                              seed=s.seed),
         ]
+        if s.tensorboard:
+            extensions.append(TensorBoard(run_path, "epoch-{epoch:03d}.png", "samples"))
         if s.live_plotting:
             extensions.append(Plot(run_path, port=s.plot_port))
     train = plan.splits["train"]
