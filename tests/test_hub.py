@@ -59,8 +59,9 @@ def test_a_model_file_added_is_an_entry_a_classifier_too(tmp_path):
     shutil.copy(ROOT / "hubconf.py", tmp_path / "hubconf.py")
     (tmp_path / "pretrained").mkdir()
     torch.manual_seed(0)
-    draw_model = DrawModel.from_config(DrawConfig(channels=1, height=8, width=8, n_iter=2, enc_dim=6,
-                                            dec_dim=5, z_dim=3, read_N=2, write_N=3))
+    draw_model = DrawModel.from_config(DrawConfig(channels=1, height=8, width=8, n_iter=2,
+                                                  enc_dim=6, dec_dim=5, z_dim=3, read_N=2,
+                                                  write_N=3))
     classifier = AttentionClassifier.from_config(ClassifierConfig(height=12, width=12, n_iter=2,
                                                                   enc_dim=6, read_N=3))
     save_checkpoint(tmp_path / "pretrained" / "tiny-draw_model.pkl", draw_model)
