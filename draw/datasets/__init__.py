@@ -8,6 +8,14 @@
     for x, y in labelled_batches(data.train, 100, generator=g, epoch=e):
         ...                                         # x: (100, 10000) in [0, 1], y: (100,) int64
 
+Each split is also a `torch.utils.data.Dataset`, for a training loop of one's own
+(draw/datasets/torch_dataset.py; `labels=True` gives (image, label) pairs):
+
+    from torch.utils.data import DataLoader
+    from draw.datasets import get_dataset
+    for x in DataLoader(get_dataset("bmnist", "train"), batch_size=100, shuffle=True):
+        ...                                         # x: (100, 784) float32 in [0, 1]
+
 Command line: `python -m draw.datasets list | download NAME | convert NAME [--from DIR]`.
 The datasets, their files, checksums and splits are in `draw.datasets.registry`; cluttered and
 two-digit MNIST are composed in `draw.datasets.scenes`, labelled splits are in
@@ -19,7 +27,8 @@ from draw.datasets.labelled import LabelledData, get_labelled, labelled_batches
 from draw.datasets.registry import labelled_datasets, supported_datasets
 from draw.datasets.store import convert, data_root, download_dataset, get_data
 from draw.datasets.stream import batches
+from draw.datasets.torch_dataset import SplitDataset, get_dataset
 
-__all__ = ["Data", "DatasetError", "LabelledData", "batches", "convert", "data_root",
-           "download_dataset", "get_data", "get_labelled", "labelled_batches",
-           "labelled_datasets", "supported_datasets"]
+__all__ = ["Data", "DatasetError", "LabelledData", "SplitDataset", "batches", "convert",
+           "data_root", "download_dataset", "get_data", "get_dataset", "get_labelled",
+           "labelled_batches", "labelled_datasets", "supported_datasets"]
