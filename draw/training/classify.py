@@ -7,6 +7,7 @@ so the log holds `train_error`, `valid_error` and `test_error`, and `train_cross
 and `GlimpseCheckpoint` (the paper's Figure 4, every epoch). `classifier_test_error` scores a saved
 classifier on its dataset's test split (what evaluate.py prints for a classifier file).
 """
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from draw.settingsbase import setting
 from draw.training.checkpoint import CheckpointError, load_checkpoint
 from draw.training.distributed import Distributed, wrap_model
 from draw.training.extensions import Printing, SimpleExtension
+from draw.training.main_loop import adam
 
 N_GLIMPSE_IMAGES = 8     # test images in the Figure 4 picture, one row each
 
@@ -36,14 +38,37 @@ class ClassifierSettings(RunSettings):
                              aliases=("-a",))
     n_iter: int = setting(8, "number of glimpses T (the paper: 4 and 8)", flag="--niter")
     enc_dim: int = setting(256, "LSTM state dimension (the paper: 256)")
+    # Without it the 8-glimpse run's gradient explodes back through the glimpses: the window
+    # of glimpse t is chosen from h_{t-1}, so d h_t / d h_{t-1} has a term through the window
+    # (eqs. 21-24, 27), and its gain grows with the read head's weights; one unit of g~ moves
+    # the window 50 pixels on 100 x 100. doc/classification.md measures it (bench/
+    # classifier_stability.py); Spatial Transformer networks slow their localisation nets so.
+    read_lr: float = setting(0.1, "learning rate of the read head (the window, eq. 21) as a "
+                                  "multiple of --lr; 1 for one rate everywhere")
 
     def check(self) -> None:
         super().check()
         for name in ("attention", "n_iter", "enc_dim"):
             self.require(name, getattr(self, name) >= 1, "a positive integer")
+        self.require("read_lr", math.isfinite(self.read_lr) and 0 < self.read_lr <= 1,
+                     "a number in (0, 1]")
         if self.live_plotting:
             raise DrawError("--live-plotting: train-classifier.py has no live plots; its "
                             "numbers are printed every epoch and glimpses.png shows the windows")
+
+    @classmethod
+    def resumed(cls, stored: dict, given: dict, where: str):
+        """As RunSettings.resumed; a run stored before --read-lr trained at one rate."""
+        return super().resumed({"read_lr": 1.0, **stored}, given, where)
+
+
+def classifier_adam(model: AttentionClassifier, s: ClassifierSettings) -> torch.optim.Adam:
+    """Adam with the read head (eq. 21) at --read-lr times the rate of the rest; the
+    LearningRateSchedule keeps that ratio (its `lr_scale`)."""
+    head = set(model.reader.parameters())
+    return adam([{"params": [p for p in model.parameters() if p not in head], "lr_scale": 1.0},
+                 {"params": list(model.reader.parameters()), "lr_scale": s.read_lr}],
+                lr=s.learning_rate)
 
 
 def model_config(s: ClassifierSettings, shape: tuple[int, int, int],

@@ -38,14 +38,14 @@ from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
 from draw.training.checkpoint import CheckpointError, resolve_device, set_rng_state
 from draw.training.classify import (N_GLIMPSE_IMAGES, ClassifierPrinting, ClassifierSettings,
-                                    ClassifyTask, GlimpseCheckpoint, load_classifier,
-                                    model_config)
+                                    ClassifyTask, GlimpseCheckpoint, classifier_adam,
+                                    load_classifier, model_config)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                                        init_distributed, process_place, reported_once)
 from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSchedule,
                                       ProgressBar, Timing)
 from draw.training.lock import RunLock, check_unlocked
-from draw.training.main_loop import MainLoop, adam, load_adam_state
+from draw.training.main_loop import MainLoop, load_adam_state
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
 from draw.training.plan import TRAINING_STATE, lr_tag
 from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
@@ -129,7 +129,7 @@ def _build_loop(s: ClassifierSettings, cfg: ClassifierConfig, data: LabelledData
     bs, writer = s.batch_size, dist.is_main
     model = AttentionClassifier.from_config(cfg).to(device)
     task = ClassifyTask(model, dist)
-    optimizer = adam(model.parameters(), lr=s.learning_rate)
+    optimizer = classifier_adam(model, s)
     generator = torch.Generator().manual_seed(s.seed)
     n_batches = math.ceil(len(data.train) / bs)
     extensions = [ProgressBar(n_batches)] if writer else []
@@ -238,7 +238,8 @@ def _train(checked: _Checked, dist: Distributed, device: torch.device, data: Lab
                             f"{cfg.channels}x{cfg.height}x{cfg.width})"),
                 ("subdirectory", run_path), ("glimpses", f"{cfg.n_iter} of "
                                                          f"{cfg.read_N}x{cfg.read_N}"),
-                ("LSTM dimension", cfg.enc_dim), ("learning rate", s.describe_lr()),
+                ("LSTM dimension", cfg.enc_dim),
+                ("learning rate", f"{s.describe_lr()}; read head x{s.read_lr:g}"),
                 ("batch size", s.batch_size), ("epochs", s.epochs), ("seed", s.seed),
                 ("evaluation", f"every {s.eval_every} epoch(s) on "
                                f"{s.eval_subset or 'all'} valid and test images, all after "

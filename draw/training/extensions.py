@@ -83,7 +83,8 @@ class LearningRateSchedule(SimpleExtension):
 
     A function of the step count, so a resumed run, mid-epoch too, continues the same schedule
     with nothing saved (and one resumed with another --lr continues at that rate). Each epoch's
-    log row gets the rate of its last step (`learning_rate`)."""
+    log row gets the rate of its last step (`learning_rate`). A parameter group with an
+    `lr_scale` (the classifier's read head: --read-lr) takes that multiple of the rate."""
 
     def __init__(self, optimizer, lr: float, warmup: int = 0, decay: float = 1.0,
                  batches_per_epoch: int = 1, **kwargs):
@@ -103,7 +104,7 @@ class LearningRateSchedule(SimpleExtension):
             self.main_loop.log[-1]["learning_rate"] = self.rate(i - 1)
             return
         for group in self.optimizer.param_groups:
-            group["lr"] = self.rate(i)
+            group["lr"] = self.rate(i) * group.get("lr_scale", 1.0)
 
 
 class Checkpoint(SimpleExtension):
