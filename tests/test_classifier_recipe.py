@@ -3,10 +3,14 @@
 At one rate for every brick the 8-glimpse cluttered-MNIST run's gradient explodes back through
 the glimpses (doc/classification.md); these tests keep the remedy in place: the read head's own
 parameter group, its share kept by the schedule, the setting's checks and old runs' resume.
+And the independent cluttered test set of bench/cluttered_check.py, which checks Table 1.
 """
+import importlib.util
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +83,30 @@ def test_a_run_stored_before_read_lr_resumes_at_one_rate():
     assert ClassifierSettings.resumed(stored, {}, "RUN").read_lr == 0.1
     with pytest.raises(DrawError, match="--read-lr is 0.1 there"):
         ClassifierSettings.resumed(stored, {"read_lr": 0.2}, "RUN")
+
+
+def load_cluttered_check():
+    path = Path(__file__).resolve().parents[1] / "bench" / "cluttered_check.py"
+    spec = importlib.util.spec_from_file_location("cluttered_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_independent_test_set_follows_mnist_cluttereds_protocol():
+    """bench/cluttered_check.py: one whole digit per image and 8 patches of 8 x 8, clipped.
+    With digits that are solid squares of one intensity each, the digit shows as a 28 x 28
+    block at least as bright as itself, distractors add at most 8 * 64 pixels, and nothing
+    exceeds 1."""
+    check = load_cluttered_check()
+    levels = np.array([0.25, 0.5, 0.75, 1.0], dtype=np.float32)
+    digits = np.broadcast_to(levels[:, None, None], (4, 28, 28)).copy()
+    images = check.compose_cluttered(digits, np.random.default_rng(0))
+    assert images.shape == (4, 100, 100) and images.min() >= 0 and images.max() <= 1
+    for image, level in zip(images, levels):
+        windows = np.lib.stride_tricks.sliding_window_view(image, (28, 28))
+        assert (windows.min(axis=(2, 3)) >= level).any()      # the digit, fully inside
+        assert np.count_nonzero(image) <= 28 * 28 + 8 * 64
+    again = check.compose_cluttered(digits, np.random.default_rng(0))
+    assert np.array_equal(images, again)
+    assert not np.array_equal(images, check.compose_cluttered(digits, np.random.default_rng(1)))
