@@ -11,38 +11,53 @@ killer; estimating first gives "needs about N GB, this machine has M GB" at once
 The estimates are for float32 and are meant to be right within a small factor, not exact:
 `parameter_count` is exact (tests compare it with the built model); `activation_bytes` follows
 what autograd saves for the backward pass, measured on many configurations (tests hold it within
-a factor of 1.5 of the measured bytes).
+a factor of 1.5 of the measured bytes). They cover both kinds of model, DRAW's (DrawConfig) and
+the attention classifier's (ClassifierConfig), so that train-draw.py and train-classifier.py
+check a run alike (draw/training/plan.py, `check_run_sizes`), and sample.py and evaluate.py a
+model file alike (`check_inference`).
 """
 import os
 
 import torch
 
+from draw.classifier import ClassifierConfig
 from draw.errors import DrawError
 from draw.model import DrawConfig
-from draw.training.checkpoint import draw_config, load_checkpoint
+from draw.training.checkpoint import (ClassifierFileError, classifier_config, draw_config,
+                                      load_checkpoint)
 
 GB = 1024 ** 3
+
+ModelConfig = DrawConfig | ClassifierConfig
 
 
 class ResourceError(DrawError):
     """A request that needs more memory than the machine has."""
 
 
-def parameter_count(cfg: DrawConfig) -> int:
-    """The exact number of parameters of DrawModel.from_config(cfg), computed without building it.
+def _linear(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def _lstm_cell(n_in: int, hidden: int) -> int:
+    # input and recurrent weights for the four gates, and two bias vectors (PyTorch's layout)
+    return 4 * hidden * (n_in + hidden) + 8 * hidden
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """The exact number of parameters of DrawModel.from_config(cfg), computed without building it
+    (or of AttentionClassifier.from_config(cfg) for a ClassifierConfig).
 
     Bricks (see draw/bricks.py): the attention reader's readout Linear(dec_dim, 5); the encoder
     LSTMCell(read_dim + dec_dim, enc_dim); the sampler's two Linear(enc_dim, z_dim); the decoder
     LSTMCell(z_dim, dec_dim); the writer Linear(dec_dim, x_dim), or with attention
-    Linear(dec_dim, C N^2) and Linear(dec_dim, 5).
+    Linear(dec_dim, C N^2) and Linear(dec_dim, 5). The classifier (draw/classifier.py): the
+    readout Linear(enc_dim, 5), LSTMCell(C N^2, enc_dim) and Linear(enc_dim, n_classes).
     """
-    def linear(n_in: int, n_out: int) -> int:
-        return n_in * n_out + n_out
-
-    def lstm_cell(n_in: int, hidden: int) -> int:
-        # input and recurrent weights for the four gates, and two bias vectors (PyTorch's layout)
-        return 4 * hidden * (n_in + hidden) + 8 * hidden
-
+    linear, lstm_cell = _linear, _lstm_cell
+    if isinstance(cfg, ClassifierConfig):
+        return (linear(cfg.enc_dim, 5) + lstm_cell(cfg.channels * cfg.read_N ** 2, cfg.enc_dim)
+                + linear(cfg.enc_dim, cfg.n_classes))
     C, enc, dec, z = cfg.channels, cfg.enc_dim, cfg.dec_dim, cfg.z_dim
     if cfg.read_N is None:
         read_dim, reader = 2 * cfg.x_dim, 0
@@ -56,21 +71,27 @@ def parameter_count(cfg: DrawConfig) -> int:
             + writer)
 
 
-def parameter_bytes(cfg: DrawConfig, dtype: torch.dtype = torch.float32) -> int:
+def parameter_bytes(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
     """Bytes of the model's parameters."""
     return parameter_count(cfg) * dtype.itemsize
 
 
-def step_floats(cfg: DrawConfig) -> int:
-    """Numbers one drawing step keeps per image while autograd records it.
+def step_floats(cfg: ModelConfig) -> int:
+    """Numbers one drawing step (or glimpse) keeps per image while autograd records it.
 
     A least-squares fit to the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on 24
     random configurations, rounded up: about 4 per pixel (canvas, its sigmoid, the error image,
     the loss), 7 per encoder and 11 per decoder unit (LSTM gates, cell states, the inputs of the
     matrix products), 5 per latent (mean, log sigma, noise, sample), and per attention window
     its filterbanks and the half-filtered image between the two products (eqs. 27, 29).
+    A classifier's glimpse, fitted the same way on 30: 6 per filterbank entry, 2 per entry of
+    the half-filtered image, 1 per glimpse value, 9 per LSTM unit (and the image, see
+    `activation_bytes`).
     """
     C, H, W = cfg.channels, cfg.height, cfg.width
+    if isinstance(cfg, ClassifierConfig):
+        N = cfg.read_N
+        return 6 * N * (H + W) + 2 * C * N * W + C * N * N + 9 * cfg.enc_dim
     floats = 4 * cfg.x_dim + 7 * cfg.enc_dim + 11 * cfg.dec_dim + 5 * cfg.z_dim
     if cfg.read_N is not None:
         N = cfg.read_N
@@ -81,13 +102,13 @@ def step_floats(cfg: DrawConfig) -> int:
     return floats
 
 
-def activation_bytes(cfg: DrawConfig, batch: int, grad: bool = True,
+def activation_bytes(cfg: ModelConfig, batch: int, grad: bool = True,
                      dtype: torch.dtype = torch.float32) -> int:
     """Bytes of the intermediate results of one forward pass over `batch` images.
 
     Parameters
     ----------
-    cfg : DrawConfig
+    cfg : DrawConfig or ClassifierConfig
     batch : int
         Images (or, for importance sampling, image-sample pairs) per pass.
     grad : bool
@@ -96,19 +117,41 @@ def activation_bytes(cfg: DrawConfig, batch: int, grad: bool = True,
         canvas.
     """
     steps = cfg.n_iter if grad else 1
-    return batch * (steps * step_floats(cfg) + cfg.x_dim) * dtype.itemsize
+    # the image, once; a classifier's glimpse of several channels copies it (their reshape
+    # for the filterbank products is no view)
+    images = steps if isinstance(cfg, ClassifierConfig) and cfg.channels > 1 else 1
+    return batch * (steps * step_floats(cfg) + images * cfg.x_dim) * dtype.itemsize
 
 
-def training_bytes(cfg: DrawConfig, batch: int) -> int:
+def training_bytes(cfg: ModelConfig, batch: int) -> int:
     """Bytes to train with Adam on `batch` images: the parameters four times (weights, gradients
     and Adam's two moment estimates) and the recorded forward pass."""
     return 4 * parameter_bytes(cfg) + activation_bytes(cfg, batch, grad=True)
 
 
-def model_file_config(path: str | os.PathLike) -> DrawConfig:
+def inference_bytes(cfg: ModelConfig, batch: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes to build the model and run it without autograd on `batch` images (or image-sample
+    pairs): the parameters, one step's intermediate results, and what a pass keeps of every
+    step all the same. For DRAW that is the noise u and z, its posterior's mean and log sigma,
+    (n_iter, batch, z_dim) each, and the KL terms (n_iter, batch): memory grows with n_iter
+    even without autograd. The classifier keeps nothing of a glimpse but its state."""
+    per_step = 0 if isinstance(cfg, ClassifierConfig) else 4 * cfg.z_dim + 1
+    return (parameter_bytes(cfg, dtype) + activation_bytes(cfg, batch, grad=False, dtype=dtype)
+            + batch * cfg.n_iter * per_step * dtype.itemsize)
+
+
+def model_file_config(path: str | os.PathLike, classifier: bool = False) -> ModelConfig:
     """The config of a model file, read without building the model, so that its sizes can be
-    checked first (a file can claim sizes no machine holds). CheckpointError as load_model."""
-    return draw_config(load_checkpoint(path), path)
+    checked first (a file can claim sizes no machine holds). A classifier's file gives its
+    ClassifierConfig where `classifier` allows one, else ClassifierFileError; CheckpointError
+    as load_model."""
+    ckpt = load_checkpoint(path)
+    try:
+        return draw_config(ckpt, path)
+    except ClassifierFileError:
+        if not classifier:
+            raise
+    return classifier_config(ckpt, path)
 
 
 def available_memory(device: torch.device | str | None = None) -> int:
@@ -149,3 +192,12 @@ def check_memory(needed: int, what: str, device: torch.device | str | None = Non
         where = "this machine" if device is None or torch.device(device).type == "cpu" else str(device)
         raise ResourceError(f"{what} needs about {format_gb(needed)} of memory, {where} has "
                             f"{format_gb(have)} available")
+
+
+def check_inference(cfg: ModelConfig, batch: int, what: str,
+                    device: torch.device | str | None = None, extra: int = 0) -> None:
+    """The one check of a model file's config before its model is built to be run without
+    autograd, DRAW's or a classifier's alike (sample.py, evaluate.py): the model and a pass over
+    `batch` images, and `extra` bytes the caller keeps besides (samples, pictures), must fit
+    `device`'s memory. ResourceError, one line, naming `what` ("evaluating FILE ...")."""
+    check_memory(inference_bytes(cfg, batch) + extra, what, device)

@@ -7,6 +7,7 @@ LSTM and z sizes, --oldmodel). A classifier's settings subclass `RunSettings` th
 get the parser, config files, resume rules and checks for free.
 """
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ class RunSettings(Settings):
         for name in ("epochs", "batch_size", "subset", "eval_every", "threads"):
             self.require(name, getattr(self, name) is None or getattr(self, name) >= 1,
                          "a positive integer")
+        # more threads than CPUs only wait for each other, and each takes memory of its own:
+        # --threads 10000 ended in a MemoryError after the run directory had been made
+        cpus = os.cpu_count()
+        self.require("threads", self.threads is None or cpus is None or self.threads <= cpus,
+                     f"at most {cpus}, the CPUs of this machine")
         for name in ("learning_rate", "grad_clip"):
             value = getattr(self, name)
             self.require(name, math.isfinite(value) and value > 0, "a positive number")

@@ -13,12 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import draw.resources
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.datasets import get_data
 from draw.datasets.converted import save_converted
 from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path
 from draw.errors import DrawError
+from draw.resources import GB, ResourceError
 from draw.training.checkpoint import CheckpointError, load_log, load_model
 from draw.training.classify import (ClassifierSettings, ClassifyTask, classifier_test_error,
                                     load_classifier)
@@ -149,6 +151,14 @@ def test_settings_check_every_run_setting_for_a_labelled_dataset():
     (["--attention", "101"], "read_N=101 is larger than the 100x100 image"),
     (["--niter", "0"], "--niter must be a positive integer"),
     (["--config", "missing.toml"], "missing.toml"),
+    # sizes are checked as train-draw.py's (draw/training/plan.py, check_run_sizes): before
+    # this, the run directory was made and the first evaluation never ended
+    (["--niter", "1000000000"], "glimpses.png of 1,000,000,000 glimpses (--niter), one "
+                                "column each, would be 100,999,999,999x807 pixels"),
+    (["--enc-dim", "100000000"], "training this model (T=8, read 12x12, LSTM 100000000) on "
+                                 "batches of 100 needs about"),
+    (["--bs", "1000"], "--bs 1000 is larger than the training set (120 images)"),
+    (["--threads", "10000"], "--threads must be at most"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(data_dir, tmp_path, flags, message):
     out = subprocess.run([sys.executable, str(ROOT / "train-classifier.py"), *flags,
@@ -158,3 +168,44 @@ def test_bad_input_is_one_line_and_writes_nothing(data_dir, tmp_path, flags, mes
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     assert message in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_memory_counts_every_glimpse_and_the_picture(data_dir, tmp_path, monkeypatch):
+    """600 glimpses fit glimpses.png; training them and drawing it do not fit 1 GB."""
+    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: GB)
+    with pytest.raises(ResourceError, match=r"training this model \(T=600, read 4x4, LSTM 8\) "
+                                            r"on batches of 40 needs about 1\.\d GB"):
+        main(**{**TINY, "n_iter": 600}, data_dir=data_dir, run_dir=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_killed_before_its_config_is_refused_with_its_command(data_dir, tmp_path):
+    killed = tmp_path / "cluttered-mnist-20250101-000000"
+    killed.mkdir()
+    (killed / "args.txt").write_text("python train-classifier.py --niter 4\n")
+    (killed / ".config.json.abcdef.tmp").write_bytes(b"{")
+    with pytest.raises(DrawError, match=r"never trained .*; start it again with: python "
+                                        r"train-classifier.py --niter 4$"):
+        main(resume=str(killed), data_dir=data_dir)
+    assert sorted(p.name for p in killed.iterdir()) == [".config.json.abcdef.tmp", "args.txt"]
+
+
+def test_evaluate_checks_a_classifier_file_as_a_draw_one(tmp_path):
+    """A crafted file asking for 10^9 glimpses (which never end) or a 10^8-unit LSTM (which
+    no memory holds) is one line from evaluate.py, before the model is built."""
+    cfg = ClassifierConfig(n_iter=2, enc_dim=8, read_N=4)
+    ckpt = {"format": "draw-model", "version": 1, "config": cfg.to_dict(), "epoch": 1,
+            "iteration": 1, "model": AttentionClassifier.from_config(cfg).state_dict(),
+            "run": {"dataset": "cluttered-mnist"}}
+    for key, value, message in (("n_iter", 10 ** 9, "has 1,000,000,000 glimpses, more than "
+                                                     "train-classifier.py trains"),
+                                ("enc_dim", 10 ** 8, "(500 images at once) needs about")):
+        path = tmp_path / f"{key}_model.pkl"
+        torch.save({**ckpt, "config": {**ckpt["config"], key: value}}, path)
+        out = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), str(path)],
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 1
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+        assert message in out.stderr and not out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc_dim_model.pkl",
+                                                           "n_iter_model.pkl"]

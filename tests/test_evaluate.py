@@ -106,6 +106,9 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
     huge = trained.parent / "huge_model.pkl"
     ckpt = torch.load(trained, weights_only=True)
     torch.save({**ckpt, "config": {**ckpt["config"], "enc_dim": 100_000_000}}, huge)
+    # its noise and KL terms of every step, kept without autograd too, are what cannot fit
+    deep = trained.parent / "deep_model.pkl"
+    torch.save({**ckpt, "config": {**ckpt["config"], "n_iter": 1_000_000_000}}, deep)
     for args, code, expected in (([str(trained) + ".missing"], 1, "cannot read"),
                                  ([trained, "--samples", 0], 2, "--samples"),
                                  ([trained, "-k", -1], 2, "--samples"),
@@ -115,6 +118,7 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
                                  ([trained, "--device", "abc"], 1, "--device"),
                                  ([trained, "--samples", "many"], 2, "--samples"),
                                  ([huge], 1, "needs about"),
+                                 ([deep, "--subset", 2], 1, "needs about"),
                                  ([trained, "-k", 10 ** 8, "--subset", 2], 1,
                                   "(100,000,000 images or samples at once) needs about")):
         assert evaluate_py(*args, monkeypatch=monkeypatch) == code

@@ -1,13 +1,16 @@
 """Memory estimates (draw/resources.py) against the built model and what autograd really keeps."""
+import dataclasses
 import random
 
 import pytest
 import torch
 
 import draw.resources
+from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.resources import (GB, ResourceError, activation_bytes, available_memory, check_memory,
-                            format_gb, parameter_bytes, parameter_count, training_bytes)
+                            format_gb, inference_bytes, parameter_bytes, parameter_count,
+                            training_bytes)
 
 
 def random_configs(n: int, seed: int) -> list[DrawConfig]:
@@ -22,11 +25,30 @@ def random_configs(n: int, seed: int) -> list[DrawConfig]:
     return configs
 
 
+def random_classifier_configs(n: int, seed: int) -> list[ClassifierConfig]:
+    rng = random.Random(seed)
+    configs = []
+    for _ in range(n):
+        H, W = rng.choice([12, 28, 60, 100]), rng.choice([12, 28, 60, 100])
+        configs.append(ClassifierConfig(channels=rng.choice([1, 3]), height=H, width=W,
+                                        n_iter=rng.choice([1, 3, 8]),
+                                        enc_dim=rng.choice([8, 64, 256]),
+                                        read_N=min(rng.choice([2, 5, 12]), H, W),
+                                        n_classes=rng.choice([2, 10])))
+    return configs
+
+
+def build(cfg):
+    kind = AttentionClassifier if isinstance(cfg, ClassifierConfig) else DrawModel
+    return kind.from_config(cfg)
+
+
 @pytest.mark.parametrize("cfg", random_configs(12, seed=1) + [
     DrawConfig(n_iter=64, read_N=2, write_N=5),            # the paper's bmnist model: 961,515
-    DrawConfig(channels=3, height=32, width=32, enc_dim=512, dec_dim=512)])
+    DrawConfig(channels=3, height=32, width=32, enc_dim=512, dec_dim=512),
+    ClassifierConfig()] + random_classifier_configs(6, seed=1))
 def test_parameter_count_is_exact(cfg):
-    model = DrawModel.from_config(cfg)
+    model = build(cfg)
     assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())
     assert parameter_bytes(cfg) == 4 * parameter_count(cfg)
     assert parameter_bytes(cfg, torch.float64) == 8 * parameter_count(cfg)
@@ -36,9 +58,10 @@ def test_the_paper_model_has_the_known_count():
     assert parameter_count(DrawConfig(n_iter=64, read_N=2, write_N=5)) == 961_515
 
 
-def saved_bytes(cfg: DrawConfig, batch: int) -> int:
-    """Bytes of the distinct tensors autograd saves for the backward pass of one bound."""
-    model = DrawModel.from_config(cfg)
+def saved_bytes(cfg: DrawConfig | ClassifierConfig, batch: int) -> int:
+    """Bytes of the distinct tensors autograd saves for the backward pass of one bound (or of
+    one classifier's cross-entropy)."""
+    model = build(cfg)
     storages = {}
 
     def pack(t):
@@ -47,12 +70,15 @@ def saved_bytes(cfg: DrawConfig, batch: int) -> int:
 
     x = torch.rand(batch, cfg.x_dim, generator=torch.Generator().manual_seed(0))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        c, kl = model(x)
-        nll_bound(x, c, kl).mean()
+        if isinstance(cfg, ClassifierConfig):
+            classification_loss(model(x), torch.zeros(batch, dtype=torch.long)).mean()
+        else:
+            c, kl = model(x)
+            nll_bound(x, c, kl).mean()
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("cfg", random_configs(8, seed=2))
+@pytest.mark.parametrize("cfg", random_configs(8, seed=2) + random_classifier_configs(8, seed=2))
 def test_activation_estimate_within_a_factor_of_what_autograd_saves(cfg):
     # the batch-dependent part: the parameters (saved by the matrix products) cancel out
     measured = saved_bytes(cfg, 16) - saved_bytes(cfg, 8)
@@ -60,9 +86,24 @@ def test_activation_estimate_within_a_factor_of_what_autograd_saves(cfg):
     assert 0.75 * measured <= estimate <= 1.5 * measured, (estimate, measured)
     # without autograd one step is alive at a time: T times less, whatever T is
     per_step = activation_bytes(cfg, 8, grad=False)
-    assert activation_bytes(cfg.__class__(**{**cfg.to_dict(), "n_iter": 7}), 8, grad=False) \
-        == per_step
+    assert activation_bytes(dataclasses.replace(cfg, n_iter=7), 8, grad=False) == per_step
     assert training_bytes(cfg, 8) == 4 * parameter_bytes(cfg) + activation_bytes(cfg, 8)
+
+
+def test_inference_keeps_every_step_of_draw_and_none_of_the_classifier():
+    """Without autograd DRAW still keeps its noise, posterior and KL terms of every step
+    (a model file claiming n_iter 10^9 is refused by its memory); the classifier keeps
+    nothing of a glimpse but its state."""
+    cfg = DrawConfig(n_iter=10, z_dim=20)
+    longer = DrawConfig(n_iter=20, z_dim=20)
+    assert inference_bytes(longer, 50) - inference_bytes(cfg, 50) == 50 * 10 * (4 * 20 + 1) * 4
+    assert inference_bytes(cfg, 50) == (parameter_bytes(cfg) + activation_bytes(cfg, 50, False)
+                                        + 50 * 10 * 81 * 4)
+    assert inference_bytes(DrawConfig(n_iter=10 ** 9), 1) > 10 ** 12
+    classifier = ClassifierConfig(n_iter=8)
+    assert inference_bytes(ClassifierConfig(n_iter=10 ** 9), 500) == \
+        inference_bytes(classifier, 500) == \
+        parameter_bytes(classifier) + activation_bytes(classifier, 500, grad=False)
 
 
 def test_available_memory_reads_meminfo_and_falls_back_to_physical_pages(monkeypatch, tmp_path):

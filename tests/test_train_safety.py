@@ -4,6 +4,7 @@ cost under the user's control; sizes that cannot fit refused before anything is 
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import draw.resources
 import draw.training.checkpoint
 import draw.training.extensions
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
+from draw.resources import GB
 from draw.training.checkpoint import load_checkpoint, load_log, load_model
 from draw.training.evaluate import bound_statistics
 from draw.training.lock import LOCK_NAME, RunLock, RunLockedError, check_unlocked
@@ -159,10 +162,43 @@ def test_evaluation_on_a_subset_every_n_epochs_and_the_whole_splits_at_the_end(t
     ({"enc_dim": 100_000_000}, "needs about"),
     ({"batch_size": 1_000_000_000}, "--bs 1000000000 is larger than the training set (100 "
                                     "images with --subset)"),
+    # sequence.gif keeps a frame of 100 samples per glimpse: 20,000 of them, not the model,
+    # are what cannot fit (as sample.py counts them)
+    ({"n_iter": 20_000, "batch_size": 1}, "needs about"),
+    ({"threads": 10_000}, f"--threads must be at most {os.cpu_count()}, the CPUs of this "
+                          f"machine, got 10000"),
 ])
-def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, flags,
-                                                                      expected):
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, monkeypatch,
+                                                                      flags, expected):
+    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 16 * GB)
     with pytest.raises(DrawError) as info:
         main(**{**TINY, **flags}, run_dir=str(tmp_path))
     assert expected in str(info.value) and "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_run_killed_before_its_config_is_refused_with_the_command_that_starts_it(tmp_path):
+    """Killed while its config.json was being written, a run holds its args.txt, its (stale)
+    lock and the temporary file, and nothing to continue from: --resume says so in one line,
+    with the command line that starts it again, and changes nothing; a run starting in it
+    right now is in use instead."""
+    killed = tmp_path / "sample-20250101-000000"
+    killed.mkdir()
+    command = "python train-draw.py --dataset sample --niter 2 --epochs 3"
+    (killed / "args.txt").write_text(command + "\n")
+    (killed / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 1,
+                                                "started": "0"}))
+    (killed / ".config.json.abcdef.tmp").write_bytes(b'{"name": ')
+    before = snapshot(tmp_path)
+    with pytest.raises(DrawError) as info:
+        main(resume=str(killed))
+    assert str(info.value) == (f"--resume {killed}: the run was stopped before it saved its "
+                               f"settings and never trained ({killed} can be deleted); start "
+                               f"it again with: {command}")
+    assert snapshot(tmp_path) == before
+    lock = RunLock(killed).acquire()           # a live process: in use, not never trained
+    try:
+        with pytest.raises(RunLockedError):
+            main(resume=str(killed))
+    finally:
+        lock.release()

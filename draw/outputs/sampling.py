@@ -19,7 +19,7 @@ from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import (BAR_DELAY, check_picture_size, grid_shape, grid_size,
                                    image_grid, sampling_frames, save_gif, save_png,
                                    sequence_strip)
-from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
+from draw.resources import check_inference, model_file_config
 from draw.training.checkpoint import load_model, resolve_device
 
 # samples drawn at once: large enough for efficient matrix products, small enough that the
@@ -57,16 +57,16 @@ def check_image_shape(cfg: DrawConfig, path: str | os.PathLike, channels: int | 
 
 
 def sampling_bytes(cfg: DrawConfig, n: int, scale: int = 1) -> int:
-    """Estimated bytes to sample n images and build their pictures (`write_samples`).
+    """Estimated bytes that n samples and their pictures keep (`write_samples`), besides the
+    model and its pass over CHUNK samples at a time (draw.resources.inference_bytes).
 
     The prior noise (T, n, z_dim) and the canvases of every step (T, n, x_dim) are kept whole,
     float32; each frame is drawn from them `scale` times enlarged (float32, then 8-bit RGB kept
-    for the GIF), and the model works on CHUNK samples at a time.
+    for the GIF).
     """
     T, x_dim = cfg.n_iter, cfg.x_dim
     frame = n * x_dim * scale * scale                  # enlarged pixels of one step's grid
-    return (4 * T * n * (cfg.z_dim + x_dim) + 4 * (1 + scale) * frame + 3 * T * frame
-            + activation_bytes(cfg, min(n, CHUNK), grad=False))
+    return 4 * T * n * (cfg.z_dim + x_dim) + 4 * (1 + scale) * frame + 3 * T * frame
 
 
 def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tensor:
@@ -194,8 +194,9 @@ def check_request(cfg: DrawConfig, rows: int, cols: int, n: int, boxes: bool = F
     if boxes and cfg.write_N is None:
         raise SamplingError("--boxes needs a model with write attention; this one writes the "
                             "whole canvas (no --attention at training time)")
-    check_memory(parameter_bytes(cfg) + sampling_bytes(cfg, n, scale),
-                 f"sampling {n:,} image{'s' * (n != 1)} of {cfg.n_iter} steps at --scale {scale}", device)
+    check_inference(cfg, min(n, CHUNK), f"sampling {n:,} image{'s' * (n != 1)} of "
+                    f"{cfg.n_iter} steps at --scale {scale}", device,
+                    extra=sampling_bytes(cfg, n, scale))
     check_picture_size(*grid_size(rows, cols, scale * cfg.height, scale * cfg.width),
                        f"a {rows}x{cols} grid of {scale * cfg.height}x{scale * cfg.width} images "
                        f"(--n-samples, --grid, --scale)")

@@ -25,7 +25,7 @@ import torch
 
 from draw.atomic import atomic_write_bytes
 from draw.errors import DrawError
-from draw.classifier import MODEL_KIND as CLASSIFIER
+from draw.classifier import MODEL_KIND as CLASSIFIER, ClassifierConfig
 from draw.model import DrawConfig, DrawModel
 
 MODEL_FORMAT = "draw-model"
@@ -146,6 +146,19 @@ def draw_config(ckpt: dict, path: str | os.PathLike) -> DrawConfig:
         return DrawConfig.from_dict(config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{os.fspath(path)} has an invalid config: {_first_line(e)}") from e
+
+
+def classifier_config(ckpt: dict, path: str | os.PathLike) -> ClassifierConfig:
+    """The ClassifierConfig a loaded classifier's model file holds; CheckpointError, one line,
+    for any other file, a DRAW model's included."""
+    if ckpt["config"].get("model") != CLASSIFIER:
+        raise CheckpointError(f"{os.fspath(path)} is a DRAW model file, not a classifier's "
+                              f"(train-classifier.py writes those)")
+    try:
+        return ClassifierConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{os.fspath(path)} has an invalid classifier config: "
+                              f"{_first_line(e)}") from e
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, dict]:

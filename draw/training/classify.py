@@ -18,15 +18,16 @@ from draw.classifier import AttentionClassifier, ClassifierConfig, classificatio
 from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
 from draw.outputs.glimpses import glimpse_grid
-from draw.outputs.plotting import save_png
+from draw.outputs.plotting import check_picture_size, grid_size, save_png
 from draw.settings import RunSettings
 from draw.settingsbase import setting
-from draw.training.checkpoint import CheckpointError, load_checkpoint
+from draw.training.checkpoint import CheckpointError, classifier_config, load_checkpoint
 from draw.training.distributed import Distributed, wrap_model
 from draw.training.extensions import Printing, SimpleExtension
 from draw.training.main_loop import adam
 
 N_GLIMPSE_IMAGES = 8     # test images in the Figure 4 picture, one row each
+TEST_BATCH = 500         # images per pass of classifier_test_error
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,17 @@ class GlimpseCheckpoint(SimpleExtension):
         super().__init__(**kwargs)
         self.run_dir, self.images, self.shape = Path(run_dir), images, tuple(shape)
 
+    @staticmethod
+    def needs(cfg: ClassifierConfig, what: str) -> int:
+        """The bytes of drawing the picture of a classifier of `cfg`, checked before anything
+        is written; PictureSizeError (one line, starting with `what`) where no file can hold
+        it, T glimpses side by side: a classifier train-classifier.py cannot train. Per pixel:
+        the cells as float32, the float grid, its clipped copy, and the RGB copies the boxes
+        are drawn on (draw/outputs/glimpses.py)."""
+        width, height = grid_size(N_GLIMPSE_IMAGES, cfg.n_iter, cfg.height, cfg.width)
+        check_picture_size(width, height, what)
+        return (14 * cfg.channels + 9) * width * height
+
     def do(self, which_callback: str, *args) -> None:
         model = self.main_loop.model
         was_training = model.training
@@ -180,14 +192,7 @@ def load_classifier(path, map_location="cpu") -> tuple[AttentionClassifier, dict
     Raises CheckpointError, one line, for anything else, a DRAW model file included.
     """
     ckpt = load_checkpoint(path, map_location)
-    if ckpt["config"].get("model") != ClassifierConfig().to_dict()["model"]:
-        raise CheckpointError(f"{path} is a DRAW model file, not a classifier's "
-                              f"(train-classifier.py writes those)")
-    try:
-        cfg = ClassifierConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} has an invalid classifier config: {e}") from e
-    model = AttentionClassifier.from_config(cfg)
+    model = AttentionClassifier.from_config(classifier_config(ckpt, path))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -196,7 +201,7 @@ def load_classifier(path, map_location="cpu") -> tuple[AttentionClassifier, dict
     return model.to(map_location), ckpt
 
 
-def classifier_test_error(path, data_dir: str | None = None, batch_size: int = 500,
+def classifier_test_error(path, data_dir: str | None = None, batch_size: int = TEST_BATCH,
                device: str | torch.device = "cpu") -> float:
     """The test error, in percent, of the classifier saved in `path`, on the test split of the
     dataset it was trained on (for cluttered-mnist the fixed 10,000 test images).

@@ -47,7 +47,7 @@ from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSched
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop, load_adam_state
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring
-from draw.training.plan import TRAINING_STATE, lr_tag
+from draw.training.plan import TRAINING_STATE, check_run_sizes, lr_tag
 from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
                                   nothing_to_do, read_text, stored_in_config, write_text)
 from draw.training.tensorboard import TensorBoard
@@ -114,9 +114,6 @@ def _load_data(s: ClassifierSettings, d: Distributed, device: torch.device) -> L
         return split.subset(order[:n])
 
     data.train = pick(data.train, s.subset)
-    if s.batch_size > len(data.train):
-        raise DrawError(f"--bs {s.batch_size} is larger than the training set "
-                        f"({len(data.train)} images{' with --subset' if s.subset else ''})")
     data.valid_subset = pick(data.valid, s.eval_subset or None)
     data.test_subset = pick(data.test, s.eval_subset or None)
     return data
@@ -176,6 +173,11 @@ def main(**flags) -> None:
         finished = False
         try:
             data = _load_data(s, dist, device)
+            # as train-draw.py's, with the picture this run draws every epoch
+            check_run_sizes(checked.cfg, s, len(data.train), dist, device,
+                            pictures=GlimpseCheckpoint.needs(
+                                checked.cfg, f"glimpses.png of {s.n_iter:,} glimpses (--niter), "
+                                             f"one column each,"))
             run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
             _run(checked, dist, device, data, run_path)
             finished = True

@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from draw.classifier import ClassifierConfig
 from draw.datasets import batches, get_data, supported_datasets
 from draw.errors import DrawError
 from draw.model import DrawModel, nll_bound
-from draw.resources import activation_bytes, check_memory, model_file_config, parameter_bytes
-from draw.training.checkpoint import ClassifierFileError, load_model, resolve_device
+from draw.resources import check_inference, model_file_config
+from draw.training.checkpoint import load_model, resolve_device
 from draw.training.distributed import Distributed
 
 # K: the bound of eq. 12, the number the paper reports, does not depend on it; K = 10 gives about
@@ -147,12 +148,19 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {s} s" if minutes else f"{s} s"
 
 
-def classifier_main(model_file: str, data_dir: str | None, device: torch.device) -> dict:
+def classifier_main(model_file: str, cfg: ClassifierConfig, data_dir: str | None,
+                    device: torch.device) -> dict:
     """evaluate.py on a classifier's model file (train-classifier.py): its error on the whole
-    test split, in percent (--split, --subset and --samples are DRAW's and not used)."""
+    test split, in percent (--split, --subset and --samples are DRAW's and not used). Its
+    config is checked first, as a DRAW model's: its glimpses as train-classifier.py checks
+    them, then the memory of its passes over TEST_BATCH images."""
     # imported here, not above: draw.training.classify imports the extensions, which import
     # this module
-    from draw.training.classify import classifier_test_error
+    from draw.training.classify import TEST_BATCH, GlimpseCheckpoint, classifier_test_error
+    GlimpseCheckpoint.needs(cfg, f"{model_file} has {cfg.n_iter:,} glimpses, more than "
+                                 f"train-classifier.py trains: their glimpses.png")
+    check_inference(cfg, TEST_BATCH, f"evaluating {model_file} ({TEST_BATCH} "
+                                           f"images at once)", device)
     error = classifier_test_error(model_file, data_dir=data_dir, device=device)
     print(f"{model_file}: a classifier")
     print(f"  {'test error:':<36}{error:9.2f} %")
@@ -179,11 +187,11 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
     if split not in ("train", "valid", "test"):
         raise DrawError(f"--split must be train, valid or test, got {split!r}")
     dev = resolve_device(device)
-    try:
-        cfg = model_file_config(model_file)
-    except ClassifierFileError:
-        return classifier_main(model_file, data_dir, dev)
-    check_memory(parameter_bytes(cfg), f"the model of {model_file}", dev)
+    cfg = model_file_config(model_file, classifier=True)
+    if isinstance(cfg, ClassifierConfig):
+        return classifier_main(model_file, cfg, data_dir, dev)
+    # the model alone first, before it is built; the passes once the data say how many images
+    check_inference(cfg, 1, f"the model of {model_file}", dev)
     net, ckpt = load_model(model_file, map_location=dev)
     run = ckpt.get("run") or {}
     dataset = dataset or run.get("dataset")
@@ -204,8 +212,8 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
     # the largest pass: a batch of the bound, or the (image, sample) rows importance sampling
     # takes at once (one image's K rows when K alone exceeds MAX_ROWS)
     rows = max(min(batch_size, N), min(max(MAX_ROWS, samples), N * samples))
-    check_memory(parameter_bytes(cfg) + activation_bytes(cfg, rows, grad=False),
-                 f"evaluating {model_file} ({rows:,} images or samples at once)", dev)
+    check_inference(cfg, rows, f"evaluating {model_file} ({rows:,} images or samples at once)",
+                    dev)
 
     def stream():
         return batches(images, batch_size, device=dev)

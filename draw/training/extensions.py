@@ -15,7 +15,7 @@ from draw.errors import DrawError
 from draw.training.extension import SimpleExtension
 from draw.training.checkpoint import rng_state, save_checkpoint, save_log, save_log_csv
 from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
-from draw.outputs.sampling import prior_noise
+from draw.outputs.sampling import prior_noise, sampling_bytes
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
 
 
@@ -171,6 +171,17 @@ class SampleCheckpoint(SimpleExtension):
         self.rows = math.isqrt(n)
         self.cols = math.ceil(n / self.rows)
 
+    @staticmethod
+    def scale(shape: tuple[int, int, int]) -> int:
+        """How much sequence.gif enlarges small images: room for the boxes between pixels."""
+        return 2 if max(shape[1:]) <= 32 else 1
+
+    @classmethod
+    def needs(cls, cfg, n: int) -> int:
+        """The bytes of drawing n samples and their pictures (sample.py's estimate), for a run's
+        check of its sizes before anything is written (draw/training/plan.py)."""
+        return sampling_bytes(cfg, n, cls.scale((cfg.channels, cfg.height, cfg.width)))
+
     def do(self, which_callback: str, *args) -> None:
         epoch = self.main_loop.status["epoch"]
         if which_callback == "before_training":
@@ -207,7 +218,7 @@ class SampleCheckpoint(SimpleExtension):
             with Image.open(path) as image:
                 frames.append(image.convert(grid.mode))
         save_gif(frames, self.run_dir / "training.gif", duration_ms=200)
-        scale = 2 if max(self.shape[1:]) <= 32 else 1     # room for the boxes between pixels
+        scale = self.scale(self.shape)
         steps = sampling_frames(canvases, self.shape, self.rows, self.cols, attention=attention,
                                 N=cfg.write_N, scale=scale)
         save_gif(steps, self.run_dir / "sequence.gif")

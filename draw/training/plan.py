@@ -3,9 +3,12 @@ its data, its memory and whether it compiles (run.py then builds and trains it).
 
 `check(flags)` builds the settings (draw/settings.py: defaults, a config file, the flags, or a
 resumed run's own settings) and reads the model files (`--oldmodel`, `--resume`), raising a
-one-line DrawError for anything wrong; `make_plan` adds the device's data, the memory check,
-the run directory's name and the compile choice (draw/speed.py). Nothing touches the disk
-until both have passed, so a bad command line leaves no trace.
+one-line DrawError for anything wrong; `make_plan` adds the device's data, the check of the
+run's sizes, the run directory's name and the compile choice (draw/speed.py). Nothing touches
+the disk until both have passed, so a bad command line leaves no trace.
+
+`check_run_sizes` is that check for every training script: train-classifier.py calls it too
+(draw/training/classify_run.py), so that a size one accepts the other does not refuse.
 """
 import functools
 import math
@@ -18,17 +21,19 @@ from draw.datasets import get_data
 from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
-from draw.resources import check_memory, training_bytes
-from draw.settings import DrawSettings
+from draw.resources import ModelConfig, check_memory, training_bytes
+from draw.settings import DrawSettings, RunSettings
 from draw.speed import compile_choice
 from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
                                       resolve_device)
 from draw.training.distributed import Distributed, first_on_each_machine
+from draw.training.extensions import SampleCheckpoint
 from draw.training.lock import check_unlocked
 from draw.training.rundir import find_checkpoint, new_run_path, stored_in_config
 
 # what a checkpoint needs besides its settings to be resumed
 TRAINING_STATE = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
+N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
 
 
 def lr_tag(value: float) -> str:
@@ -152,35 +157,43 @@ def load_splits(s: DrawSettings, d: Distributed,
     Under torchrun the first process of each machine loads first, since it may download and
     convert; the others then read its files.
     """
-    data = first_on_each_machine(d, lambda: get_data(s.dataset, root=s.data_dir), device,
-                                 what=f"loading {s.dataset}")
+    data = first_on_each_machine(d, lambda: get_data(s.dataset, root=s.data_dir, seed=s.seed),
+                                 device, what=f"loading {s.dataset}")
     # on the device once, rather than copied there at every pass; valid and test stay whole,
     # and their --eval-subset is a view into them
     splits = {"train": subset(data.train, s.subset, s.seed).to(device),
               "valid": data.valid.to(device), "test": data.test.to(device)}
     for key in ("valid", "test"):
         splits[f"{key}_subset"] = subset(splits[key], s.eval_subset or None, s.seed)
-    n_train = splits["train"].shape[0]
-    if s.batch_size > n_train:
-        raise DrawError(f"--bs {s.batch_size} is larger than the training set ({n_train} "
-                        f"images{' with --subset' if s.subset else ''})")
     return splits, data.binary
 
 
-def check_training_memory(cfg: DrawConfig, s: DrawSettings, d: Distributed,
-                          device: torch.device) -> None:
-    """One line, before the model is built, if training cannot fit in memory."""
+def check_run_sizes(cfg: ModelConfig, s: RunSettings, n_train: int, d: Distributed,
+                    device: torch.device, pictures: int = 0) -> None:
+    """The one check of a training run's sizes, DRAW's and the classifier's alike, once its
+    data are loaded and before anything is written: the batch against the `n_train` training
+    images, and training (draw/resources.py: the model, Adam, the pass autograd records over
+    this process's share of a batch) with the `pictures` bytes its extensions draw every epoch
+    against the device's memory. Raises DrawError, one line."""
+    if s.batch_size > n_train:
+        raise DrawError(f"--bs {s.batch_size} is larger than the training set ({n_train} "
+                        f"images{' with --subset' if s.subset else ''})")
     per_process = -(-s.batch_size // d.world_size)
-    check_memory(training_bytes(cfg, per_process),
-                 f"training this model (T={cfg.n_iter}, enc {cfg.enc_dim}, dec {cfg.dec_dim}, "
-                 f"z {cfg.z_dim}) on batches of {per_process}", device)
+    if isinstance(cfg, DrawConfig):
+        sizes = f"enc {cfg.enc_dim}, dec {cfg.dec_dim}, z {cfg.z_dim}"
+    else:
+        sizes = f"read {cfg.read_N}x{cfg.read_N}, LSTM {cfg.enc_dim}"
+    check_memory(training_bytes(cfg, per_process) + pictures,
+                 f"training this model (T={cfg.n_iter}, {sizes}) on batches of {per_process}",
+                 device)
 
 
 def make_plan(checked: Checked, dist: Distributed, device: torch.device) -> Plan:
-    """The data on the device, the memory checked and the run directory named (not made);
-    under torchrun every process makes its own."""
+    """The data on the device, the run's sizes checked and the run directory named (not
+    made); under torchrun every process makes its own."""
     s = checked.settings
     splits, binary = load_splits(s, dist, device)
-    check_training_memory(checked.cfg, s, dist, device)
+    check_run_sizes(checked.cfg, s, splits["train"].shape[0], dist, device,
+                    pictures=SampleCheckpoint.needs(checked.cfg, N_SAMPLES))
     run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
     return Plan(checked, dist, device, splits, binary, run_path)

@@ -52,12 +52,10 @@ from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAf
                                       SampleCheckpoint, Timing, TrainingDataMonitoring)
 from draw.training.lock import RunLock
 from draw.training.main_loop import MainLoop, adam, load_adam_state
-from draw.training.plan import Plan, check, long_name, make_plan
+from draw.training.plan import N_SAMPLES, Plan, check, long_name, make_plan
 from draw.training.rundir import experiment_name, make_run_dir, nothing_to_do, read_text, write_text
 from draw.training.tensorboard import TensorBoard
 from draw.training.task import DrawTask
-
-N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
 
 
 def _header(longname: str, plan: Plan, n_params: int, resumed_at: str | None) -> str:
@@ -145,10 +143,12 @@ def _build_loop(plan: Plan) -> MainLoop:
         if s.live_plotting:
             extensions.append(Plot(run_path, port=s.plot_port))
     train = plan.splits["train"]
-    # every rank draws the same global batches from the same generator (main_loop.py)
-    return MainLoop(task, optimizer,
-                    lambda: batches(train, bs, generator=generator, device=plan.device),
-                    generator, extensions, grad_clip=s.grad_clip)
+    loop = MainLoop(task, optimizer, None, generator, extensions, grad_clip=s.grad_clip)
+    # every rank draws the same global batches from the same generator (main_loop.py); the
+    # images of epoch e are epoch e's (svhn-multi's random patches, draw/datasets/crops.py)
+    loop.epoch_batches = lambda: batches(train, bs, generator=generator,
+                                         epoch=loop.status["epoch"], device=plan.device)
+    return loop
 
 
 def main(**flags) -> None:

@@ -11,11 +11,15 @@ from pathlib import Path
 
 from draw.atomic import atomic_write_bytes
 from draw.errors import DrawError
+from draw.training.lock import LOCK_NAME, check_unlocked
 
 
 def find_checkpoint(resume: str, flag: str = "--resume") -> tuple[Path, Path | None]:
     """The run directory and its model file; None for a run killed before its first one,
-    which its config.json lets restart. `flag` names the argument in errors."""
+    which its config.json lets restart. `flag` names the argument in errors.
+
+    A run killed before even its config.json was complete (in its first seconds) holds nothing
+    to continue: the error says so, with the command line its args.txt recorded."""
     path = Path(resume)
     if path.is_file():
         return path.parent, path
@@ -23,11 +27,28 @@ def find_checkpoint(resume: str, flag: str = "--resume") -> tuple[Path, Path | N
         found = sorted(path.glob("*_model.pkl"))
         if not found and (path / "config.json").is_file():
             return path, None
+        if not found and any((path / name).exists() for name in ("args.txt", LOCK_NAME)):
+            check_unlocked(path)                    # starting this instant, not killed
+            raise DrawError(f"{flag} {resume}: the run was stopped before it saved its "
+                            f"settings and never trained ({resume} can be deleted); "
+                            f"{_command(path)}")
         if len(found) != 1:
             raise DrawError(f"{flag} {resume}: expected one *_model.pkl file there, "
                             f"found {len(found)}")
         return path, found[0]
     raise DrawError(f"{flag} {resume}: no such run directory or model file")
+
+
+def _command(run_path: Path) -> str:
+    """How to start a run again: the last command line its args.txt holds."""
+    try:
+        lines = (run_path / "args.txt").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    commands = [line for line in lines if line.strip() and not line.startswith("#")]
+    if not commands:
+        return "start it again with the same flags"
+    return f"start it again with: {commands[-1]}"
 
 
 def stored_in_config(run_path: Path) -> dict:
