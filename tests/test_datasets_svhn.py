@@ -20,6 +20,7 @@ from draw.datasets import DatasetError, convert, get_data
 from draw.datasets import svhn
 from draw.datasets.files import FileSpec
 from draw.datasets.registry import REGISTRY
+from draw.datasets.store import converted_path, load_converted
 from draw.datasets.svhn import crop_box, read_digit_struct
 
 # photographs: name -> (width, height, colour, boxes as rows of left, top, width, height, label)
@@ -122,7 +123,7 @@ def test_crop_box_is_the_union_enlarged_by_30_percent_and_clipped():
 
 def test_convert_crops_every_number_to_64x64(small_svhn, tmp_path):
     convert("svhn-multi", small_svhn, tmp_path / "data")
-    data = get_data("svhn-multi", tmp_path / "data", download=False)
+    data = load_converted(converted_path("svhn-multi", tmp_path / "data"), REGISTRY["svhn-multi"])
     assert (data.shape, data.binary) == ((3, 64, 64), False)
     # train 2 + extra 2 (the six-digit number is dropped) = 3 train + 1 valid; test 1
     assert [len(x) for x in (data.train, data.valid, data.test)] == [3, 1, 1]
@@ -135,6 +136,10 @@ def test_convert_crops_every_number_to_64x64(small_svhn, tmp_path):
         assert image[:, 0, 0].max() < 40              # the 30% margin: background at the corner
     test = data.test.numpy().reshape(3, 64, 64)
     assert tuple(int(v) for v in test[:, 32, 32]) == (250, 250, 250)
+    # the model sees 54x54 patches (tests/test_datasets_crops.py): the centre of valid and test
+    seen = get_data("svhn-multi", tmp_path / "data", download=False)
+    assert seen.shape == (3, 54, 54) and len(seen.train) == 3
+    assert np.array_equal(seen.test.numpy().reshape(3, 54, 54), test[:, 5:59, 5:59])
 
 
 def test_a_damaged_archive_and_a_missing_photograph(small_svhn, tmp_path):

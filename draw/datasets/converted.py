@@ -36,7 +36,9 @@ class Data:
     shape : tuple of int
         (C, H, W) of one image.
     train, valid, test : torch.Tensor
-        (N, C*H*W) torch.uint8 on the CPU; the pixel value is u8 / 255 (see `batches`).
+        (N, C*H*W) torch.uint8 on the CPU; the pixel value is u8 / 255 (see `batches`). Where
+        the model sees patches (svhn-multi, draw/datasets/crops.py), `get_data` gives valid and
+        test cut to them and train as a `RandomCrops`, which stands in for the tensor.
     binary : bool
         Whether every pixel is 0 or 255.
     train_labels, valid_labels, test_labels : torch.Tensor or None
@@ -55,7 +57,7 @@ class Data:
 
 def save_converted(path: Path, spec: DatasetSpec, splits: Splits) -> None:
     """Check `splits` against `spec` and write them to `path` atomically."""
-    width = int(np.prod(spec.shape))
+    width = int(np.prod(spec.stored_shape))
     arrays = {}
     for s in SPLITS:
         _check_split(splits.get(s), spec, width, f"converted {s} split of {spec.name}")
@@ -65,7 +67,7 @@ def save_converted(path: Path, spec: DatasetSpec, splits: Splits) -> None:
                           f"converted {s} labels of {spec.name}")
             arrays[f"{s}_labels"] = splits[f"{s}_labels"]
     meta = {"format": np.array(FORMAT), "version": np.array(VERSION),
-            "name": np.array(spec.name), "shape": np.array(spec.shape),
+            "name": np.array(spec.name), "shape": np.array(spec.stored_shape),
             "binary": np.array(spec.binary)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,18 +120,18 @@ def load_converted(path: Path, spec: DatasetSpec) -> Data:
     if arrays.get("format", np.array("")).item() != FORMAT:
         raise DatasetError(f"{path}: not a converted dataset of this project; {fix}")
     meta = {k: arrays[k].tolist() for k in ("version", "name", "shape", "binary") if k in arrays}
-    expected = {"version": VERSION, "name": spec.name, "shape": list(spec.shape),
+    expected = {"version": VERSION, "name": spec.name, "shape": list(spec.stored_shape),
                 "binary": spec.binary}
     if meta != expected:
         raise DatasetError(f"{path}: holds {meta}, expected {expected}; {fix}")
-    width = int(np.prod(spec.shape))
+    width = int(np.prod(spec.stored_shape))
     labels = {}
     for s in SPLITS:
         _check_split(arrays.get(s), spec, width, f"{path}: {s} split", fix)
         if spec.labelled and f"{s}_labels" in arrays:
             _check_labels(arrays[f"{s}_labels"], len(arrays[s]), f"{path}: {s} labels", fix)
             labels[f"{s}_labels"] = torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64))
-    return Data(spec.name, spec.shape, *(torch.from_numpy(arrays[s]) for s in SPLITS),
+    return Data(spec.name, spec.stored_shape, *(torch.from_numpy(arrays[s]) for s in SPLITS),
                 spec.binary, **labels)
 
 

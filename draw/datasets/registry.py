@@ -16,9 +16,13 @@ as is usual for generative models (so the test set is only used for the final nu
 - mnist, fashion-mnist: train = the first 50,000 of the 60,000 training images, valid = the
   last 10,000, test = the 10,000 test images.
 - cifar10: train = the first 45,000 of the 50,000 training images (data_batch_1..5 in order),
-  valid = the last 5,000, test = test_batch.
+  valid = the last 5,000, test = test_batch. The DRAW paper's CIFAR model (section 4.5) saw all
+  50,000; it reports only samples, so the 5,000 are kept out here as for every other dataset:
+  a run's valid numbers then measure what it has not trained on, and test stays for the end.
 - mnist's labels come from its label files; svhn-multi's images from SVHN format 1
-  (draw/datasets/svhn.py says how, and what the DRAW paper does and does not say).
+  (draw/datasets/svhn.py says how, and what the DRAW paper does and does not say). They are
+  stored 64x64; the model sees 54x54 patches of them (DRAW section 4.4): random ones of train,
+  new every epoch, and the centre ones of valid and test (draw/datasets/crops.py).
 - svhn2: train = the first 68,257 of the 73,257 images of train_32x32.mat, valid = the last
   5,000, test = the 26,032 of test_32x32.mat. extra_32x32.mat (531,131 easier images, 1.3 GB)
   is not used.
@@ -33,7 +37,7 @@ from draw.datasets.files import FileSpec, Original
 from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, parse_idx_labels,
                                    read_cifar_archive)
 from draw.datasets.scenes import two_digit_splits
-from draw.datasets.svhn import svhn_multi_splits
+from draw.datasets.svhn import PATCH, SIDE, svhn_multi_splits
 
 # "train" / "valid" / "test" -> (N, C*H*W) uint8; "<split>_labels" -> (N,) uint8 if labelled
 Splits = dict[str, np.ndarray]
@@ -66,6 +70,9 @@ class DatasetSpec:
     derive : callable or None
         For a dataset made from `base` and stored: base's `Data` -> Splits. None for one that is
         composed on the fly (cluttered-mnist) or not derived.
+    crop_of : tuple of int or None
+        (C, H, W) of the stored images when the model sees patches of them, of `shape`
+        (svhn-multi: 54x54 of 64x64, draw/datasets/crops.py); None when it sees them whole.
     """
     name: str
     shape: tuple[int, int, int]
@@ -77,11 +84,17 @@ class DatasetSpec:
     labelled: bool = False
     base: str | None = None
     derive: Callable[..., Splits] | None = None
+    crop_of: tuple[int, int, int] | None = None
 
     @property
     def shipped(self) -> bool:
         """Whether it ships inside the package (the "sample")."""
         return not self.files and self.base is None
+
+    @property
+    def stored_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images in the converted file."""
+        return self.crop_of or self.shape
 
     @property
     def on_the_fly(self) -> bool:
@@ -242,7 +255,8 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                   ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)),),
         _cifar10,
         "CIFAR-10 colour images, python release (Krizhevsky 2009)",
-        "train = first 45,000 training images, valid = last 5,000, test = the 10,000 test"),
+        "train = first 45,000 training images, valid = last 5,000 held out (the DRAW paper "
+        "trained on all 50,000), test = the 10,000 test"),
     DatasetSpec(
         "svhn2", (3, 32, 32), False,
         (FileSpec("train_32x32.mat",
@@ -256,7 +270,7 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "train = first 68,257 of train_32x32, valid = last 5,000, test = test_32x32 (26,032); "
         "extra_32x32 unused"),
     DatasetSpec(
-        "svhn-multi", (3, 64, 64), False,
+        "svhn-multi", (3, PATCH, PATCH), False,
         # Only Adler-32 checksums of these archives were found published (deeplearning4j's
         # SvhnDataFetcher, which checks the whole archive with java.util.zip.Adler32).
         tuple(FileSpec(f"{folder}.tar.gz", f"adler32:{adler}",
@@ -264,10 +278,12 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
               for folder, adler in (("train", 979655493), ("extra", 132781169),
                                     ("test", 1629515343))),
         svhn_multi_splits,
-        "SVHN format 1 house numbers cropped around the digits as Goodfellow et al. 2013, 64x64 "
-        "(the DRAW paper's SVHN); 2.9 GB in memory",
+        "SVHN format 1 house numbers cropped around the digits as Goodfellow et al. 2013, 64x64, "
+        "seen as 54x54 patches (the DRAW paper's SVHN); 2.9 GB in memory",
         "train + extra less a random 4,701 (fixed seed) = train, those 4,701 = valid, "
-        "test.tar.gz = test; numbers of over 5 digits dropped"),
+        "test.tar.gz = test; numbers of over 5 digits dropped; 54x54 patches: random in train "
+        "(new every epoch, from the run's seed), the centre in valid and test",
+        crop_of=(3, SIDE, SIDE)),
     DatasetSpec(
         "silhouettes", (1, 28, 28), True,
         # Only an md5 is published for this file (Marlin's page; DeepMind's dm_nevis lists it).

@@ -9,11 +9,13 @@ A dataset made from another (`DatasetSpec.base`: two-digit-mnist and cluttered-m
 has no files of its own: its download and convert fetch and convert the base, then compose it
 (two-digit-mnist is stored; cluttered-mnist is composed per batch, see draw/datasets/labelled.py).
 
-`get_data` loads the converted file; on first use it converts the original files already in
-`raw/<name>/`, or downloads them first. `convert` also reads the files the user already has
-(`--from DIR`, the job `fuel-convert` did). Every write is atomic, so an interrupted download or
-conversion leaves the directory as it was.
+`get_data` loads the converted file (svhn-multi's as the 54x54 patches its model sees:
+`as_seen`); on first use it converts the original files already in `raw/<name>/`, or downloads
+them first. `convert` also reads the files the user already has (`--from DIR`, the job
+`fuel-convert` did). Every write is atomic, so an interrupted download or conversion leaves the
+directory as it was.
 """
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -21,14 +23,16 @@ from importlib import resources
 from pathlib import Path
 
 from draw.datasets.converted import SPLITS, Data, load_converted, save_converted
+from draw.datasets.crops import RandomCrops, centre_crops
 from draw.datasets.download import DownloadError, fetch
 from draw.datasets.errors import DatasetError
 from draw.datasets.files import Original, locate, read_verified
 from draw.datasets.registry import REGISTRY, DatasetSpec
 
 ENV_VARS = ("DRAW_DATA_PATH", "FUEL_DATA_PATH")   # FUEL_DATA_PATH: the classic repo's variable
-__all__ = ["Data", "convert", "converted_path", "data_root", "dataset_spec", "download_dataset",
-           "get_data", "load_converted", "raw_dir", "save_converted", "status"]
+__all__ = ["Data", "as_seen", "convert", "converted_path", "data_root", "dataset_spec",
+           "download_dataset", "get_data", "load_converted", "raw_dir", "save_converted",
+           "status"]
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -72,8 +76,9 @@ def raw_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return data_root(root) / "raw" / name
 
 
-def get_data(name: str, root: str | os.PathLike | None = None, download: bool = True) -> Data:
-    """Load a dataset, converting or downloading it on first use.
+def get_data(name: str, root: str | os.PathLike | None = None, download: bool = True,
+             seed: int = 0) -> Data:
+    """Load a dataset as the model sees it, converting or downloading it on first use.
 
     Parameters
     ----------
@@ -83,6 +88,9 @@ def get_data(name: str, root: str | os.PathLike | None = None, download: bool = 
         The data directory; see `data_root`.
     download : bool
         Whether to download the original files when they are not in the data directory.
+    seed : int
+        With the epoch, where svhn-multi's training patches are cut (a run's --seed; see
+        `as_seen`); unused otherwise.
 
     Raises
     ------
@@ -109,7 +117,20 @@ def get_data(name: str, root: str | os.PathLike | None = None, download: bool = 
         else:
             raise DatasetError(f"{_not_here(spec, root)}: run `python -m draw.datasets download "
                                f"{name}`, or {_convert_hint(spec)}")
-    return load_converted(path, spec)
+    return as_seen(load_converted(path, spec), spec, seed)
+
+
+def as_seen(data: Data, spec: DatasetSpec, seed: int) -> Data:
+    """The stored `data` as the model sees them: unchanged, or for a dataset of patches
+    (`spec.crop_of`, svhn-multi) the train split as a `RandomCrops` of `seed` and valid and
+    test cut to their centre patches (draw/datasets/crops.py)."""
+    if spec.crop_of is None:
+        return data
+    size = spec.shape[1:]
+    return dataclasses.replace(
+        data, shape=spec.shape, train=RandomCrops(data.train, spec.crop_of, size, seed),
+        valid=centre_crops(data.valid, spec.crop_of, size),
+        test=centre_crops(data.test, spec.crop_of, size))
 
 
 def download_dataset(name: str, root: str | os.PathLike | None = None, *,
@@ -279,7 +300,9 @@ def status(root: str | os.PathLike | None = None) -> list[dict]:
             state = "missing"
         size = _size(path) if state not in ("missing",) and not spec.on_the_fly else "-"
         rows.append({"name": name, "state": state, "path": path, "size": size,
-                     "shape": "x".join(map(str, spec.shape)), "splits": spec.splits})
+                     "shape": "x".join(map(str, spec.shape)) + (
+                         f" of {spec.crop_of[1]}x{spec.crop_of[2]}" if spec.crop_of else ""),
+                     "splits": spec.splits})
     return rows
 
 

@@ -1,13 +1,15 @@
 """SVHN format 1 (whole house-number photographs) cropped to the numbers, 64x64: svhn-multi.
 
-The DRAW paper generates 64x64 multi-digit house numbers cropped as in Goodfellow et al. 2013,
-231,053 for training and 4,701 for validation (these figures as issue 13 quotes the paper; the
-paper's own SVHN paragraph could not be read from this machine), from SVHN format 1 (Netzer et al. 2011): the archives train.tar.gz, extra.tar.gz and test.tar.gz,
+The DRAW paper (section 4.4) generates multi-digit house numbers from the 64x64 images of
+Goodfellow et al. 2013's preprocessing, 231,053 for training and 4,701 for validation, made
+from SVHN format 1 (Netzer et al. 2011): the archives train.tar.gz, extra.tar.gz and test.tar.gz,
 each holding PNG photographs and a digitStruct.mat (MATLAB v7.3, that is HDF5) with every
 digit's box. Goodfellow et al.'s preprocessing, done here: the smallest rectangle holding all of
 a number's digit boxes, enlarged by 30% in x and in y about its centre, cropped from the
-photograph and resized to 64x64 (their further random 54x54 crops are for their classifier and
-are not done). Where the papers are silent, these are choices, said where they are made:
+photograph and resized to 64x64. These are stored; the DRAW paper's model sees 54x54 patches
+of them, cut at random places for training and from the centre for validation: cut while
+training, draw/datasets/crops.py. Where the papers are silent, these are choices, said where
+they are made:
 - the enlarged box is clipped to the photograph (no padding);
 - resizing is Pillow's bilinear filter (antialiased when shrinking);
 - numbers of more than 5 digits are dropped, as Goodfellow et al. do (their model reads at most
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from draw.datasets.errors import DatasetError
 
 SIDE = 64
+PATCH = 54                 # DRAW section 4.4: the model sees 54x54 patches of the 64x64 images
 ENLARGE = 1.3              # Goodfellow et al. 2013: "expand this bounding box by 30%"
 MAX_DIGITS = 5
 N_VALID = 4_701            # the DRAW paper's validation set size

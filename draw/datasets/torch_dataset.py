@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from draw.datasets.converted import SPLITS
+from draw.datasets.crops import RandomCrops
 from draw.datasets.errors import DatasetError
 from draw.datasets.labelled import ClutteredSplit, LabelledImages, get_labelled
 from draw.datasets.store import dataset_spec, get_data
@@ -25,14 +26,16 @@ class SplitDataset(Dataset):
 
     Parameters
     ----------
-    split : torch.Tensor, LabelledImages or ClutteredSplit
-        A split of `get_data` ((N, C*H*W) uint8) or of `get_labelled`.
+    split : torch.Tensor, RandomCrops, LabelledImages or ClutteredSplit
+        A split of `get_data` ((N, C*H*W) uint8, or svhn-multi's train) or of `get_labelled`.
     epoch : int
-        Which epoch's images a freshly composed split (cluttered-mnist's train) gives; set the
-        attribute before each epoch for new ones, as train-classifier.py draws them.
+        Which epoch's images a freshly composed split (cluttered-mnist's train) or patches
+        (svhn-multi's train) it gives; set the attribute before each epoch for new ones, as
+        train-classifier.py and train-draw.py draw them.
     """
 
-    def __init__(self, split: torch.Tensor | LabelledImages | ClutteredSplit, epoch: int = 0):
+    def __init__(self, split: torch.Tensor | RandomCrops | LabelledImages | ClutteredSplit,
+                 epoch: int = 0):
         self.split, self.epoch = split, epoch
 
     def __len__(self) -> int:
@@ -45,6 +48,9 @@ class SplitDataset(Dataset):
         i = int(i) % n
         if isinstance(self.split, torch.Tensor):
             return self.split[i].to(torch.float32).div_(255)                 # (C*H*W,)
+        if isinstance(self.split, RandomCrops):
+            patch = self.split.patches(torch.tensor([i]), self.epoch)[0]    # (C*h*w,)
+            return patch.to(torch.float32).div_(255)
         images, labels = self.split.batch(torch.tensor([i]), self.epoch)    # (1, C*H*W), (1,)
         return images[0].to(torch.float32).div_(255), labels[0]
 
@@ -66,7 +72,8 @@ def get_dataset(name: str, split: str = "train", root=None, *, labels: bool = Fa
     download : bool
         Whether to download the original files when they are not in the data directory.
     seed : int
-        cluttered-mnist's training images (as `get_labelled`); unused otherwise.
+        cluttered-mnist's training images (as `get_labelled`), svhn-multi's training patches
+        (as `get_data`); unused otherwise.
 
     Raises
     ------
@@ -81,5 +88,5 @@ def get_dataset(name: str, split: str = "train", root=None, *, labels: bool = Fa
         raise DatasetError(f"{name} is composed with its labels for classification: "
                            f"get_dataset({name!r}, {split!r}, labels=True)")
     else:
-        data = get_data(name, root, download=download)
+        data = get_data(name, root, download=download, seed=seed)
     return SplitDataset(getattr(data, split))
