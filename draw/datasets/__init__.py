@@ -19,7 +19,7 @@ Each split is also a `torch.utils.data.Dataset`, for a training loop of one's ow
 Command line: `python -m draw.datasets list | download NAME | convert NAME [--from DIR]`.
 The datasets, their files, checksums and splits are in `draw.datasets.registry`; cluttered and
 two-digit MNIST are composed in `draw.datasets.scenes`, labelled splits are in
-`draw.datasets.labelled`.
+`draw.datasets.labelled`, svhn-multi's 54x54 patches are cut in `draw.datasets.crops`.
 """
 from draw.datasets.converted import Data
 from draw.datasets.errors import DatasetError
