@@ -22,6 +22,9 @@ from draw.training.tensorboard import require_tensorboard
 
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path
+# a file name holds 255 bytes, and the longest made from --name is a model file's temporary
+# `.NAME_model.pkl.XXXXXXXX.tmp` (draw/atomic.py), 24 more; a round number below
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class RunSettings(Settings):
         for name in ("learning_rate", "grad_clip"):
             value = getattr(self, name)
             self.require(name, math.isfinite(value) and value > 0, "a positive number")
+        # Adam moves every parameter by about the rate at each step, and the weights start
+        # near 0.01: --lr 1e300 ended in NaN at the first step, after the run directory had
+        # been made
+        self.require("learning_rate", self.learning_rate <= 1,
+                     "at most 1 (Adam moves every parameter by about that much a step)")
         self.require("lr_warmup", self.lr_warmup >= 0, "0 (none) or a positive integer")
         self.require("lr_decay", 0 < self.lr_decay <= 1, "a number in (0, 1]")
         self.require("eval_subset", self.eval_subset is None or self.eval_subset >= 0,
@@ -106,6 +114,10 @@ class RunSettings(Settings):
         if self.name is not None and (not NAME.fullmatch(self.name) or set(self.name) == {"."}):
             raise DrawError(f"--name must be a name (letters, digits, . _ + -), not a path: "
                             f"{self.name!r}")
+        if self.name is not None and len(self.name.encode()) > MAX_NAME_BYTES:
+            raise DrawError(f"--name must be at most {MAX_NAME_BYTES} bytes long (the run's "
+                            f"file names add to it, and a file name holds 255), got "
+                            f"{len(self.name.encode())}")
         if self.dataset not in self.datasets:
             raise DrawError(f"unknown --dataset {self.dataset!r}; choose from "
                             f"{', '.join(self.datasets)}")

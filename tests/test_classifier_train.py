@@ -26,6 +26,7 @@ from draw.training.classify import (ClassifierSettings, ClassifyTask, classifier
                                     load_classifier)
 from draw.training.classify_run import main
 from draw.training.evaluate import main as evaluate
+from draw.training.export import export_model
 from draw.training.run import main as train_draw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,5 +208,10 @@ def test_evaluate_checks_a_classifier_file_as_a_draw_one(tmp_path):
         assert out.returncode == 1
         assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
         assert message in out.stderr and not out.stdout
+    # resumed or exported, it is refused by its config too, before it is built
+    with pytest.raises(DrawError, match="the model of .*enc_dim_model.pkl needs about"):
+        main(resume=str(tmp_path / "enc_dim_model.pkl"))
+    with pytest.raises(DrawError, match="the model of .*enc_dim_model.pkl needs about"):
+        export_model(tmp_path / "enc_dim_model.pkl", tmp_path / "exported_model.pkl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc_dim_model.pkl",
                                                            "n_iter_model.pkl"]

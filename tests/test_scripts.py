@@ -216,6 +216,11 @@ def test_sample_bad_inputs_one_line(tmp_path, model_file, capsys, monkeypatch):
     run(model_file, "--size", "3x", *out, expected_code=2, contains="--size")
     run(model_file, "--grid", "2x2", "--n-samples", 5, *out, contains="do not fit")
     run(model_file, "--duration-ms", 5, *out, expected_code=2, contains="at least 10")
+    # GIF's 16-bit delays: an OverflowError after sample.png and the frames had been written
+    run(model_file, "--duration-ms", 10 ** 12, *out, contains="sequence.gif of 4 steps "
+        "(--duration-ms, --hold-last-ms) would last 3,000,000,001,000 ms; a GIF holds at most "
+        "655,350 ms")
+    run(model_file, "--hold-last-ms", 655_100, *out, contains="would last 655,400 ms")
     run(tmp_path / "missing_model.pkl", *out, contains="missing_model.pkl")
     # not ours: another program's pickle, a truncated file, a later version, a log
     torch.save({"state_dict": {}}, tmp_path / "foreign.pkl")

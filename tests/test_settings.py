@@ -1,5 +1,6 @@
 """Settings: one dataclass gives the flags, config files, checks and resume rules."""
 import dataclasses
+import os
 
 import pytest
 
@@ -79,11 +80,19 @@ def test_checks_name_the_flag():
                             ({"lr_warmup": -1}, "--lr-warmup must be 0 .none. or a positive"),
                             ({"lr_decay": 0.0}, r"--lr-decay must be a number in \(0, 1\]"),
                             ({"lr_decay": 1.5}, r"--lr-decay must be a number in \(0, 1\]"),
-                            ({"lr_decay": float("nan")}, "--lr-decay must be a number in")):
+                            ({"lr_decay": float("nan")}, "--lr-decay must be a number in"),
+                            # values torch would take and the run die of, after it has begun
+                            ({"learning_rate": 1e300}, r"--lr must be at most 1 \(Adam"),
+                            ({"threads": 10_000}, f"--threads must be at most {os.cpu_count()}, "
+                                                  f"the CPUs of this machine, got 10000"),
+                            ({"name": "a" * 201}, "--name must be at most 200 bytes long "
+                                                  ".* got 201$")):
         with pytest.raises(DrawError, match=message):
             DrawSettings(**kwargs)
     assert DrawSettings(seed=0).seed == 0 and DrawSettings(seed=2 ** 32 - 1).seed == 2 ** 32 - 1
     assert DrawSettings(name="paper-2.5_x").name == "paper-2.5_x"
+    assert DrawSettings(name="a" * 200, learning_rate=1.0, threads=os.cpu_count()).threads == \
+        os.cpu_count()
 
 
 OLD_RUN = {"name": None, "dataset": "sample", "epochs": 3, "batch_size": 50,

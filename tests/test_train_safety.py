@@ -14,6 +14,7 @@ import torch
 
 import draw.resources
 import draw.training.checkpoint
+import draw.training.plan
 import draw.training.extensions
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
@@ -158,23 +159,43 @@ def test_evaluation_on_a_subset_every_n_epochs_and_the_whole_splits_at_the_end(t
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ({"n_iter": 1_000_000_000}, "needs about"),
+    ({"n_iter": 1_000_000_000}, "sequence.gif of 1,000,000,000 steps (--niter) would last"),
     ({"enc_dim": 100_000_000}, "needs about"),
     ({"batch_size": 1_000_000_000}, "--bs 1000000000 is larger than the training set (100 "
                                     "images with --subset)"),
-    # sequence.gif keeps a frame of 100 samples per glimpse: 20,000 of them, not the model,
-    # are what cannot fit (as sample.py counts them)
-    ({"n_iter": 20_000, "batch_size": 1}, "needs about"),
+    # sequence.gif keeps a frame of 100 samples per glimpse: 6,000 of them, not the model,
+    # are what cannot fit (as sample.py counts them); 20,000 no GIF can play
+    ({"n_iter": 6_000, "batch_size": 1}, "needs about"),
+    ({"n_iter": 20_000}, "sequence.gif of 20,000 steps (--niter) would last 2,000,900 ms"),
     ({"threads": 10_000}, f"--threads must be at most {os.cpu_count()}, the CPUs of this "
                           f"machine, got 10000"),
+    ({"learning_rate": 1e300}, "--lr must be at most 1"),
+    ({"name": "a" * 250}, "--name must be at most 200 bytes long"),
 ])
 def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, monkeypatch,
                                                                       flags, expected):
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 16 * GB)
+    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 4 * GB)
     with pytest.raises(DrawError) as info:
-        main(**{**TINY, **flags}, run_dir=str(tmp_path))
+        main(**{**TINY, **flags}, run_dir=str(tmp_path / "runs"))
     assert expected in str(info.value) and "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_file_is_checked_before_it_is_built_as_oldmodel(tmp_path, monkeypatch):
+    """A file claiming a 10^8-unit encoder is refused by its config, read alone: as another
+    configuration, or, where the flags ask for the same, by its memory."""
+    built = []
+    monkeypatch.setattr(draw.training.plan, "load_model", lambda *a, **k: built.append(a))
+    main(**TINY, epochs=1, run_dir=str(tmp_path / "first"))
+    model_file = next((tmp_path / "first").glob("*/*_model.pkl"))
+    ckpt = torch.load(model_file, weights_only=True)
+    huge = tmp_path / "huge_model.pkl"
+    torch.save({**ckpt, "config": {**ckpt["config"], "enc_dim": 100_000_000}}, huge)
+    for flags, expected in (({}, "has another configuration: enc_dim 100000000 there, 8 here"),
+                            ({"enc_dim": 100_000_000}, "the model of --oldmodel .* needs about")):
+        with pytest.raises(DrawError, match=expected):
+            main(**{**TINY, **flags}, oldmodel=str(huge), run_dir=str(tmp_path / "runs"))
+    assert not built and not (tmp_path / "runs").exists()
 
 
 def test_a_run_killed_before_its_config_is_refused_with_the_command_that_starts_it(tmp_path):

@@ -28,6 +28,9 @@ BOX_COLOR = (255, 0, 0)
 # warns that a file may be a decompression bomb when it reads it, and refuses twice that
 MAX_SIDE = 65535
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# GIF stores a frame's delay in 16 bits of hundredths of a second, and Pillow merges identical
+# consecutive frames, adding their delays: past this in all, a GIF of identical frames fails
+MAX_GIF_MS = 65535 * 10
 # a progress bar appears only when a stage takes longer than this (seconds), and only on a
 # terminal (tqdm's disable=None): in a log file its carriage-return frames would be noise
 BAR_DELAY = 2.0
@@ -52,6 +55,24 @@ def check_picture_size(width: int, height: int, what: str) -> None:
     if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         raise PictureSizeError(f"{what} would be {width:,}x{height:,} pixels; pictures are limited "
                                f"to {MAX_SIDE:,} pixels a side and {MAX_PIXELS:,} in all")
+
+
+def check_gif_duration(frames: int, duration_ms: int, hold_last_ms: int, what: str) -> None:
+    """Refuse, before anything is drawn, a GIF that `save_gif` could not write: its frames'
+    durations, merged where frames are identical, must fit GIF's delay field (MAX_GIF_MS).
+
+    Parameters
+    ----------
+    frames : int
+    duration_ms, hold_last_ms : int
+        As `save_gif` takes them.
+    what : str
+        The GIF and the flags that set its length, for the message.
+    """
+    total = (frames - 1) * duration_ms + hold_last_ms
+    if total > MAX_GIF_MS:
+        raise PictureSizeError(f"{what} would last {total:,} ms; a GIF holds at most "
+                               f"{MAX_GIF_MS:,} ms of identical frames")
 
 
 def grid_size(rows: int, cols: int, height: int, width: int) -> tuple[int, int]:

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
-from draw.outputs.plotting import (BAR_DELAY, check_picture_size, grid_shape, grid_size,
-                                   image_grid, sampling_frames, save_gif, save_png,
-                                   sequence_strip)
+from draw.outputs.plotting import (BAR_DELAY, check_gif_duration, check_picture_size,
+                                   grid_shape, grid_size, image_grid, sampling_frames, save_gif,
+                                   save_png, sequence_strip)
 from draw.resources import check_inference, model_file_config
 from draw.training.checkpoint import load_model, resolve_device
 
@@ -150,7 +150,8 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     """
     cfg = model.config
     n = rows * cols if n is None else n
-    check_request(cfg, rows, cols, n, boxes, scale, device=next(model.parameters()).device)
+    check_request(cfg, rows, cols, n, boxes, scale, device=next(model.parameters()).device,
+                  duration_ms=duration_ms, hold_last_ms=hold_last_ms)
     shape = (cfg.channels, cfg.height, cfg.width)
     model.eval()
     canvases, attention = draw_samples(model, prior_noise(model, n, seed), attention=boxes)
@@ -185,10 +186,11 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
 
 
 def check_request(cfg: DrawConfig, rows: int, cols: int, n: int, boxes: bool = False,
-                  scale: int = 1, device: torch.device | str | None = None) -> None:
+                  scale: int = 1, device: torch.device | str | None = None,
+                  duration_ms: int = 100, hold_last_ms: int = 1000) -> None:
     """Refuse, before anything is allocated or written, a request that cannot be served:
     samples that do not fit the grid, boxes without write attention, more memory than the
-    device has, or pictures too large to write."""
+    device has, or pictures too large (or a GIF too long) to write."""
     if n < 1 or n > rows * cols:
         raise SamplingError(f"{n} samples do not fit a {rows}x{cols} grid")
     if boxes and cfg.write_N is None:
@@ -200,6 +202,8 @@ def check_request(cfg: DrawConfig, rows: int, cols: int, n: int, boxes: bool = F
     check_picture_size(*grid_size(rows, cols, scale * cfg.height, scale * cfg.width),
                        f"a {rows}x{cols} grid of {scale * cfg.height}x{scale * cfg.width} images "
                        f"(--n-samples, --grid, --scale)")
+    check_gif_duration(cfg.n_iter, duration_ms, hold_last_ms,
+                       f"sequence.gif of {cfg.n_iter:,} steps (--duration-ms, --hold-last-ms)")
 
 
 def main(model_file: str, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -216,7 +220,7 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
         n_samples = n_samples or 100
         grid = grid_shape(n_samples)
     check_request(cfg, *grid, n=n_samples or grid[0] * grid[1], boxes=boxes, scale=scale,
-                  device=dev)
+                  device=dev, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
     model, _ = load_model(model_file, map_location=dev)
     written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
                             scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)

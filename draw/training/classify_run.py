@@ -36,7 +36,9 @@ from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.datasets import LabelledData, get_labelled, labelled_batches
 from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
-from draw.training.checkpoint import CheckpointError, resolve_device, set_rng_state
+from draw.resources import check_inference
+from draw.training.checkpoint import (CheckpointError, classifier_config, load_checkpoint,
+                                      resolve_device, set_rng_state)
 from draw.training.classify import (N_GLIMPSE_IMAGES, ClassifierPrinting, ClassifierSettings,
                                     ClassifyTask, GlimpseCheckpoint, classifier_adam,
                                     load_classifier, model_config)
@@ -81,6 +83,9 @@ def _check(flags: dict) -> _Checked:
             settings = ClassifierSettings.resumed(stored, given, str(run_path / "config.json"))
         else:
             try:
+                # built to check its parameters: its config, read alone, is checked first
+                check_inference(classifier_config(load_checkpoint(model_file), model_file), 1,
+                                f"the model of {model_file}")
                 _, ckpt = load_classifier(model_file)
             except CheckpointError as e:
                 raise DrawError(f"--resume: {e}") from e

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from draw.errors import DrawError
+from draw.resources import check_inference, model_file_config
 from draw.training.checkpoint import ClassifierFileError, load_model, save_model_dict
 from draw.training.classify import load_classifier
 from draw.training.rundir import find_checkpoint
@@ -36,7 +37,9 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
         raise DrawError(f"{destination} is the model file being exported: writing over it would "
                         f"lose its training state; name another file")
     # rebuilt once, so that a file whose parameters do not fit its config is refused here
-    # rather than by whoever downloads the export (a CheckpointError is a DrawError)
+    # rather than by whoever downloads the export (a CheckpointError is a DrawError); its
+    # config, read alone, is checked first, as sample.py and evaluate.py check it
+    check_inference(model_file_config(path, classifier=True), 1, f"the model of {path}")
     try:
         _, ckpt = load_model(path)
     except ClassifierFileError:

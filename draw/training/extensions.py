@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from draw.errors import DrawError
 from draw.training.extension import SimpleExtension
 from draw.training.checkpoint import rng_state, save_checkpoint, save_log, save_log_csv
-from draw.outputs.plotting import image_grid, sampling_frames, save_gif, save_png
+from draw.outputs.plotting import (check_gif_duration, image_grid, sampling_frames, save_gif,
+                                   save_png)
 from draw.outputs.sampling import prior_noise, sampling_bytes
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
 
@@ -161,6 +162,8 @@ class SampleCheckpoint(SimpleExtension):
     them, and removes any of later epochs.
     """
 
+    STEP_MS, HOLD_MS = 100, 1000      # sequence.gif: each step, the finished drawing
+
     def __init__(self, run_dir, shape: tuple[int, int, int], n: int = 100, seed: int = 0,
                  **kwargs):
         kwargs.setdefault("before_training", True)
@@ -179,7 +182,10 @@ class SampleCheckpoint(SimpleExtension):
     @classmethod
     def needs(cls, cfg, n: int) -> int:
         """The bytes of drawing n samples and their pictures (sample.py's estimate), for a run's
-        check of its sizes before anything is written (draw/training/plan.py)."""
+        check of its sizes before anything is written (draw/training/plan.py); PictureSizeError
+        where sequence.gif could not hold the steps."""
+        check_gif_duration(cfg.n_iter, cls.STEP_MS, cls.HOLD_MS,
+                           f"sequence.gif of {cfg.n_iter:,} steps (--niter)")
         return sampling_bytes(cfg, n, cls.scale((cfg.channels, cfg.height, cfg.width)))
 
     def do(self, which_callback: str, *args) -> None:
@@ -221,7 +227,7 @@ class SampleCheckpoint(SimpleExtension):
         scale = self.scale(self.shape)
         steps = sampling_frames(canvases, self.shape, self.rows, self.cols, attention=attention,
                                 N=cfg.write_N, scale=scale)
-        save_gif(steps, self.run_dir / "sequence.gif")
+        save_gif(steps, self.run_dir / "sequence.gif", self.STEP_MS, self.HOLD_MS)
 
 
 class ProgressBar(SimpleExtension):

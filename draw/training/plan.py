@@ -21,7 +21,8 @@ from draw.datasets import get_data
 from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
-from draw.resources import ModelConfig, check_memory, training_bytes
+from draw.resources import (ModelConfig, check_inference, check_memory, model_file_config,
+                            training_bytes)
 from draw.settings import DrawSettings, RunSettings
 from draw.speed import compile_choice
 from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
@@ -129,13 +130,17 @@ def check(flags: dict) -> Checked:
                         f"{settings.dataset}'s {C}x{H}x{W} images")
     if settings.oldmodel is not None and ckpt is None:
         try:
+            old_cfg = model_file_config(settings.oldmodel)
+            if old_cfg != cfg:
+                diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
+                                  for k, v in old_cfg.to_dict().items() if cfg.to_dict()[k] != v)
+                raise DrawError(f"--oldmodel {settings.oldmodel} has another configuration: "
+                                f"{diffs}")
+            # the run's own model, whose training make_plan checks; built here, before that
+            check_inference(cfg, 1, f"the model of --oldmodel {settings.oldmodel}", device)
             old, _ = load_model(settings.oldmodel)
         except CheckpointError as e:
             raise DrawError(f"--oldmodel: {e}") from e
-        if old.config != cfg:
-            diffs = ", ".join(f"{k} {v} there, {cfg.to_dict()[k]} here"
-                              for k, v in old.config.to_dict().items() if cfg.to_dict()[k] != v)
-            raise DrawError(f"--oldmodel {settings.oldmodel} has another configuration: {diffs}")
     files = (model_file.name[:-len("_model.pkl")] if model_file is not None
              else settings.name or settings.dataset)
     return Checked(settings, cfg, device, run_path, ckpt, old, files)
