@@ -269,6 +269,10 @@ def test_plot_kl_bad_inputs_one_line(tmp_path, model_file, log_file, capsys, mon
     run(log_file, "--split", "nope", expected_code=2, contains="--split")
     save_log(tmp_path / "empty_log.pkl", [])
     run(tmp_path / "empty_log.pkl", contains="no rows")
+    # a crafted log naming step 10^12: refused, not 10^12 keys spelled out
+    save_log(tmp_path / "far_log.pkl", [{"epoch": 1, "iteration": 1, "train_kl_term_0": 1.0,
+                                         f"train_kl_term_{10 ** 12}": 1.0}])
+    run(tmp_path / "far_log.pkl", contains="no rows with train_kl_term_0.. values")
     assert not list(tmp_path.glob("*.png"))
 
 

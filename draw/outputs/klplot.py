@@ -90,8 +90,10 @@ def kl_terms(rows: list[dict], split: str = "train") -> tuple[np.ndarray, np.nda
     pattern = re.compile(rf"{split}_kl_term_(\d+)$")
     steps = {int(m.group(1)) for r in rows for k in r if (m := pattern.match(k))}
     T = max(steps) + 1 if steps else 0
-    keys = [f"{split}_kl_term_{t}" for t in range(T)]
-    used = [r for r in rows if T and all(k in r for k in keys)]
+    # a row must hold every step 0..T-1, which no row does where some step is in none: a
+    # log naming step 10^12 alone is refused here, before T keys are spelled out
+    keys = [f"{split}_kl_term_{t}" for t in range(T)] if len(steps) == T else []
+    used = [r for r in rows if keys and all(k in r for k in keys)]
     if not used:
         raise LogPlotError(f"the log has no rows with {split}_kl_term_0.. values to plot")
     x, x_label = _epochs(used)
