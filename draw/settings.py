@@ -98,9 +98,8 @@ class RunSettings(Settings):
         for name in ("learning_rate", "grad_clip"):
             value = getattr(self, name)
             self.require(name, math.isfinite(value) and value > 0, "a positive number")
-        # Adam moves every parameter by about the rate at each step, and the weights start
-        # near 0.01: --lr 1e300 ended in NaN at the first step, after the run directory had
-        # been made
+        # Adam moves every parameter by about the rate at each step: --lr 1e300 ended in NaN
+        # at the first step, after the run directory had been made
         self.require("learning_rate", self.learning_rate <= 1,
                      "at most 1 (Adam moves every parameter by about that much a step)")
         self.require("lr_warmup", self.lr_warmup >= 0, "0 (none) or a positive integer")
