@@ -19,9 +19,10 @@ import math
 import numpy as np
 import torch
 
+from draw.checkpoint import load_classifier
 from draw.cli import ArgumentParser, run
 from draw.datasets import get_data
-from draw.training.classify import ClassifyTask, load_classifier
+from draw.training.classify import ClassifyTask
 
 CANVAS, DIGIT, PATCH, N_DISTRACTORS = 100, 28, 8, 8
 

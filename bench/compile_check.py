@@ -16,10 +16,10 @@ import time
 
 import torch
 
+from draw.checkpoint import load_model
 from draw.datasets import get_data
 from draw.model import nll_bound
 from draw.speed import GLIMPSES_PER_CALL, compile_glimpses
-from draw.training.checkpoint import load_model
 
 TOLERANCE = 1e-3       # relative; float32 rounding over T=64 glimpses gives about 1e-4
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure    # no pyplot: a file, never a window
 
+from draw.checkpoint import load_checkpoint, load_log
 from draw.cli import ArgumentParser, run
 from draw.errors import DrawError
-from draw.training.checkpoint import load_checkpoint, load_log
 
 
 def curve(log_path: Path, images_per_s: float | None) -> tuple[list, list, list, int]:

@@ -8,7 +8,7 @@ pretrained/ is an entry point with no code to change (pretrained/README.md descr
     canvases = model.sample(16)            # (T, 16, 784): sigma(c_t) after every glimpse
 
 Each entry returns the model, a DrawModel or, for a classifier's file, an AttentionClassifier,
-rebuilt from the file's config by the project's safe loaders (draw/training/checkpoint.py:
+rebuilt from the file's config by the project's safe loaders (draw/checkpoint.py:
 `torch.load(weights_only=True)`, so loading a file cannot run code), on `device`, in eval mode.
 """
 import os
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from draw.training.checkpoint import CheckpointError, ClassifierFileError, load_model
-from draw.training.classify import load_classifier
+from draw.checkpoint import CheckpointError, ClassifierFileError, load_classifier, load_model
 
 SUFFIX = "_model.pkl"
 

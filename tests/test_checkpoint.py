@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from draw.training.checkpoint import (CheckpointError, load_checkpoint, load_log, load_model,
-                             resolve_device, rng_state, save_checkpoint, save_log, save_log_csv,
-                             set_rng_state)
+from draw.checkpoint import (CheckpointError, load_checkpoint, load_log, load_model, resolve_device,
+                             rng_state, save_checkpoint, save_log, save_log_csv, set_rng_state)
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel, nll_bound
 

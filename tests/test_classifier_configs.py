@@ -7,8 +7,8 @@ import pytest
 from draw.classifier import AttentionClassifier
 from draw.datasets.store import dataset_spec
 from draw.model import DrawConfig, DrawModel
-from draw.settings import DrawSettings
 from draw.training.classify import ClassifierSettings, model_config
+from draw.training.settings import DrawSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # file: (T, LSTM, z, read, write) of the paper's Table 3 (attention removed: None)

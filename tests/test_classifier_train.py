@@ -13,17 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import draw.resources
+import draw.memory
+from draw.checkpoint import CheckpointError, load_classifier, load_log, load_model
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.datasets import get_data
 from draw.datasets.converted import save_converted
 from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path
 from draw.errors import DrawError
-from draw.resources import GB, ResourceError
-from draw.training.checkpoint import CheckpointError, load_log, load_model
-from draw.training.classify import (ClassifierSettings, ClassifyTask, classifier_test_error,
-                                    load_classifier)
+from draw.memory import GB, ResourceError
+from draw.training.classify import ClassifierSettings, ClassifyTask, classifier_test_error
 from draw.training.classify_run import main
 from draw.training.evaluate import main as evaluate
 from draw.training.export import export_model
@@ -173,7 +172,7 @@ def test_bad_input_is_one_line_and_writes_nothing(data_dir, tmp_path, flags, mes
 
 def test_memory_counts_every_glimpse_and_the_picture(data_dir, tmp_path, monkeypatch):
     """600 glimpses fit glimpses.png; training them and drawing it do not fit 1 GB."""
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: GB)
+    monkeypatch.setattr(draw.memory, "available_memory", lambda device=None: GB)
     with pytest.raises(ResourceError, match=r"training this model \(T=600, read 4x4, LSTM 8\) "
                                             r"on batches of 40 needs about 1\.\d GB"):
         main(**{**TINY, "n_iter": 600}, data_dir=data_dir, run_dir=str(tmp_path / "runs"))

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from draw.checkpoint import load_model
 from draw.datasets import batches, get_data, get_dataset
 from draw.datasets.__main__ import print_status
 from draw.datasets.crops import RandomCrops, centre_crops, cut
 from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path, save_converted
-from draw.training.checkpoint import load_model
 from draw.training.plan import check
 from draw.training.run import main
 

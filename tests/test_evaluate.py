@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from draw.training.checkpoint import load_model
+from draw.checkpoint import load_model
 from draw.datasets import batches, get_data
-import draw.resources
+import draw.memory
 import draw.training.evaluate
 from draw.training.evaluate import duration, importance_sampled_nll, main
 from draw.training.run import main as train
@@ -130,8 +130,8 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
 def test_memory_is_checked_before_the_model_is_built(trained, capsys, monkeypatch):
     built = []
     monkeypatch.setattr(draw.training.evaluate, "load_model", lambda *a, **k: built.append(a))
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 1000)
-    with pytest.raises(draw.resources.ResourceError, match=r"the model of .* needs about .* "
+    monkeypatch.setattr(draw.memory, "available_memory", lambda device=None: 1000)
+    with pytest.raises(draw.memory.ResourceError, match=r"the model of .* needs about .* "
                                                            r"this machine has"):
         main(str(trained))
     assert not built

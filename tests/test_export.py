@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from draw.checkpoint import load_checkpoint, load_classifier, load_model, save_checkpoint
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.errors import DrawError
 from draw.outputs.sampling import main as sample
-from draw.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from draw.training.classify import load_classifier
 from draw.training.evaluate import main as evaluate
 from draw.training.export import export_model
 from draw.training.run import main as train

@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from draw.training.checkpoint import load_log, load_model
-from draw.training.distributed import Distributed
-from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
-                                      LearningRateSchedule, Plot, Printing,
-                             ProgressBar, SampleCheckpoint, SimpleExtension, Timing,
-                             TrainingDataMonitoring)
-from draw.training.main_loop import MainLoop
+from draw.checkpoint import load_log, load_model
 from draw.datasets import batches
 from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.training.distributed import Distributed
+from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
+                                      LearningRateSchedule, Plot, Printing, ProgressBar,
+                                      SampleCheckpoint, SimpleExtension, Timing,
+                                      TrainingDataMonitoring)
+from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, z_dim=2,

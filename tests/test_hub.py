@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from draw.checkpoint import CheckpointError, load_classifier, load_model, save_checkpoint
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.datasets import get_data
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.pretrained import entry_name, entry_points, load_pretrained
-from draw.training.checkpoint import CheckpointError, load_model, save_checkpoint
-from draw.training.classify import load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "pretrained").glob("*_model.pkl"))

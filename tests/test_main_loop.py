@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from draw.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from draw.bricks import AttentionReader
+from draw.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from draw.datasets import batches
+from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.extensions import (DataStreamMonitoring, FinishAfter, SimpleExtension,
                                       TrainingDataMonitoring)
 from draw.training.main_loop import MainLoop, TrainingError, adam, load_adam_state
-from draw.bricks import AttentionReader
-from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.task import DrawTask
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=6, dec_dim=5, z_dim=2)

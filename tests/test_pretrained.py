@@ -4,10 +4,10 @@ from pathlib import Path
 
 import torch
 
+from draw.checkpoint import load_model
 from draw.datasets import get_data
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.outputs.sampling import write_samples
-from draw.training.checkpoint import load_model
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained" / "bmnist-r2-w5-t64_model.pkl"
 PAPER = DrawConfig(channels=1, height=28, width=28, n_iter=64, enc_dim=256, dec_dim=256,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from draw.training.checkpoint import load_log, load_model
+from draw.checkpoint import load_log, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

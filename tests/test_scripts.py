@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import draw.outputs.sampling
-import draw.resources
-from draw.training.checkpoint import load_model, save_checkpoint, save_log
+import draw.memory
+from draw.checkpoint import load_model, save_checkpoint, save_log
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import BOX_COLOR, image_grid
 from draw.outputs.sampling import write_samples
@@ -398,7 +398,7 @@ def test_attention_refuses_huge_images_and_outputs_before_writing(tmp_path, caps
 
 
 def test_attention_memory_is_checked_before_decoding(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 10 ** 6)
+    monkeypatch.setattr(draw.memory, "available_memory", lambda device=None: 10 ** 6)
     Image.fromarray(np.zeros((300, 200), np.uint8), mode="L").save(tmp_path / "grey.png")
     line = fails(capsys, run_inline("attention.py", tmp_path / "grey.png", "--output-dir",
                                     tmp_path / "att", monkeypatch=monkeypatch))

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from draw.errors import DrawError
-from draw.settings import DrawSettings, RunSettings
-from draw.settingsbase import SESSION
+from draw.training.settings import DrawSettings, RunSettings
+from draw.training.typed_settings import SESSION
 
 CLASSIC = ["--attention=2,5", "--niter=64", "--lr=3e-4", "--epochs=100", "--dataset", "mnist",
            "--name", "paper", "--bs", "50", "--enc-dim", "300", "--dec-dim", "200",
@@ -127,7 +127,7 @@ def test_resume_rules():
 
 def test_a_classifier_can_reuse_the_machinery():
     """A subclass of RunSettings with its own fields gets flags, config keys and checks."""
-    from draw.settingsbase import setting
+    from draw.training.typed_settings import setting
 
     @dataclasses.dataclass(frozen=True)
     class ClassifierSettings(RunSettings):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from draw.checkpoint import load_log
 from draw.datasets import get_data
 from draw.datasets.converted import save_converted
 from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path
 from draw.errors import DrawError
-from draw.training.checkpoint import load_log
 from draw.training.classify_run import main as train_classifier
 from draw.training.run import main
 from draw.training.tensorboard import scalar_tag

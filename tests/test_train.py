@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from draw.training.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
+from draw.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
 from draw.datasets import batches, get_data
-from draw.training.evaluate import bound_statistics
 from draw.model import DrawConfig, DrawModel
+from draw.training.evaluate import bound_statistics
 from draw.training.plan import lr_tag
 from draw.training.run import main
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from draw.training.checkpoint import load_log, load_model
+from draw.checkpoint import load_log, load_model
 from draw.model import DrawModel
 from draw.training.run import main
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import draw.resources
-import draw.training.checkpoint
+import draw.memory
+import draw.checkpoint
 import draw.training.plan
 import draw.training.extensions
+from draw.checkpoint import load_checkpoint, load_log, load_model
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
-from draw.resources import GB
-from draw.training.checkpoint import load_checkpoint, load_log, load_model
+from draw.memory import GB
 from draw.training.evaluate import bound_statistics
 from draw.training.lock import LOCK_NAME, RunLock, RunLockedError, check_unlocked
 from draw.training.run import main
@@ -43,7 +43,7 @@ def enospc(path):
 
 def test_a_full_disk_at_the_model_file_leaves_every_file_at_the_last_epoch(tmp_path,
                                                                           monkeypatch):
-    real = draw.training.checkpoint.atomic_write_bytes
+    real = draw.checkpoint.atomic_write_bytes
     saves = []
 
     def full_at_epoch_2(path, data):
@@ -53,7 +53,7 @@ def test_a_full_disk_at_the_model_file_leaves_every_file_at_the_last_epoch(tmp_p
                 raise enospc(path)
         real(path, data)
 
-    monkeypatch.setattr(draw.training.checkpoint, "atomic_write_bytes", full_at_epoch_2)
+    monkeypatch.setattr(draw.checkpoint, "atomic_write_bytes", full_at_epoch_2)
     with pytest.raises(DrawError) as info:
         main(**TINY, epochs=3, run_dir=str(tmp_path))
     run_dir = the_run_dir(tmp_path)
@@ -174,7 +174,7 @@ def test_evaluation_on_a_subset_every_n_epochs_and_the_whole_splits_at_the_end(t
 ])
 def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, monkeypatch,
                                                                       flags, expected):
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 4 * GB)
+    monkeypatch.setattr(draw.memory, "available_memory", lambda device=None: 4 * GB)
     with pytest.raises(DrawError) as info:
         main(**{**TINY, **flags}, run_dir=str(tmp_path / "runs"))
     assert expected in str(info.value) and "\n" not in str(info.value)

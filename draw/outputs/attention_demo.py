@@ -21,10 +21,10 @@ from PIL import Image, UnidentifiedImageError
 
 from draw.attention import ZoomableAttentionWindow
 from draw.errors import DrawError
+from draw.memory import check_memory
 from draw.outputs.display import pyplot_or_warn
 from draw.outputs.plotting import (MAX_PIXELS, check_picture_size, draw_box, image_grid, save_png,
                                    window_box)
-from draw.resources import check_memory
 
 # bytes per channel and pixel of the input while the demonstration runs: the float32 image, its
 # float64 copy for the filterbanks, the written float64 image and its normalised copy, the

@@ -7,7 +7,7 @@ numbers with matplotlib (files through the Agg backend, no display needed), and 
 figures of the log (nll bounds, KL per step, gradient norms) that both the static HTML page of
 `plot-kl.py` and the live page of `draw.outputs.live` show.
 
-Log rows are the dicts of draw/training/checkpoint.py: "epoch", "iteration", "train_nll_bound",
+Log rows are the dicts of draw/checkpoint.py: "epoch", "iteration", "train_nll_bound",
 "valid_nll_bound", "test_nll_bound", "{split}_kl_term_{t}", "train_total_gradient_norm",
 "train_total_step_norm", ... A row may lack any of them (a key that was not monitored then).
 """
@@ -26,10 +26,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from draw.atomic import atomic_path, atomic_write_bytes
+from draw.checkpoint import load_log
 from draw.errors import DrawError
 from draw.outputs.display import pyplot_or_warn
 from draw.outputs.plotting import MAX_PIXELS, check_picture_size
-from draw.training.checkpoint import load_log
 
 NLL_KEYS = ("train_nll_bound", "valid_nll_bound", "test_nll_bound")
 NORM_KEYS = ("train_total_gradient_norm", "train_total_step_norm")

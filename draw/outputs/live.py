@@ -139,7 +139,7 @@ class LivePlot:
         Parameters
         ----------
         rows : list of dict
-            The whole training log so far (draw/training/checkpoint.py rows), oldest first.
+            The whole training log so far (draw/checkpoint.py rows), oldest first.
         samples : PIL.Image.Image, optional
             The latest sample grid; the previous one stays on the page when omitted.
         """

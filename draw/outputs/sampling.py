@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from draw.checkpoint import load_model, model_file_config, resolve_device
 from draw.errors import DrawError
+from draw.memory import check_inference
 from draw.model import DrawConfig, DrawModel
-from draw.outputs.plotting import (BAR_DELAY, check_gif_duration, check_picture_size,
-                                   grid_shape, grid_size, image_grid, sampling_frames, save_gif,
-                                   save_png, sequence_strip)
-from draw.resources import check_inference, model_file_config
-from draw.training.checkpoint import load_model, resolve_device
+from draw.outputs.plotting import (BAR_DELAY, check_gif_duration, check_picture_size, grid_shape,
+                                   grid_size, image_grid, sampling_frames, save_gif, save_png,
+                                   sequence_strip)
 
 # samples drawn at once: large enough for efficient matrix products, small enough that the
 # progress bar moves every few seconds even for big models on a CPU
@@ -58,7 +58,7 @@ def check_image_shape(cfg: DrawConfig, path: str | os.PathLike, channels: int | 
 
 def sampling_bytes(cfg: DrawConfig, n: int, scale: int = 1) -> int:
     """Estimated bytes that n samples and their pictures keep (`write_samples`), besides the
-    model and its pass over CHUNK samples at a time (draw.resources.inference_bytes).
+    model and its pass over CHUNK samples at a time (draw.memory.inference_bytes).
 
     The prior noise (T, n, z_dim) and the canvases of every step (T, n, x_dim) are kept whole,
     float32; each frame is drawn from them `scale` times enlarged (float32, then 8-bit RGB kept

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import torch
 
+from draw.checkpoint import CheckpointError, load_classifier
 from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss, errors
 from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
 from draw.outputs.glimpses import glimpse_grid
 from draw.outputs.plotting import check_picture_size, grid_size, save_png
-from draw.settings import RunSettings
-from draw.settingsbase import setting
-from draw.training.checkpoint import CheckpointError, classifier_config, load_checkpoint
 from draw.training.distributed import Distributed, wrap_model
 from draw.training.extensions import Printing, SimpleExtension
 from draw.training.main_loop import adam
+from draw.training.settings import RunSettings
+from draw.training.typed_settings import setting
 
 N_GLIMPSE_IMAGES = 8     # test images in the Figure 4 picture, one row each
 TEST_BATCH = 500         # images per pass of classifier_test_error
@@ -184,21 +184,6 @@ class ClassifierPrinting(Printing):
                ("test_error", "test {:.2f}%"), ("train_cross_entropy", "xent {:.4f}"),
                ("train_total_gradient_norm", "|grad| {:.3g}"), ("time_train_this_epoch",
                                                                  "{:.1f} s"))
-
-
-def load_classifier(path, map_location="cpu") -> tuple[AttentionClassifier, dict]:
-    """Rebuild a classifier from its model file (written by train-classifier.py).
-
-    Raises CheckpointError, one line, for anything else, a DRAW model file included.
-    """
-    ckpt = load_checkpoint(path, map_location)
-    model = AttentionClassifier.from_config(classifier_config(ckpt, path))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: parameters do not fit its config ({first})") from e
-    return model.to(map_location), ckpt
 
 
 def classifier_test_error(path, data_dir: str | None = None, batch_size: int = TEST_BATCH,

@@ -32,20 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from draw.checkpoint import (CheckpointError, classifier_config, load_checkpoint, load_classifier,
+                             resolve_device, set_rng_state)
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.datasets import LabelledData, get_labelled, labelled_batches
 from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
-from draw.resources import check_inference
-from draw.training.checkpoint import (CheckpointError, classifier_config, load_checkpoint,
-                                      resolve_device, set_rng_state)
+from draw.memory import check_inference
 from draw.training.classify import (N_GLIMPSE_IMAGES, ClassifierPrinting, ClassifierSettings,
-                                    ClassifyTask, GlimpseCheckpoint, classifier_adam,
-                                    load_classifier, model_config)
+                                    ClassifyTask, GlimpseCheckpoint, classifier_adam, model_config)
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                                        init_distributed, process_place, reported_once)
-from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSchedule,
-                                      ProgressBar, Timing)
+from draw.training.extensions import (Checkpoint, FinishAfter, LearningRateSchedule, ProgressBar,
+                                      Timing)
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop, load_adam_state
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring

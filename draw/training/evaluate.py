@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from draw.checkpoint import load_model, model_file_config, resolve_device
 from draw.classifier import ClassifierConfig
 from draw.datasets import batches, get_data, supported_datasets
 from draw.errors import DrawError
+from draw.memory import check_inference
 from draw.model import DrawModel, nll_bound
-from draw.resources import check_inference, model_file_config
-from draw.training.checkpoint import load_model, resolve_device
 from draw.training.distributed import Distributed
 
 # K: the bound of eq. 12, the number the paper reports, does not depend on it; K = 10 gives about

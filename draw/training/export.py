@@ -6,7 +6,7 @@ file a run is published as (e.g. `pretrained/bmnist-r2-w5-t64_model.pkl`) needs 
 
     python export-model.py RUN_DIR pretrained/bmnist-r2-w5-t64_model.pkl
 
-writes the same model-file format (draw/training/checkpoint.py) with the config, the
+writes the same model-file format (draw/checkpoint.py) with the config, the
 parameters, the run's settings, its epoch and iteration, and its log (the curves behind the
 published numbers), and with "optimizer" and "rng" empty. sample.py, evaluate.py, attention
 demos and `--oldmodel` read it as they read any model file; `--resume` refuses it in one line.
@@ -14,10 +14,10 @@ demos and `--oldmodel` read it as they read any model file; `--resume` refuses i
 import os
 from pathlib import Path
 
+from draw.checkpoint import (ClassifierFileError, load_classifier, load_model, model_file_config,
+                             save_model_dict)
 from draw.errors import DrawError
-from draw.resources import check_inference, model_file_config
-from draw.training.checkpoint import ClassifierFileError, load_model, save_model_dict
-from draw.training.classify import load_classifier
+from draw.memory import check_inference
 from draw.training.rundir import find_checkpoint
 
 # what an exported file keeps: what the model is and how it was made

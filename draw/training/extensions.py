@@ -11,12 +11,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from draw.checkpoint import rng_state, save_checkpoint, save_log, save_log_csv
 from draw.errors import DrawError
-from draw.training.extension import SimpleExtension
-from draw.training.checkpoint import rng_state, save_checkpoint, save_log, save_log_csv
 from draw.outputs.plotting import (check_gif_duration, image_grid, sampling_frames, save_gif,
                                    save_png)
 from draw.outputs.sampling import prior_noise, sampling_bytes
+from draw.training.extension import SimpleExtension
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
 
 

@@ -1,7 +1,7 @@
 """What a training run is before anything is written: its checked settings and model files,
 its data, its memory and whether it compiles (run.py then builds and trains it).
 
-`check(flags)` builds the settings (draw/settings.py: defaults, a config file, the flags, or a
+`check(flags)` builds the settings (draw/training/settings.py: defaults, a config file, the flags, or a
 resumed run's own settings) and reads the model files (`--oldmodel`, `--resume`), raising a
 one-line DrawError for anything wrong; `make_plan` adds the device's data, the check of the
 run's sizes, the run directory's name and the compile choice (draw/speed.py). Nothing touches
@@ -17,20 +17,19 @@ from pathlib import Path
 
 import torch
 
+from draw.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
+                             model_file_config, resolve_device)
 from draw.datasets import get_data
 from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
+from draw.memory import ModelConfig, check_inference, check_memory, training_bytes
 from draw.model import DrawConfig, DrawModel
-from draw.resources import (ModelConfig, check_inference, check_memory, model_file_config,
-                            training_bytes)
-from draw.settings import DrawSettings, RunSettings
 from draw.speed import compile_choice
-from draw.training.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
-                                      resolve_device)
 from draw.training.distributed import Distributed, first_on_each_machine
 from draw.training.extensions import SampleCheckpoint
 from draw.training.lock import check_unlocked
 from draw.training.rundir import find_checkpoint, new_run_path, stored_in_config
+from draw.training.settings import DrawSettings, RunSettings
 
 # what a checkpoint needs besides its settings to be resumed
 TRAINING_STATE = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
@@ -177,7 +176,7 @@ def check_run_sizes(cfg: ModelConfig, s: RunSettings, n_train: int, d: Distribut
                     device: torch.device, pictures: int = 0) -> None:
     """The one check of a training run's sizes, DRAW's and the classifier's alike, once its
     data are loaded and before anything is written: the batch against the `n_train` training
-    images, and training (draw/resources.py: the model, Adam, the pass autograd records over
+    images, and training (draw/memory.py: the model, Adam, the pass autograd records over
     this process's share of a batch) with the `pictures` bytes its extensions draw every epoch
     against the device's memory. Raises DrawError, one line."""
     if s.batch_size > n_train:

@@ -8,7 +8,7 @@ anything touch the disk, so a bad command line leaves no trace. A run then lives
     .lock                    held while a process trains here (draw/training/lock.py)
     config.json              the long name, the resolved model config and run settings
     args.txt                 the command line (one more line per resume)
-    <name>_model.pkl         config, parameters, optimiser, RNG and loop state (checkpoint.py)
+    <name>_model.pkl         config, parameters, optimiser, RNG and loop state (draw/checkpoint.py)
     <name>_log.pkl           one row of numbers per epoch
     <name>_log.csv           the same rows as CSV, one column per key
     sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (extensions.py)
@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from draw.checkpoint import set_rng_state
 from draw.datasets import batches
 from draw.errors import Interrupted
 from draw.model import DrawModel
 from draw.speed import compile_glimpses
-from draw.training.checkpoint import set_rng_state
 from draw.training.distributed import (close_distributed, init_distributed, process_place,
                                        reported_once)
 from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
@@ -54,8 +54,8 @@ from draw.training.lock import RunLock
 from draw.training.main_loop import MainLoop, adam, load_adam_state
 from draw.training.plan import N_SAMPLES, Plan, check, long_name, make_plan
 from draw.training.rundir import experiment_name, make_run_dir, nothing_to_do, read_text, write_text
-from draw.training.tensorboard import TensorBoard
 from draw.training.task import DrawTask
+from draw.training.tensorboard import TensorBoard
 
 
 def _header(longname: str, plan: Plan, n_params: int, resumed_at: str | None) -> str:
@@ -155,7 +155,7 @@ def main(**flags) -> None:
     """Train DRAW; `flags` are train-draw.py's, by DrawSettings field name, plus `config`.
 
     A setting not given takes its value from the config file, else its default, or on
-    `resume` the run's own (draw/settings.py says which a resumed run may change).
+    `resume` the run's own (draw/training/settings.py says which a resumed run may change).
 
     Under torchrun every process calls `main` with the same flags; `batch_size` is the global
     batch, split between the processes (draw/training/distributed.py). Only the main process

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from draw.atomic import atomic_write_bytes
+from draw.classifier import MODEL_KIND as CLASSIFIER, AttentionClassifier, ClassifierConfig
 from draw.errors import DrawError
-from draw.classifier import MODEL_KIND as CLASSIFIER, ClassifierConfig
 from draw.model import DrawConfig, DrawModel
 
 MODEL_FORMAT = "draw-model"
@@ -161,6 +161,32 @@ def classifier_config(ckpt: dict, path: str | os.PathLike) -> ClassifierConfig:
                               f"{_first_line(e)}") from e
 
 
+def model_file_config(path: str | os.PathLike,
+                      classifier: bool = False) -> DrawConfig | ClassifierConfig:
+    """The config of a model file, read without building the model, so that its sizes can be
+    checked first (a file can claim sizes no machine holds; draw/memory.py). A classifier's
+    file gives its ClassifierConfig where `classifier` allows one, else ClassifierFileError;
+    CheckpointError as load_model."""
+    ckpt = load_checkpoint(path)
+    try:
+        return draw_config(ckpt, path)
+    except ClassifierFileError:
+        if not classifier:
+            raise
+    return classifier_config(ckpt, path)
+
+
+def _load_built(path, map_location, build):
+    ckpt = load_checkpoint(path, map_location)
+    model = build(ckpt, path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{os.fspath(path)}: parameters do not fit its config "
+                              f"({_first_line(e)})") from e
+    return model.to(map_location), ckpt
+
+
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, dict]:
     """Rebuild a model from a model file: its config alone defines the architecture.
 
@@ -171,14 +197,17 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, 
     checkpoint : dict
         Everything the file holds (see the module docstring).
     """
-    ckpt = load_checkpoint(path, map_location)
-    model = DrawModel.from_config(draw_config(ckpt, path))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{os.fspath(path)}: parameters do not fit its config "
-                              f"({_first_line(e)})") from e
-    return model.to(map_location), ckpt
+    return _load_built(path, map_location,
+                       lambda ckpt, path: DrawModel.from_config(draw_config(ckpt, path)))
+
+
+def load_classifier(path: str | os.PathLike,
+                    map_location="cpu") -> tuple[AttentionClassifier, dict]:
+    """Rebuild a classifier from its model file (written by train-classifier.py), as
+    `load_model`. Raises CheckpointError, one line, for anything else, a DRAW model file
+    included."""
+    return _load_built(path, map_location, lambda ckpt, path: AttentionClassifier.from_config(
+        classifier_config(ckpt, path)))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -1,16 +1,16 @@
-"""Memory estimates (draw/resources.py) against the built model and what autograd really keeps."""
+"""Memory estimates (draw/memory.py) against the built model and what autograd really keeps."""
 import dataclasses
 import random
 
 import pytest
 import torch
 
-import draw.resources
+import draw.memory
 from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss
+from draw.memory import (GB, ResourceError, activation_bytes, available_memory, check_memory,
+                         format_gb, inference_bytes, parameter_bytes, parameter_count,
+                         training_bytes)
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.resources import (GB, ResourceError, activation_bytes, available_memory, check_memory,
-                            format_gb, inference_bytes, parameter_bytes, parameter_count,
-                            training_bytes)
 
 
 def random_configs(n: int, seed: int) -> list[DrawConfig]:
@@ -108,8 +108,8 @@ def test_inference_keeps_every_step_of_draw_and_none_of_the_classifier():
 
 def test_available_memory_reads_meminfo_and_falls_back_to_physical_pages(monkeypatch, tmp_path):
     have = available_memory()
-    physical = draw.resources.os.sysconf("SC_PHYS_PAGES") * \
-        draw.resources.os.sysconf("SC_PAGE_SIZE")
+    physical = draw.memory.os.sysconf("SC_PHYS_PAGES") * \
+        draw.memory.os.sysconf("SC_PAGE_SIZE")
     assert 0 < have <= physical
     real_open = open
 
@@ -123,7 +123,7 @@ def test_available_memory_reads_meminfo_and_falls_back_to_physical_pages(monkeyp
 
 
 def test_check_memory_message(monkeypatch):
-    monkeypatch.setattr(draw.resources, "available_memory", lambda device=None: 8 * GB)
+    monkeypatch.setattr(draw.memory, "available_memory", lambda device=None: 8 * GB)
     check_memory(8 * GB, "a request that just fits")
     with pytest.raises(ResourceError) as info:
         check_memory(300_000 * GB, "sampling 1,000,000,000 images")

@@ -1,4 +1,4 @@
-"""Typed settings classes (draw/settings.py): each field declared once, with its default,
+"""Typed settings classes (draw/training/settings.py): each field declared once, with its default,
 flag, help, config key and resume rule:
 
     n_iter: int = setting(10, "number of glimpses T", flag="--niter")

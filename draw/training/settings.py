@@ -1,4 +1,4 @@
-"""The settings of a training run, one typed dataclass each (draw/settingsbase.py: flags,
+"""The settings of a training run, one typed dataclass each (draw/training/typed_settings.py: flags,
 config files, resume rules).
 
 `RunSettings` holds what every training run has (name, dataset, epochs, batch size, learning
@@ -16,9 +16,9 @@ import torch
 
 from draw.datasets import supported_datasets
 from draw.errors import DrawError
-from draw.settingsbase import CHANGE, FRESH, SESSION, Settings, derived, setting
 from draw.speed import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
 from draw.training.tensorboard import require_tensorboard
+from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, derived, setting
 
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path

@@ -23,8 +23,6 @@ import torch
 from draw.classifier import ClassifierConfig
 from draw.errors import DrawError
 from draw.model import DrawConfig
-from draw.training.checkpoint import (ClassifierFileError, classifier_config, draw_config,
-                                      load_checkpoint)
 
 GB = 1024 ** 3
 
@@ -138,20 +136,6 @@ def inference_bytes(cfg: ModelConfig, batch: int, dtype: torch.dtype = torch.flo
     per_step = 0 if isinstance(cfg, ClassifierConfig) else 4 * cfg.z_dim + 1
     return (parameter_bytes(cfg, dtype) + activation_bytes(cfg, batch, grad=False, dtype=dtype)
             + batch * cfg.n_iter * per_step * dtype.itemsize)
-
-
-def model_file_config(path: str | os.PathLike, classifier: bool = False) -> ModelConfig:
-    """The config of a model file, read without building the model, so that its sizes can be
-    checked first (a file can claim sizes no machine holds). A classifier's file gives its
-    ClassifierConfig where `classifier` allows one, else ClassifierFileError; CheckpointError
-    as load_model."""
-    ckpt = load_checkpoint(path)
-    try:
-        return draw_config(ckpt, path)
-    except ClassifierFileError:
-        if not classifier:
-            raise
-    return classifier_config(ckpt, path)
 
 
 def available_memory(device: torch.device | str | None = None) -> int:
