@@ -2,7 +2,7 @@
 """Train DRAW's read-only attention classifier (section 4.1, Table 1) on cluttered MNIST.
 
 The flags (draw/training/classify.py, ClassifierSettings) are parsed here and handed to
-draw.training.classify_run.main. Examples:
+draw.training.classify.main. Examples:
 
     python train-classifier.py --config configs/cluttered-mnist-8.toml     # Table 1, 8 glimpses
     python train-classifier.py --dataset cluttered-mnist --niter 4 --attention 12 --epochs 2
@@ -14,8 +14,7 @@ valid_error and test_error in percent, and glimpses.png shows every glimpse's re
 test images (the paper's Figure 4).
 """
 from draw.cli import run
-from draw.training.classify import ClassifierSettings
-from draw.training.classify_run import main
+from draw.training.classify import ClassifierSettings, main
 
 if __name__ == "__main__":
     run(main, ClassifierSettings.parser(__doc__).parse_args())

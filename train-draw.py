@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train DRAW (Gregor et al., 2015); checkpoints, logs and samples go to a run directory.
 
-The flags (draw/training/settings.py, DrawSettings) are parsed here and handed to draw.training.run.main.
+The flags (draw/training/settings.py, DrawSettings) are parsed here and handed to draw.training.draw_job.main.
 Examples:
 
     python train-draw.py --attention=2,5 --niter=64 --lr=3e-4 --epochs=100   # the paper's run
@@ -15,7 +15,7 @@ A resumed run keeps its settings; it may change --epochs (the total to reach), t
 directories, live plotting and the number of processes.
 """
 from draw.cli import run
-from draw.training.run import main
+from draw.training.draw_job import main
 from draw.training.settings import DrawSettings
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ The estimates are for float32 and are meant to be right within a small factor, n
 what autograd saves for the backward pass, measured on many configurations (tests hold it within
 a factor of 1.5 of the measured bytes). They cover both kinds of model, DRAW's (DrawConfig) and
 the attention classifier's (ClassifierConfig), so that train-draw.py and train-classifier.py
-check a run alike (draw/training/plan.py, `check_run_sizes`), and sample.py and evaluate.py a
+check a run alike (draw/training/run.py, `check_run_sizes`), and sample.py and evaluate.py a
 model file alike (`check_inference`).
 """
 import os

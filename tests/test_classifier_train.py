@@ -22,11 +22,10 @@ from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path
 from draw.errors import DrawError
 from draw.memory import GB, ResourceError
-from draw.training.classify import ClassifierSettings, ClassifyTask, classifier_test_error
-from draw.training.classify_run import main
+from draw.training.classify import ClassifierSettings, ClassifyTask, classifier_test_error, main
+from draw.training.draw_job import main as train_draw
 from draw.training.evaluate import main as evaluate
 from draw.training.export import export_model
-from draw.training.run import main as train_draw
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="cluttered-mnist", n_iter=2, attention=4, enc_dim=8, batch_size=40,
@@ -151,7 +150,7 @@ def test_settings_check_every_run_setting_for_a_labelled_dataset():
     (["--attention", "101"], "read_N=101 is larger than the 100x100 image"),
     (["--niter", "0"], "--niter must be a positive integer"),
     (["--config", "missing.toml"], "missing.toml"),
-    # sizes are checked as train-draw.py's (draw/training/plan.py, check_run_sizes): before
+    # sizes are checked as train-draw.py's (draw/training/run.py, check_run_sizes): before
     # this, the run directory was made and the first evaluation never ended
     (["--niter", "1000000000"], "glimpses.png of 1,000,000,000 glimpses (--niter), one "
                                 "column each, would be 100,999,999,999x807 pixels"),

@@ -18,8 +18,8 @@ from draw.datasets.__main__ import print_status
 from draw.datasets.crops import RandomCrops, centre_crops, cut
 from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path, save_converted
-from draw.training.plan import check
-from draw.training.run import main
+from draw.training.draw_job import DRAW, main
+from draw.training.run import check
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED, SIZE = (3, 64, 64), (54, 54)
@@ -60,7 +60,7 @@ def svhn_dir(tmp_path):
 def test_the_model_sees_3x54x54():
     spec = REGISTRY["svhn-multi"]
     assert (spec.shape, spec.stored_shape) == ((3, 54, 54), (3, 64, 64))
-    cfg = check({"config": str(ROOT / "configs" / "svhn.toml")}).cfg
+    cfg = check(DRAW, {"config": str(ROOT / "configs" / "svhn.toml")}).cfg
     assert (cfg.channels, cfg.height, cfg.width) == (3, 54, 54)
 
 
@@ -154,7 +154,7 @@ def test_train_draw_trains_on_each_epochs_patches_and_resumes_with_them(svhn_dir
                                                                           monkeypatch):
     """train-draw.py's batches are the patches of (--seed, epoch); a run stopped after epoch 1
     and resumed trains epoch 2 on the same patches as a run that never stopped."""
-    import draw.training.run as run
+    import draw.training.draw_job as draw_job
 
     seen = []
 
@@ -164,7 +164,7 @@ def test_train_draw_trains_on_each_epochs_patches_and_resumes_with_them(svhn_dir
                 seen.append((kwargs["epoch"], places(x)))
             yield x
 
-    monkeypatch.setattr(run, "batches", recording)
+    monkeypatch.setattr(draw_job, "batches", recording)
     flags = {**TINY, "data_dir": str(svhn_dir)}
     main(**flags, epochs=2, run_dir=str(tmp_path / "whole"))
     crops = RandomCrops(torch.from_numpy(located(40)), STORED, SIZE, seed=5)

@@ -12,8 +12,8 @@ from draw.checkpoint import load_model
 from draw.datasets import batches, get_data
 import draw.memory
 import draw.training.evaluate
+from draw.training.draw_job import main as train
 from draw.training.evaluate import duration, importance_sampled_nll, main
-from draw.training.run import main as train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ from draw.checkpoint import load_checkpoint, load_classifier, load_model, save_c
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.errors import DrawError
 from draw.outputs.sampling import main as sample
+from draw.training.draw_job import main as train
 from draw.training.evaluate import main as evaluate
 from draw.training.export import export_model
-from draw.training.run import main as train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="sample", subset=100, batch_size=50, n_iter=2, enc_dim=8, dec_dim=8,

@@ -16,8 +16,8 @@ from draw.datasets.converted import save_converted
 from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path
 from draw.errors import DrawError
-from draw.training.classify_run import main as train_classifier
-from draw.training.run import main
+from draw.training.classify import main as train_classifier
+from draw.training.draw_job import main
 from draw.training.tensorboard import scalar_tag
 
 needs_tensorboard = pytest.mark.skipif(

@@ -20,9 +20,9 @@ from PIL import Image
 from draw.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
 from draw.datasets import batches, get_data
 from draw.model import DrawConfig, DrawModel
+from draw.training.draw_job import main
 from draw.training.evaluate import bound_statistics
-from draw.training.plan import lr_tag
-from draw.training.run import main
+from draw.training.run import lr_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train-draw.py"
@@ -360,7 +360,7 @@ def test_compile_trains_the_compiled_glimpses_to_the_same_parameters(tmp_path, m
         compiled.append(model)
         return draw.speed.compile_glimpses(model, backend="aot_eager")
 
-    monkeypatch.setattr("draw.training.run.compile_glimpses", compile_glimpses)
+    monkeypatch.setattr("draw.training.draw_job.compile_glimpses", compile_glimpses)
     main(**TINY, run_dir=str(tmp_path / "eager"))
     main(**TINY, run_dir=str(tmp_path / "compiled"), compile=True)
     assert len(compiled) == 1
@@ -376,7 +376,7 @@ def test_a_long_run_compiles_by_default_and_counts_what_is_left(tmp_path, monkey
     x T) reach draw.speed's threshold: counted from the checkpoint when resumed."""
     import draw.speed
     compiled = []
-    monkeypatch.setattr("draw.training.run.compile_glimpses",
+    monkeypatch.setattr("draw.training.draw_job.compile_glimpses",
                         lambda model: compiled.append(model) or
                         draw.speed.compile_glimpses(model, backend="aot_eager"))
     steps = 2 * math.ceil(400 / TINY["batch_size"])         # 2 epochs of the --subset

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from draw.checkpoint import load_log, load_model
 from draw.model import DrawModel
-from draw.training.run import main
+from draw.training.draw_job import main
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this torch build has no gloo backend")

@@ -1,10 +1,13 @@
-"""Classification with DRAW's read attention (section 4.1, Table 1): settings, task, pictures.
+"""Classification with DRAW's read attention (section 4.1, Table 1): settings, task, pictures, job.
 
-What train-classifier.py trains through the same MainLoop, extensions, checkpoints and torchrun
-as train-draw.py (draw/training/main_loop.py): `ClassifierSettings` (the flags), the task
-`ClassifyTask` (cross-entropy as the loss; the error rate in percent as the monitored number,
-so the log holds `train_error`, `valid_error` and `test_error`, and `train_cross_entropy` ...),
-and `GlimpseCheckpoint` (the paper's Figure 4, every epoch). `classifier_test_error` scores a saved
+What train-classifier.py trains through the same run scaffold, MainLoop, extensions,
+checkpoints and torchrun as train-draw.py (draw/training/run.py): `ClassifierSettings` (the
+flags), the task `ClassifyTask` (cross-entropy as the loss; the error rate in percent as the
+monitored number, so the log holds `train_error`, `valid_error` and `test_error`, and
+`train_cross_entropy` ...), `GlimpseCheckpoint` (the paper's Figure 4 on the first test images,
+`glimpses.png` and `glimpses-NNN.png` every epoch) and `ClassifierJob`, which puts them
+together. The header and config.json carry a long name such as
+`cluttered-mnist-classifier-r12-t8-enc256-lr13`. `classifier_test_error` scores a saved
 classifier on its dataset's test split (what evaluate.py prints for a classifier file).
 """
 import math
@@ -14,15 +17,17 @@ from pathlib import Path
 
 import torch
 
-from draw.checkpoint import CheckpointError, load_classifier
+from draw.checkpoint import CheckpointError, classifier_config, load_checkpoint, load_classifier
 from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss, errors
 from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
+from draw.memory import check_inference
 from draw.outputs.glimpses import glimpse_grid
 from draw.outputs.plotting import check_picture_size, grid_size, save_png
-from draw.training.distributed import Distributed, wrap_model
+from draw.training.distributed import Distributed, first_on_each_machine, wrap_model
 from draw.training.extensions import Printing, SimpleExtension
 from draw.training.main_loop import adam
+from draw.training.run import Data, Job, Parts, lr_tag, train
 from draw.training.settings import RunSettings
 from draw.training.typed_settings import setting
 
@@ -184,6 +189,68 @@ class ClassifierPrinting(Printing):
                ("test_error", "test {:.2f}%"), ("train_cross_entropy", "xent {:.4f}"),
                ("train_total_gradient_norm", "|grad| {:.3g}"), ("time_train_this_epoch",
                                                                  "{:.1f} s"))
+
+
+def long_name(s: ClassifierSettings) -> str:
+    """e.g. `cluttered-mnist-classifier-r12-t8-enc256-lr13` (lr13 = 1e-3, the classic tag)."""
+    return (f"{s.dataset}-classifier-r{s.attention}-t{s.n_iter}-enc{s.enc_dim}-"
+            f"lr{lr_tag(s.learning_rate)}")
+
+
+class ClassifierJob(Job):
+    """train-classifier.py's runs in the scaffold of draw/training/run.py: labelled data
+    (cluttered-mnist's training images are fresh every epoch, epoch e's a function of
+    (--seed, e) alone, so a resumed run sees the same ones), ClassifyTask, Adam with the read
+    head at --read-lr, and the paper's Figure 4 every epoch."""
+    script = "train-classifier.py"
+    settings_class = ClassifierSettings
+    printing = ClassifierPrinting
+    picture = ("glimpses-{epoch:03d}.png", "glimpses")
+
+    def long_name(self, s: ClassifierSettings) -> str:
+        return long_name(s)
+
+    def model_config(self, s: ClassifierSettings, shape: tuple[int, int, int]) -> ClassifierConfig:
+        return model_config(s, shape, n_classes=10)
+
+    def read_model_file(self, path) -> dict:
+        # built to check its parameters: its config, read alone, is checked first
+        check_inference(classifier_config(load_checkpoint(path), path), 1, f"the model of {path}")
+        return load_classifier(path)[1]
+
+    def load_data(self, s: ClassifierSettings, dist, device) -> Data:
+        data = first_on_each_machine(dist, lambda: get_labelled(s.dataset, root=s.data_dir,
+                                                                seed=s.seed),
+                                     device, what=f"loading {s.dataset}")
+        return Data(data.train, data.valid, data.test, labelled_batches).cut(
+            s, lambda split, index: split.subset(index))
+
+    def picture_bytes(self, cfg: ClassifierConfig, s: ClassifierSettings) -> int:
+        return GlimpseCheckpoint.needs(cfg, f"glimpses.png of {s.n_iter:,} glimpses (--niter), "
+                                            f"one column each,")
+
+    def build(self, plan) -> Parts:
+        s, cfg = plan.checked.settings, plan.checked.cfg
+        model = AttentionClassifier.from_config(cfg).to(plan.device)
+        pictures = []
+        if plan.dist.is_main:
+            first, _ = next(labelled_batches(plan.data.test, N_GLIMPSE_IMAGES,
+                                             device=plan.device))
+            pictures.append(GlimpseCheckpoint(plan.run_path, first,
+                                              (cfg.channels, cfg.height, cfg.width)))
+        header = [("glimpses", f"{cfg.n_iter} of {cfg.read_N}x{cfg.read_N}"),
+                  ("LSTM dimension", cfg.enc_dim),
+                  ("learning rate", f"{s.describe_lr()}; read head x{s.read_lr:g}")]
+        return Parts(ClassifyTask(model, plan.dist), classifier_adam(model, s), pictures, header)
+
+
+CLASSIFIER = ClassifierJob()
+
+
+def main(**flags) -> None:
+    """Train the classifier; `flags` are train-classifier.py's, by ClassifierSettings field
+    name, plus `config` (draw/training/run.py, `train`)."""
+    train(CLASSIFIER, flags)
 
 
 def classifier_test_error(path, data_dir: str | None = None, batch_size: int = TEST_BATCH,

@@ -182,7 +182,7 @@ class SampleCheckpoint(SimpleExtension):
     @classmethod
     def needs(cls, cfg, n: int) -> int:
         """The bytes of drawing n samples and their pictures (sample.py's estimate), for a run's
-        check of its sizes before anything is written (draw/training/plan.py); PictureSizeError
+        check of its sizes before anything is written (draw/training/run.py); PictureSizeError
         where sequence.gif could not hold the steps."""
         check_gif_duration(cfg.n_iter, cls.STEP_MS, cls.HOLD_MS,
                            f"sequence.gif of {cfg.n_iter:,} steps (--niter)")

@@ -1,9 +1,14 @@
-"""Turn the settings of `train-draw.py` into a run: data, model, optimiser, extensions, files.
+"""One training run, whatever it trains: checks, data, run directory, lock, loop, resume, Ctrl-C.
 
-`main(**flags)` first checks everything (draw/training/plan.py: the settings, the model files,
-the device, the data, the memory the model needs, the run directory's name); only then does
-anything touch the disk, so a bad command line leaves no trace. A run then lives in
-`<name>-YYYYmmdd-HHMMSS/`, with `name` = --name or the dataset, as in the classic repository:
+train-draw.py and train-classifier.py both call `train(job, flags)`. A `Job` says what differs
+between them: its settings class, its model config, its data, its model, task and optimiser, the
+picture it draws every epoch and its lines of the header. DRAW's is draw/training/draw_job.py,
+the classifier's draw/training/classify.py; a third kind of run is a third Job.
+
+`train` first checks everything (the settings, the model files, the device, the data, the memory
+the model needs, the run directory's name); only then does anything touch the disk, so a bad
+command line leaves no trace. A run then lives in `<name>-YYYYmmdd-HHMMSS/`, with `name` =
+--name or the dataset, as in the classic repository:
 
     .lock                    held while a process trains here (draw/training/lock.py)
     config.json              the long name, the resolved model config and run settings
@@ -11,173 +16,262 @@ anything touch the disk, so a bad command line leaves no trace. A run then lives
     <name>_model.pkl         config, parameters, optimiser, RNG and loop state (draw/checkpoint.py)
     <name>_log.pkl           one row of numbers per epoch
     <name>_log.csv           the same rows as CSV, one column per key
-    sample.png, epoch-NNN.png, training.gif, sequence.gif   samples (extensions.py)
-    events.out.tfevents.*    with --tensorboard: the log and the samples (tensorboard.py)
+    pictures                 the job's: DRAW's samples, the classifier's glimpses
+    events.out.tfevents.*    with --tensorboard: the log and the pictures (tensorboard.py)
 
-The classic self-describing long name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`, is in
-the header and config.json. Runs made before kept their files under the long name; a resumed
-run goes on writing the files it found. A run killed before its first model file is restarted
-by `--resume` from the settings in its config.json.
+The self-describing long name (e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`) is in the header
+and config.json. Runs made before kept their files under the long name; a resumed run goes on
+writing the files it found. A run killed before its first model file is restarted by `--resume`
+from the settings in its config.json.
 
-Training goes through the model's own forward pass (draw/training/task.py), its glimpses
-compiled by `torch.compile` when the run is long enough to repay it (`draw.speed.compile_choice`;
-`--compile`, `--no-compile` decide instead). Denormal floats are flushed to zero on the CPU
-unless `--no-flush-denormal`: a process-wide setting, applied here explicitly. The header says
-both. Under `torchrun --nproc_per_node=K` the same run is data-parallel
-(draw/training/distributed.py): `--bs` is the global batch, every process trains
-on its slice of it, and the run takes the steps of a single process up to float rounding; only
-the main process (rank 0) prints and writes files, and a run may be resumed with another number
-of processes.
+Under `torchrun --nproc_per_node=K` the same run is data-parallel (draw/training/distributed.py):
+`--bs` is the global batch, every process trains on its slice of it, and the run takes the
+steps of a single process up to float rounding; only the main process (rank 0) prints and
+writes files, and a run may be resumed with another number of processes.
 """
-import dataclasses
 import json
 import math
 import random
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from draw.checkpoint import set_rng_state
-from draw.datasets import batches
-from draw.errors import Interrupted
-from draw.model import DrawModel
-from draw.speed import compile_glimpses
-from draw.training.distributed import (close_distributed, init_distributed, process_place,
-                                       reported_once)
+from draw.checkpoint import CheckpointError, resolve_device, set_rng_state
+from draw.datasets.store import dataset_spec
+from draw.errors import DrawError, Interrupted
+from draw.memory import ModelConfig, check_memory, training_bytes
+from draw.model import DrawConfig
+from draw.training.distributed import (Distributed, close_distributed, init_distributed,
+                                       process_place, reported_once)
 from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
-                                      LearningRateSchedule, Plot, Printing, ProgressBar,
-                                      SampleCheckpoint, Timing, TrainingDataMonitoring)
-from draw.training.lock import RunLock
-from draw.training.main_loop import MainLoop, adam, load_adam_state
-from draw.training.plan import N_SAMPLES, Plan, check, long_name, make_plan
-from draw.training.rundir import experiment_name, make_run_dir, nothing_to_do, read_text, write_text
-from draw.training.task import DrawTask
+                                      LearningRateSchedule, Plot, Printing, ProgressBar, Timing,
+                                      TrainingDataMonitoring)
+from draw.training.lock import RunLock, check_unlocked
+from draw.training.main_loop import MainLoop, load_adam_state
+from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
+                                  nothing_to_do, read_text, stored_in_config, write_text)
+from draw.training.settings import RunSettings
 from draw.training.tensorboard import TensorBoard
 
-
-def _header(longname: str, plan: Plan, n_params: int, resumed_at: str | None) -> str:
-    s, cfg, splits, d = plan.checked.settings, plan.checked.cfg, plan.splits, plan.dist
-    bs = s.batch_size
-    lines = [f"\n{'Resuming' if resumed_at else 'Running'} experiment {longname}"]
-    for label, value in (
-            ("dataset", f"{s.dataset} ({splits['train'].shape[0]} train, "
-                        f"{splits['valid'].shape[0]} valid, {splits['test'].shape[0]} test "
-                        f"images of {cfg.channels}x{cfg.height}x{cfg.width})"),
-            ("subdirectory", plan.run_path), ("learning rate", s.describe_lr()),
-            ("attention", s.attention or "none"), ("n_iterations", cfg.n_iter),
-            ("encoder dimension", cfg.enc_dim), ("z dimension", cfg.z_dim),
-            ("decoder dimension", cfg.dec_dim),
-            ("batch size", f"{bs} in all, {bs // d.world_size}-{-(-bs // d.world_size)} per "
-                           f"process" if d.enabled else bs),
-            ("epochs", s.epochs), ("seed", s.seed),
-            ("processes", f"{d.world_size} (torchrun, DistributedDataParallel over "
-                          f"{'NCCL' if plan.device.type == 'cuda' else 'gloo'})"
-             if d.enabled else None),
-            ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
-            ("CPU threads", torch.get_num_threads()),
-            ("flush denormals", "on" if s.flush_denormal else "off"),
-            ("compiled glimpses", plan.compiled[1]),
-            ("evaluation", f"every {s.eval_every} epoch(s) on "
-                           f"{splits['valid_subset'].shape[0]} valid and "
-                           f"{splits['test_subset'].shape[0]} test images; the whole splits "
-                           f"after the last"),
-            ("objective", "the bound on -log p(x) (eq. 12), nats" if plan.binary else
-             "Bernoulli cross-entropy of the grey levels + KL (eq. 12), nats: not a bound "
-             "on -log p(x) for non-binary data"),
-            ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
-        if value is not None:
-            lines.append(f"{label:>22}: {value}")
-    return "\n".join(lines) + "\n"
+# what a checkpoint needs besides its settings to be resumed
+TRAINING_STATE = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
 
 
-def _monitors(plan: Plan) -> list[DataStreamMonitoring]:
-    """Evaluation of valid and test: on their --eval-subset every --eval-every epochs, on the
-    whole splits after the last epoch, with a progress bar on the main process."""
-    s = plan.checked.settings
-    bs, monitors = s.batch_size, []
-    for key in ("valid", "test"):
-        whole, part = plan.splits[key], plan.splits[f"{key}_subset"]
-        if whole.shape[0] == 0:
-            continue
-        monitors.append(DataStreamMonitoring(
-            lambda images=part: batches(images, bs, device=plan.device), key, plan.device,
-            seed=s.seed, every=s.eval_every,
-            final=lambda images=whole: batches(images, bs, device=plan.device),
-            sizes=(math.ceil(part.shape[0] / bs), math.ceil(whole.shape[0] / bs)),
-            progress=plan.dist.is_main))
-    return monitors
+def lr_tag(value: float) -> str:
+    """The classic short learning-rate tag of the long names: leading digit, then minus the
+    exponent.
+
+    >>> lr_tag(1e-3), lr_tag(3e-4), lr_tag(0.005)
+    ('13', '34', '53')
+    """
+    exponent = math.floor(math.log10(value))
+    return f"{f'{value:e}'[0]}{-exponent}"
 
 
-def _build_loop(plan: Plan) -> MainLoop:
-    """Model, Adam, data order and the classic extensions, in the order they must run."""
-    s, cfg, run_path = plan.checked.settings, plan.checked.cfg, plan.run_path
-    bs = s.batch_size
-    writer = plan.dist.is_main        # only the main rank prints, shows progress, writes files
-    model = DrawModel.from_config(cfg).to(plan.device)
-    if plan.checked.old is not None:
-        model.load_state_dict(plan.checked.old.state_dict())
-    if plan.compiled[0]:
-        compile_glimpses(model)
-    task = DrawTask(model, plan.dist)
-    optimizer = adam(model.parameters(), lr=s.learning_rate)
-    generator = torch.Generator().manual_seed(s.seed)
-    n_batches = plan.batches_per_epoch
-    extensions = [ProgressBar(n_batches)] if writer else []
-    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs),
-                   LearningRateSchedule(optimizer, s.learning_rate, s.lr_warmup, s.lr_decay,
-                                        n_batches),
-                   TrainingDataMonitoring(), *_monitors(plan)]
-    if writer:
-        extensions += [
-            Printing(),
-            # the model file commits an epoch; the log and the pictures follow it
-            Checkpoint(run_path, plan.checked.files, s.stored()),
-            SampleCheckpoint(run_path, (cfg.channels, cfg.height, cfg.width), n=N_SAMPLES,
-                             seed=s.seed),
-        ]
-        if s.tensorboard:
-            extensions.append(TensorBoard(run_path, "epoch-{epoch:03d}.png", "samples"))
-        if s.live_plotting:
-            extensions.append(Plot(run_path, port=s.plot_port))
-    train = plan.splits["train"]
-    loop = MainLoop(task, optimizer, None, generator, extensions, grad_clip=s.grad_clip)
-    # every rank draws the same global batches from the same generator (main_loop.py); the
-    # images of epoch e are epoch e's (svhn-multi's random patches, draw/datasets/crops.py)
-    loop.epoch_batches = lambda: batches(train, bs, generator=generator,
-                                         epoch=loop.status["epoch"], device=plan.device)
-    return loop
+@dataclass(frozen=True)
+class Checked:
+    """What the command line and the files it names say, all checked; nothing read or written
+    beyond the model files. Under torchrun every process checks its flags alone, before they
+    join the process group."""
+    settings: RunSettings
+    cfg: ModelConfig
+    device: torch.device
+    run_path: Path | None         # the run directory when resuming
+    ckpt: dict | None             # the checkpoint to resume from
+    start: nn.Module | None       # a model to start from (DRAW's --oldmodel)
+    files: str                    # <files>_model.pkl, <files>_log.pkl
 
 
-def main(**flags) -> None:
-    """Train DRAW; `flags` are train-draw.py's, by DrawSettings field name, plus `config`.
+@dataclass
+class Data:
+    """A run's splits on the device, train cut to --subset, valid and test whole and cut to
+    their --eval-subset, and the job's `batches(split, batch_size, generator=, epoch=,
+    device=)` over any of them."""
+    train: Any
+    valid: Any
+    test: Any
+    batches: Callable
+    binary: bool = False          # every pixel 0 or 1 (DRAW's bound is one on -log p(x))
+    valid_subset: Any = None
+    test_subset: Any = None
+
+    def cut(self, s: RunSettings, take: Callable) -> "Data":
+        """Cut train to --subset and valid / test to --eval-subset with `take(split, index)`:
+        random, not the first n (binarized MNIST's test set is sorted by digit), seeded, the
+        same ones every evaluation."""
+        def pick(split, n):
+            if n is None or n >= len(split):
+                return split
+            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(s.seed))
+            return take(split, order[:n])
+        return replace(self, train=pick(self.train, s.subset),
+                       valid_subset=pick(self.valid, s.eval_subset or None),
+                       test_subset=pick(self.test, s.eval_subset or None))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A complete run, before anything is written: the checked settings, this process's place
+    and device, the data and the run directory (to create, or to continue)."""
+    job: "Job"
+    checked: Checked
+    dist: Distributed
+    device: torch.device
+    data: Data
+    run_path: Path
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Training batches per epoch; the last may be smaller."""
+        return math.ceil(len(self.data.train) / self.checked.settings.batch_size)
+
+
+class Parts(NamedTuple):
+    """What a job builds for the loop: the task (draw/training/task.py), its optimiser, the
+    extensions that draw its picture every epoch (main process only) and its header lines."""
+    task: Any
+    optimizer: torch.optim.Optimizer
+    pictures: list
+    header: list[tuple[str, Any]]
+
+
+class Job:
+    """What a kind of training run adds to the scaffold; subclasses fill in every method."""
+    script = "train.py"                      # for the message of a stopped run
+    settings_class: type[RunSettings] = RunSettings
+    printing = Printing                      # its one line per epoch
+    picture = ("epoch-{epoch:03d}.png", "samples")    # TensorBoard's picture file and tag
+    foreign = ""                             # why a model file without training state is so
+
+    def long_name(self, s: RunSettings) -> str:
+        raise NotImplementedError
+
+    def model_config(self, s: RunSettings, shape: tuple[int, int, int]) -> ModelConfig:
+        """The model config of the settings for images of `shape`; DrawError if invalid."""
+        raise NotImplementedError
+
+    def read_model_file(self, path: Path) -> dict:
+        """The checkpoint of `--resume`; CheckpointError where it is not this job's."""
+        raise NotImplementedError
+
+    def start_from(self, s: RunSettings, cfg: ModelConfig,
+                   device: torch.device) -> nn.Module | None:
+        """A model a fresh run starts from (DRAW's --oldmodel), checked; None by default."""
+        return None
+
+    def load_data(self, s: RunSettings, dist: Distributed, device: torch.device) -> Data:
+        raise NotImplementedError
+
+    def picture_bytes(self, cfg: ModelConfig, s: RunSettings) -> int:
+        """Bytes of the picture drawn every epoch, checked with the run's other sizes."""
+        raise NotImplementedError
+
+    def build(self, plan: Plan) -> Parts:
+        raise NotImplementedError
+
+
+def _resumed(job: Job, given: dict) -> tuple[RunSettings, Path, dict | None, Path | None]:
+    run_path, model_file = find_checkpoint(given["resume"])
+    check_unlocked(run_path)
+    if model_file is None:      # killed before its first save: its config.json restarts it
+        stored = stored_in_config(run_path)
+        return (job.settings_class.resumed(stored, given, str(run_path / "config.json")),
+                run_path, None, None)
+    try:
+        ckpt = job.read_model_file(model_file)
+    except CheckpointError as e:
+        raise DrawError(f"--resume: {e}") from e
+    if not isinstance(ckpt.get("run"), dict) or TRAINING_STATE - set(ckpt):
+        raise DrawError(f"--resume: {model_file} lacks the run settings or the training "
+                        f"state{job.foreign}")
+    settings = job.settings_class.resumed(ckpt["run"], given, str(model_file))
+    return settings, run_path, ckpt, model_file
+
+
+def check(job: Job, flags: dict) -> Checked:
+    """Build and check the settings and read the model files; raise DrawError, write nothing.
 
     A setting not given takes its value from the config file, else its default, or on
-    `resume` the run's own (draw/training/settings.py says which a resumed run may change).
+    `resume` the run's own (draw/training/settings.py says which a resumed run may change)."""
+    given = job.settings_class.given(flags)
+    run_path = ckpt = model_file = None
+    if given.get("resume") is not None:
+        settings, run_path, ckpt, model_file = _resumed(job, given)
+    else:
+        settings = job.settings_class(**given)
+    device = resolve_device(settings.device)
+    C, H, W = dataset_spec(settings.dataset).shape
+    cfg = job.model_config(settings, (C, H, W))
+    if ckpt is not None and type(cfg).from_dict(ckpt["config"]) != cfg:
+        raise DrawError(f"--resume {settings.resume}: the model file's config does not match "
+                        f"its settings for {settings.dataset}'s {C}x{H}x{W} images")
+    start = job.start_from(settings, cfg, device) if ckpt is None else None
+    files = (model_file.name[:-len("_model.pkl")] if model_file is not None
+             else settings.name or settings.dataset)
+    return Checked(settings, cfg, device, run_path, ckpt, start, files)
 
-    Under torchrun every process calls `main` with the same flags; `batch_size` is the global
-    batch, split between the processes (draw/training/distributed.py). Only the main process
-    prints and writes files.
+
+def check_run_sizes(cfg: ModelConfig, s: RunSettings, n_train: int, d: Distributed,
+                    device: torch.device, pictures: int = 0) -> None:
+    """The one check of a training run's sizes, whatever the job, once its data are loaded and
+    before anything is written: the batch against the `n_train` training images, and training
+    (draw/memory.py: the model, Adam, the pass autograd records over this process's share of a
+    batch) with the `pictures` bytes its extensions draw every epoch against the device's
+    memory. Raises DrawError, one line."""
+    if s.batch_size > n_train:
+        raise DrawError(f"--bs {s.batch_size} is larger than the training set ({n_train} "
+                        f"images{' with --subset' if s.subset else ''})")
+    per_process = -(-s.batch_size // d.world_size)
+    if isinstance(cfg, DrawConfig):
+        sizes = f"enc {cfg.enc_dim}, dec {cfg.dec_dim}, z {cfg.z_dim}"
+    else:
+        sizes = f"read {cfg.read_N}x{cfg.read_N}, LSTM {cfg.enc_dim}"
+    check_memory(training_bytes(cfg, per_process) + pictures,
+                 f"training this model (T={cfg.n_iter}, {sizes}) on batches of {per_process}",
+                 device)
+
+
+def make_plan(job: Job, checked: Checked, dist: Distributed, device: torch.device) -> Plan:
+    """The data on the device, the run's sizes checked and the run directory named (not
+    made); under torchrun every process makes its own."""
+    s = checked.settings
+    data = job.load_data(s, dist, device)
+    check_run_sizes(checked.cfg, s, len(data.train), dist, device,
+                    pictures=job.picture_bytes(checked.cfg, s))
+    run_path = checked.run_path or new_run_path(Path(s.run_dir), s.name or s.dataset)
+    return Plan(job, checked, dist, device, data, run_path)
+
+
+def train(job: Job, flags: dict) -> None:
+    """Train a job; `flags` are its script's, by settings field name, plus `config`.
+
+    Under torchrun every process calls `train` with the same flags; `batch_size` is the global
+    batch, split between the processes. Only the main process prints and writes files.
 
     Raises
     ------
     DrawError
         For anything the user can fix, before any file is written.
-    KeyboardInterrupt
+    Interrupted
         After a first Ctrl-C has stopped training and the state has been saved.
     """
     place = process_place()
     with reported_once(place):
-        checked = check(flags)
-        ckpt, s = checked.ckpt, checked.settings
-        if nothing_to_do(checked.run_path, ckpt, s.epochs, place.is_main):
+        checked = check(job, flags)
+        if nothing_to_do(checked.run_path, checked.ckpt, checked.settings.epochs,
+                         place.is_main):
             return
         dist, device = init_distributed(checked.device)
         finished = False
         try:
-            _run(make_plan(checked, dist, device))
+            _run(make_plan(job, checked, dist, device))
             finished = True
         finally:
             close_distributed(dist, finished)
@@ -190,7 +284,7 @@ def _run(plan: Plan) -> None:
     try:
         if plan.dist.is_main:
             if plan.checked.run_path is None:
-                plan = dataclasses.replace(plan, run_path=make_run_dir(plan.run_path))
+                plan = replace(plan, run_path=make_run_dir(plan.run_path))
             lock = RunLock(plan.run_path).acquire()
         _train(plan)
     finally:
@@ -198,45 +292,128 @@ def _run(plan: Plan) -> None:
             lock.release()
 
 
+def _monitors(plan: Plan) -> list[DataStreamMonitoring]:
+    """Evaluation of valid and test: on their --eval-subset every --eval-every epochs, on the
+    whole splits after the last epoch, with a progress bar on the main process."""
+    s, data, device = plan.checked.settings, plan.data, plan.device
+    bs, monitors = s.batch_size, []
+    for key in ("valid", "test"):
+        whole, part = getattr(data, key), getattr(data, f"{key}_subset")
+        if len(whole) == 0:
+            continue
+        monitors.append(DataStreamMonitoring(
+            lambda split=part: data.batches(split, bs, device=device), key, device,
+            seed=s.seed, every=s.eval_every,
+            final=lambda split=whole: data.batches(split, bs, device=device),
+            sizes=(math.ceil(len(part) / bs), math.ceil(len(whole) / bs)),
+            progress=plan.dist.is_main))
+    return monitors
+
+
+def _build_loop(plan: Plan, parts: Parts) -> MainLoop:
+    """The loop and its extensions, in the order they must run."""
+    s, run_path, n_batches = plan.checked.settings, plan.run_path, plan.batches_per_epoch
+    writer = plan.dist.is_main        # only the main rank prints, shows progress, writes files
+    extensions = [ProgressBar(n_batches)] if writer else []
+    extensions += [Timing(), FinishAfter(after_n_epochs=s.epochs),
+                   LearningRateSchedule(parts.optimizer, s.learning_rate, s.lr_warmup,
+                                        s.lr_decay, n_batches),
+                   TrainingDataMonitoring(), *_monitors(plan)]
+    if writer:
+        # the model file commits an epoch; the log and the pictures follow it
+        extensions += [plan.job.printing(), Checkpoint(run_path, plan.checked.files, s.stored()),
+                       *parts.pictures]
+        if s.tensorboard:
+            extensions.append(TensorBoard(run_path, *plan.job.picture))
+        if s.live_plotting:
+            extensions.append(Plot(run_path, port=s.plot_port))
+    generator = torch.Generator().manual_seed(s.seed)
+    loop = MainLoop(parts.task, parts.optimizer, None, generator, extensions,
+                    grad_clip=s.grad_clip)
+    # every rank draws the same global batches from the same generator (main_loop.py); the
+    # images of epoch e are epoch e's (svhn-multi's random patches, cluttered-mnist's scenes)
+    loop.epoch_batches = lambda: plan.data.batches(plan.data.train, s.batch_size,
+                                                   generator=generator,
+                                                   epoch=loop.status["epoch"],
+                                                   device=plan.device)
+    return loop
+
+
+def _write_run_files(plan: Plan, longname: str) -> None:
+    """args.txt, one more line per resume, and config.json."""
+    ckpt = plan.checked.ckpt
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    args_txt = plan.run_path / "args.txt"
+    previous = ""
+    if plan.checked.run_path is not None:
+        previous = read_text(args_txt) + ("# resumed\n" if ckpt is not None else
+                                           "# restarted: killed before its first save\n")
+    write_text(args_txt, previous + command + "\n")
+    write_text(plan.run_path / "config.json", json.dumps(
+        {"name": longname, "config": plan.checked.cfg.to_dict(),
+         "run": plan.checked.settings.stored(), "device": str(plan.device),
+         "processes": plan.dist.world_size, "torch": torch.__version__}, indent=2) + "\n")
+
+
+def _resume(plan: Plan, loop: MainLoop) -> str:
+    """Load the checkpoint's state into the loop; where it was, for the header."""
+    ckpt = plan.checked.ckpt
+    loop.model.load_state_dict(ckpt["model"])
+    load_adam_state(loop.optimizer, ckpt["optimizer"])
+    loop.load_state_dict(ckpt)
+    # last: building the model drew from the global generator
+    set_rng_state(ckpt["rng"], loop.generator)
+    if plan.dist.enabled and plan.device.type == "cuda" and ckpt["rng"]["cuda"]:
+        # the training noise comes from each rank's own GPU generator, all of which drew
+        # alike; the main rank saved its GPU's state first (cuda:0, as LOCAL_RANK 0)
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], plan.device)
+    return f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"] else "")
+
+
+def _header(plan: Plan, parts: Parts, longname: str, resumed_at: str | None) -> str:
+    s, cfg, data, d = plan.checked.settings, plan.checked.cfg, plan.data, plan.dist
+    bs = s.batch_size
+    n_params = sum(p.numel() for p in parts.task.model.parameters())
+    lines = [f"\n{'Resuming' if resumed_at else 'Running'} experiment {longname}"]
+    for label, value in (
+            ("dataset", f"{s.dataset} ({len(data.train)} train, {len(data.valid)} valid, "
+                        f"{len(data.test)} test images of {cfg.channels}x{cfg.height}x"
+                        f"{cfg.width})"),
+            ("subdirectory", plan.run_path), *parts.header,
+            ("batch size", f"{bs} in all, {bs // d.world_size}-{-(-bs // d.world_size)} per "
+                           f"process" if d.enabled else bs),
+            ("epochs", s.epochs), ("seed", s.seed),
+            ("processes", f"{d.world_size} (torchrun, DistributedDataParallel over "
+                          f"{'NCCL' if plan.device.type == 'cuda' else 'gloo'})"
+             if d.enabled else None),
+            ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
+            ("CPU threads", torch.get_num_threads()),
+            ("flush denormals", "on" if s.flush_denormal else "off"),
+            ("evaluation", f"every {s.eval_every} epoch(s) on {len(data.valid_subset)} valid "
+                           f"and {len(data.test_subset)} test images; the whole splits after "
+                           f"the last"),
+            ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
+        if value is not None:
+            lines.append(f"{label:>22}: {value}")
+    return "\n".join(lines) + "\n"
+
+
 def _train(plan: Plan) -> None:
     s, ckpt, writer = plan.checked.settings, plan.checked.ckpt, plan.dist.is_main
-    longname = experiment_name(plan.checked.run_path, long_name(s))
+    longname = experiment_name(plan.checked.run_path, plan.job.long_name(s))
     s.apply_to_process()          # threads and denormal flushing, process-wide
     if ckpt is None:
         # every rank alike: the same initial parameters, and the same training noise
         torch.manual_seed(s.seed)
         np.random.seed(s.seed)
         random.seed(s.seed)
-    loop = _build_loop(plan)
+    parts = plan.job.build(plan)
+    loop = _build_loop(plan, parts)
     if writer:
-        command = shlex.join([Path(sys.executable).name, *sys.argv])
-        args_txt = plan.run_path / "args.txt"
-        previous = ""
-        if plan.checked.run_path is not None:
-            previous = read_text(args_txt) + ("# resumed\n" if ckpt is not None else
-                                               "# restarted: killed before its first save\n")
-        write_text(args_txt, previous + command + "\n")
-        write_text(plan.run_path / "config.json", json.dumps(
-            {"name": longname, "config": plan.checked.cfg.to_dict(), "run": s.stored(),
-             "device": str(plan.device), "processes": plan.dist.world_size,
-             "torch": torch.__version__}, indent=2) + "\n")
-    resumed_at = None
-    if ckpt is not None:
-        loop.model.load_state_dict(ckpt["model"])
-        load_adam_state(loop.optimizer, ckpt["optimizer"])
-        loop.load_state_dict(ckpt)
-        # last: building the model drew from the global generator
-        set_rng_state(ckpt["rng"], loop.generator)
-        if plan.dist.enabled and plan.device.type == "cuda" and ckpt["rng"]["cuda"]:
-            # the training noise comes from each rank's own GPU generator, all of which drew
-            # alike; the main rank saved its GPU's state first (cuda:0, as LOCAL_RANK 0)
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], plan.device)
-        resumed_at = f"epoch {ckpt['epoch']}"
-        if ckpt["batch"]:
-            resumed_at += f", batch {ckpt['batch']}"
+        _write_run_files(plan, longname)
+    resumed_at = None if ckpt is None else _resume(plan, loop)
     if writer:
-        n_params = sum(p.numel() for p in loop.model.parameters())
-        print(_header(longname, plan, n_params, resumed_at), flush=True)
+        print(_header(plan, parts, longname, resumed_at), flush=True)
     loop.run()
     if loop.status["interrupted"]:
         launcher = "torchrun --nproc_per_node=K" if plan.dist.enabled else "python"
@@ -247,4 +424,4 @@ def _train(plan: Plan) -> None:
                  f"after epoch {status['epoch']}")
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
         raise Interrupted(f"stopped by Ctrl-C {where}; saved. Continue with: {launcher} "
-                          f"train-draw.py --resume {plan.run_path}")
+                          f"{plan.job.script} --resume {plan.run_path}")

@@ -1,0 +1,122 @@
+"""Training DRAW (train-draw.py): what its runs add to the scaffold of draw/training/run.py.
+
+DRAW's settings (draw/training/settings.py, DrawSettings) give the model config; `--oldmodel`
+names a model file to start from, checked against it; the data are images alone, on the device
+once; the task is the bound of eq. 12 (draw/training/task.py); every epoch SampleCheckpoint draws
+100 samples (sample.png, epoch-NNN.png, training.gif, sequence.gif).
+
+Training goes through the model's own forward pass, its glimpses compiled by `torch.compile`
+when the run is long enough to repay it (`draw.speed.compile_choice`; `--compile`,
+`--no-compile` decide instead). Denormal floats are flushed to zero on the CPU unless
+`--no-flush-denormal`: a process-wide setting, applied by the scaffold. The header says both.
+"""
+from draw.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
+                             model_file_config)
+from draw.datasets import batches, get_data
+from draw.errors import DrawError
+from draw.memory import check_inference
+from draw.model import DrawConfig, DrawModel
+from draw.speed import compile_choice, compile_glimpses
+from draw.training.distributed import first_on_each_machine
+from draw.training.extensions import SampleCheckpoint
+from draw.training.main_loop import adam
+from draw.training.run import Data, Job, Parts, lr_tag, train
+from draw.training.settings import DrawSettings
+from draw.training.task import DrawTask
+
+N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
+
+
+def long_name(s: DrawSettings) -> str:
+    """The classic run name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`."""
+    tag = "full" if s.read_N is None else f"r{s.read_N}-w{s.write_N}"
+    return (f"{s.dataset}-{tag}-t{s.n_iter}-enc{s.enc_dim}-dec{s.dec_dim}-z{s.z_dim}-"
+            f"lr{lr_tag(s.learning_rate)}")
+
+
+class DrawJob(Job):
+    script = "train-draw.py"
+    settings_class = DrawSettings
+    foreign = " (an exported or foreign model file: start a new run from it with --oldmodel)"
+
+    def long_name(self, s: DrawSettings) -> str:
+        return long_name(s)
+
+    def model_config(self, s: DrawSettings, shape: tuple[int, int, int]) -> DrawConfig:
+        C, H, W = shape
+        try:
+            return DrawConfig(channels=C, height=H, width=W, n_iter=s.n_iter, enc_dim=s.enc_dim,
+                              dec_dim=s.dec_dim, z_dim=s.z_dim, read_N=s.read_N,
+                              write_N=s.write_N)
+        except ValueError as e:
+            raise DrawError(f"--attention={s.attention}: {e}") from e
+
+    def read_model_file(self, path) -> dict:
+        ckpt = load_checkpoint(path)
+        draw_config(ckpt, path)           # a DRAW model's file (not a classifier's)
+        return ckpt
+
+    def start_from(self, s: DrawSettings, cfg: DrawConfig, device) -> DrawModel | None:
+        """The --oldmodel, whose config must be the run's."""
+        if s.oldmodel is None:
+            return None
+        try:
+            old_cfg = model_file_config(s.oldmodel)
+            if old_cfg != cfg:
+                here = cfg.to_dict()
+                diffs = ", ".join(f"{k} {v} there, {here[k]} here"
+                                  for k, v in old_cfg.to_dict().items() if here[k] != v)
+                raise DrawError(f"--oldmodel {s.oldmodel} has another configuration: {diffs}")
+            # the run's own model, whose training make_plan checks; built here, before that
+            check_inference(cfg, 1, f"the model of --oldmodel {s.oldmodel}", device)
+            return load_model(s.oldmodel)[0]
+        except CheckpointError as e:
+            raise DrawError(f"--oldmodel: {e}") from e
+
+    def load_data(self, s: DrawSettings, dist, device) -> Data:
+        """Under torchrun the first process of each machine loads first, since it may download
+        and convert; the others then read its files. On the device once, rather than copied
+        there at every pass."""
+        data = first_on_each_machine(dist, lambda: get_data(s.dataset, root=s.data_dir,
+                                                            seed=s.seed),
+                                     device, what=f"loading {s.dataset}")
+        whole = Data(data.train, data.valid.to(device), data.test.to(device), batches,
+                     binary=data.binary)
+        cut = whole.cut(s, lambda images, index: images[index])
+        cut.train = cut.train.to(device)
+        return cut
+
+    def picture_bytes(self, cfg: DrawConfig, s: DrawSettings) -> int:
+        return SampleCheckpoint.needs(cfg, N_SAMPLES)
+
+    def build(self, plan) -> Parts:
+        s, cfg, ckpt = plan.checked.settings, plan.checked.cfg, plan.checked.ckpt
+        model = DrawModel.from_config(cfg).to(plan.device)
+        if plan.checked.start is not None:
+            model.load_state_dict(plan.checked.start.state_dict())
+        n = plan.batches_per_epoch
+        done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]          # steps taken
+        compiled, why = compile_choice(s.compile, max(0, s.epochs * n - done) * s.n_iter,
+                                       plan.device)
+        if compiled:
+            compile_glimpses(model)
+        pictures = [SampleCheckpoint(plan.run_path, (cfg.channels, cfg.height, cfg.width),
+                                     n=N_SAMPLES, seed=s.seed)] if plan.dist.is_main else []
+        header = [("learning rate", s.describe_lr()), ("attention", s.attention or "none"),
+                  ("n_iterations", cfg.n_iter), ("encoder dimension", cfg.enc_dim),
+                  ("z dimension", cfg.z_dim), ("decoder dimension", cfg.dec_dim),
+                  ("compiled glimpses", why),
+                  ("objective", "the bound on -log p(x) (eq. 12), nats" if plan.data.binary
+                   else "Bernoulli cross-entropy of the grey levels + KL (eq. 12), nats: not "
+                        "a bound on -log p(x) for non-binary data")]
+        return Parts(DrawTask(model, plan.dist), adam(model.parameters(), lr=s.learning_rate),
+                     pictures, header)
+
+
+DRAW = DrawJob()
+
+
+def main(**flags) -> None:
+    """Train DRAW; `flags` are train-draw.py's, by DrawSettings field name, plus `config`
+    (draw/training/run.py, `train`)."""
+    train(DRAW, flags)
