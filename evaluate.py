@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Evaluate a model file: a DRAW model's test bound and importance-sampled NLL, a classifier's test
-error (draw/training/evaluate.py).
+error (draw/outputs/scores.py).
 
     python evaluate.py bmnist-20250101-120000/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl
 """
 import argparse
 
 from draw.cli import ArgumentParser, positive, run, seed
-from draw.training.evaluate import DEFAULT_SAMPLES, main
+from draw.outputs.scores import DEFAULT_SAMPLES, main
 
 
 def parse_args() -> argparse.Namespace:

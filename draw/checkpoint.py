@@ -161,13 +161,11 @@ def classifier_config(ckpt: dict, path: str | os.PathLike) -> ClassifierConfig:
                               f"{_first_line(e)}") from e
 
 
-def model_file_config(path: str | os.PathLike,
-                      classifier: bool = False) -> DrawConfig | ClassifierConfig:
-    """The config of a model file, read without building the model, so that its sizes can be
+def file_config(ckpt: dict, path: str | os.PathLike,
+                classifier: bool = False) -> DrawConfig | ClassifierConfig:
+    """The config of a loaded model file, before its model is built, so that its sizes can be
     checked first (a file can claim sizes no machine holds; draw/memory.py). A classifier's
-    file gives its ClassifierConfig where `classifier` allows one, else ClassifierFileError;
-    CheckpointError as load_model."""
-    ckpt = load_checkpoint(path)
+    file gives its ClassifierConfig where `classifier` allows one, else ClassifierFileError."""
     try:
         return draw_config(ckpt, path)
     except ClassifierFileError:
@@ -176,15 +174,26 @@ def model_file_config(path: str | os.PathLike,
     return classifier_config(ckpt, path)
 
 
-def _load_built(path, map_location, build):
-    ckpt = load_checkpoint(path, map_location)
-    model = build(ckpt, path)
+def _filled(model, ckpt: dict, path, map_location):
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{os.fspath(path)}: parameters do not fit its config "
                               f"({_first_line(e)})") from e
-    return model.to(map_location), ckpt
+    return model.to(map_location)
+
+
+def build_model(ckpt: dict, path: str | os.PathLike, map_location="cpu") -> DrawModel:
+    """The DRAW model of a loaded model file (`path` names it in errors), on `map_location`,
+    in training mode: its config alone defines the architecture."""
+    return _filled(DrawModel.from_config(draw_config(ckpt, path)), ckpt, path, map_location)
+
+
+def build_classifier(ckpt: dict, path: str | os.PathLike,
+                     map_location="cpu") -> AttentionClassifier:
+    """The classifier of a loaded model file (train-classifier.py's), as `build_model`."""
+    return _filled(AttentionClassifier.from_config(classifier_config(ckpt, path)), ckpt, path,
+                   map_location)
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, dict]:
@@ -197,8 +206,8 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, 
     checkpoint : dict
         Everything the file holds (see the module docstring).
     """
-    return _load_built(path, map_location,
-                       lambda ckpt, path: DrawModel.from_config(draw_config(ckpt, path)))
+    ckpt = load_checkpoint(path, map_location)
+    return build_model(ckpt, path, map_location), ckpt
 
 
 def load_classifier(path: str | os.PathLike,
@@ -206,8 +215,8 @@ def load_classifier(path: str | os.PathLike,
     """Rebuild a classifier from its model file (written by train-classifier.py), as
     `load_model`. Raises CheckpointError, one line, for anything else, a DRAW model file
     included."""
-    return _load_built(path, map_location, lambda ckpt, path: AttentionClassifier.from_config(
-        classifier_config(ckpt, path)))
+    ckpt = load_checkpoint(path, map_location)
+    return build_classifier(ckpt, path, map_location), ckpt
 
 
 def resolve_device(name: str = "auto") -> torch.device:

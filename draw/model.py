@@ -133,13 +133,8 @@ class DrawModel(nn.Module):
     @staticmethod
     def _init_weights(module: nn.Module):
         """The classic repository's IsotropicGaussian(0.01) weights and Constant(0) biases, except
-        three biases that let attention models learn (issue 8). The bounds quoted are nats on
-        the binarized MNIST valid split after 400 steps of bench/quality.py's protocol (T=16,
-        read 2, write 5, batch 100, Adam 1e-3, seed 1), run by a script that differs from it
-        only in its batch order. The classic init reaches 210.3 there, this one 166.6 (seed
-        2: 165.8); after the full 2000 steps 168.4 and 116.0 (bench/quality.py: 117.0). Each
-        number below is this init with one choice undone (README, "Model quality", has the
-        table).
+        three biases that let attention models learn (issue 8; doc/development.md, "Model
+        quality: the initialisation", has what each choice measured).
 
         `apply` visits children before parents, so the brick cases below override the Linear and
         LSTMCell defaults set in the same pass.
@@ -152,32 +147,22 @@ class DrawModel(nn.Module):
         with torch.no_grad():
             if isinstance(module, nn.LSTMCell):
                 # Forget-gate bias 1 (Gers et al., 2000; Jozefowicz et al., 2015): the cells keep
-                # their state across the T steps from the start instead of halving it each
-                # step. Without it: 189.3. (Plain models gain too: 127.5 -> 124.0.)
+                # their state across the T steps from the start instead of halving it each step
                 H = module.hidden_size
                 module.bias_ih[H:2 * H] = 1.0                 # gates are ordered (i, f, g, o)
             elif isinstance(module, AttentionReader):
                 # The classic zero bias puts a 2x2 read window's filters on the four corner
                 # pixels (delta = 27, sigma = 1), which are blank in MNIST, so the encoder sees
-                # nothing of x at first: without the forget-gate bias the posterior collapsed
-                # (KL = 0; 208.1, where independent pixels give ~206); with it the window
-                # crawls off the corners and reaches 185.2. Tiling the image, each filter reads
-                # a quadrant from the first step. Its sigma = delta / 4 (3.5 pixels for N = 2)
-                # is sharper than an even cover: at delta / 2 a glimpse averages a whole
-                # quadrant and hardly changes as the window moves. Started there, training
-                # itself shrank sigma to about 3 within 400 steps while the window scanned
-                # less far (centre_y 12.3, 7.9, 10.0, 12.8 at t = 0, 4, 8, 15, against 10.5,
-                # 5.4, 10.4, 18.9 from delta / 4). sigma / delta = 1/8, 1/6, 1/4, 1/3, 1/2
-                # measured 174.1, 166.3, 166.6, 166.9, 177.7; after 2000 steps 1/4 gives
-                # 116.0 and 1/2 124.0 (seed 2: 123.0).
+                # nothing of x at first. Tiling the image, each filter reads a quadrant from
+                # the first step; sigma = delta / 4 is sharper than an even cover, whose
+                # glimpse averages a whole quadrant and hardly changes as the window moves
+                # (doc/development.md)
                 module.readout.bias.copy_(spanning_window_bias(module.zoomer, 1 / 4, 0.0))
             elif isinstance(module, AttentionWriter):
                 # The classic zero bias writes 25 isolated dots (sigma = 1 pixel, stride 6.75)
-                # at 1/31 of the intended intensity (203.7). An even cover (sigma = delta / 2)
-                # with gamma = 1 / delta^2 lets a unit w change the whole canvas's logits by 1
-                # on average, as the plain writer's does, so both learn the background alike.
-                # The cover alone, with gamma = 1, is no better (207.6); sigma = delta / 3
-                # instead of delta / 2 gives 173.0.
+                # at 1/31 of the intended intensity. An even cover (sigma = delta / 2) with
+                # gamma = 1 / delta^2 lets a unit w change the whole canvas's logits by 1 on
+                # average, as the plain writer's does, so both learn the background alike.
                 module.z_trafo.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, -2.0))
 
     def noise_shape(self, batch: int) -> tuple[int, int, int]:

@@ -37,9 +37,7 @@ def set_flush_denormal(on: bool) -> bool:
 
 # Glimpses traced into one compiled graph. Per call of a compiled function Dynamo checks its
 # guards and AOTAutograd runs its forward and backward wrappers, and a graph of several
-# glimpses fuses element-wise work across them. Training steps at T=64, against one glimpse per
-# graph (paired, idle, 2 threads): 2 per call 1.12x, 4 1.12x, 8 1.26x, after 31, 59 and 76 s of
-# compiling (bench/README.md).
+# glimpses fuses element-wise work across them (bench/README.md has the speed-ups measured).
 GLIMPSES_PER_CALL = 8
 # A batch shape has two or three graphs (the first call, whose state needs no gradient; the
 # others; a shorter last one), with gradients and without: room for several batch shapes (the
@@ -61,10 +59,8 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
 
     With inductor (the default backend) its `inplace_buffers` is off: on, torch 2.13's CPU
     inductor computed wrong gradients for graphs of several glimpses while the loss stayed
-    right (the paper model's 0.3% off at T=2 in one call, 50-97% at T=64 in calls of 8, NaN in
-    some steps; 1e-4, float32 rounding, with it off or with one glimpse per graph).
-    tests/test_speed.py compiles with inductor itself; bench/compile_check.py checks a trained
-    model.
+    right (bench/README.md). tests/test_speed.py compiles with inductor itself;
+    bench/compile_check.py checks a trained model.
 
     Parameters
     ----------
@@ -89,10 +85,9 @@ def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **opti
     return model
 
 
-# Compiling costs a fixed time (a minute or two on 2 idle cores, more on a loaded one) and then
-# saves about 2.5-3 ms per glimpse trained on a CPU (T=64: 456.5 against 651.0 ms per step;
-# T=10: 81.8 against 107.1; bench/README.md). Runs of this many glimpses (steps x T) and more
-# save several minutes; shorter ones, such as the quick start (9,600), would lose.
+# Compiling costs a fixed time and then saves a few ms per glimpse trained on a CPU
+# (bench/README.md): runs of this many glimpses (steps x T) and more save several minutes;
+# shorter ones, such as the quick start (9,600), would lose.
 AUTO_COMPILE_GLIMPSES = 100_000
 
 

@@ -22,9 +22,9 @@ from draw.datasets.registry import REGISTRY
 from draw.datasets.store import converted_path
 from draw.errors import DrawError
 from draw.memory import GB, ResourceError
-from draw.training.classify import ClassifierSettings, ClassifyTask, classifier_test_error, main
+from draw.outputs.scores import classifier_test_error, main as evaluate
+from draw.training.classify import ClassifierSettings, ClassifyTask, main
 from draw.training.draw_job import main as train_draw
-from draw.training.evaluate import main as evaluate
 from draw.training.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]

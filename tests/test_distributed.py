@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
-                                       init_distributed, process_place, wrap_model)
 from draw.errors import DrawError
-from draw.training.evaluate import bound_statistics
-from draw.training.main_loop import MainLoop
+from draw.likelihood import bound_statistics
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.speed import compile_glimpses
+from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
+                                       init_distributed, process_place, wrap_model)
+from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
 
 CFG = DrawConfig(channels=1, height=8, width=8, n_iter=3, enc_dim=10, dec_dim=9, z_dim=4,

@@ -11,9 +11,10 @@ import torch
 from draw.checkpoint import load_model
 from draw.datasets import batches, get_data
 import draw.memory
-import draw.training.evaluate
+import draw.outputs.scores
+from draw.likelihood import importance_sampled_nll
+from draw.outputs.scores import duration, main
 from draw.training.draw_job import main as train
-from draw.training.evaluate import duration, importance_sampled_nll, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_binary_data_is_scored_as_a_bound_on_the_nll(trained, capsys, monkeypatc
     def binary(*args, **kwargs):
         return dataclasses.replace(get_data(*args, **kwargs), binary=True)
 
-    monkeypatch.setattr(draw.training.evaluate, "get_data", binary)
+    monkeypatch.setattr(draw.outputs.scores, "get_data", binary)
     main(str(trained), samples=2, subset=20)
     out = capsys.readouterr().out
     assert "nll bound (eq. 12):" in out and "importance-sampled nll, K=2:" in out
@@ -129,7 +130,7 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
 
 def test_memory_is_checked_before_the_model_is_built(trained, capsys, monkeypatch):
     built = []
-    monkeypatch.setattr(draw.training.evaluate, "load_model", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(draw.outputs.scores, "build_model", lambda *a, **k: built.append(a))
     monkeypatch.setattr(draw.memory, "available_memory", lambda device=None: 1000)
     with pytest.raises(draw.memory.ResourceError, match=r"the model of .* needs about .* "
                                                            r"this machine has"):
@@ -138,8 +139,8 @@ def test_memory_is_checked_before_the_model_is_built(trained, capsys, monkeypatc
 
 
 def test_progress_bar_and_expected_time(trained, capsys, monkeypatch):
-    monkeypatch.setattr(draw.training.evaluate, "LONG", 0.0)           # every wait is "long"
-    monkeypatch.setattr(draw.training.evaluate, "MAX_ROWS", 50)        # 10 images a pass at K=5
+    monkeypatch.setattr(draw.outputs.scores, "LONG", 0.0)           # every wait is "long"
+    monkeypatch.setattr(draw.outputs.scores, "MAX_ROWS", 50)        # 10 images a pass at K=5
     result = main(str(trained), samples=5, subset=30)
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if line.startswith("expected time")]
@@ -157,8 +158,8 @@ def test_duration():
 
 def test_subset_is_random_not_a_prefix(trained, monkeypatch):
     seen = []
-    real = draw.training.evaluate.batches
-    monkeypatch.setattr(draw.training.evaluate, "batches",
+    real = draw.outputs.scores.batches
+    monkeypatch.setattr(draw.outputs.scores, "batches",
                         lambda images, *a, **k: seen.append(images) or real(images, *a, **k))
     main(str(trained), samples=2, subset=50, seed=4)
     test = get_data("sample").test

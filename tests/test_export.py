@@ -11,8 +11,8 @@ from draw.checkpoint import load_checkpoint, load_classifier, load_model, save_c
 from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.errors import DrawError
 from draw.outputs.sampling import main as sample
+from draw.outputs.scores import main as evaluate
 from draw.training.draw_job import main as train
-from draw.training.evaluate import main as evaluate
 from draw.training.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]

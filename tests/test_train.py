@@ -19,9 +19,9 @@ from PIL import Image
 
 from draw.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
 from draw.datasets import batches, get_data
+from draw.likelihood import bound_statistics
 from draw.model import DrawConfig, DrawModel
 from draw.training.draw_job import main
-from draw.training.evaluate import bound_statistics
 from draw.training.run import lr_tag
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ import draw.training.extensions
 from draw.checkpoint import load_checkpoint, load_log, load_model
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
+from draw.likelihood import bound_statistics
 from draw.memory import GB
 from draw.training.draw_job import main
-from draw.training.evaluate import bound_statistics
 from draw.training.lock import LOCK_NAME, RunLock, RunLockedError, check_unlocked
 
 TINY = dict(dataset="sample", subset=100, batch_size=50, n_iter=2, enc_dim=8, dec_dim=8,
@@ -185,7 +185,7 @@ def test_a_model_file_is_checked_before_it_is_built_as_oldmodel(tmp_path, monkey
     """A file claiming a 10^8-unit encoder is refused by its config, read alone: as another
     configuration, or, where the flags ask for the same, by its memory."""
     built = []
-    monkeypatch.setattr(draw.training.draw_job, "load_model", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(draw.training.draw_job, "build_model", lambda *a, **k: built.append(a))
     main(**TINY, epochs=1, run_dir=str(tmp_path / "first"))
     model_file = next((tmp_path / "first").glob("*/*_model.pkl"))
     ckpt = torch.load(model_file, weights_only=True)

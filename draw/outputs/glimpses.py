@@ -11,7 +11,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from draw.outputs.plotting import draw_box, image_grid, window_box
+from draw.classifier import ClassifierConfig
+from draw.outputs.plotting import check_picture_size, draw_box, grid_size, image_grid, window_box
+
+N_GLIMPSE_IMAGES = 8     # test images in train-classifier.py's picture, one row each
+
+
+def glimpses_bytes(cfg: ClassifierConfig, what: str) -> int:
+    """The bytes of drawing the picture of a classifier of `cfg` over N_GLIMPSE_IMAGES images,
+    checked before anything is written; PictureSizeError (one line, starting with `what`) where
+    no file can hold it, T glimpses side by side: a classifier train-classifier.py cannot
+    train. Per pixel: the cells as float32, the float grid, its clipped copy, and the RGB
+    copies the boxes are drawn on (`glimpse_grid`)."""
+    width, height = grid_size(N_GLIMPSE_IMAGES, cfg.n_iter, cfg.height, cfg.width)
+    check_picture_size(width, height, what)
+    return (14 * cfg.channels + 9) * width * height
 
 
 def glimpse_grid(images, attention: dict, N: int, scale: int = 1) -> Image.Image:

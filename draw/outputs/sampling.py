@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from draw.checkpoint import load_model, model_file_config, resolve_device
+from draw.checkpoint import build_model, file_config, load_checkpoint, resolve_device
 from draw.errors import DrawError
 from draw.memory import check_inference
 from draw.model import DrawConfig, DrawModel
@@ -214,14 +214,15 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
     """sample.py: sample a model file into `output_dir`; every request is checked against the
     file's config before the model is built. Returns the files written."""
     dev = resolve_device(device)
-    cfg = model_file_config(model_file)
+    ckpt = load_checkpoint(model_file)
+    cfg = file_config(ckpt, model_file)
     check_image_shape(cfg, model_file, channels, size)
     if grid is None:
         n_samples = n_samples or 100
         grid = grid_shape(n_samples)
     check_request(cfg, *grid, n=n_samples or grid[0] * grid[1], boxes=boxes, scale=scale,
                   device=dev, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
-    model, _ = load_model(model_file, map_location=dev)
+    model = build_model(ckpt, model_file, dev)
     written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
                             scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
     print(f"wrote {written[0]}, {written[1].name} .. {written[-3].name}, {written[-2].name} "

@@ -7,8 +7,8 @@ monitored number, so the log holds `train_error`, `valid_error` and `test_error`
 `train_cross_entropy` ...), `GlimpseCheckpoint` (the paper's Figure 4 on the first test images,
 `glimpses.png` and `glimpses-NNN.png` every epoch) and `ClassifierJob`, which puts them
 together. The header and config.json carry a long name such as
-`cluttered-mnist-classifier-r12-t8-enc256-lr13`. `classifier_test_error` scores a saved
-classifier on its dataset's test split (what evaluate.py prints for a classifier file).
+`cluttered-mnist-classifier-r12-t8-enc256-lr13`. draw/outputs/scores.py scores a saved
+classifier (`classifier_test_error`, what evaluate.py prints for a classifier file).
 """
 import math
 from collections.abc import Iterable
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from draw.checkpoint import CheckpointError, classifier_config, load_checkpoint, load_classifier
+from draw.checkpoint import build_classifier, classifier_config, load_checkpoint
 from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss, errors
 from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
 from draw.memory import check_inference
-from draw.outputs.glimpses import glimpse_grid
-from draw.outputs.plotting import check_picture_size, grid_size, save_png
+from draw.outputs.glimpses import N_GLIMPSE_IMAGES, glimpse_grid, glimpses_bytes
+from draw.outputs.plotting import save_png
 from draw.training.distributed import Distributed, first_on_each_machine, wrap_model
 from draw.training.extensions import Printing, SimpleExtension
 from draw.training.main_loop import adam
@@ -31,8 +31,6 @@ from draw.training.run import Data, Job, Parts, lr_tag, train
 from draw.training.settings import RunSettings
 from draw.training.typed_settings import setting
 
-N_GLIMPSE_IMAGES = 8     # test images in the Figure 4 picture, one row each
-TEST_BATCH = 500         # images per pass of classifier_test_error
 
 
 @dataclass(frozen=True)
@@ -156,17 +154,6 @@ class GlimpseCheckpoint(SimpleExtension):
         super().__init__(**kwargs)
         self.run_dir, self.images, self.shape = Path(run_dir), images, tuple(shape)
 
-    @staticmethod
-    def needs(cfg: ClassifierConfig, what: str) -> int:
-        """The bytes of drawing the picture of a classifier of `cfg`, checked before anything
-        is written; PictureSizeError (one line, starting with `what`) where no file can hold
-        it, T glimpses side by side: a classifier train-classifier.py cannot train. Per pixel:
-        the cells as float32, the float grid, its clipped copy, and the RGB copies the boxes
-        are drawn on (draw/outputs/glimpses.py)."""
-        width, height = grid_size(N_GLIMPSE_IMAGES, cfg.n_iter, cfg.height, cfg.width)
-        check_picture_size(width, height, what)
-        return (14 * cfg.channels + 9) * width * height
-
     def do(self, which_callback: str, *args) -> None:
         model = self.main_loop.model
         was_training = model.training
@@ -210,13 +197,16 @@ class ClassifierJob(Job):
     def long_name(self, s: ClassifierSettings) -> str:
         return long_name(s)
 
-    def model_config(self, s: ClassifierSettings, shape: tuple[int, int, int]) -> ClassifierConfig:
+    def model_config(self, s: ClassifierSettings,
+                     shape: tuple[int, int, int]) -> ClassifierConfig:
         return model_config(s, shape, n_classes=10)
 
     def read_model_file(self, path) -> dict:
+        ckpt = load_checkpoint(path)
         # built to check its parameters: its config, read alone, is checked first
-        check_inference(classifier_config(load_checkpoint(path), path), 1, f"the model of {path}")
-        return load_classifier(path)[1]
+        check_inference(classifier_config(ckpt, path), 1, f"the model of {path}")
+        build_classifier(ckpt, path)
+        return ckpt
 
     def load_data(self, s: ClassifierSettings, dist, device) -> Data:
         data = first_on_each_machine(dist, lambda: get_labelled(s.dataset, root=s.data_dir,
@@ -226,8 +216,8 @@ class ClassifierJob(Job):
             s, lambda split, index: split.subset(index))
 
     def picture_bytes(self, cfg: ClassifierConfig, s: ClassifierSettings) -> int:
-        return GlimpseCheckpoint.needs(cfg, f"glimpses.png of {s.n_iter:,} glimpses (--niter), "
-                                            f"one column each,")
+        return glimpses_bytes(cfg, f"glimpses.png of {s.n_iter:,} glimpses (--niter), "
+                                   f"one column each,")
 
     def build(self, plan) -> Parts:
         s, cfg = plan.checked.settings, plan.checked.cfg
@@ -252,19 +242,3 @@ def main(**flags) -> None:
     name, plus `config` (draw/training/run.py, `train`)."""
     train(CLASSIFIER, flags)
 
-
-def classifier_test_error(path, data_dir: str | None = None, batch_size: int = TEST_BATCH,
-               device: str | torch.device = "cpu") -> float:
-    """The test error, in percent, of the classifier saved in `path`, on the test split of the
-    dataset it was trained on (for cluttered-mnist the fixed 10,000 test images).
-
-    What evaluate.py prints for a classifier's model file. Raises CheckpointError for a file
-    that is not a classifier's and DatasetError (a DrawError) for missing data.
-    """
-    model, ckpt = load_classifier(path, device)
-    run = ckpt.get("run")
-    if not isinstance(run, dict) or not isinstance(run.get("dataset"), str):
-        raise CheckpointError(f"{path} does not say which dataset it was trained on")
-    data = get_labelled(run["dataset"], root=data_dir)
-    return ClassifyTask(model).evaluate(labelled_batches(data.test, batch_size,
-                                                         device=device))["error"]

@@ -11,7 +11,7 @@ rank (the same seed, the same draws) and sliced alike, and each rank's loss is s
 DDP's average of the gradients is the gradient of the global mean (`loss_scale`): a run on K
 processes takes the same optimisation steps as a run on one, up to the order of floating-point
 sums, and may be resumed on another number of processes. Monitoring all-reduces its sums, so the
-log holds the job's numbers (draw/training/main_loop.py, draw/training/evaluate.py); only rank 0 prints and
+log holds the job's numbers (draw/training/main_loop.py, draw/likelihood.py); only rank 0 prints and
 writes files (draw/training/run.py).
 """
 import os

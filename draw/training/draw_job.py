@@ -10,8 +10,7 @@ when the run is long enough to repay it (`draw.speed.compile_choice`; `--compile
 `--no-compile` decide instead). Denormal floats are flushed to zero on the CPU unless
 `--no-flush-denormal`: a process-wide setting, applied by the scaffold. The header says both.
 """
-from draw.checkpoint import (CheckpointError, draw_config, load_checkpoint, load_model,
-                             model_file_config)
+from draw.checkpoint import CheckpointError, build_model, draw_config, file_config, load_checkpoint
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.memory import check_inference
@@ -61,7 +60,8 @@ class DrawJob(Job):
         if s.oldmodel is None:
             return None
         try:
-            old_cfg = model_file_config(s.oldmodel)
+            ckpt = load_checkpoint(s.oldmodel)
+            old_cfg = file_config(ckpt, s.oldmodel)
             if old_cfg != cfg:
                 here = cfg.to_dict()
                 diffs = ", ".join(f"{k} {v} there, {here[k]} here"
@@ -69,7 +69,7 @@ class DrawJob(Job):
                 raise DrawError(f"--oldmodel {s.oldmodel} has another configuration: {diffs}")
             # the run's own model, whose training make_plan checks; built here, before that
             check_inference(cfg, 1, f"the model of --oldmodel {s.oldmodel}", device)
-            return load_model(s.oldmodel)[0]
+            return build_model(ckpt, s.oldmodel)
         except CheckpointError as e:
             raise DrawError(f"--oldmodel: {e}") from e
 

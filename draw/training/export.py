@@ -14,8 +14,9 @@ demos and `--oldmodel` read it as they read any model file; `--resume` refuses i
 import os
 from pathlib import Path
 
-from draw.checkpoint import (ClassifierFileError, load_classifier, load_model, model_file_config,
+from draw.checkpoint import (build_classifier, build_model, file_config, load_checkpoint,
                              save_model_dict)
+from draw.classifier import ClassifierConfig
 from draw.errors import DrawError
 from draw.memory import check_inference
 from draw.training.rundir import find_checkpoint
@@ -39,11 +40,10 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
     # rebuilt once, so that a file whose parameters do not fit its config is refused here
     # rather than by whoever downloads the export (a CheckpointError is a DrawError); its
     # config, read alone, is checked first, as sample.py and evaluate.py check it
-    check_inference(model_file_config(path, classifier=True), 1, f"the model of {path}")
-    try:
-        _, ckpt = load_model(path)
-    except ClassifierFileError:
-        _, ckpt = load_classifier(path)
+    ckpt = load_checkpoint(path)
+    cfg = file_config(ckpt, path, classifier=True)
+    check_inference(cfg, 1, f"the model of {path}")
+    (build_classifier if isinstance(cfg, ClassifierConfig) else build_model)(ckpt, path)
     exported = {key: ckpt[key] for key in KEPT if key in ckpt}
     exported.update(optimizer=None, rng=None)
     save_model_dict(destination, exported)

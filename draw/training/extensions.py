@@ -1,8 +1,8 @@
 """Extensions of the main loop, with the classic Blocks names; they talk through the log.
 
-Each is a SimpleExtension (draw/training/extension.py: events, triggers, state). The monitoring
-extensions (TrainingDataMonitoring, DataStreamMonitoring) are in draw/training/monitoring.py
-and importable from here with the others.
+Each is a SimpleExtension (draw/training/simple_extension.py: events, triggers, state). The
+monitoring extensions (TrainingDataMonitoring, DataStreamMonitoring) are in
+draw/training/monitoring.py and importable from here with the others.
 """
 import math
 import time
@@ -16,8 +16,8 @@ from draw.errors import DrawError
 from draw.outputs.plotting import (check_gif_duration, image_grid, sampling_frames, save_gif,
                                    save_png)
 from draw.outputs.sampling import prior_noise, sampling_bytes
-from draw.training.extension import SimpleExtension
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
+from draw.training.simple_extension import SimpleExtension
 
 
 class Timing(SimpleExtension):

@@ -3,7 +3,7 @@ on the valid and test splits (draw/training/task.py says what the numbers are)."
 import torch
 from tqdm.auto import tqdm
 
-from draw.training.extension import SimpleExtension
+from draw.training.simple_extension import SimpleExtension
 
 
 def log_entries(prefix: str, means: dict) -> dict:

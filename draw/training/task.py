@@ -27,9 +27,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from draw.likelihood import bound_statistics
 from draw.model import DrawModel, nll_bound
 from draw.training.distributed import Distributed, wrap_model
-from draw.training.evaluate import bound_statistics
 
 
 class DrawTask:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from draw.errors import DrawError
-from draw.training.extension import SimpleExtension
+from draw.training.simple_extension import SimpleExtension
 
 INSTALL = 'pip install -e ".[tensorboard]" (or pip install tensorboard)'
 OPTIMIZER_KEYS = ("train_total_gradient_norm", "train_total_step_norm", "learning_rate")
