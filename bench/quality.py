@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 from draw.atomic import atomic_write_bytes
 from draw.cli import ArgumentParser, positive, run
 from draw.datasets import batches, get_data
+from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.main_loop import MainLoop
+from draw.training.settings import parse_attention
 from draw.training.task import DrawTask
 
 RUNS = ("attention", "plain")
@@ -44,12 +46,13 @@ def positive_float(text: str) -> float:
 
 
 def window_sizes(text: str) -> tuple[int, int]:
+    """--attention as train-draw.py parses it; the attention run needs both windows."""
     try:
-        read_N, write_N = (int(n) for n in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected READ,WRITE such as 2,5, got {text!r}") from None
-    if read_N < 1 or write_N < 1:
-        raise argparse.ArgumentTypeError(f"window sizes must be positive, got {text!r}")
+        read_N, write_N = parse_attention(text)
+    except DrawError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if read_N is None:
+        raise argparse.ArgumentTypeError("expected READ,WRITE such as 2,5")
     return read_N, write_N
 
 

@@ -43,9 +43,11 @@ def spanning_window_bias(zoomer: ZoomableAttentionWindow, sigma_per_delta: float
         (g~_Y, g~_X, log delta~, log sigma^2, log gamma), the columns of `nn2att`.
     """
     delta = max(zoomer.img_height, zoomer.img_width) / zoomer.N
-    unit_delta = zoomer.nn2att(torch.zeros(1, 5, dtype=torch.float64))[2].item()  # at delta~ = 1
-    return torch.tensor([0.0, 0.0, math.log(delta / unit_delta),
-                         2 * math.log(sigma_per_delta * delta), gamma_power * math.log(delta)])
+    # on the CPU whatever the default device: a model built on the meta device gets it too
+    unit = zoomer.nn2att(torch.zeros(1, 5, dtype=torch.float64, device="cpu"))[2].item()
+    return torch.tensor([0.0, 0.0, math.log(delta / unit),                 # unit: delta at delta~ = 1
+                         2 * math.log(sigma_per_delta * delta), gamma_power * math.log(delta)],
+                        device="cpu")
 
 
 class Reader(nn.Module):
@@ -60,7 +62,16 @@ class Reader(nn.Module):
 
 
 class AttentionReader(nn.Module):
-    """read with attention (eq. 27): gamma [F_Y x F_X^T, F_Y x_hat F_X^T]."""
+    """read with attention (eq. 27): gamma [F_Y x F_X^T, F_Y x_hat F_X^T].
+
+    Its first window, before training, tiles the image (`reset_window`). The classic zero bias
+    puts a 2x2 read window's filters on the four corner pixels (delta = 27, sigma = 1), which
+    are blank in MNIST, so the encoder sees nothing of x at first. Tiling the image, each
+    filter reads a quadrant from the first step; sigma = delta / 4 is sharper than an even
+    cover, whose glimpse averages a whole quadrant and hardly changes as the window moves
+    (doc/development.md has what each choice measured).
+    """
+    window_bias = (1 / 4, 0.0)        # sigma / delta and gamma's power of delta
 
     def __init__(self, x_dim: int, dec_dim: int, channels: int, height: int, width: int, N: int):
         super().__init__()
@@ -80,6 +91,11 @@ class AttentionReader(nn.Module):
                               self.zoomer.read_through(filterbank, x_hat)], dim=1)
         return gamma[:, None] * glimpses                                      # (B, 2*C*N*N)
 
+    @torch.no_grad()
+    def reset_window(self) -> None:
+        """Set the window's bias to the one that tiles the image, after the generic init."""
+        self.readout.bias.copy_(spanning_window_bias(self.zoomer, *self.window_bias))
+
 
 class Writer(nn.Module):
     """write without attention (eq. 18): a linear map from h_dec to the whole canvas."""
@@ -94,7 +110,15 @@ class Writer(nn.Module):
 
 
 class AttentionWriter(nn.Module):
-    """write with attention (eqs. 28-29): (1 / gamma_hat) F_Y_hat^T w F_X_hat."""
+    """write with attention (eqs. 28-29): (1 / gamma_hat) F_Y_hat^T w F_X_hat.
+
+    Its first window, before training, covers the image evenly (`reset_window`). The classic
+    zero bias writes 25 isolated dots (sigma = 1 pixel, stride 6.75) at 1/31 of the intended
+    intensity. An even cover (sigma = delta / 2) with gamma = 1 / delta^2 lets a unit w change
+    the whole canvas's logits by 1 on average, as the plain writer's does, so both learn the
+    background alike.
+    """
+    window_bias = (1 / 2, -2.0)       # sigma / delta and gamma's power of delta
 
     def __init__(self, dec_dim: int, channels: int, height: int, width: int, N: int):
         super().__init__()
@@ -116,6 +140,11 @@ class AttentionWriter(nn.Module):
         # is linear in w): forward and backward divide B*C*N*N numbers instead of B*C*H*W
         return self.zoomer.write_through(self.zoomer.filterbank(centre, delta, sigma),
                                          w / gamma[:, None])
+
+    @torch.no_grad()
+    def reset_window(self) -> None:
+        """Set the window's bias to the even cover of the image, after the generic init."""
+        self.z_trafo.bias.copy_(spanning_window_bias(self.zoomer, *self.window_bias))
 
 
 class Qsampler(nn.Module):

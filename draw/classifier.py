@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from draw.bricks import AttentionReader, spanning_window_bias
+from draw.bricks import AttentionReader
 
 WINDOW_NAMES = ("center_y", "center_x", "delta", "sigma", "gamma")
 MODEL_KIND = "attention-classifier"     # the "model" entry of a classifier's saved config
@@ -100,8 +100,10 @@ class GlimpseReader(AttentionReader):
     """DRAW's attention reader with the image alone: gamma F_Y x F_X^T (eq. 27 without x_hat).
 
     The same brick as the generator's (its `zoomer` filterbank and its eq. 21 `readout` head); a
-    classifier has no canvas and hence no error image to read beside x.
+    classifier has no canvas and hence no error image to read beside x. Its first window is
+    an even cover at gamma = delta (the module docstring says why).
     """
+    window_bias = (1 / 2, 1.0)        # sigma / delta and gamma's power of delta
 
     def __init__(self, x_dim: int, state_dim: int, channels: int, height: int, width: int,
                  N: int):
@@ -161,7 +163,7 @@ class AttentionClassifier(nn.Module):
                 module.bias_hh[H:2 * H] = 0.0                 # so the forget bias is exactly 1
             elif isinstance(module, GlimpseReader):
                 nn.init.normal_(module.readout.weight, mean=0.0, std=0.01)
-                module.readout.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, 1.0))
+                module.reset_window()
 
     def forward(self, x: Tensor, return_attention: bool = False):
         """Classify a batch.

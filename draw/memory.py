@@ -9,9 +9,9 @@ killer; estimating first gives "needs about N GB, this machine has M GB" at once
                  "evaluating this model")
 
 The estimates are for float32 and are meant to be right within a small factor, not exact:
-`parameter_count` is exact (tests compare it with the built model); `activation_bytes` follows
-what autograd saves for the backward pass, measured on many configurations (tests hold it within
-a factor of 1.5 of the measured bytes). They cover both kinds of model, DRAW's (DrawConfig) and
+`parameter_count` is exact (it counts the model built on the meta device); `activation_bytes`
+follows what autograd saves for the backward pass, measured on many configurations (tests hold
+it within a factor of 1.5 of the measured bytes). They cover both kinds of model, DRAW's (DrawConfig) and
 the attention classifier's (ClassifierConfig), so that train-draw.py and train-classifier.py
 check a run alike (draw/training/run.py, `check_run_sizes`), and sample.py and evaluate.py a
 model file alike (`check_inference`).
@@ -20,9 +20,9 @@ import os
 
 import torch
 
-from draw.classifier import ClassifierConfig
+from draw.classifier import AttentionClassifier, ClassifierConfig
 from draw.errors import DrawError
-from draw.model import DrawConfig
+from draw.model import DrawConfig, DrawModel
 
 GB = 1024 ** 3
 
@@ -33,40 +33,14 @@ class ResourceError(DrawError):
     """A request that needs more memory than the machine has."""
 
 
-def _linear(n_in: int, n_out: int) -> int:
-    return n_in * n_out + n_out
-
-
-def _lstm_cell(n_in: int, hidden: int) -> int:
-    # input and recurrent weights for the four gates, and two bias vectors (PyTorch's layout)
-    return 4 * hidden * (n_in + hidden) + 8 * hidden
-
-
 def parameter_count(cfg: ModelConfig) -> int:
-    """The exact number of parameters of DrawModel.from_config(cfg), computed without building it
-    (or of AttentionClassifier.from_config(cfg) for a ClassifierConfig).
-
-    Bricks (see draw/bricks.py): the attention reader's readout Linear(dec_dim, 5); the encoder
-    LSTMCell(read_dim + dec_dim, enc_dim); the sampler's two Linear(enc_dim, z_dim); the decoder
-    LSTMCell(z_dim, dec_dim); the writer Linear(dec_dim, x_dim), or with attention
-    Linear(dec_dim, C N^2) and Linear(dec_dim, 5). The classifier (draw/classifier.py): the
-    readout Linear(enc_dim, 5), LSTMCell(C N^2, enc_dim) and Linear(enc_dim, n_classes).
-    """
-    linear, lstm_cell = _linear, _lstm_cell
-    if isinstance(cfg, ClassifierConfig):
-        return (linear(cfg.enc_dim, 5) + lstm_cell(cfg.channels * cfg.read_N ** 2, cfg.enc_dim)
-                + linear(cfg.enc_dim, cfg.n_classes))
-    C, enc, dec, z = cfg.channels, cfg.enc_dim, cfg.dec_dim, cfg.z_dim
-    if cfg.read_N is None:
-        read_dim, reader = 2 * cfg.x_dim, 0
-    else:
-        read_dim, reader = 2 * C * cfg.read_N ** 2, linear(dec, 5)
-    if cfg.write_N is None:
-        writer = linear(dec, cfg.x_dim)
-    else:
-        writer = linear(dec, C * cfg.write_N ** 2) + linear(dec, 5)
-    return (reader + lstm_cell(read_dim + dec, enc) + 2 * linear(enc, z) + lstm_cell(z, dec)
-            + writer)
+    """The exact number of parameters of DrawModel.from_config(cfg) (or of
+    AttentionClassifier.from_config(cfg) for a ClassifierConfig), counted on the model built
+    on the meta device: shapes without memory, so a config of any size is counted at once."""
+    build = (AttentionClassifier if isinstance(cfg, ClassifierConfig) else DrawModel).from_config
+    with torch.device("meta"):
+        model = build(cfg)
+    return sum(p.numel() for p in model.parameters())
 
 
 def parameter_bytes(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:

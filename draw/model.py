@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from draw.bricks import (AttentionReader, AttentionWriter, Qsampler, Reader, Writer,
-                         spanning_window_bias)
+from draw.bricks import AttentionReader, AttentionWriter, Qsampler, Reader, Writer
 
 
 @dataclass(frozen=True)
@@ -150,20 +149,8 @@ class DrawModel(nn.Module):
                 # their state across the T steps from the start instead of halving it each step
                 H = module.hidden_size
                 module.bias_ih[H:2 * H] = 1.0                 # gates are ordered (i, f, g, o)
-            elif isinstance(module, AttentionReader):
-                # The classic zero bias puts a 2x2 read window's filters on the four corner
-                # pixels (delta = 27, sigma = 1), which are blank in MNIST, so the encoder sees
-                # nothing of x at first. Tiling the image, each filter reads a quadrant from
-                # the first step; sigma = delta / 4 is sharper than an even cover, whose
-                # glimpse averages a whole quadrant and hardly changes as the window moves
-                # (doc/development.md)
-                module.readout.bias.copy_(spanning_window_bias(module.zoomer, 1 / 4, 0.0))
-            elif isinstance(module, AttentionWriter):
-                # The classic zero bias writes 25 isolated dots (sigma = 1 pixel, stride 6.75)
-                # at 1/31 of the intended intensity. An even cover (sigma = delta / 2) with
-                # gamma = 1 / delta^2 lets a unit w change the whole canvas's logits by 1 on
-                # average, as the plain writer's does, so both learn the background alike.
-                module.z_trafo.bias.copy_(spanning_window_bias(module.zoomer, 1 / 2, -2.0))
+            elif isinstance(module, (AttentionReader, AttentionWriter)):
+                module.reset_window()         # the bricks own their first windows
 
     def noise_shape(self, batch: int) -> tuple[int, int, int]:
         """Shape of the noise u that `forward`, `log_weight` and `sample` take: (n_iter, B, z_dim)."""

@@ -24,7 +24,7 @@ def test_the_classic_flags_parse_to_their_settings():
                      "dec_dim": 200, "z_dim": 20, "oldmodel": "old_model.pkl",
                      "live_plotting": True}
     s = DrawSettings(**given)
-    assert (s.read_N, s.write_N) == (2, 5)          # --attention parsed once, into the fields
+    assert (s.read_N, s.write_N) == (2, 5)          # --attention parsed
     assert parse(["--batch-size", "7", "--learning-rate", "0.5", "-a", "", "--plot"]) == {
         "batch_size": 7, "learning_rate": 0.5, "attention": "", "live_plotting": True}
     assert DrawSettings(attention="").read_N is None

@@ -10,6 +10,8 @@ when the run is long enough to repay it (`draw.speed.compile_choice`; `--compile
 `--no-compile` decide instead). Denormal floats are flushed to zero on the CPU unless
 `--no-flush-denormal`: a process-wide setting, applied by the scaffold. The header says both.
 """
+import dataclasses
+
 from draw.checkpoint import CheckpointError, build_model, draw_config, file_config, load_checkpoint
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
@@ -42,11 +44,13 @@ class DrawJob(Job):
         return long_name(s)
 
     def model_config(self, s: DrawSettings, shape: tuple[int, int, int]) -> DrawConfig:
+        """DrawConfig's own fields, the image's from the dataset and the rest from the settings
+        of the same names."""
         C, H, W = shape
+        sizes = {f.name: getattr(s, f.name) for f in dataclasses.fields(DrawConfig)
+                 if f.name not in ("channels", "height", "width")}
         try:
-            return DrawConfig(channels=C, height=H, width=W, n_iter=s.n_iter, enc_dim=s.enc_dim,
-                              dec_dim=s.dec_dim, z_dim=s.z_dim, read_N=s.read_N,
-                              write_N=s.write_N)
+            return DrawConfig(channels=C, height=H, width=W, **sizes)
         except ValueError as e:
             raise DrawError(f"--attention={s.attention}: {e}") from e
 

@@ -18,7 +18,7 @@ from draw.datasets import supported_datasets
 from draw.errors import DrawError
 from draw.speed import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
 from draw.training.tensorboard import require_tensorboard
-from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, derived, setting
+from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, setting
 
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path
@@ -167,13 +167,18 @@ class DrawSettings(RunSettings):
               f"than eager on a CPU after a minute or two of compiling (default: when the run "
               f"has at least {AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a "
               f"compiler is there)", on_resume=SESSION)
-    read_N: int | None = derived()      # from attention, parsed once
-    write_N: int | None = derived()
 
     def check(self) -> None:
         super().check()
         for name in ("n_iter", "enc_dim", "dec_dim", "z_dim"):
             self.require(name, getattr(self, name) >= 1, "a positive integer")
-        read_N, write_N = parse_attention(self.attention)
-        object.__setattr__(self, "read_N", read_N)
-        object.__setattr__(self, "write_N", write_N)
+        parse_attention(self.attention)
+
+    @property
+    def read_N(self) -> int | None:
+        """The read window's size from --attention; None: no attention."""
+        return parse_attention(self.attention)[0]
+
+    @property
+    def write_N(self) -> int | None:
+        return parse_attention(self.attention)[1]

@@ -61,11 +61,6 @@ def setting(default, help: str, flag: str | None = None, aliases: tuple[str, ...
                                             "on_resume": on_resume, "metavar": metavar})
 
 
-def derived():
-    """A field computed from the others by the checks (e.g. read_N from --attention)."""
-    return field(default=None, init=False, metadata={"derived": True})
-
-
 class Settings:
     """The machinery of a settings dataclass: subclass it with `@dataclass(frozen=True)`,
     declare fields with `setting(...)`, and extend `check`."""
@@ -77,7 +72,7 @@ class Settings:
         self.check()
 
     def check(self) -> None:
-        """Raise DrawError on a bad value; subclasses extend it (and fill their derived fields)."""
+        """Raise DrawError on a bad value; subclasses extend it."""
 
     def require(self, name: str, ok: bool, what: str) -> None:
         if not ok:
