@@ -161,28 +161,40 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     final = final.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     written = [directory / "sample.png"]
     save_png(image_grid(final, rows, cols), written[0])
+    frames = _write_frames(canvases, attention, cfg, rows, cols, scale, directory, written)
+    written.append(directory / "sequence.gif")
+    save_gif(frames, written[-1], duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    written.append(directory / "strip.png")
+    save_png(_strip(canvases, attention, cfg, scale), written[-1])
+    return written
+
+
+def _write_frames(canvases: torch.Tensor, attention: dict | None, cfg: DrawConfig, rows: int,
+                  cols: int, scale: int, directory: Path, written: list[Path]) -> list:
+    """time-NNN.png, one step at a time: only one enlarged float copy of a frame exists at
+    once. Returns the frames, for the GIF; appends the files to `written`."""
     frames = []
-    # one step at a time: only one enlarged float copy of a frame exists at once
-    for t in tqdm(range(model.n_iter), desc="writing frames", unit="frame", delay=BAR_DELAY,
+    shape = (cfg.channels, cfg.height, cfg.width)
+    for t in tqdm(range(cfg.n_iter), desc="writing frames", unit="frame", delay=BAR_DELAY,
                   leave=False):
         step = None if attention is None else {k: v[t:t + 1] for k, v in attention.items()}
         frames += sampling_frames(canvases[t:t + 1], shape, rows, cols, attention=step,
                                   N=cfg.write_N, scale=scale)
         written.append(directory / f"time-{t:03d}.png")
         save_png(frames[-1], written[-1])
-    written.append(directory / "sequence.gif")
-    save_gif(frames, written[-1], duration_ms=duration_ms, hold_last_ms=hold_last_ms)
-    # the first STRIP_ROWS samples at STRIP_STEPS evenly spaced steps, the last one the finished
-    # drawing: the paper's figure of digits being drawn, in one picture
-    steps = np.unique(np.linspace(0, model.n_iter - 1, min(model.n_iter, STRIP_STEPS)).round())
-    k = min(n, STRIP_ROWS)
-    strip = sequence_strip(canvases[:, :k], shape, steps.astype(int),
-                           None if attention is None else {a: v[:, :k] for a, v in
-                                                           attention.items()},
-                           N=cfg.write_N, scale=scale)
-    written.append(directory / "strip.png")
-    save_png(strip, written[-1])
-    return written
+    return frames
+
+
+def _strip(canvases: torch.Tensor, attention: dict | None, cfg: DrawConfig, scale: int):
+    """The first STRIP_ROWS samples at STRIP_STEPS evenly spaced steps, the last one the
+    finished drawing: the paper's figure of digits being drawn, in one picture."""
+    T = cfg.n_iter
+    steps = np.unique(np.linspace(0, T - 1, min(T, STRIP_STEPS)).round()).astype(int)
+    k = min(canvases.shape[1], STRIP_ROWS)
+    return sequence_strip(canvases[:, :k], (cfg.channels, cfg.height, cfg.width), steps,
+                          None if attention is None else {a: v[:, :k] for a, v in
+                                                          attention.items()},
+                          N=cfg.write_N, scale=scale)
 
 
 def check_request(cfg: DrawConfig, rows: int, cols: int, n: int, boxes: bool = False,

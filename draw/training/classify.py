@@ -24,11 +24,12 @@ from draw.errors import DrawError
 from draw.memory import check_inference
 from draw.outputs.glimpses import N_GLIMPSE_IMAGES, glimpse_grid, glimpses_bytes
 from draw.outputs.plotting import save_png
-from draw.training.distributed import Distributed, first_on_each_machine, wrap_model
+from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import Printing, SimpleExtension
 from draw.training.main_loop import adam
 from draw.training.run import Data, Job, Parts, lr_tag, train
 from draw.training.settings import RunSettings
+from draw.training.task import Task
 from draw.training.typed_settings import setting
 
 
@@ -86,23 +87,10 @@ def model_config(s: ClassifierSettings, shape: tuple[int, int, int],
         raise DrawError(f"--attention {s.attention}: {e}") from e
 
 
-class ClassifyTask:
+class ClassifyTask(Task):
     """The classifier's objective for the main loop (draw/training/task.py says what a task is):
-    the mean cross-entropy of the softmax on the final state; monitored, the cross-entropy and
-    the error rate in percent.
-
-    Parameters
-    ----------
-    model : AttentionClassifier
-        On its device already.
-    dist : Distributed, optional
-        Under torchrun the model is wrapped in DistributedDataParallel once, here.
-    """
-
-    def __init__(self, model: AttentionClassifier, dist: Distributed | None = None):
-        self.model = model
-        self.dist = dist or Distributed()
-        self.module = wrap_model(model, self.dist, next(model.parameters()).device)
+    the mean cross-entropy of the softmax on the final state of an AttentionClassifier;
+    monitored, the cross-entropy and the error rate in percent."""
 
     def _sums(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         ce = classification_loss(logits, y)                                  # (b,)

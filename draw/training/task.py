@@ -25,29 +25,34 @@ checkpoints and torchrun.
 from collections.abc import Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from draw.likelihood import bound_statistics
-from draw.model import DrawModel, nll_bound
+from draw.model import nll_bound
 from draw.training.distributed import Distributed, wrap_model
 
 
-class DrawTask:
-    """DRAW's objective: the bound L = L^x + L^z (eq. 12) and its per-step KL terms (eq. 11).
+class Task:
+    """What every task holds; subclasses add `loss` and `evaluate`.
 
     Parameters
     ----------
-    model : DrawModel
-        On its device already; any reader, writer or sampler (subclasses too) trains through
-        its own forward pass.
+    model : nn.Module
+        On its device already.
     dist : Distributed, optional
         Under torchrun the model is wrapped in DistributedDataParallel once, here.
     """
 
-    def __init__(self, model: DrawModel, dist: Distributed | None = None):
+    def __init__(self, model: nn.Module, dist: Distributed | None = None):
         self.model = model
         self.dist = dist or Distributed()
         self.module = wrap_model(model, self.dist, next(model.parameters()).device)
+
+
+class DrawTask(Task):
+    """DRAW's objective: the bound L = L^x + L^z (eq. 12) and its per-step KL terms (eq. 11).
+    Any reader, writer or sampler of the DrawModel (subclasses too) trains through its own
+    forward pass."""
 
     def loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The mean bound over the global batch x (B, x_dim), as this rank's share of it."""
