@@ -12,7 +12,7 @@ A tree is timed with its own training step: MainLoop.step on a DrawTask where th
 one (bench.py's `training_step`), and for trees from before issue 11, which trained through the
 hand-fused draw/fast.py by default, that tree's MainLoop.step through its fast path, with the
 Adam those runs used. A tree written as FOLDER:compile is timed with its glimpses compiled
-(draw.speed.compile_glimpses; the first call, which compiles, is not timed).
+(draw.fast_path.compile_glimpses; the first call, which compiles, is not timed).
 
 Usage (from the repository root)::
 
@@ -67,14 +67,15 @@ def worker(T: int, clock: str, threads: int, compiled: bool) -> None:
     narrow_windows(model, 1.0)
     if importlib.util.find_spec("draw.fast") is not None:
         if compiled:
-            sys.exit("error: FOLDER:compile needs a tree with draw.speed.compile_glimpses, "
-                     "not one with draw/fast.py")
+            sys.exit("error: FOLDER:compile needs a tree with compile_glimpses (draw.fast_path, "
+                     "or draw.speed in older trees), not one with draw/fast.py")
         step = legacy_fast_step(model, 100)
     else:
         bench = load_bench()
         if compiled:
-            from draw.speed import compile_glimpses
-            compile_glimpses(model)
+            # draw/speed.py in the trees before issue 23
+            name = "draw.fast_path" if importlib.util.find_spec("draw.fast_path") else "draw.speed"
+            importlib.import_module(name).compile_glimpses(model)
         step = bench.training_step(model, 100)  # with the tree's own Adam (bench.run_adam)
     step()
     step()                                                 # warm-up

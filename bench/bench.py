@@ -10,8 +10,8 @@ which other jobs change far less than wall time.
 
 Paths, each the one model, DrawModel, trained by the training package's step (MainLoop.step on
 a DrawTask: bound, backward, clipping at 10, Adam): plain (denormal floats computed, PyTorch's
-default), plain with denormals flushed (draw.speed.set_flush_denormal), and with --compile the
-compiled glimpses (draw.speed.compile_glimpses). The hand-fused draw/fast.py these were measured
+default), plain with denormals flushed (draw.fast_path.set_flush_denormal), and with --compile the
+compiled glimpses (draw.fast_path.compile_glimpses). The hand-fused draw/fast.py these were measured
 against is gone; bench/README.md has the numbers from before its removal.
 
 Usage (from the repository root)::
@@ -26,8 +26,8 @@ import time
 
 import torch
 
+from draw.fast_path import compile_glimpses
 from draw.model import DrawConfig, DrawModel
-from draw.speed import compile_glimpses
 from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
 
@@ -277,7 +277,7 @@ if __name__ == "__main__":
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed repeats first (default 2, 1 with --quick)")
     p.add_argument("--compile", action="store_true",
-                   help="also time draw.speed.compile_glimpses (compiles for minutes on a CPU)")
+                   help="also time draw.fast_path.compile_glimpses (compiles for minutes on a CPU)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (use with --threads 1 on a "
                         "loaded machine)")

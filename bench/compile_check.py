@@ -1,6 +1,6 @@
 """Do the compiled glimpses give a trained model's own gradients?
 
-`torch.compile` of `DrawModel.glimpses` (draw.speed.compile_glimpses) is checked in the tests on
+`torch.compile` of `DrawModel.glimpses` (draw.fast_path.compile_glimpses) is checked in the tests on
 small models; a trained model, with narrow windows and large weights, is where torch 2.13's CPU
 inductor once gave gradients 50-97% off while the loss stayed right (bench/README.md). This
 compares, on batches of the model's own dataset, the eager model's loss and gradients with the
@@ -18,8 +18,8 @@ import torch
 
 from draw.checkpoint import load_model
 from draw.datasets import get_data
+from draw.fast_path import GLIMPSES_PER_CALL, compile_glimpses
 from draw.model import nll_bound
-from draw.speed import GLIMPSES_PER_CALL, compile_glimpses
 
 TOLERANCE = 1e-3       # relative; float32 rounding over T=64 glimpses gives about 1e-4
 
@@ -75,7 +75,7 @@ if __name__ == "__main__":
     p.add_argument("--per-call", type=int, default=GLIMPSES_PER_CALL,
                    help="glimpses per compiled graph")
     p.add_argument("--inplace-buffers", action="store_true",
-                   help="inductor's default, which draw.speed turns off")
+                   help="inductor's default, which draw.fast_path turns off")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     sys.exit(main(a.model, a.dataset, a.batches, a.per_call, a.inplace_buffers, a.seed))

@@ -11,7 +11,7 @@ T=64):
 1. the model in float32, with its glimpses compiled, and with TF32 matmuls, against itself in
    float64 on this GPU: relative differences of the loss and the gradients;
 2. training images/s (forward, backward, gradient clipping, Adam; median of timed steps after
-   warm-up) of each variant: plain; its glimpses compiled (draw.speed.compile_glimpses); the
+   warm-up) of each variant: plain; its glimpses compiled (draw.fast_path.compile_glimpses); the
    whole training step captured in one CUDA graph; both; both with TF32 matmuls; with compile
    and capture times and peak memory. Every variant is the one model, DrawModel;
 3. the projected time of 100 epochs (50,000 training images each) for every variant, plus
@@ -27,8 +27,8 @@ import time
 import torch
 
 from bench import train_flops_per_image
+from draw.fast_path import compile_glimpses
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.speed import compile_glimpses
 
 TRAIN_IMAGES, EVAL_IMAGES = 50_000, 20_000      # binarized MNIST: train; valid + test
 

@@ -215,7 +215,7 @@ class DrawModel(nn.Module):
 
         Returns the state after them and z, mean, log_sigma, each (k, B, z_dim). `unroll` runs
         the T glimpses through it in calls of `glimpses_per_call` (all T by default);
-        draw.speed.compile_glimpses compiles it.
+        draw.fast_path.compile_glimpses compiles it.
         """
         posterior = []
         for u_t in u.unbind(0):

@@ -8,9 +8,9 @@ import torch
 import torch.multiprocessing as mp
 
 from draw.errors import DrawError
+from draw.fast_path import compile_glimpses
 from draw.likelihood import bound_statistics
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.speed import compile_glimpses
 from draw.training.distributed import (Distributed, close_distributed, first_on_each_machine,
                                        init_distributed, process_place, wrap_model)
 from draw.training.main_loop import MainLoop

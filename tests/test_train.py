@@ -351,14 +351,14 @@ def test_threads_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):
 
 def test_compile_trains_the_compiled_glimpses_to_the_same_parameters(tmp_path, monkeypatch,
                                                                      capsys):
-    """--compile runs draw.speed.compile_glimpses on the model; traced with the aot_eager backend
+    """--compile runs draw.fast_path.compile_glimpses on the model; traced with the aot_eager backend
     (inductor's C++ compile takes minutes on a CPU), the run ends where the eager one does."""
-    import draw.speed
+    import draw.fast_path
     compiled = []
 
     def compile_glimpses(model):
         compiled.append(model)
-        return draw.speed.compile_glimpses(model, backend="aot_eager")
+        return draw.fast_path.compile_glimpses(model, backend="aot_eager")
 
     monkeypatch.setattr("draw.training.draw_job.compile_glimpses", compile_glimpses)
     main(**TINY, run_dir=str(tmp_path / "eager"))
@@ -373,16 +373,16 @@ def test_compile_trains_the_compiled_glimpses_to_the_same_parameters(tmp_path, m
 
 def test_a_long_run_compiles_by_default_and_counts_what_is_left(tmp_path, monkeypatch, capsys):
     """Without --compile or --no-compile a run compiles when its glimpses left to train (steps
-    x T) reach draw.speed's threshold: counted from the checkpoint when resumed."""
-    import draw.speed
+    x T) reach draw.fast_path's threshold: counted from the checkpoint when resumed."""
+    import draw.fast_path
     compiled = []
     monkeypatch.setattr("draw.training.draw_job.compile_glimpses",
                         lambda model: compiled.append(model) or
-                        draw.speed.compile_glimpses(model, backend="aot_eager"))
+                        draw.fast_path.compile_glimpses(model, backend="aot_eager"))
     steps = 2 * math.ceil(400 / TINY["batch_size"])         # 2 epochs of the --subset
     glimpses = steps * TINY["n_iter"]
-    monkeypatch.setattr("draw.speed.AUTO_COMPILE_GLIMPSES", glimpses)
-    monkeypatch.setattr("draw.speed.toolchain_error", lambda device: None)   # inductor: seconds
+    monkeypatch.setattr("draw.fast_path.AUTO_COMPILE_GLIMPSES", glimpses)
+    monkeypatch.setattr("draw.fast_path.toolchain_error", lambda device: None)   # inductor: seconds
     run_dir = tmp_path / "run"
     main(**{**TINY, "subset": 400, "epochs": 2}, run_dir=str(run_dir))
     assert len(compiled) == 1

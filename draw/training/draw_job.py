@@ -6,7 +6,7 @@ once; the task is the bound of eq. 12 (draw/training/task.py); every epoch Sampl
 100 samples (sample.png, epoch-NNN.png, training.gif, sequence.gif).
 
 Training goes through the model's own forward pass, its glimpses compiled by `torch.compile`
-when the run is long enough to repay it (`draw.speed.compile_choice`; `--compile`,
+when the run is long enough to repay it (`draw.fast_path.compile_choice`; `--compile`,
 `--no-compile` decide instead). Denormal floats are flushed to zero on the CPU unless
 `--no-flush-denormal`: a process-wide setting, applied by the scaffold. The header says both.
 """
@@ -15,9 +15,9 @@ import dataclasses
 from draw.checkpoint import CheckpointError, build_model, draw_config, file_config, load_checkpoint
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
+from draw.fast_path import compile_choice, compile_glimpses
 from draw.memory import check_inference
 from draw.model import DrawConfig, DrawModel
-from draw.speed import compile_choice, compile_glimpses
 from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import SampleCheckpoint
 from draw.training.main_loop import adam

@@ -16,7 +16,7 @@ import torch
 
 from draw.datasets import supported_datasets
 from draw.errors import DrawError
-from draw.speed import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
+from draw.fast_path import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
 from draw.training.tensorboard import require_tensorboard
 from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, setting
 
@@ -133,7 +133,7 @@ class RunSettings(Settings):
 
     def apply_to_process(self) -> None:
         """Make the run's process-wide settings, explicitly, once at its start: PyTorch's CPU
-        threads and the flushing of denormal floats (draw/speed.py)."""
+        threads and the flushing of denormal floats (draw/fast_path.py)."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         set_flush_denormal(self.flush_denormal)
@@ -163,7 +163,7 @@ class DrawSettings(RunSettings):
                                    metavar="FILE")
     compile: bool | None = setting(
         None, f"compile the glimpses (DrawModel.glimpses, {GLIMPSES_PER_CALL} per graph) with "
-              f"torch.compile (draw.speed.compile_glimpses): the same maths, 1.3-1.4x faster "
+              f"torch.compile (draw.fast_path.compile_glimpses): the same maths, 1.3-1.4x faster "
               f"than eager on a CPU after a minute or two of compiling (default: when the run "
               f"has at least {AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a "
               f"compiler is there)", on_resume=SESSION)

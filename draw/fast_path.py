@@ -1,4 +1,5 @@
-"""Speed settings for training DRAW, each an explicit choice of the run, none a side effect.
+"""The fast path of training DRAW: its glimpses compiled by `torch.compile`, and denormal floats
+flushed to zero on the CPU; each an explicit choice of the run, none a side effect.
 
 Both are derived from the one model, `draw.model.DrawModel`; neither changes its maths, its
 parameters or its checkpoints. bench/README.md has what each measured.

@@ -1,4 +1,4 @@
-"""draw.speed: the compiled glimpses against the plain model in float64, when a run compiles, the
+"""draw.fast_path: the compiled glimpses against the plain model in float64, when a run compiles, the
 denormal setting, and the benchmark's FLOP count and output, bench/ab.py's two-tree timing."""
 import importlib.util
 import subprocess
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from draw.fast_path import (AUTO_COMPILE_GLIMPSES, compile_choice, compile_glimpses,
+                            compiler_missing, set_flush_denormal, toolchain_error)
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.speed import (AUTO_COMPILE_GLIMPSES, compile_choice, compile_glimpses,
-                        compiler_missing, set_flush_denormal, toolchain_error)
 
 CONFIGS = [DrawConfig(channels=2, height=6, width=5, n_iter=3, enc_dim=7, dec_dim=9, z_dim=3,
                       read_N=2, write_N=3),
@@ -89,7 +89,7 @@ def test_compile_choice_follows_the_flag_else_the_run_length(monkeypatch):
 def test_inductor_gradients_of_several_glimpses():
     """Inductor itself (C++ code, about 25 s to compile): two glimpses in one graph give the
     eager gradients. With inductor's inplace_buffers on (torch 2.13) this model's were 9e-4 off
-    and the paper model's 50-97% at T=64, while the loss stayed right (draw/speed.py)."""
+    and the paper model's 50-97% at T=64, while the loss stayed right (draw/fast_path.py)."""
     torch._dynamo.reset()
     cfg = DrawConfig(height=12, width=12, n_iter=2, enc_dim=16, dec_dim=16, z_dim=4, read_N=2,
                      write_N=3)
