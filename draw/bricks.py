@@ -43,9 +43,10 @@ def spanning_window_bias(zoomer: ZoomableAttentionWindow, sigma_per_delta: float
         (g~_Y, g~_X, log delta~, log sigma^2, log gamma), the columns of `nn2att`.
     """
     delta = max(zoomer.img_height, zoomer.img_width) / zoomer.N
-    # on the CPU whatever the default device: a model built on the meta device gets it too
+    # on the CPU whatever the default device: a model built on the meta device gets it too;
+    # unit is delta at delta~ = 1
     unit = zoomer.nn2att(torch.zeros(1, 5, dtype=torch.float64, device="cpu"))[2].item()
-    return torch.tensor([0.0, 0.0, math.log(delta / unit),                 # unit: delta at delta~ = 1
+    return torch.tensor([0.0, 0.0, math.log(delta / unit),
                          2 * math.log(sigma_per_delta * delta), gamma_power * math.log(delta)],
                         device="cpu")
 

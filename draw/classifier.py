@@ -32,9 +32,8 @@ Where the paper is silent, the choices made here:
   12 x 12 overview of the whole 100 x 100 image, from which the network chooses where to look
   next. Its intensity gamma starts at delta (8.3 pixels for 12 x 12 on 100 x 100), not 1: a
   glimpse value is a weighted mean of pixels, mostly black in cluttered MNIST, and at gamma = 1
-  the LSTM hardly saw it. Measured on cluttered MNIST (T = 4, batch 100, Adam 1e-3, one seed
-  each, valid error on 1,000 images after 600 steps): gamma = 1 81%, gamma = 5, 8.3 and 16
-  40%, 55% and 41% (doc/classification.md); between 5 and 16 one seed cannot tell them apart.
+  the LSTM hardly saw it (doc/development.md, "Initialisation: the read window's intensity
+  gamma", has what was measured).
 """
 import dataclasses
 from dataclasses import dataclass

@@ -11,10 +11,10 @@ killer; estimating first gives "needs about N GB, this machine has M GB" at once
 The estimates are for float32 and are meant to be right within a small factor, not exact:
 `parameter_count` is exact (it counts the model built on the meta device); `activation_bytes`
 follows what autograd saves for the backward pass, measured on many configurations (tests hold
-it within a factor of 1.5 of the measured bytes). They cover both kinds of model, DRAW's (DrawConfig) and
-the attention classifier's (ClassifierConfig), so that train-draw.py and train-classifier.py
-check a run alike (draw/training/run.py, `check_run_sizes`), and sample.py and evaluate.py a
-model file alike (`check_inference`).
+it within a factor of 1.5 of the measured bytes). They cover both kinds of model, DRAW's
+(DrawConfig) and the attention classifier's (ClassifierConfig), so that train-draw.py and
+train-classifier.py check a run alike (draw/training/run.py, `check_run_sizes`), and sample.py
+and evaluate.py a model file alike (`check_inference`).
 """
 import os
 

@@ -93,7 +93,8 @@ def _images(model_file: str, cfg, dataset: str | None, run: dict, split: str,
     """The split's images (a random --subset of them), and whether the data are binary."""
     dataset = dataset or run.get("dataset")
     if dataset is None:
-        raise DrawError(f"{model_file} does not say which dataset it was trained on; pass --dataset")
+        raise DrawError(f"{model_file} does not say which dataset it was trained on; pass "
+                        f"--dataset")
     if dataset not in supported_datasets:
         raise DrawError(f"unknown dataset {dataset!r}; choose from {', '.join(supported_datasets)}")
     data = get_data(dataset, root=data_dir)

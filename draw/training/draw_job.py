@@ -38,6 +38,7 @@ def long_name(s: DrawSettings) -> str:
 class DrawJob(Job):
     script = "train-draw.py"
     settings_class = DrawSettings
+    picture = ("epoch-{epoch:03d}.png", "samples")
     foreign = " (an exported or foreign model file: start a new run from it with --oldmodel)"
 
     def long_name(self, s: DrawSettings) -> str:

@@ -144,10 +144,10 @@ class Parts(NamedTuple):
 
 class Job:
     """What a kind of training run adds to the scaffold; subclasses fill in every method."""
-    script = "train.py"                      # for the message of a stopped run
-    settings_class: type[RunSettings] = RunSettings
+    script: str                              # for the message of a stopped run
+    settings_class: type[RunSettings]
     printing = Printing                      # its one line per epoch
-    picture = ("epoch-{epoch:03d}.png", "samples")    # TensorBoard's picture file and tag
+    picture: tuple[str, str]                 # TensorBoard's picture files and tag
     foreign = ""                             # why a model file without training state is so
 
     def long_name(self, s: RunSettings) -> str:
