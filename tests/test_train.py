@@ -22,7 +22,7 @@ from draw.datasets import batches, get_data
 from draw.likelihood import bound_statistics
 from draw.model import DrawConfig, DrawModel
 from draw.training.draw_job import main
-from draw.training.run import lr_tag
+from draw.training.job import lr_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train-draw.py"

@@ -26,8 +26,9 @@ from draw.outputs.glimpses import N_GLIMPSE_IMAGES, glimpse_grid, glimpses_bytes
 from draw.outputs.plotting import save_png
 from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import Printing, SimpleExtension
+from draw.training.job import Data, Job, Parts, lr_tag
 from draw.training.main_loop import adam
-from draw.training.run import Data, Job, Parts, lr_tag, train
+from draw.training.run import train
 from draw.training.settings import RunSettings
 from draw.training.task import Task
 from draw.training.typed_settings import setting

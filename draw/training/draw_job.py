@@ -20,8 +20,9 @@ from draw.memory import check_inference
 from draw.model import DrawConfig, DrawModel
 from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import SampleCheckpoint
+from draw.training.job import Data, Job, Parts, lr_tag
 from draw.training.main_loop import adam
-from draw.training.run import Data, Job, Parts, lr_tag, train
+from draw.training.run import train
 from draw.training.settings import DrawSettings
 from draw.training.task import DrawTask
 

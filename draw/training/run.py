@@ -3,7 +3,8 @@
 train-draw.py and train-classifier.py both call `train(job, flags)`. A `Job` says what differs
 between them: its settings class, its model config, its data, its model, task and optimiser, the
 picture it draws every epoch and its lines of the header. DRAW's is draw/training/draw_job.py,
-the classifier's draw/training/classify.py; a third kind of run is a third Job.
+the classifier's draw/training/classify.py; a third kind of run is a third Job
+(draw/training/job.py).
 
 `train` first checks everything (the settings, the model files, the device, the data, the memory
 the model needs, the run directory's name); only then does anything touch the disk, so a bad
@@ -34,10 +35,8 @@ import math
 import random
 import shlex
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,8 +50,9 @@ from draw.model import DrawConfig
 from draw.training.distributed import (Distributed, close_distributed, init_distributed,
                                        process_place, reported_once)
 from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
-                                      LearningRateSchedule, Plot, Printing, ProgressBar, Timing,
+                                      LearningRateSchedule, Plot, ProgressBar, Timing,
                                       TrainingDataMonitoring)
+from draw.training.job import Data, Job, Parts
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop, load_adam_state
 from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
@@ -62,17 +62,6 @@ from draw.training.tensorboard import TensorBoard
 
 # what a checkpoint needs besides its settings to be resumed
 TRAINING_STATE = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
-
-
-def lr_tag(value: float) -> str:
-    """The classic short learning-rate tag of the long names: leading digit, then minus the
-    exponent.
-
-    >>> lr_tag(1e-3), lr_tag(3e-4), lr_tag(0.005)
-    ('13', '34', '53')
-    """
-    exponent = math.floor(math.log10(value))
-    return f"{f'{value:e}'[0]}{-exponent}"
 
 
 @dataclass(frozen=True)
@@ -89,38 +78,11 @@ class Checked:
     files: str                    # <files>_model.pkl, <files>_log.pkl
 
 
-@dataclass
-class Data:
-    """A run's splits on the device, train cut to --subset, valid and test whole and cut to
-    their --eval-subset, and the job's `batches(split, batch_size, generator=, epoch=,
-    device=)` over any of them."""
-    train: Any
-    valid: Any
-    test: Any
-    batches: Callable
-    binary: bool = False          # every pixel 0 or 1 (DRAW's bound is one on -log p(x))
-    valid_subset: Any = None
-    test_subset: Any = None
-
-    def cut(self, s: RunSettings, take: Callable) -> "Data":
-        """Cut train to --subset and valid / test to --eval-subset with `take(split, index)`:
-        random, not the first n (binarized MNIST's test set is sorted by digit), seeded, the
-        same ones every evaluation."""
-        def pick(split, n):
-            if n is None or n >= len(split):
-                return split
-            order = torch.randperm(len(split), generator=torch.Generator().manual_seed(s.seed))
-            return take(split, order[:n])
-        return replace(self, train=pick(self.train, s.subset),
-                       valid_subset=pick(self.valid, s.eval_subset or None),
-                       test_subset=pick(self.test, s.eval_subset or None))
-
-
 @dataclass(frozen=True)
 class Plan:
     """A complete run, before anything is written: the checked settings, this process's place
     and device, the data and the run directory (to create, or to continue)."""
-    job: "Job"
+    job: Job
     checked: Checked
     dist: Distributed
     device: torch.device
@@ -131,50 +93,6 @@ class Plan:
     def batches_per_epoch(self) -> int:
         """Training batches per epoch; the last may be smaller."""
         return math.ceil(len(self.data.train) / self.checked.settings.batch_size)
-
-
-class Parts(NamedTuple):
-    """What a job builds for the loop: the task (draw/training/task.py), its optimiser, the
-    extensions that draw its picture every epoch (main process only) and its header lines."""
-    task: Any
-    optimizer: torch.optim.Optimizer
-    pictures: list
-    header: list[tuple[str, Any]]
-
-
-class Job:
-    """What a kind of training run adds to the scaffold; subclasses fill in every method."""
-    script: str                              # for the message of a stopped run
-    settings_class: type[RunSettings]
-    printing = Printing                      # its one line per epoch
-    picture: tuple[str, str]                 # TensorBoard's picture files and tag
-    foreign = ""                             # why a model file without training state is so
-
-    def long_name(self, s: RunSettings) -> str:
-        raise NotImplementedError
-
-    def model_config(self, s: RunSettings, shape: tuple[int, int, int]) -> ModelConfig:
-        """The model config of the settings for images of `shape`; DrawError if invalid."""
-        raise NotImplementedError
-
-    def read_model_file(self, path: Path) -> dict:
-        """The checkpoint of `--resume`; CheckpointError where it is not this job's."""
-        raise NotImplementedError
-
-    def start_from(self, s: RunSettings, cfg: ModelConfig,
-                   device: torch.device) -> nn.Module | None:
-        """A model a fresh run starts from (DRAW's --oldmodel), checked; None by default."""
-        return None
-
-    def load_data(self, s: RunSettings, dist: Distributed, device: torch.device) -> Data:
-        raise NotImplementedError
-
-    def picture_bytes(self, cfg: ModelConfig, s: RunSettings) -> int:
-        """Bytes of the picture drawn every epoch, checked with the run's other sizes."""
-        raise NotImplementedError
-
-    def build(self, plan: Plan) -> Parts:
-        raise NotImplementedError
 
 
 def _resumed(job: Job, given: dict) -> tuple[RunSettings, Path, dict | None, Path | None]:
