@@ -7,7 +7,7 @@ import pytest
 from draw.classifier import AttentionClassifier
 from draw.datasets.store import dataset_spec
 from draw.model import DrawConfig, DrawModel
-from draw.training.classify import ClassifierSettings, model_config
+from draw.training.classify import CLASSIFIER, ClassifierSettings
 from draw.training.settings import DrawSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -51,7 +51,7 @@ def test_classifier_configs_parse_and_build(name):
     T, lstm, read_N = CLASSIFIER_CONFIGS[name]
     s = ClassifierSettings(**ClassifierSettings.given({"config": str(CONFIGS / name)}))
     assert (s.dataset, s.n_iter, s.enc_dim, s.attention) == ("cluttered-mnist", T, lstm, read_N)
-    cfg = model_config(s, dataset_spec(s.dataset).shape, n_classes=10)
+    cfg = CLASSIFIER.model_config(s, dataset_spec(s.dataset).shape)
     assert (cfg.height, cfg.width) == (100, 100)
     model = AttentionClassifier.from_config(cfg)
     assert model.n_iter == T and model.lstm.hidden_size == lstm

@@ -77,17 +77,6 @@ def classifier_adam(model: AttentionClassifier, s: ClassifierSettings) -> torch.
                 lr=s.learning_rate)
 
 
-def model_config(s: ClassifierSettings, shape: tuple[int, int, int],
-                 n_classes: int) -> ClassifierConfig:
-    """The classifier a run's settings describe, for images of `shape` (C, H, W)."""
-    C, H, W = shape
-    try:
-        return ClassifierConfig(channels=C, height=H, width=W, n_iter=s.n_iter,
-                                enc_dim=s.enc_dim, read_N=s.attention, n_classes=n_classes)
-    except ValueError as e:
-        raise DrawError(f"--attention {s.attention}: {e}") from e
-
-
 class ClassifyTask(Task):
     """The classifier's objective for the main loop (draw/training/task.py says what a task is):
     the mean cross-entropy of the softmax on the final state of an AttentionClassifier;
@@ -167,12 +156,6 @@ class ClassifierPrinting(Printing):
                                                                  "{:.1f} s"))
 
 
-def long_name(s: ClassifierSettings) -> str:
-    """e.g. `cluttered-mnist-classifier-r12-t8-enc256-lr13` (lr13 = 1e-3, the classic tag)."""
-    return (f"{s.dataset}-classifier-r{s.attention}-t{s.n_iter}-enc{s.enc_dim}-"
-            f"lr{lr_tag(s.learning_rate)}")
-
-
 class ClassifierJob(Job):
     """train-classifier.py's runs in the scaffold of draw/training/run.py: labelled data
     (cluttered-mnist's training images are fresh every epoch, epoch e's a function of
@@ -184,11 +167,20 @@ class ClassifierJob(Job):
     picture = ("glimpses-{epoch:03d}.png", "glimpses")
 
     def long_name(self, s: ClassifierSettings) -> str:
-        return long_name(s)
+        """e.g. `cluttered-mnist-classifier-r12-t8-enc256-lr13` (lr13 = 1e-3, the classic tag)."""
+        return (f"{s.dataset}-classifier-r{s.attention}-t{s.n_iter}-enc{s.enc_dim}-"
+                f"lr{lr_tag(s.learning_rate)}")
 
     def model_config(self, s: ClassifierSettings,
                      shape: tuple[int, int, int]) -> ClassifierConfig:
-        return model_config(s, shape, n_classes=10)
+        """The classifier a run's settings describe, for images of `shape` (C, H, W) in ten
+        classes."""
+        C, H, W = shape
+        try:
+            return ClassifierConfig(channels=C, height=H, width=W, n_iter=s.n_iter,
+                                    enc_dim=s.enc_dim, read_N=s.attention, n_classes=10)
+        except ValueError as e:
+            raise DrawError(f"--attention {s.attention}: {e}") from e
 
     def read_model_file(self, path) -> dict:
         ckpt = load_checkpoint(path)

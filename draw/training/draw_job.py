@@ -29,13 +29,6 @@ from draw.training.task import DrawTask
 N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
 
 
-def long_name(s: DrawSettings) -> str:
-    """The classic run name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`."""
-    tag = "full" if s.read_N is None else f"r{s.read_N}-w{s.write_N}"
-    return (f"{s.dataset}-{tag}-t{s.n_iter}-enc{s.enc_dim}-dec{s.dec_dim}-z{s.z_dim}-"
-            f"lr{lr_tag(s.learning_rate)}")
-
-
 class DrawJob(Job):
     script = "train-draw.py"
     settings_class = DrawSettings
@@ -43,7 +36,10 @@ class DrawJob(Job):
     foreign = " (an exported or foreign model file: start a new run from it with --oldmodel)"
 
     def long_name(self, s: DrawSettings) -> str:
-        return long_name(s)
+        """The classic run name, e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`."""
+        tag = "full" if s.read_N is None else f"r{s.read_N}-w{s.write_N}"
+        return (f"{s.dataset}-{tag}-t{s.n_iter}-enc{s.enc_dim}-dec{s.dec_dim}-z{s.z_dim}-"
+                f"lr{lr_tag(s.learning_rate)}")
 
     def model_config(self, s: DrawSettings, shape: tuple[int, int, int]) -> DrawConfig:
         """DrawConfig's own fields, the image's from the dataset and the rest from the settings
