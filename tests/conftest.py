@@ -1,5 +1,7 @@
 """Settings shared by the whole test suite."""
+import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +36,15 @@ def terminal(monkeypatch):
     pytest installs its capture of the test's stderr only as the test starts; what the bars
     write goes on to it."""
     return lambda: monkeypatch.setattr(sys, "stderr", _Terminal(sys.stderr))
+
+
+@pytest.fixture
+def bench_script():
+    """`bench_script("NAME")` imports bench/NAME.py (a script folder, not a package)."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -5,9 +5,7 @@ the glimpses (doc/classification.md); these tests keep the remedy in place: the 
 parameter group, its share kept by the schedule, the setting's checks and old runs' resume.
 And the independent cluttered test set of bench/cluttered_check.py, which checks Table 1.
 """
-import importlib.util
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -85,20 +83,12 @@ def test_a_run_stored_before_read_lr_resumes_at_one_rate():
         ClassifierSettings.resumed(stored, {"read_lr": 0.2}, "RUN")
 
 
-def load_cluttered_check():
-    path = Path(__file__).resolve().parents[1] / "bench" / "cluttered_check.py"
-    spec = importlib.util.spec_from_file_location("cluttered_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_independent_test_set_follows_mnist_cluttereds_protocol():
+def test_the_independent_test_set_follows_mnist_cluttereds_protocol(bench_script):
     """bench/cluttered_check.py: one whole digit per image and 8 patches of 8 x 8, clipped.
     With digits that are solid squares of one intensity each, the digit shows as a 28 x 28
     block at least as bright as itself, distractors add at most 8 * 64 pixels, and nothing
     exceeds 1."""
-    check = load_cluttered_check()
+    check = bench_script("cluttered_check")
     levels = np.array([0.25, 0.5, 0.75, 1.0], dtype=np.float32)
     digits = np.broadcast_to(levels[:, None, None], (4, 28, 28)).copy()
     images = check.compose_cluttered(digits, np.random.default_rng(0))

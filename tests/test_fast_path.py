@@ -1,6 +1,5 @@
 """draw.fast_path: the compiled glimpses against the plain model in float64, when a run compiles, the
 denormal setting, and the benchmark's FLOP count and output, bench/ab.py's two-tree timing."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -156,16 +155,8 @@ def test_set_flush_denormal_switches_both_ways(denormals_restored):
     assert (tiny * 1.0).item() > 0
 
 
-def load_bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
-    spec = importlib.util.spec_from_file_location("draw_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_flop_count_matches_hand_count():
-    bench = load_bench()
+def test_benchmark_flop_count_matches_hand_count(bench_script):
+    bench = bench_script("bench")
     cfg = DrawConfig(n_iter=64, read_N=2, write_N=5)
     # per step and image, multiply-adds: encoder (8 + 256 + 256) x 1024, decoder
     # (100 + 256) x 1024, sampler 256 x 200, heads 256 x (5 + 5 + 25), read 2x28x56 + 4x28x2,
@@ -175,8 +166,8 @@ def test_benchmark_flop_count_matches_hand_count():
     assert round(bench.train_flops_per_image(cfg) / 1e6, 1) == 370.6
 
 
-def test_benchmark_runs_and_reports_every_path(capsys):
-    bench = load_bench()
+def test_benchmark_runs_and_reports_every_path(capsys, bench_script):
+    bench = bench_script("bench")
     bench.main(quick=True, niters="2", batch_size=3, threads=None, device="cpu", repeats=1,
                warmup=1, compile=False, clock="cpu", sigma=1.0, read_N=2,
                write_N=3, enc_dim=6, dec_dim=5, z_dim=2, seed=0)

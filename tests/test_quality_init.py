@@ -4,9 +4,7 @@ and the benchmark that measured it (bench/quality.py).
 Before training, h_0^dec = 0 and the heads' weights are small, so a window is its head's bias:
 these tests check that window's exact geometry and what it reads and writes.
 """
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -152,14 +150,6 @@ def test_reinitialising_gives_the_same_biases():
 
 # bench/quality.py, the benchmark these choices were measured with
 
-def load_quality_bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
-    spec = importlib.util.spec_from_file_location("draw_quality_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class TrainValidOnly:
     """A dataset whose test split cannot be read: the benchmark must never evaluate on it."""
 
@@ -180,8 +170,8 @@ def tiny_data(seed: int = 0) -> TrainValidOnly:
 TINY = DrawConfig(height=8, width=8, n_iter=2, enc_dim=8, dec_dim=8, z_dim=4, read_N=2, write_N=3)
 
 
-def test_bench_trains_for_exactly_the_steps_across_epochs(capsys):
-    bench = load_quality_bench()
+def test_bench_trains_for_exactly_the_steps_across_epochs(capsys, bench_script):
+    bench = bench_script("quality")
     result = bench.train_and_validate(TINY, tiny_data(), steps=7, batch_size=10, lr=1e-3, seed=0,
                                       device=torch.device("cpu"), label="attention")
     out = capsys.readouterr().out
@@ -193,8 +183,8 @@ def test_bench_trains_for_exactly_the_steps_across_epochs(capsys):
     assert again["valid_nll_bound"] == result["valid_nll_bound"]     # same seed, same numbers
 
 
-def test_bench_valid_bound_is_the_mean_bound_of_eq_12():
-    bench = load_quality_bench()
+def test_bench_valid_bound_is_the_mean_bound_of_eq_12(bench_script):
+    bench = bench_script("quality")
     torch.manual_seed(3)
     m = DrawModel.from_config(TINY)
     images = tiny_data().valid                                          # (20, 64) uint8
