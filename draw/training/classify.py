@@ -47,7 +47,7 @@ class ClassifierSettings(RunSettings):
     # Without it the 8-glimpse run's gradient explodes back through the glimpses: the window
     # of glimpse t is chosen from h_{t-1}, so d h_t / d h_{t-1} has a term through the window
     # (eqs. 21-24, 27), and its gain grows with the read head's weights; one unit of g~ moves
-    # the window 50 pixels on 100 x 100. doc/classification.md measures it (bench/
+    # the window 50 pixels on 100 x 100. doc/development.md measures it (bench/
     # classifier_stability.py); Spatial Transformer networks slow their localisation nets so.
     read_lr: float = setting(0.1, "learning rate of the read head (the window, eq. 21) as a "
                                   "multiple of --lr; 1 for one rate everywhere")
