@@ -17,11 +17,12 @@ the two compute differently (rounding aside):
 
 - The filterbank's normaliser (eqs. 25-26): here exp(...) / (Z + EPS), as a direct port guards
   the division; DrawModel takes a softmax over the pixels, which needs no epsilon. A filter's
-  weights differ by the factor Z / (Z + EPS), a relative EPS / (Z + EPS). Whenever the filter's centre
-  mu lies on the image and sigma >= 0.5 px, Z >= exp(-1/2) (the nearest pixel is at most half a
-  pixel away), so the difference is below 1.6e-8, under float32's rounding (6e-8). It is about 3e-5 for
-  a filter whose centre is 4 sigma outside the image, 3e-3 at 5 sigma and 0.4 at 6 sigma, where
-  this port's weights fall towards 0 while DrawModel's stay normalised onto the nearest pixels.
+  weights differ by the factor Z / (Z + EPS), a relative EPS / (Z + EPS). Whenever the
+  filter's centre mu lies on the image and sigma >= 0.5 px, Z >= exp(-1/2) (the nearest pixel
+  is at most half a pixel away), so the difference is below 1.6e-8, under float32's rounding
+  (6e-8). It is about 3e-5 for a filter whose centre is 4 sigma outside the image, 3e-3 at 5
+  sigma and 0.4 at 6 sigma, where this port's weights fall towards 0 while DrawModel's stay
+  normalised onto the nearest pixels.
 - DrawModel sets filter weights below 2.3e-13 of their row's largest to exactly 0 (float32; so
   that no denormal float is made); here they are computed, denormals included, as a direct
   port computes them. A row's sum changes by a relative 28 x 2.3e-13 at most.
