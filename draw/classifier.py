@@ -140,6 +140,7 @@ class AttentionClassifier(nn.Module):
         self.lstm = lstm
         self.classifier = classifier
         self.config: ClassifierConfig | None = None
+        self.glimpses_per_call: int | None = None     # None: all T in one call of `glimpses`
         self.apply(self._init_weights)
 
     @classmethod
@@ -164,6 +165,24 @@ class AttentionClassifier(nn.Module):
                 nn.init.normal_(module.readout.weight, mean=0.0, std=0.01)
                 module.reset_window()
 
+    def glimpses(self, state: tuple[Tensor, Tensor], x: Tensor, k: int
+                 ) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """k consecutive glimpses of x (B, C*H*W) from the LSTM state (h, cell), each (B,
+        enc_dim): read with the window chosen from h (eqs. 21, 27), then one LSTM step.
+
+        Returns the state after them and their windows (5, k, B), rows as WINDOW_NAMES, detached
+        (they are for pictures; the loss is on the final state alone). `forward` runs the T
+        glimpses through it in calls of `glimpses_per_call` (all T by default), as DrawModel's
+        `unroll` does; draw.fast_path.compile_glimpses compiles it.
+        """
+        h, cell = state
+        windows = []
+        for _ in range(k):
+            r, att = self.reader(x, h)                                        # eqs. 21, 27
+            h, cell = self.lstm(r, (h, cell))
+            windows.append(torch.stack(att).detach())                         # (5, B)
+        return (h, cell), torch.stack(windows, dim=1)                         # (5, k, B)
+
     def forward(self, x: Tensor, return_attention: bool = False):
         """Classify a batch.
 
@@ -180,19 +199,17 @@ class AttentionClassifier(nn.Module):
         attention : dict of Tensor, each of shape (n_iter, B), only with return_attention
             'center_y', 'center_x', 'delta', 'sigma', 'gamma' of the window of glimpse t.
         """
-        B = x.shape[0]
-        h = x.new_zeros(B, self.lstm.hidden_size)                            # h_0
-        cell = torch.zeros_like(h)
+        h = x.new_zeros(x.shape[0], self.lstm.hidden_size)                   # h_0
+        state = (h, torch.zeros_like(h))                                      # (h_0, c_0)
+        per_call = self.glimpses_per_call or self.n_iter
         windows = []
-        for t in range(self.n_iter):
-            r, att = self.reader(x, h)                                        # eqs. 21, 27
-            h, cell = self.lstm(r, (h, cell))
-            if return_attention:
-                windows.append(torch.stack(att).detach())                     # (5, B)
-        logits = self.classifier(h)                                           # (B, K)
+        for start in range(0, self.n_iter, per_call):
+            state, part = self.glimpses(state, x, min(per_call, self.n_iter - start))
+            windows.append(part)
+        logits = self.classifier(state[0])                                    # (B, K)
         if not return_attention:
             return logits
-        windows = torch.stack(windows, dim=1)                                 # (5, T, B)
+        windows = torch.cat(windows, dim=1)                                   # (5, T, B)
         return logits, dict(zip(WINDOW_NAMES, windows.unbind(0)))
 
 

@@ -1,16 +1,17 @@
-"""The fast path of training DRAW: its glimpses compiled by `torch.compile`, and denormal floats
+"""The fast path of training: a model's glimpses compiled by `torch.compile`, and denormal floats
 flushed to zero on the CPU; each an explicit choice of the run, none a side effect.
 
-Both are derived from the one model, `draw.model.DrawModel`; neither changes its maths, its
-parameters or its checkpoints. bench/README.md has what each measured.
+Both are derived from the one model, DRAW's `draw.model.DrawModel` or the classifier's
+`draw.classifier.AttentionClassifier`; neither changes its maths, its parameters or its
+checkpoints. bench/README.md has what each measured.
 """
 import math
 import os
 import shutil
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
-
-from draw.model import DrawModel
 
 
 def set_flush_denormal(on: bool) -> bool:
@@ -46,26 +47,40 @@ GLIMPSES_PER_CALL = 8
 RECOMPILE_LIMIT = 32
 
 
-def compile_glimpses(model: DrawModel, per_call: int = GLIMPSES_PER_CALL, **options
-                     ) -> DrawModel:
+class Glimpsing(Protocol):
+    """What `compile_glimpses` needs of a model: its T glimpses run through its own method
+    `glimpses` in calls of `glimpses_per_call` (None: all T in one). DrawModel (`unroll`) and
+    AttentionClassifier (`forward`) are both so organised."""
+    n_iter: int
+    glimpses_per_call: int | None
+    glimpses: Callable
+
+
+ModelT = TypeVar("ModelT", bound=Glimpsing)
+
+
+def compile_glimpses(model: ModelT, per_call: int = GLIMPSES_PER_CALL, **options) -> ModelT:
     """Compile the model's glimpses with `torch.compile`, `per_call` of them per graph; returns
     the model.
 
-    `forward` and `log_weight` run the T glimpses through `model.glimpses` (a loop over `step`)
-    in calls of `model.glimpses_per_call`, so training and evaluation run them compiled, forward
-    and backward. The graphs are traced from the model's own `step` (a subclass's override
-    included) and its bricks: no second copy of the maths. T is cut into calls as equal as they
-    can be (T=10: two of 5; T=17: 6, 6 and 5). Sampling (`decode` alone) stays eager. The first
-    call compiles: a minute or more on a small CPU, repaid only by a long run (bench/README.md).
+    The model runs its T glimpses through `model.glimpses` in calls of
+    `model.glimpses_per_call` (`Glimpsing`): DRAW's `forward` and `log_weight` (a loop over
+    `step`), the classifier's `forward` (read, LSTM). So training and evaluation run them
+    compiled, forward and backward. The graphs are traced from the model's own methods (a
+    subclass's overrides included) and its bricks: no second copy of the maths. T is cut into
+    calls as equal as they can be (T=10: two of 5; T=17: 6, 6 and 5). DRAW's sampling
+    (`decode` alone) stays eager. The first call compiles: a minute or more on a small CPU,
+    repaid only by a long run (bench/README.md).
 
     With inductor (the default backend) its `inplace_buffers` is off: on, torch 2.13's CPU
-    inductor computed wrong gradients for graphs of several glimpses while the loss stayed
-    right (bench/README.md). tests/test_speed.py compiles with inductor itself;
-    bench/compile_check.py checks a trained model.
+    inductor computed wrong gradients for DRAW's graphs of several glimpses while the loss
+    stayed right (bench/README.md). tests/test_fast_path.py and
+    tests/test_classifier_compile.py compile with inductor itself; bench/compile_check.py
+    checks a trained DRAW model.
 
     Parameters
     ----------
-    model : DrawModel
+    model : DrawModel, AttentionClassifier, or any model that is `Glimpsing`
     per_call : int
         At most this many glimpses per compiled call.
     **options

@@ -9,6 +9,10 @@ monitored number, so the log holds `train_error`, `valid_error` and `test_error`
 together. The header and config.json carry a long name such as
 `cluttered-mnist-classifier-r12-t8-enc256-lr13`. draw/outputs/scores.py scores a saved
 classifier (`classifier_test_error`, what evaluate.py prints for a classifier file).
+
+As DRAW's, the classifier's glimpses are compiled by `torch.compile` when the run is long enough
+to repay it (`draw.fast_path.compile_choice`; `--compile`, `--no-compile` decide instead), and
+the header says which and why.
 """
 import math
 from collections.abc import Iterable
@@ -21,6 +25,7 @@ from draw.checkpoint import build_classifier, classifier_config, load_checkpoint
 from draw.classifier import AttentionClassifier, ClassifierConfig, classification_loss, errors
 from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
+from draw.fast_path import compile_choice, compile_glimpses
 from draw.memory import check_inference
 from draw.outputs.glimpses import N_GLIMPSE_IMAGES, glimpse_grid, glimpses_bytes
 from draw.outputs.plotting import save_png
@@ -203,6 +208,10 @@ class ClassifierJob(Job):
     def build(self, plan) -> Parts:
         s, cfg = plan.checked.settings, plan.checked.cfg
         model = AttentionClassifier.from_config(cfg).to(plan.device)
+        # DRAW's rule (draw_job.py): the fixed compile time against what the steps left save
+        compiled, why = compile_choice(s.compile, plan.steps_left * s.n_iter, plan.device)
+        if compiled:
+            compile_glimpses(model)
         pictures = []
         if plan.dist.is_main:
             first, _ = next(labelled_batches(plan.data.test, N_GLIMPSE_IMAGES,
@@ -211,7 +220,8 @@ class ClassifierJob(Job):
                                               (cfg.channels, cfg.height, cfg.width)))
         header = [("glimpses", f"{cfg.n_iter} of {cfg.read_N}x{cfg.read_N}"),
                   ("LSTM dimension", cfg.enc_dim),
-                  ("learning rate", f"{s.describe_lr()}; read head x{s.read_lr:g}")]
+                  ("learning rate", f"{s.describe_lr()}; read head x{s.read_lr:g}"),
+                  ("compiled glimpses", why)]
         return Parts(ClassifyTask(model, plan.dist), classifier_adam(model, s), pictures, header)
 
 

@@ -92,14 +92,11 @@ class DrawJob(Job):
         return SampleCheckpoint.needs(cfg, N_SAMPLES)
 
     def build(self, plan) -> Parts:
-        s, cfg, ckpt = plan.checked.settings, plan.checked.cfg, plan.checked.ckpt
+        s, cfg = plan.checked.settings, plan.checked.cfg
         model = DrawModel.from_config(cfg).to(plan.device)
         if plan.checked.start is not None:
             model.load_state_dict(plan.checked.start.state_dict())
-        n = plan.batches_per_epoch
-        done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]          # steps taken
-        compiled, why = compile_choice(s.compile, max(0, s.epochs * n - done) * s.n_iter,
-                                       plan.device)
+        compiled, why = compile_choice(s.compile, plan.steps_left * s.n_iter, plan.device)
         if compiled:
             compile_glimpses(model)
         pictures = [SampleCheckpoint(plan.run_path, (cfg.channels, cfg.height, cfg.width),

@@ -94,6 +94,14 @@ class Plan:
         """Training batches per epoch; the last may be smaller."""
         return math.ceil(len(self.data.train) / self.checked.settings.batch_size)
 
+    @property
+    def steps_left(self) -> int:
+        """Training steps still to take: all of --epochs, less those of the checkpoint resumed
+        (none if --epochs is already behind it); compile_choice weighs them, times T."""
+        ckpt, n = self.checked.ckpt, self.batches_per_epoch
+        done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]
+        return max(0, self.checked.settings.epochs * n - done)
+
 
 def _resumed(job: Job, given: dict) -> tuple[RunSettings, Path, dict | None, Path | None]:
     run_path, model_file = find_checkpoint(given["resume"])

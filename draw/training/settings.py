@@ -62,6 +62,14 @@ class RunSettings(Settings):
         True, "flush denormal floats to zero on the CPU (torch.set_flush_denormal), which "
               "keeps tiny gradients from slowing arithmetic down; process-wide",
         on_resume=CHANGE)
+    # every job: its model runs its glimpses through its `glimpses` (draw.fast_path.Glimpsing)
+    compile: bool | None = setting(
+        None, f"compile the model's glimpses ({GLIMPSES_PER_CALL} per graph) with "
+              f"torch.compile (draw.fast_path.compile_glimpses): the same maths, for DRAW "
+              f"1.3-1.4x faster than eager on a CPU after a minute or two of compiling "
+              f"(bench/README.md) (default: when the run has at least "
+              f"{AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a compiler is "
+              f"there)", on_resume=SESSION)
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto: CUDA when available; under "
                                   "torchrun each process takes cuda:LOCAL_RANK",
                           on_resume=SESSION)
@@ -161,12 +169,6 @@ class DrawSettings(RunSettings):
     oldmodel: str | None = setting(None, "start from the parameters of a *_model.pkl file of "
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
-    compile: bool | None = setting(
-        None, f"compile the glimpses (DrawModel.glimpses, {GLIMPSES_PER_CALL} per graph) with "
-              f"torch.compile (draw.fast_path.compile_glimpses): the same maths, 1.3-1.4x faster "
-              f"than eager on a CPU after a minute or two of compiling (default: when the run "
-              f"has at least {AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a "
-              f"compiler is there)", on_resume=SESSION)
 
     def check(self) -> None:
         super().check()
