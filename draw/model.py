@@ -253,6 +253,9 @@ class DrawModel(nn.Module):
             KL(Q(Z_t|h_t^enc) || P(Z_t)) of every step (eq. 11, before the sum over t).
         """
         c, _, mean, log_sigma = self.unroll(x, self._given_or_fresh_noise(u, x.shape[0], x))
+        # under bfloat16 autocast (draw/precision.py) the posterior's linear maps return
+        # bfloat16; the KL is summed over z in x's dtype (float32), as the canvas c already is
+        mean, log_sigma = mean.to(x.dtype), log_sigma.to(x.dtype)            # (T, B, Z) each
         return c, self.sampler.kl(mean, log_sigma)                            # eq. 11, all t at once
 
     def log_weight(self, x: Tensor, u: Tensor | None = None) -> Tensor:

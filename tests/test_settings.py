@@ -106,8 +106,9 @@ def test_resume_rules():
     assert s.epochs == 5 and s.device == "cpu" and s.flush_denormal is True
     assert (s.read_N, s.write_N) == (2, 3)
     assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
-                                              "lr_warmup", "lr_decay"}
+                                              "lr_warmup", "lr_decay", "precision"}
     assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
+    assert s.precision == "32"                          # and float32
     assert not set(s.stored()) & {name for name, f in DrawSettings._fields().items()
                                   if f.metadata["on_resume"] == SESSION}
     # a lower rate for the rest of a run (an "lr drop") is allowed; the model's settings are not

@@ -13,6 +13,10 @@ One training step outside a run (benchmarks, bench/):
     loop = MainLoop(DrawTask(model), adam(model.parameters(), lr=1e-3))
     loop.step(x)          # x: a batch (B, x_dim); loop.last_batch holds its numbers
 
+`precision="bf16-mixed"` runs the task's forward pass under bfloat16 autocast
+(draw/precision.py); the backward pass, clipping and Adam are float32 either way, and so is
+evaluation, which the monitoring extensions call outside `step`.
+
 Data parallelism
 ----------------
 Under torchrun (draw/training/distributed.py) every rank runs this loop on the same global
@@ -38,6 +42,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 
 from draw.errors import DrawError
+from draw.precision import autocast
 
 
 class TrainingError(DrawError):
@@ -79,12 +84,14 @@ class MainLoop:
     grad_clip : float
         Rescale the gradient to at most this total norm before each step (the classic
         StepClipping(10) ahead of Adam).
+    precision : str
+        "32" or "bf16-mixed" (draw/precision.py): the autocast of the training forward pass.
     """
 
     def __init__(self, task, optimizer: torch.optim.Optimizer,
                  epoch_batches: Callable[[], Iterable] | None = None,
                  generator: torch.Generator | None = None, extensions: Iterable = (),
-                 grad_clip: float = 10.0):
+                 grad_clip: float = 10.0, precision: str = "32"):
         self.task = task
         self.model = task.model
         self.dist = task.dist
@@ -95,6 +102,8 @@ class MainLoop:
         self.grad_clip = grad_clip
         self._sigint = False       # this rank has seen a Ctrl-C (see _on_sigint)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.precision = precision
+        autocast(precision, self.params[0].device)      # a bad name: ValueError now, not later
         # the parameters before each update, for the step norm: kept between steps, because
         # two fresh 1M-float vectors per step (parameters_to_vector) cost about 5 ms of a 180 ms
         # step at T=10, page faults of the new memory included (bench/README.md)
@@ -162,8 +171,9 @@ class MainLoop:
         the global batch), "total_gradient_norm" and "total_step_norm", all tensors.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        loss, sums = self.task.loss(batch)
-        loss.backward()
+        with autocast(self.precision, self.params[0].device):
+            loss, sums = self.task.loss(batch)
+        loss.backward()           # outside autocast, as torch.autocast's documentation asks
         grad_norm = clip_grad_norm_(self.params, self.grad_clip)    # the same on every rank
         # one vector [global mean loss, the sums flattened, any rank's Ctrl-C]: one all-reduce
         names = list(sums)

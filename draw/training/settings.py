@@ -17,6 +17,8 @@ import torch
 from draw.datasets import supported_datasets
 from draw.errors import DrawError
 from draw.fast_path import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
+from draw.precision import DEFAULT as DEFAULT_PRECISION
+from draw.precision import PRECISIONS
 from draw.training.tensorboard import require_tensorboard
 from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, setting
 
@@ -70,6 +72,12 @@ class RunSettings(Settings):
               f"(bench/README.md) (default: when the run has at least "
               f"{AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a compiler is "
               f"there)", on_resume=SESSION)
+    # CHANGE: the model file is float32 either way, so a run may go on in another precision
+    precision: str = setting(
+        DEFAULT_PRECISION, f"precision of the training step, Lightning's names: "
+                           f"{' or '.join(PRECISIONS)} (the forward pass under bfloat16 autocast; "
+                           f"weights, Adam and the loss's sums float32; draw/precision.py). "
+                           f"Evaluation is float32 either way", on_resume=CHANGE)
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto: CUDA when available; under "
                                   "torchrun each process takes cuda:LOCAL_RANK",
                           on_resume=SESSION)
@@ -116,6 +124,7 @@ class RunSettings(Settings):
                      "0 (whole splits) or a positive integer")
         self.require("seed", 0 <= self.seed <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
         self.require("plot_port", 0 < self.plot_port < 65536, "a TCP port (1-65535)")
+        self.require("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         if self.tensorboard:
             require_tensorboard()
         if self.name is not None and (not NAME.fullmatch(self.name) or set(self.name) == {"."}):

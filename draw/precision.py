@@ -1,0 +1,80 @@
+"""Mixed precision of the training step: the `--precision` names, their autocast context, and
+whether a device computes bfloat16 natively.
+
+The names are Lightning's. "32" trains in float32 throughout. "bf16-mixed" runs the training
+forward pass under `torch.autocast(dtype=torch.bfloat16)`: the matrix products (the linear maps,
+the LSTM cells' gates, the filterbank's `bmm`, eqs. 27 and 29) take bfloat16 inputs, while the
+parameters, their gradients and Adam's moments stay float32 (autocast casts a copy of each
+weight for the product; the cast's backward returns a float32 gradient). bfloat16 has float32's
+8-bit exponent, so no loss scaling is needed, only its 8-bit mantissa is short (about 3
+significant digits). What is summed stays float32: on the CPU the recurrent state and the
+canvas c_t come out of the LSTM cells and the write in float32 (a bfloat16 product added to a
+float32 tensor is float32), `DrawModel.forward` sums the KL of eq. 11 from float32 means and
+log sigmas, and the reconstruction term of eq. 9 is float32 because its inputs are.
+
+Evaluation (valid, test, evaluate.py, samples) is float32 whatever the run trains in
+(MainLoop.step is the one place autocast is entered): the bounds a run reports are then the
+bounds of its float32 parameters, comparable between runs of either precision and equal to what
+evaluate.py computes from the model file; evaluation is a small share of a run's time.
+"""
+import contextlib
+
+import torch
+
+from draw.errors import DrawError
+
+PRECISIONS = ("32", "bf16-mixed")
+DEFAULT = "32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a training forward pass runs in: nothing for "32", bfloat16 autocast on
+    `device`'s type for "bf16-mixed"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def bf16_hardware(device: torch.device) -> str | None:
+    """What computes bfloat16 natively on `device`, in words, or None where it is emulated
+    (converted to float32 and back around every product: usually slower than float32).
+
+    A CPU does with AMX tiles (Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, Zen 4);
+    a GPU with bfloat16 tensor cores (CUDA compute capability 8.0, Ampere, and later).
+    """
+    if device.type == "cpu":
+        # torch's own CPUID checks; public torch has none (pinned torch 2.13)
+        if torch.cpu._is_amx_tile_supported():
+            return "AMX"
+        if torch.cpu._is_avx512_bf16_supported():
+            return "AVX512-BF16"
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.cuda.get_device_name(device)
+        return None
+    return None
+
+
+def precision_choice(precision: str, device: torch.device) -> tuple[str, str]:
+    """The precision a run trains in and why, in words for its header.
+
+    Raises DrawError for a name not in PRECISIONS, or bf16-mixed on a device other than a CPU or
+    a CUDA GPU (the two autocast was checked on here).
+    """
+    if precision not in PRECISIONS:
+        raise DrawError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    hardware = bf16_hardware(device)
+    if precision == "32":
+        return precision, ("32 (float32; bf16-mixed is opt-in, its bound and speed: "
+                           "doc/development.md)")
+    if device.type not in ("cpu", "cuda"):
+        raise DrawError(f"--precision bf16-mixed trains on a CPU or a CUDA GPU, not on "
+                        f"{device.type}")
+    kind = "CPU" if device.type == "cpu" else "GPU"
+    native = (f"this {kind} computes bfloat16 natively ({hardware})" if hardware is not None
+              else f"this {kind} has no native bfloat16: emulated, likely slower than 32")
+    return precision, (f"bf16-mixed (--precision): bfloat16 products under autocast, float32 "
+                       f"weights, Adam and sums, float32 evaluation; {native}")
