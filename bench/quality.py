@@ -7,11 +7,16 @@ training images), learning rate 1e-3, gradient norm clipped at 10, loss = the bo
 averaged over the batch. It reports the bound on the whole validation split (10,000 images) and
 never evaluates on the test split, so tuning against it leaves the test numbers honest.
 
+`--precision 32 bf16-mixed` trains each model once per precision (draw/precision.py) from the
+same seed: the same initialisation, batches and noise, the training step's forward pass in
+float32 or under bfloat16 autocast; the validation bound is float32 either way, as in a run.
+
 Usage (from the repository root; the data as converted by `python -m draw.datasets convert
 bmnist --from DIR`)::
 
     python bench/quality.py --data-dir DATA --threads 1   # both runs, 10-15 min each on 2 CPU cores
     python bench/quality.py --runs attention --steps 400 --seed 2
+    python bench/quality.py --runs attention --precision 32 bf16-mixed --threads 1
 
 The model is `DrawModel.from_config`, initialised as draw/model.py does; the numbers this
 benchmark measured for each initialisation choice are in the README's "Model quality" section.
@@ -30,6 +35,7 @@ from draw.cli import ArgumentParser, positive, run
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.precision import PRECISIONS
 from draw.training.main_loop import MainLoop
 from draw.training.settings import parse_attention
 from draw.training.task import DrawTask
@@ -80,12 +86,15 @@ def valid_bound(model: DrawModel, images: torch.Tensor, device: torch.device,
 
 
 def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr: float,
-                       seed: int, device: torch.device, label: str) -> dict:
-    """Train a fresh model for `steps` Adam steps and return its validation numbers."""
+                       seed: int, device: torch.device, label: str, precision: str = "32"
+                       ) -> dict:
+    """Train a fresh model for `steps` Adam steps, its forward passes in `precision`, and
+    return its validation numbers (float32)."""
     torch.manual_seed(seed)                   # initialisation and the posterior noise u
     model = DrawModel.from_config(cfg).to(device)
     # the training package's own step: the bound, backward, clipping at 10, Adam
-    loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=lr))
+    loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=lr),
+                    precision=precision)
     order = torch.Generator().manual_seed(seed)
     per_epoch = len(data.train) // batch_size
     step, epoch, start = 0, 0, time.perf_counter()
@@ -112,14 +121,14 @@ def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr
                    f"(KL {kl_sum / n:.2f}) nats, {time.perf_counter() - start:.0f} s")
     train_s = time.perf_counter() - start
     bound, kl = valid_bound(model, data.valid, device, seed)
-    return {"run": label, "config": cfg.to_dict(), "steps": steps, "batch_size": batch_size,
-            "lr": lr, "seed": seed, "valid_nll_bound": bound, "valid_kl": kl,
-            "train_seconds": train_s}
+    return {"run": label, "precision": precision, "config": cfg.to_dict(), "steps": steps,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "valid_nll_bound": bound,
+            "valid_kl": kl, "train_seconds": train_s}
 
 
-def main(data_dir: str | None, runs: list[str], steps: int, batch_size: int, n_iter: int,
-         attention: tuple[int, int], lr: float, seed: int, device: str, threads: int | None,
-         out: str | None):
+def main(data_dir: str | None, runs: list[str], precision: list[str], steps: int,
+         batch_size: int, n_iter: int, attention: tuple[int, int], lr: float, seed: int,
+         device: str, threads: int | None, out: str | None):
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
@@ -130,14 +139,18 @@ def main(data_dir: str | None, runs: list[str], steps: int, batch_size: int, n_i
                "plain": DrawConfig(n_iter=n_iter)}
     results = []
     for label in runs:
-        results.append(train_and_validate(configs[label], data, steps=steps,
-                                          batch_size=batch_size, lr=lr, seed=seed,
-                                          device=device, label=label))
-        r = results[-1]
-        print(f"{label}: valid bound {r['valid_nll_bound']:.2f} nats "
-              f"(KL {r['valid_kl']:.2f}) after {steps} steps, {r['train_seconds']:.0f} s")
-        if out is not None:      # after every run, so an interrupted benchmark keeps the others
-            atomic_write_bytes(Path(out).expanduser(), (json.dumps(results, indent=2) + "\n").encode())
+        for p in precision:
+            # the classic labels when only float32 runs, the precision beside them otherwise
+            name = label if precision == ["32"] else f"{label} {p}"
+            results.append(train_and_validate(configs[label], data, steps=steps,
+                                              batch_size=batch_size, lr=lr, seed=seed,
+                                              device=device, label=name, precision=p))
+            r = results[-1]
+            print(f"{name}: valid bound {r['valid_nll_bound']:.2f} nats "
+                  f"(KL {r['valid_kl']:.2f}) after {steps} steps, {r['train_seconds']:.0f} s")
+            if out is not None:  # after every run, so an interrupted benchmark keeps the others
+                atomic_write_bytes(Path(out).expanduser(),
+                                   (json.dumps(results, indent=2) + "\n").encode())
     print(" | ".join(f"{r['run']} {r['valid_nll_bound']:.2f}" for r in results))
 
 
@@ -148,6 +161,9 @@ if __name__ == "__main__":
                              "$FUEL_DATA_PATH, or the cache directory)")
     parser.add_argument("--runs", type=str, nargs="+", choices=RUNS, default=list(RUNS),
                         help="which models to train, in order (default: attention plain)")
+    parser.add_argument("--precision", type=str, nargs="+", choices=PRECISIONS, default=["32"],
+                        help="train each model once in each of these precisions, from the "
+                             "same seed (default: 32)")
     parser.add_argument("--steps", type=positive, default=2000,
                         help="Adam steps per run (default: 2000, 4 epochs)")
     parser.add_argument("--bs", type=positive, dest="batch_size", default=100,

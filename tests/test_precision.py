@@ -201,3 +201,21 @@ def test_a_bad_precision_is_one_line_and_writes_nothing(tmp_path, value):
     assert result.stderr == (f"error: --precision must be one of 32, bf16-mixed, got "
                              f"{value!r}\n")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_quality_bench_trains_each_precision_from_the_same_seed(capsys, bench_script,
+                                                                    tmp_path, monkeypatch):
+    bench = bench_script("quality")
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(80, 28 * 28, generator=g) < 0.3).to(torch.uint8) * 255  # bmnist's size
+    data = type("Data", (), {"train": images[:60], "valid": images[60:]})
+    monkeypatch.setattr(bench, "get_data", lambda *args, **kwargs: data)
+    out = tmp_path / "results.json"
+    bench.main(None, ["attention"], list(PRECISIONS), steps=3, batch_size=20, n_iter=2,
+               attention=(2, 5), lr=1e-2, seed=0, device="cpu", threads=None, out=str(out))
+    runs = json.loads(out.read_text())
+    assert [(r["run"], r["precision"]) for r in runs] == [("attention 32", "32"),
+                                                          ("attention bf16-mixed", "bf16-mixed")]
+    a, b = (r["valid_nll_bound"] for r in runs)
+    assert a != b and abs(a - b) < 0.02 * a
+    assert "attention bf16-mixed: valid bound" in capsys.readouterr().out
