@@ -11,8 +11,14 @@ with --threads 2 on an idle machine: only one worker runs at a time).
 A tree is timed with its own training step: MainLoop.step on a DrawTask where the tree has
 one (bench.py's `training_step`), and for trees from before issue 11, which trained through the
 hand-fused draw/fast.py by default, that tree's MainLoop.step through its fast path, with the
-Adam those runs used. A tree written as FOLDER:compile is timed with its glimpses compiled
-(draw.fast_path.compile_glimpses; the first call, which compiles, is not timed).
+Adam those runs used. Options after a colon change how a tree is timed:
+
+    FOLDER:compile              its glimpses compiled (draw.fast_path.compile_glimpses; the
+                                first call, which compiles, is not timed)
+    FOLDER:bf16-mixed           its step in bf16-mixed precision (draw/precision.py)
+    FOLDER:compile,bf16-mixed   both
+    FOLDER:naive                not the tree's model but the naive port (bench/naive.py) with
+                                that tree's DrawModel's initial parameters: issue 22's reference
 
 Usage (from the repository root)::
 
@@ -20,6 +26,8 @@ Usage (from the repository root)::
     python bench/ab.py /tmp/before . --niters 10,64 --steps 30
     git archive 68d1897 draw | tar -x -C /tmp/fast     # the last tree with draw/fast.py
     python bench/ab.py /tmp/fast . .:compile --threads 2 --clock wall
+    python bench/ab.py .:naive . .:compile .:bf16-mixed .:compile,bf16-mixed --niters 64 \
+        --threads 2 --clock wall       # speed-ups over the naive port, paired
 """
 import argparse
 import importlib.util
@@ -31,6 +39,18 @@ import time
 from pathlib import Path
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+OPTIONS = ("compile", "bf16-mixed", "naive")
+
+
+def parse_tree(tree: str) -> tuple[str, list[str]]:
+    """FOLDER[:OPTION,...] -> (FOLDER, [OPTION, ...]); SystemExit for options it does not know."""
+    folder, colon, options = tree.partition(":")
+    options = options.split(",") if colon else []
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown or ("naive" in options and len(options) > 1):
+        sys.exit(f"error: {tree}: options after the colon are {', '.join(OPTIONS)} "
+                 f"(naive alone)")
+    return folder, options
 
 
 def load_bench():
@@ -55,9 +75,10 @@ def legacy_fast_step(model, batch_size: int):
     return lambda: loop.step(x)
 
 
-def worker(T: int, clock: str, threads: int, compiled: bool) -> None:
-    """Build the model and the tree's own training step with this process's `draw`, then time
-    one step per line read from stdin, printing its seconds."""
+def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
+    """Build the model and the tree's own training step with this process's `draw` (or the
+    naive port of that model), then time one step per line read from stdin, printing its
+    seconds."""
     import torch
     from draw.model import DrawConfig, DrawModel
 
@@ -65,18 +86,22 @@ def worker(T: int, clock: str, threads: int, compiled: bool) -> None:
     torch.manual_seed(0)
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     narrow_windows(model, 1.0)
-    if importlib.util.find_spec("draw.fast") is not None:
-        if compiled:
-            sys.exit("error: FOLDER:compile needs a tree with compile_glimpses (draw.fast_path, "
-                     "or draw.speed in older trees), not one with draw/fast.py")
+    if "naive" in options:
+        step = load_bench().naive_training_step(model, 100)
+    elif importlib.util.find_spec("draw.fast") is not None:
+        if options:
+            sys.exit(f"error: :{','.join(options)} needs a tree without draw/fast.py (one with "
+                     f"compile_glimpses, and draw/precision.py for bf16-mixed)")
         step = legacy_fast_step(model, 100)
     else:
         bench = load_bench()
-        if compiled:
+        if "compile" in options:
             # draw/speed.py in the trees before issue 23
             name = "draw.fast_path" if importlib.util.find_spec("draw.fast_path") else "draw.speed"
             importlib.import_module(name).compile_glimpses(model)
-        step = bench.training_step(model, 100)  # with the tree's own Adam (bench.run_adam)
+        precision = "bf16-mixed" if "bf16-mixed" in options else "32"
+        # with the tree's own Adam (bench.run_adam)
+        step = bench.training_step(model, 100, precision)
     step()
     step()                                                 # warm-up
     print("ready", flush=True)
@@ -99,12 +124,12 @@ def narrow_windows(model, sigma: float) -> None:
 def compare(trees: list[str], T: int, steps: int, clock: str, threads: int) -> None:
     procs = []
     for tree in trees:
-        folder, compiled = tree.removesuffix(":compile"), tree.endswith(":compile")
+        folder, options = parse_tree(tree)
         env = dict(os.environ, PYTHONPATH=str(Path(folder).resolve()),
                    OMP_NUM_THREADS=str(threads))
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
-             str(threads)] + ["--compiled"] * compiled,
+             str(threads)] + ["--options", ",".join(options)] * bool(options),
             cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for p in procs:
         if p.stdout.readline().strip() != "ready":
@@ -137,11 +162,11 @@ if __name__ == "__main__":
                    help="CPU time of the worker's thread (default) or wall time")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--options", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        worker(a.worker, a.clock, a.threads, a.compiled)
-    elif len(a.trees) < 2 or not all((Path(t.removesuffix(":compile")) / "draw").is_dir()
+        worker(a.worker, a.clock, a.threads, [o for o in a.options.split(",") if o])
+    elif len(a.trees) < 2 or not all((Path(parse_tree(t)[0]) / "draw").is_dir()
                                      for t in a.trees):
         sys.exit("error: give two or more folders that each hold a draw/ package")
     else:

@@ -1,18 +1,21 @@
-"""DRAW throughput in one run: the model's training paths side by side.
+"""DRAW throughput in one run: the model's training paths side by side with the naive port.
 
-For each T it prints training and sampling images/s of every path, its ratio to the default
-path ("plain": the model as training runs it), the FLOPs of a training step, the matmul rate
-this machine reaches on DRAW's shapes, the share of that ceiling each path reaches, and peak
-memory. Paths are timed in turn within every repeat, so a machine shared with other jobs slows
-them alike: the ratios of one run are what to compare, not the absolute numbers of two runs.
-On a loaded machine, `--clock cpu --threads 1` times each step by the CPU time of this thread,
-which other jobs change far less than wall time.
+For each T it prints training and sampling images/s of every path, its ratio to the naive port
+(bench/naive.py, the paper's equations typed in directly: issue 22's reference) and to the
+default path ("plain": the model as training runs it), the FLOPs of a training step, the matmul
+rate this machine reaches on DRAW's shapes in float32 and in bfloat16, the share of the ceiling
+of its own precision each path reaches, and peak memory. Paths are timed in turn within every
+repeat, so a machine shared with other jobs slows them alike: the ratios of one run are what to
+compare, not the absolute numbers of two runs. On a loaded machine, `--clock cpu --threads 1`
+times each step by the CPU time of this thread, which other jobs change far less than wall time.
 
-Paths, each the one model, DrawModel, trained by the training package's step (MainLoop.step on
-a DrawTask: bound, backward, clipping at 10, Adam): plain (denormal floats computed, PyTorch's
-default), plain with denormals flushed (draw.fast_path.set_flush_denormal), and with --compile the
-compiled glimpses (draw.fast_path.compile_glimpses). The hand-fused draw/fast.py these were measured
-against is gone; bench/README.md has the numbers from before its removal.
+Paths: the naive port, with the plain model's initial parameters (its own training step: the
+bound, backward, clipping at 10, PyTorch's default Adam); then the one model, DrawModel, trained
+by the training package's step (MainLoop.step on a DrawTask: bound, backward, clipping at 10,
+the runs' Adam): plain (denormal floats computed, PyTorch's default), plain with denormals
+flushed (draw.fast_path.set_flush_denormal), with --compile the compiled glimpses
+(draw.fast_path.compile_glimpses), and the same in bf16-mixed precision (draw/precision.py:
+the forward pass under bfloat16 autocast, float32 weights and Adam).
 
 Usage (from the repository root)::
 
@@ -21,8 +24,10 @@ Usage (from the repository root)::
 """
 import argparse
 import ctypes
+import importlib.util
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,12 +69,13 @@ def synchronize(device: torch.device):
 
 
 def matmul_rate(cfg: DrawConfig, batch: int, device: torch.device, repeats: int,
-                clock=time.perf_counter) -> float:
-    """GFLOP/s of float32 matmuls of DRAW's shapes: each linear's forward product and its two
-    backward products, timed together; the median of `repeats`."""
+                clock=time.perf_counter, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of matmuls of DRAW's shapes with `dtype` operands: each linear's forward product
+    and its two backward products, timed together; the median of `repeats`."""
     operands = []
     for i, o in linear_shapes(cfg):
-        a, w, g = (torch.randn(*s, device=device) for s in ((batch, i), (o, i), (batch, o)))
+        a, w, g = (torch.randn(*s, device=device, dtype=dtype)
+                   for s in ((batch, i), (o, i), (batch, o)))
         operands += [(a, w.t()), (g, w), (g.t(), a)]
     flops = sum(2 * x.shape[0] * x.shape[1] * y.shape[1] for x, y in operands)
 
@@ -155,14 +161,39 @@ def run_adam(model: DrawModel) -> tuple[torch.optim.Optimizer, str]:
     return adam(model.parameters(), lr=1e-3), "fused Adam"
 
 
-def training_step(model: DrawModel, batch_size: int):
+def binary_batch(model: torch.nn.Module, batch_size: int, x_dim: int) -> torch.Tensor:
+    """A fixed batch (batch_size, x_dim) of binary images with 13% of pixels on (about MNIST's
+    share), on the model's device."""
+    return torch.bernoulli(torch.full((batch_size, x_dim), 0.13,
+                                      device=next(model.parameters()).device))
+
+
+def training_step(model: DrawModel, batch_size: int, precision: str = "32"):
     """One step as training takes it: the training package's MainLoop.step on a DrawTask, with
-    the runs' Adam, on a fixed batch of binary images with 13% of pixels on (about MNIST's
-    share)."""
-    loop = MainLoop(DrawTask(model), run_adam(model)[0])
-    x = torch.bernoulli(torch.full((batch_size, model.config.x_dim), 0.13,
-                                   device=next(model.parameters()).device))
+    the runs' Adam and `precision` ("32" or "bf16-mixed", draw/precision.py)."""
+    # trees from before bf16-mixed (bench/ab.py times them with this) take no precision
+    options = {} if precision == "32" else {"precision": precision}
+    loop = MainLoop(DrawTask(model), run_adam(model)[0], **options)
+    x = binary_batch(model, batch_size, model.config.x_dim)
     return lambda: loop.step(x)
+
+
+def load_naive():
+    """bench/naive.py, the naive port (bench/ is a folder of scripts, not a package)."""
+    path = Path(__file__).with_name("naive.py")
+    spec = importlib.util.spec_from_file_location("draw_bench_naive", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def naive_training_step(model: DrawModel, batch_size: int):
+    """The naive port's training step (bench/naive.py), from `model`'s config and parameters,
+    on the same kind of batch as `training_step`'s."""
+    naive = load_naive()
+    port = naive.NaiveDraw.from_config(model.config).to(next(model.parameters()).device)
+    naive.load_draw_state(port, model.state_dict())
+    return naive.training_step(port, binary_batch(port, batch_size, model.config.x_dim))
 
 
 def with_flush(fn, flush: bool):
@@ -185,6 +216,10 @@ def narrow_windows(model: DrawModel, sigma: float):
                 head.bias[3] = 2 * torch.log(torch.tensor(sigma))       # log sigma^2
 
 
+# what each path computes its products in, for the ceiling it is measured against
+LABELS = {"32": "fp32", "bf16-mixed": "bf16"}
+
+
 def bench_one(T: int, args, device: torch.device) -> dict:
     cfg = DrawConfig(n_iter=T, read_N=args.read_N, write_N=args.write_N, enc_dim=args.enc_dim,
                      dec_dim=args.dec_dim, z_dim=args.z_dim)
@@ -196,33 +231,44 @@ def bench_one(T: int, args, device: torch.device) -> dict:
         if args.sigma:
             narrow_windows(m, args.sigma)
         return m
-    plain, flushed = model(), model()
 
-    def step(m):
-        return training_step(m, args.batch_size)
-    train = {"plain": with_flush(step(plain), False)}
+    def step(m, precision="32"):
+        return training_step(m, args.batch_size, precision)
+    plain = model()
+    # the naive port first: the reference of every ratio, with the plain model's parameters
+    train = {"naive port": with_flush(naive_training_step(model(), args.batch_size), False),
+             "plain": with_flush(step(plain), False)}
+    # sampling only where a path samples differently: the naive port has no sampler, compiled
+    # models sample through the uncompiled `decode`, autocast covers the training step only
     sample = {"plain": with_flush(lambda: plain.sample(args.batch_size), False)}
-    first_call = {}
     if device.type == "cpu":
+        flushed = model()
         train["plain, flushed"] = with_flush(step(flushed), True)
         sample["plain, flushed"] = with_flush(lambda: flushed.sample(args.batch_size), True)
     if args.compile:
-        compiled = compile_glimpses(model())
-        train["compiled"] = with_flush(step(compiled), False)
-        sample["compiled"] = sample["plain"]          # sampling runs decode, not compiled
+        train["compiled"] = with_flush(step(compile_glimpses(model())), False)
+    if args.bf16:
+        train["bf16-mixed"] = with_flush(step(model(), "bf16-mixed"), False)
+        if args.compile:
+            train["bf16-mixed, compiled"] = with_flush(
+                step(compile_glimpses(model()), "bf16-mixed"), False)
+    first_call = {}
+    for name in [n for n in train if n.endswith("compiled")]:
         start = time.perf_counter()
-        train["compiled"]()                           # the first call compiles
+        train[name]()                                 # the first call compiles
         synchronize(device)
-        first_call["compiled"] = time.perf_counter() - start
+        first_call[name] = time.perf_counter() - start
     train_s = interleaved_medians(train, args.repeats, args.warmup, device, clock)
     sample_s = interleaved_medians(sample, args.repeats, args.warmup, device, clock)
     torch.set_flush_denormal(False)
     return {"cfg": cfg, "train": train_s, "sample": sample_s, "first_call": first_call,
+            "precision": {name: "bf16-mixed" if name.startswith("bf16") else "32"
+                          for name in train},
             "memory": {name: peak_memory_mb(fn, device) for name, fn in train.items()}}
 
 
 def main(quick: bool, niters: str, batch_size: int, threads: int | None, device: str,
-         repeats: int | None, warmup: int | None, compile: bool, clock: str,
+         repeats: int | None, warmup: int | None, compile: bool, bf16: bool, clock: str,
          sigma: float,
          read_N: int, write_N: int, enc_dim: int, dec_dim: int, z_dim: int, seed: int):
     args = argparse.Namespace(**locals())
@@ -232,34 +278,50 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
     if threads:
         torch.set_num_threads(threads)
     Ts = [int(t) for t in niters.split(",")]
-    rate = matmul_rate(DrawConfig(read_N=read_N, write_N=write_N, enc_dim=enc_dim,
-                                  dec_dim=dec_dim, z_dim=z_dim), batch_size, dev, args.repeats,
-                       CLOCKS[clock])
+    shapes = DrawConfig(read_N=read_N, write_N=write_N, enc_dim=enc_dim, dec_dim=dec_dim,
+                        z_dim=z_dim)
+    rates = {"32": matmul_rate(shapes, batch_size, dev, args.repeats, CLOCKS[clock])}
+    if bf16:
+        rates["bf16-mixed"] = matmul_rate(shapes, batch_size, dev, args.repeats, CLOCKS[clock],
+                                          torch.bfloat16)
     where = f"{dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                              else f", {torch.get_num_threads()} threads")
     windows = f"window sigma {sigma} px" if sigma else "windows as initialised"
     adam = run_adam(torch.nn.Linear(1, 1))[1]
-    print(f"DRAW benchmark: {where}, float32, batch {batch_size}, 28x28, read {read_N}, "
-          f"write {write_N}, enc/dec {enc_dim}/{dec_dim}, z {z_dim}, {windows}, {adam}; "
-          f"{clock} clock, medians of {args.repeats} after {args.warmup} warm-up")
-    print(f"matmul rate on DRAW's shapes: {rate:.1f} GFLOP/s")
-    header = (f"{'T':>3} {'path':<17} {'train img/s':>11} {'x plain':>7} {'sample img/s':>12} "
-              f"{'x plain':>7} {'MFLOP/img':>9} {'% ceiling':>9} {'peak MB':>8}")
-    print(header)
+    # imported here, not above: bench/ab.py loads this file with older trees' draw on the path
+    from draw.precision import bf16_hardware
+    hardware = bf16_hardware(dev)
+    precisions = "float32" + (f" and bf16-mixed (bfloat16 "
+                              f"{'on ' + hardware if hardware else 'emulated'})" if bf16 else "")
+    print(f"DRAW benchmark: {where}, {precisions}, batch {batch_size}, "
+          f"{shapes.height}x{shapes.width}, read {read_N}, write {write_N}, enc/dec "
+          f"{enc_dim}/{dec_dim}, z {z_dim}, {windows}, {adam}; {clock} clock, medians of "
+          f"{args.repeats} after {args.warmup} warm-up")
+    print("matmul rate on DRAW's shapes: " + ", ".join(
+        f"{LABELS[p]} {rate:.1f} GFLOP/s" for p, rate in rates.items()))
+    print(f"{'T':>3} {'path':<20} {'prec':>4} {'train img/s':>11} {'x naive':>7} {'x plain':>7} "
+          f"{'sample img/s':>12} {'x plain':>7} {'MFLOP/img':>9} {'% ceiling':>9} "
+          f"{'peak MB':>8}")
     for T in Ts:
         r = bench_one(T, args, dev)
         flops = train_flops_per_image(r["cfg"])
-        ceiling = rate * 1e9 / flops
-        for name in r["train"]:
-            train_ips = batch_size / r["train"][name]
-            sample_ips = batch_size / r["sample"][name]
+        ceilings = {p: rate * 1e9 / flops for p, rate in rates.items()}       # img/s
+        for name, seconds in r["train"].items():
+            precision = r["precision"][name]
+            train_ips = batch_size / seconds
+            if name in r["sample"]:
+                sample = (f"{batch_size / r['sample'][name]:>12.1f} "
+                          f"{r['sample']['plain'] / r['sample'][name]:>7.2f}")
+            else:
+                sample = f"{'n/a':>12} {'n/a':>7}"
             mem = r["memory"][name]
-            print(f"{T:>3} {name:<17} {train_ips:>11.1f} "
-                  f"{r['train']['plain'] / r['train'][name]:>7.2f} {sample_ips:>12.1f} "
-                  f"{r['sample']['plain'] / r['sample'][name]:>7.2f} {flops / 1e6:>9.1f} "
-                  f"{100 * train_ips / ceiling:>8.1f}% "
+            print(f"{T:>3} {name:<20} {LABELS[precision]:>4} {train_ips:>11.1f} "
+                  f"{r['train']['naive port'] / seconds:>7.2f} "
+                  f"{r['train']['plain'] / seconds:>7.2f} {sample} {flops / 1e6:>9.1f} "
+                  f"{100 * train_ips / ceilings[precision]:>8.1f}% "
                   f"{'n/a' if mem is None else f'{mem:.0f}':>8}")
-        print(f"{T:>3} ceiling {ceiling:.1f} img/s" + "".join(
+        print(f"{T:>3} ceiling " + ", ".join(
+            f"{LABELS[p]} {c:.1f} img/s" for p, c in ceilings.items()) + "".join(
             f"; {name}'s first call {s:.1f} s" for name, s in r["first_call"].items()))
 
 
@@ -278,6 +340,8 @@ if __name__ == "__main__":
                    help="untimed repeats first (default 2, 1 with --quick)")
     p.add_argument("--compile", action="store_true",
                    help="also time draw.fast_path.compile_glimpses (compiles for minutes on a CPU)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="leave out the bf16-mixed rows and the bfloat16 ceiling")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (use with --threads 1 on a "
                         "loaded machine)")

@@ -169,15 +169,22 @@ def test_benchmark_flop_count_matches_hand_count(bench_script):
 def test_benchmark_runs_and_reports_every_path(capsys, bench_script):
     bench = bench_script("bench")
     bench.main(quick=True, niters="2", batch_size=3, threads=None, device="cpu", repeats=1,
-               warmup=1, compile=False, clock="cpu", sigma=1.0, read_N=2,
+               warmup=1, compile=False, bf16=True, clock="cpu", sigma=1.0, read_N=2,
                write_N=3, enc_dim=6, dec_dim=5, z_dim=2, seed=0)
     out = capsys.readouterr().out
     assert "GFLOP/s" in out and "window sigma 1.0 px, fused Adam" in out
-    rows = [line.split() for line in out.splitlines()
+    assert "fp32" in out.splitlines()[1] and "bf16" in out.splitlines()[1]   # both ceilings
+    # a row: T (3 characters), the path name (20, with spaces in it), then columns without
+    rows = [[line[4:24].strip(), *line[25:].split()] for line in out.splitlines()
             if line.startswith("  2 ") and "ceiling" not in line]
-    assert [row[1] for row in rows] == ["plain", "plain,"]       # "plain, flushed" splits
-    assert rows[0][3] == "1.00" and rows[0][5] == "1.00"   # plain against itself
-    assert all(float(row[-7]) > 0 and float(row[-5]) > 0 for row in rows)   # train, sample img/s
+    assert [row[0] for row in rows] == ["naive port", "plain", "plain, flushed", "bf16-mixed"]
+    assert [row[1] for row in rows] == ["fp32", "fp32", "fp32", "bf16"]
+    assert rows[0][3] == "1.00" and rows[1][4] == "1.00"     # naive and plain against themselves
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)   # train img/s, x naive
+    assert rows[1][5] != "n/a" and rows[0][5] == rows[3][5] == "n/a"      # who samples
+    assert all(float(row[-2].rstrip("%")) > 0 for row in rows)           # % ceiling
+    ceiling = [line for line in out.splitlines() if line.startswith("  2 ceiling")]
+    assert len(ceiling) == 1 and "fp32" in ceiling[0] and "bf16" in ceiling[0]
 
 
 def test_ab_times_two_trees_in_turn(tmp_path):
@@ -195,3 +202,20 @@ def test_ab_times_two_trees_in_turn(tmp_path):
     assert bad.returncode != 0 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         "error: give two or more folders that each hold a draw/ package"]
+
+
+def test_ab_times_the_naive_port_and_bf16_mixed_against_it():
+    """bench/ab.py FOLDER:naive is the reference of the ratios, FOLDER:bf16-mixed a tree's step
+    in bf16-mixed precision; an option it does not know is an error."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "bench" / "ab.py"
+    run = subprocess.run([sys.executable, str(script), f"{root}:naive", f"{root}:bf16-mixed",
+                          "--niters", "1", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()]
+    assert [row[1] for row in rows] == [f"{root}:naive", f"{root}:bf16-mixed"]
+    assert rows[0][4:6] == ["first/this", "1.000"] and float(rows[1][5]) > 0
+    bad = subprocess.run([sys.executable, str(script), f"{root}:naive,compile", str(root)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "naive alone" in bad.stderr
