@@ -1,5 +1,6 @@
 """draw.fast_path: the compiled glimpses against the plain model in float64, when a run compiles, the
-denormal setting, and the benchmark's FLOP count and output, bench/ab.py's two-tree timing."""
+denormal setting, and the benchmark's FLOP count and output (the naive port's and bf16-mixed's
+rows), bench/ab.py's two-tree timing, bench/gpu_check.py's agreement check on a CPU."""
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,19 @@ def test_ab_times_the_naive_port_and_bf16_mixed_against_it():
     bad = subprocess.run([sys.executable, str(script), f"{root}:naive,compile", str(root)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "naive alone" in bad.stderr
+
+
+def test_gpu_check_agreement_runs_bf16_mixed_on_a_cpu(capsys, monkeypatch, bench_script):
+    """bench/gpu_check.py's part 1 is device-agnostic: float32 and bf16-mixed of a small model
+    against float64 agree within their tolerances here, a tolerance of 0 does not."""
+    check = bench_script("gpu_check")
+    cfg = DrawConfig(n_iter=3, read_N=2, write_N=3, enc_dim=16, dec_dim=12, z_dim=5)
+    eager = {name: v for name, v in check.AGREEMENT.items() if not v[0]}
+    assert {v[2] for v in eager.values()} == {"float32", "TF32", "bf16-mixed"}
+    assert check.check_agreement(cfg, 8, torch.device("cpu"), eager)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines[1:]] == ["agrees"] * 3
+    monkeypatch.setitem(check.TOLERANCES, "bf16-mixed", (0.0, 0.0))
+    assert not check.check_agreement(cfg, 8, torch.device("cpu"),
+                                     {"plain, bf16-mixed": eager["plain, bf16-mixed"]})
+    assert capsys.readouterr().out.splitlines()[-1].endswith("DISAGREES")
