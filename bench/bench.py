@@ -14,8 +14,10 @@ bound, backward, clipping at 10, PyTorch's default Adam); then the one model, Dr
 by the training package's step (MainLoop.step on a DrawTask: bound, backward, clipping at 10,
 the runs' Adam): plain (denormal floats computed, PyTorch's default), plain with denormals
 flushed (draw.fast_path.set_flush_denormal), with --compile the compiled glimpses
-(draw.fast_path.compile_glimpses), and the same in bf16-mixed precision (draw/precision.py:
-the forward pass under bfloat16 autocast, float32 weights and Adam).
+(draw.fast_path.compile_glimpses), and plain and compiled in bf16-mixed precision
+(draw/precision.py: the forward pass under bfloat16 autocast, float32 weights and Adam). On
+CPUs the naive port runs with denormals flushed too: its filterbanks' far tails are denormal
+floats, which DrawModel's filterbank never makes, and that row tells their share apart.
 
 Usage (from the repository root)::
 
@@ -163,9 +165,10 @@ def run_adam(model: DrawModel) -> tuple[torch.optim.Optimizer, str]:
 
 def binary_batch(model: torch.nn.Module, batch_size: int, x_dim: int) -> torch.Tensor:
     """A fixed batch (batch_size, x_dim) of binary images with 13% of pixels on (about MNIST's
-    share), on the model's device."""
-    return torch.bernoulli(torch.full((batch_size, x_dim), 0.13,
-                                      device=next(model.parameters()).device))
+    share), on the model's device: the same batch for every path."""
+    device = next(model.parameters()).device
+    return torch.bernoulli(torch.full((batch_size, x_dim), 0.13, device=device),
+                           generator=torch.Generator(device).manual_seed(0))
 
 
 def training_step(model: DrawModel, batch_size: int, precision: str = "32"):
