@@ -112,6 +112,39 @@ def test_resume_continues_exactly(data_dir, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_compiled_glimpses_train_and_evaluate_as_eager(data_dir, tmp_path, monkeypatch, capsys):
+    """--compile compiles the classifier's glimpses (draw.fast_path.compile_glimpses, traced
+    with aot_eager: inductor takes minutes) and the run ends where the eager one does, with the
+    same test errors; by default a run compiles by DRAW's rule, and the header says why."""
+    import draw.fast_path
+    compiled = []
+    monkeypatch.setattr("draw.training.classify.compile_glimpses",
+                        lambda model: compiled.append(model) or
+                        draw.fast_path.compile_glimpses(model, backend="aot_eager"))
+    glimpses = 3 * TINY["n_iter"]                   # 120 images, batches of 40, one epoch
+    main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path / "eager"))
+    assert compiled == []
+    assert (f"compiled glimpses: no: {glimpses:,} glimpses to train, fewer than the "
+            f"{draw.fast_path.AUTO_COMPILE_GLIMPSES:,}") in capsys.readouterr().out
+    main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path / "compiled"), compile=True)
+    assert len(compiled) == 1 and "compiled glimpses: yes (--compile)" in capsys.readouterr().out
+    monkeypatch.setattr("draw.fast_path.AUTO_COMPILE_GLIMPSES", glimpses)
+    monkeypatch.setattr("draw.fast_path.toolchain_error", lambda device: None)  # no probe
+    main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path / "auto"))
+    assert len(compiled) == 2
+    assert f"compiled glimpses: yes: {glimpses:,} glimpses to train" in capsys.readouterr().out
+    runs = {}
+    for name in ("eager", "compiled"):
+        run_dir = _run_dir(tmp_path / name)
+        runs[name] = (load_classifier(next(run_dir.glob("*_model.pkl")))[0],
+                      load_log(next(run_dir.glob("*_log.pkl"))))
+    (eager, eager_log), (graph, graph_log) = runs["eager"], runs["compiled"]
+    for (name, a), b in zip(eager.named_parameters(), graph.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("valid_error", "test_error"):
+        assert [row[key] for row in graph_log] == [row[key] for row in eager_log], key
+
+
 def test_a_classifier_file_is_not_a_draw_model_and_the_other_way_round(data_dir, tmp_path):
     main(**TINY, epochs=1, data_dir=data_dir, run_dir=str(tmp_path))
     model_file = next(_run_dir(tmp_path).glob("*_model.pkl"))
