@@ -171,6 +171,8 @@ class MainLoop:
         the global batch), "total_gradient_norm" and "total_step_norm", all tensors.
         """
         self.optimizer.zero_grad(set_to_none=True)
+        # the forward pass alone: evaluation, which the monitors run outside `step`, stays
+        # float32, so a run's valid and test bounds are its float32 parameters' (precision.py)
         with autocast(self.precision, self.params[0].device):
             loss, sums = self.task.loss(batch)
         loss.backward()           # outside autocast, as torch.autocast's documentation asks
