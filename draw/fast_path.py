@@ -104,7 +104,7 @@ def compile_glimpses(model: ModelT, per_call: int = GLIMPSES_PER_CALL, **options
 # Compiling costs a fixed time and then saves a few ms per glimpse trained on a CPU
 # (bench/README.md): runs of this many glimpses (steps x T) and more save several minutes;
 # shorter ones, such as the quick start (9,600), would lose. The classifier's glimpses repaid
-# their compiling after 26,000-71,000 (provisional; bench/README.md, "Classifier"): the same
+# their compiling after 23,000-30,000 (bench/README.md, "Classifier"): the same
 # threshold serves both.
 AUTO_COMPILE_GLIMPSES = 100_000
 
