@@ -69,7 +69,7 @@ class RunSettings(Settings):
         None, f"compile the model's glimpses ({GLIMPSES_PER_CALL} per graph) with "
               f"torch.compile (draw.fast_path.compile_glimpses): the same maths, faster than "
               f"eager on a CPU after a minute or two of compiling (DRAW 1.3-1.4x, the "
-              f"classifier about 1.1x; bench/README.md) (default: when the run has at least "
+              f"classifier about 1.2x; bench/README.md) (default: when the run has at least "
               f"{AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a compiler is "
               f"there)", on_resume=SESSION)
     # CHANGE: the model file is float32 either way, so a run may go on in another precision
