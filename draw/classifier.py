@@ -37,19 +37,21 @@ Where the paper is silent, the choices made here:
 """
 import dataclasses
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from draw.bricks import AttentionReader
+from draw.model import ConfigError, ModelConfigBase
 
 WINDOW_NAMES = ("center_y", "center_x", "delta", "sigma", "gamma")
 MODEL_KIND = "attention-classifier"     # the "model" entry of a classifier's saved config
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(ModelConfigBase):
     """Everything that defines a classifier's architecture; with a state_dict, a whole model."""
     channels: int = 1
     height: int = 100
@@ -60,21 +62,9 @@ class ClassifierConfig:
     n_classes: int = 10
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ClassifierConfig.{f.name} must be a positive integer, "
-                                 f"got {value!r}")
-        if self.read_N > min(self.height, self.width):
-            raise ValueError(f"ClassifierConfig.read_N={self.read_N} is larger than the "
-                             f"{self.height}x{self.width} image")
+        super().__post_init__()
         if self.n_classes < 2:
-            raise ValueError(f"ClassifierConfig.n_classes must be at least 2, "
-                             f"got {self.n_classes}")
-
-    @property
-    def x_dim(self) -> int:
-        return self.channels * self.height * self.width
+            raise ConfigError(self, "n_classes", f"must be at least 2, got {self.n_classes}")
 
     def to_dict(self) -> dict:
         """The fields, and "model": MODEL_KIND, which tells a classifier's model file from a
@@ -82,17 +72,11 @@ class ClassifierConfig:
         return {"model": MODEL_KIND, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
+    def from_dict(cls, d: dict) -> Self:
         if d.get("model") != MODEL_KIND:
             raise ValueError(f"not an attention classifier's config (its \"model\" is "
                              f"{d.get('model')!r}, not {MODEL_KIND!r})")
-        d = {key: value for key, value in d.items() if key != "model"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig fields {sorted(unknown)}; "
-                             f"known: {sorted(known)}")
-        return cls(**d)
+        return super().from_dict({key: value for key, value in d.items() if key != "model"})
 
 
 class GlimpseReader(AttentionReader):

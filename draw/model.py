@@ -16,7 +16,7 @@ Choices the paper leaves open, made as in the classic Theano/Blocks repository u
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,47 @@ from torch import Tensor, nn
 from draw.bricks import AttentionReader, AttentionWriter, Qsampler, Reader, Writer
 
 
+class ConfigError(ValueError):
+    """A bad value of a model's config, from flags or a model file; a training script names
+    its flag for `field` instead (draw/training/typed_settings.py, Settings.config_error)."""
+
+    def __init__(self, config: object, field: str, problem: str):
+        super().__init__(f"{type(config).__name__}.{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+class ModelConfigBase:
+    """The base of DrawConfig's and ClassifierConfig's dataclasses, and the one check of their
+    sizes, from flags or a model file alike: each field a positive integer (or None, where that
+    is its default), the windows (read_N, write_N) inside the image."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(self, f.name, f"must be a positive integer, got {value!r}")
+            # height and width are fields before the windows, so checked already
+            H, W = self.height, self.width
+            if f.name in ("read_N", "write_N") and value > min(H, W):
+                raise ConfigError(self, f.name, f"must fit in the {H}x{W} image, got {value}")
+
+    @property
+    def x_dim(self) -> int:
+        return self.channels * self.height * self.width
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown {cls.__name__} fields {sorted(set(d) - known)}; "
+                             f"known: {sorted(known)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class DrawConfig:
+class DrawConfig(ModelConfigBase):
     """Everything that defines a DRAW model's architecture; with a state_dict, a whole model."""
     channels: int = 1
     height: int = 28
@@ -38,33 +77,8 @@ class DrawConfig:
     read_N: int | None = None     # None: read the whole image (no attention)
     write_N: int | None = None    # None: write the whole image (no attention)
 
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name in ("read_N", "write_N"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DrawConfig.{f.name} must be a positive integer, got {value!r}")
-        for name in ("read_N", "write_N"):
-            N = getattr(self, name)
-            if N is not None and N > min(self.height, self.width):
-                raise ValueError(f"DrawConfig.{name}={N} is larger than the "
-                                 f"{self.height}x{self.width} image")
-
-    @property
-    def x_dim(self) -> int:
-        return self.channels * self.height * self.width
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DrawConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown DrawConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
 
 
 class DrawState(NamedTuple):

@@ -8,7 +8,7 @@ import torch
 from draw.classifier import (AttentionClassifier, ClassifierConfig, GlimpseReader,
                              classification_loss, errors)
 from draw.bricks import AttentionReader
-from draw.model import DrawConfig
+from draw.model import ConfigError, DrawConfig
 
 TINY = ClassifierConfig(channels=1, height=9, width=11, n_iter=3, enc_dim=7, read_N=3,
                         n_classes=4)
@@ -170,10 +170,12 @@ def test_learns_where_the_square_is():
 
 def test_config_checks_and_round_trip():
     assert ClassifierConfig.from_dict(TINY.to_dict()) == TINY
-    with pytest.raises(ValueError, match="read_N"):
+    with pytest.raises(ConfigError, match="read_N must fit in the 10x10 image, got 12"):
         ClassifierConfig(height=10, width=10, read_N=12)
-    with pytest.raises(ValueError, match="n_iter"):
+    with pytest.raises(ConfigError, match="n_iter must be a positive integer, got 0"):
         ClassifierConfig(n_iter=0)
+    with pytest.raises(ConfigError, match="n_classes must be at least 2, got 1"):
+        ClassifierConfig(n_classes=1)
     with pytest.raises(ValueError, match="unknown"):
         ClassifierConfig.from_dict({**TINY.to_dict(), "z_dim": 3})
     # a DRAW model's config is not a classifier's, and the other way round

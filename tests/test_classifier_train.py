@@ -180,8 +180,9 @@ def test_settings_check_every_run_setting_for_a_labelled_dataset():
 
 @pytest.mark.parametrize("flags, message", [
     (["--dataset", "bmnist"], "bmnist"),
-    (["--attention", "101"], "read_N=101 is larger than the 100x100 image"),
-    (["--niter", "0"], "--niter must be a positive integer"),
+    (["--attention", "101"], "--attention 101: read_N must fit in the 100x100 image, got 101"),
+    (["--niter", "0"], "--niter must be a positive integer, got 0"),
+    (["--enc-dim", "0"], "--enc-dim must be a positive integer, got 0"),
     (["--config", "missing.toml"], "missing.toml"),
     # sizes are checked as train-draw.py's (draw/training/run.py, check_run_sizes): before
     # this, the run directory was made and the first evaluation never ended

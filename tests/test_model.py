@@ -8,7 +8,7 @@ from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call
 
 from draw.bricks import AttentionReader, AttentionWriter, Qsampler, Reader, Writer
-from draw.model import DrawConfig, DrawModel, nll_bound
+from draw.model import ConfigError, DrawConfig, DrawModel, nll_bound
 
 TINY = dict(channels=1, height=8, width=7, n_iter=3, enc_dim=16, dec_dim=12, z_dim=5)
 CONFIGS = {
@@ -388,12 +388,21 @@ def test_bad_noise_shape_raises():
         model(x, u[:, :2])
 
 
-@pytest.mark.parametrize("bad", [dict(n_iter=0), dict(z_dim=-3), dict(height=0), dict(enc_dim=2.5),
-                                 dict(channels=True), dict(read_N=0), dict(write_N=29),
-                                 dict(read_N=9, height=8)])
-def test_bad_config_raises(bad):
-    with pytest.raises(ValueError, match="DrawConfig"):
+@pytest.mark.parametrize("bad, field, problem", [
+    (dict(n_iter=0), "n_iter", "must be a positive integer, got 0"),
+    (dict(z_dim=-3), "z_dim", "must be a positive integer, got -3"),
+    (dict(height=0), "height", "must be a positive integer, got 0"),
+    (dict(enc_dim=2.5), "enc_dim", "must be a positive integer, got 2.5"),
+    (dict(channels=True), "channels", "must be a positive integer, got True"),
+    (dict(read_N=0), "read_N", "must be a positive integer, got 0"),
+    (dict(write_N=29), "write_N", "must fit in the 28x28 image, got 29"),
+    (dict(read_N=9, height=8), "read_N", "must fit in the 8x28 image, got 9")])
+def test_bad_config_raises(bad, field, problem):
+    """DrawConfig is the one place that checks the model's sizes, from flags or a model file;
+    its field and problem are what train-draw.py's error names its flag with."""
+    with pytest.raises(ConfigError, match=f"^DrawConfig.{field} {problem}$") as info:
         DrawConfig(**bad)
+    assert (info.value.field, info.value.problem) == (field, problem)
 
 
 def test_config_from_dict_rejects_unknown_fields():

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from draw.errors import DrawError
+from draw.training.draw_job import DRAW
 from draw.training.settings import DrawSettings, RunSettings
 from draw.training.typed_settings import SESSION
 
@@ -70,8 +71,7 @@ def test_bad_config_files_are_one_line_errors(tmp_path, text, expected):
 
 
 def test_checks_name_the_flag():
-    for kwargs, message in (({"n_iter": 0}, "--niter must be a positive integer, got 0"),
-                            ({"batch_size": True}, "--bs must be an integer, got True"),
+    for kwargs, message in (({"batch_size": True}, "--bs must be an integer, got True"),
                             ({"grad_clip": float("nan")}, "--grad-clip must be a positive"),
                             ({"seed": 2 ** 32}, "--seed must be an integer from 0 to"),
                             ({"name": "a/b"}, "--name must be a name"),
@@ -93,6 +93,21 @@ def test_checks_name_the_flag():
     assert DrawSettings(name="paper-2.5_x").name == "paper-2.5_x"
     assert DrawSettings(name="a" * 200, learning_rate=1.0, threads=os.cpu_count()).threads == \
         os.cpu_count()
+
+
+def test_the_model_sizes_are_checked_by_its_config_alone_and_name_the_flag():
+    """DrawSettings takes the model's sizes as given; DrawConfig, built from them before any
+    file is written (DrawJob.model_config), checks them, and its error names the flag."""
+    assert DrawSettings(n_iter=0, attention="0,40").n_iter == 0
+    for kwargs, message in (({"n_iter": 0}, "--niter must be a positive integer, got 0"),
+                            ({"dec_dim": -2}, "--dec-dim must be a positive integer, got -2"),
+                            ({"attention": "0,5"}, "--attention 0,5: read_N must be a positive "
+                                                   "integer, got 0"),
+                            ({"attention": "2,29"}, "--attention 2,29: write_N must fit in the "
+                                                    "28x28 image, got 29")):
+        with pytest.raises(DrawError, match=f"^{message}$"):
+            DRAW.model_config(DrawSettings(**kwargs), (1, 28, 28))
+    assert DRAW.model_config(DrawSettings(attention="2,28"), (1, 28, 28)).write_N == 28
 
 
 OLD_RUN = {"name": None, "dataset": "sample", "epochs": 3, "batch_size": 50,

@@ -27,6 +27,7 @@ from draw.datasets import get_labelled, labelled_batches, labelled_datasets
 from draw.errors import DrawError
 from draw.fast_path import compile_choice, compile_glimpses
 from draw.memory import check_inference
+from draw.model import ConfigError
 from draw.outputs.glimpses import N_GLIMPSE_IMAGES, glimpse_grid, glimpses_bytes
 from draw.outputs.plotting import save_png
 from draw.training.distributed import first_on_each_machine
@@ -59,8 +60,6 @@ class ClassifierSettings(RunSettings):
 
     def check(self) -> None:
         super().check()
-        for name in ("attention", "n_iter", "enc_dim"):
-            self.require(name, getattr(self, name) >= 1, "a positive integer")
         self.require("read_lr", math.isfinite(self.read_lr) and 0 < self.read_lr <= 1,
                      "a number in (0, 1]")
         if self.live_plotting:
@@ -184,8 +183,8 @@ class ClassifierJob(Job):
         try:
             return ClassifierConfig(channels=C, height=H, width=W, n_iter=s.n_iter,
                                     enc_dim=s.enc_dim, read_N=s.attention, n_classes=10)
-        except ValueError as e:
-            raise DrawError(f"--attention {s.attention}: {e}") from e
+        except ConfigError as e:
+            raise s.config_error(e, {"read_N": "attention"}) from e
 
     def read_model_file(self, path) -> dict:
         ckpt = load_checkpoint(path)

@@ -17,7 +17,7 @@ from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.fast_path import compile_choice, compile_glimpses
 from draw.memory import check_inference
-from draw.model import DrawConfig, DrawModel
+from draw.model import ConfigError, DrawConfig, DrawModel
 from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import SampleCheckpoint
 from draw.training.job import Data, Job, Parts, lr_tag
@@ -43,14 +43,14 @@ class DrawJob(Job):
 
     def model_config(self, s: DrawSettings, shape: tuple[int, int, int]) -> DrawConfig:
         """DrawConfig's own fields, the image's from the dataset and the rest from the settings
-        of the same names."""
+        of the same names; DrawConfig checks them all, its error naming the flag."""
         C, H, W = shape
         sizes = {f.name: getattr(s, f.name) for f in dataclasses.fields(DrawConfig)
                  if f.name not in ("channels", "height", "width")}
         try:
             return DrawConfig(channels=C, height=H, width=W, **sizes)
-        except ValueError as e:
-            raise DrawError(f"--attention={s.attention}: {e}") from e
+        except ConfigError as e:
+            raise s.config_error(e, {"read_N": "attention", "write_N": "attention"}) from e
 
     def read_model_file(self, path) -> dict:
         ckpt = load_checkpoint(path)

@@ -160,8 +160,9 @@ def parse_attention(attention: str) -> tuple[int | None, int | None]:
     if not attention.strip():
         return None, None
     parts = attention.split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise DrawError(f"--attention must be two positive window sizes READ,WRITE such as 2,5 "
+    # whether the sizes fit the model is DrawConfig's to say (DrawJob.model_config)
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise DrawError(f"--attention must be two window sizes READ,WRITE such as 2,5 "
                         f"(or empty for none), got {attention!r}")
     return int(parts[0]), int(parts[1])
 
@@ -181,8 +182,6 @@ class DrawSettings(RunSettings):
 
     def check(self) -> None:
         super().check()
-        for name in ("n_iter", "enc_dim", "dec_dim", "z_dim"):
-            self.require(name, getattr(self, name) >= 1, "a positive integer")
         parse_attention(self.attention)
 
     @property

@@ -4,10 +4,10 @@ flag, help, config key and resume rule:
     n_iter: int = setting(10, "number of glimpses T", flag="--niter")
 
 and from that one place come the argparse flag (`parser`), its help text with the default, the
-key of a config file, the name in messages ("--niter must be a positive integer"), the type
+key of a config file, the name in messages ("--epochs must be a positive integer"), the type
 check and what a resumed run may change (`on_resume`). Building a settings object checks it
-(`__post_init__`): a DrawSettings that exists is valid, so everything is checked before any file
-is written.
+(`__post_init__`), but for the model's sizes: its config checks those, before any file is
+written, in errors that name the flag (`config_error`).
 
 Where settings come from, later sources overriding earlier ones:
 
@@ -47,6 +47,7 @@ from pathlib import Path
 
 from draw.cli import ArgumentParser
 from draw.errors import DrawError
+from draw.model import ConfigError
 
 KEEP = "keep"        # stored with the run; a resumed run keeps it (a flag may only repeat it)
 CHANGE = "change"    # stored with the run; a resumed run may change it (e.g. --epochs)
@@ -68,7 +69,7 @@ class Settings:
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for name in self._fields():
-            object.__setattr__(self, name, self._typed(name, getattr(self, name), hints[name]))
+            self._check_type(name, getattr(self, name), hints[name])
         self.check()
 
     def check(self) -> None:
@@ -77,6 +78,13 @@ class Settings:
     def require(self, name: str, ok: bool, what: str) -> None:
         if not ok:
             raise DrawError(f"{self.flag(name)} must be {what}, got {getattr(self, name)!r}")
+
+    def config_error(self, e: ConfigError, source: dict[str, str] | None = None) -> DrawError:
+        """The model config's error `e` as one about the flag of e.field's setting: the one of
+        the same name, or `source[e.field]` (DrawSettings' read_N comes from --attention)."""
+        name = (source or {}).get(e.field, e.field)
+        value = "" if name == e.field else f" {getattr(self, name)}: {e.field}"
+        return DrawError(f"{self.flag(name)}{value} {e.problem}")
 
     @classmethod
     def flag(cls, name: str) -> str:
@@ -89,24 +97,16 @@ class Settings:
         return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
     @classmethod
-    def _typed(cls, name: str, value, hint):
-        """`value` checked against the field's annotation; an integer is a valid float."""
+    def _check_type(cls, name: str, value, hint) -> None:
+        """DrawError unless `value` has the field's type, X or X | None; an int is a valid float."""
         allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if value is None and type(None) in allowed:
-            return value
-        if bool in allowed:
-            if isinstance(value, bool):
-                return value
-        elif int in allowed:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif float in allowed:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif str in allowed and isinstance(value, str):
-            return value
-        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        raise DrawError(f"{cls.flag(name)} must be {kind[allowed[0]]}, got {value!r}")
+        kind = allowed[0]
+        # a bool is an int to isinstance, but neither an integer nor a number here
+        right = (isinstance(value, (int, float) if kind is float else kind)
+                 and (kind is bool) == isinstance(value, bool))
+        if not right and not (value is None and type(None) in allowed):
+            names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+            raise DrawError(f"{cls.flag(name)} must be {names[kind]}, got {value!r}")
 
     def stored(self) -> dict:
         """The settings a run keeps with its checkpoint (all but the SESSION ones)."""
@@ -126,7 +126,10 @@ class Settings:
         unknown = sorted(set(flags) - set(cls._fields()))
         if unknown:
             raise DrawError(f"unknown settings {unknown}; known: {sorted(cls._fields())}")
-        return {**(cls.read_config(config) if config is not None else {}), **flags}
+        given = {**(cls.read_config(config) if config is not None else {}), **flags}
+        hints = typing.get_type_hints(cls)      # a config file's `lr = 1` is --lr 1, a float
+        return {k: float(v) if hints[k] is float and type(v) is int else v
+                for k, v in given.items()}
 
     @classmethod
     def read_config(cls, path: str) -> dict:
