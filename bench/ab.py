@@ -9,9 +9,9 @@ worker's thread (--clock cpu, the default, with one thread) or wall time (--cloc
 with --threads 2 on an idle machine: only one worker runs at a time).
 
 A tree is timed with its own training step: MainLoop.step on a DrawTask where the tree has
-one (bench.py's `training_step`), and for trees from before issue 11, which trained through the
-hand-fused draw/fast.py by default, that tree's MainLoop.step through its fast path, with the
-Adam those runs used. Options after a colon change how a tree is timed:
+one (bench.py's `training_step`), and for trees from before issue 11, which trained through
+their hand-fused draw/fast.py by default (a module this tree no longer has), that tree's
+MainLoop.step through its fast path, with the Adam those runs used. Options after a colon change how a tree is timed:
 
     FOLDER:compile              its glimpses compiled (draw.fast_path.compile_glimpses; the
                                 first call, which compiles, is not timed)
@@ -63,8 +63,8 @@ def load_bench():
 
 
 def legacy_fast_step(model, batch_size: int):
-    """The training step of a tree from before issue 11: its MainLoop.step through draw/fast.py,
-    with PyTorch's default Adam, as `train-draw.py` ran it then."""
+    """The training step of a tree from before issue 11: its MainLoop.step through that tree's
+    draw/fast.py (gone since), with PyTorch's default Adam, as `train-draw.py` ran it then."""
     import torch
     from draw.fast import accelerate
     from draw.training.main_loop import MainLoop

@@ -356,10 +356,21 @@ if __name__ == "__main__":
     p.add_argument("--sigma", type=float, default=1.0,
                    help="both windows' initial sigma in pixels, narrow as in trained models; "
                         "0 keeps the initialisation's wide windows")
-    p.add_argument("--read-N", type=int, default=2, help="read window size")
-    p.add_argument("--write-N", type=int, default=5, help="write window size")
+    p.add_argument("--attention", default="2,5", metavar="READ,WRITE",
+                   help="read and write window sizes, as train-draw.py's --attention (both: "
+                        "the naive port has no attention-free path)")
     p.add_argument("--enc-dim", type=int, default=256, help="encoder LSTM size")
     p.add_argument("--dec-dim", type=int, default=256, help="decoder LSTM size")
     p.add_argument("--z-dim", type=int, default=100, help="latent size")
     p.add_argument("--seed", type=int, default=0, help="initial weights")
-    main(**vars(p.parse_args()))
+    args = vars(p.parse_args())
+    # imported here, not above, as draw.precision in `main`
+    from draw.errors import DrawError
+    from draw.training.settings import parse_attention
+    try:
+        args["read_N"], args["write_N"] = parse_attention(args.pop("attention"))
+    except DrawError as e:
+        p.error(str(e))
+    if args["read_N"] is None:
+        p.error("--attention: expected READ,WRITE such as 2,5")
+    main(**args)
