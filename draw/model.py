@@ -166,6 +166,14 @@ class DrawModel(nn.Module):
             elif isinstance(module, (AttentionReader, AttentionWriter)):
                 module.reset_window()         # the bricks own their first windows
 
+    def window_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the attention heads that choose the windows (eq. 21): the read
+        head's and the write head's, where the model has them; not the write patch (eq. 28)."""
+        heads = [self.reader.readout] if isinstance(self.reader, AttentionReader) else []
+        if isinstance(self.writer, AttentionWriter):
+            heads.append(self.writer.z_trafo)
+        return [p for head in heads for p in head.parameters()]
+
     def noise_shape(self, batch: int) -> tuple[int, int, int]:
         """Shape of the noise u that `forward`, `log_weight` and `sample` take: (n_iter, B, z_dim)."""
         return (self.n_iter, batch, self.sampler.z_dim)

@@ -12,6 +12,8 @@ when the run is long enough to repay it (`draw.fast_path.compile_choice`; `--com
 """
 import dataclasses
 
+import torch
+
 from draw.checkpoint import CheckpointError, build_model, draw_config, file_config, load_checkpoint
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
@@ -101,15 +103,28 @@ class DrawJob(Job):
             compile_glimpses(model)
         pictures = [SampleCheckpoint(plan.run_path, (cfg.channels, cfg.height, cfg.width),
                                      n=N_SAMPLES, seed=s.seed)] if plan.dist.is_main else []
-        header = [("learning rate", s.describe_lr()), ("attention", s.attention or "none"),
+        windows = "" if s.window_lr == 1 else f"; attention windows x{s.window_lr:g}"
+        header = [("learning rate", s.describe_lr() + windows),
+                  ("attention", s.attention or "none"),
                   ("n_iterations", cfg.n_iter), ("encoder dimension", cfg.enc_dim),
                   ("z dimension", cfg.z_dim), ("decoder dimension", cfg.dec_dim),
                   ("compiled glimpses", why),
                   ("objective", "the bound on -log p(x) (eq. 12), nats" if plan.data.binary
                    else "Bernoulli cross-entropy of the grey levels + KL (eq. 12), nats: not "
                         "a bound on -log p(x) for non-binary data")]
-        return Parts(DrawTask(model, plan.dist), adam(model.parameters(), lr=s.learning_rate),
-                     pictures, header)
+        return Parts(DrawTask(model, plan.dist), draw_adam(model, s), pictures, header)
+
+
+def draw_adam(model: DrawModel, s: DrawSettings) -> torch.optim.Adam:
+    """Adam; with --window-lr below 1, the attention windows' heads (eq. 21) in a group of their
+    own at that multiple of the rate, which LearningRateSchedule keeps (its `lr_scale`). One
+    group otherwise, so that runs saved before --window-lr resume as they were."""
+    if s.window_lr == 1:
+        return adam(model.parameters(), lr=s.learning_rate)
+    heads = model.window_parameters()
+    rest = [p for p in model.parameters() if all(p is not q for q in heads)]
+    return adam([{"params": rest, "lr_scale": 1.0},
+                 {"params": heads, "lr_scale": s.window_lr}], lr=s.learning_rate)
 
 
 DRAW = DrawJob()

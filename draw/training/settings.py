@@ -179,10 +179,19 @@ class DrawSettings(RunSettings):
     oldmodel: str | None = setting(None, "start from the parameters of a *_model.pkl file of "
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
+    # The windows (eq. 21) are chosen from h_dec, and one unit of g~ moves a window (A + 1) / 2
+    # pixels (eqs. 22-23): on two-digit MNIST's 60 x 60 canvas their gradients dominate and
+    # spike (doc/development.md, bench/draw_stability.py), as the classifier's read head's did
+    window_lr: float = setting(1.0, "learning rate of the attention windows (the read and write "
+                                    "heads of eq. 21) as a multiple of --lr")
 
     def check(self) -> None:
         super().check()
-        parse_attention(self.attention)
+        read_N, write_N = parse_attention(self.attention)
+        self.require("window_lr", math.isfinite(self.window_lr) and 0 < self.window_lr <= 1,
+                     "a number in (0, 1]")
+        self.require("window_lr", self.window_lr == 1 or (read_N, write_N) != (None, None),
+                     "1 without --attention (there is no window)")
 
     @property
     def read_N(self) -> int | None:
