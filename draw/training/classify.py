@@ -130,9 +130,9 @@ class GlimpseCheckpoint(SimpleExtension):
     Writes `glimpses-NNN.png` (NNN = epochs done) and `glimpses.png` (the latest).
     """
 
+    default_triggers = ("before_first_epoch", "after_epoch")
+
     def __init__(self, run_dir, images: torch.Tensor, shape: tuple[int, int, int], **kwargs):
-        kwargs.setdefault("before_first_epoch", True)
-        kwargs.setdefault("after_epoch", True)
         super().__init__(**kwargs)
         self.run_dir, self.images, self.shape = Path(run_dir), images, tuple(shape)
 

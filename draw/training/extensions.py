@@ -1,8 +1,7 @@
 """Extensions of the main loop, with the classic Blocks names; they talk through the log.
 
-Each is a SimpleExtension (draw/training/simple_extension.py: events, triggers, state). The
-monitoring extensions (TrainingDataMonitoring, DataStreamMonitoring) are in
-draw/training/monitoring.py and importable from here with the others.
+Each is a SimpleExtension (draw/training/simple_extension.py); the monitoring ones live in
+draw/training/monitoring.py and are importable from here too.
 """
 import math
 import time
@@ -22,12 +21,11 @@ from draw.training.simple_extension import SimpleExtension
 
 class Timing(SimpleExtension):
     """Record `time_train_this_epoch` (seconds of training steps) and `time_total` (wall-clock
-    seconds since the run first started, resumes added up). Put it first, so that the epoch's
-    time excludes the other extensions' evaluation and saving."""
+    seconds over all sessions). First, so the epoch's time excludes evaluation and saving."""
+
+    default_triggers = ("before_training", "before_epoch", "after_epoch")
 
     def __init__(self, **kwargs):
-        for trigger in ("before_training", "before_epoch", "after_epoch"):
-            kwargs.setdefault(trigger, True)
         super().__init__(**kwargs)
         self.total = 0.0           # wall time of earlier sessions of this run
         self.epoch_elapsed = 0.0   # training time of this epoch before a mid-epoch resume
@@ -59,10 +57,10 @@ class Timing(SimpleExtension):
 class FinishAfter(SimpleExtension):
     """Request the end of training after a number of epochs (or batches), as a log record."""
 
+    default_triggers = ("before_training", "after_epoch")
+
     def __init__(self, after_n_epochs: int | None = None, after_n_batches: int | None = None,
                  **kwargs):
-        kwargs.setdefault("before_training", True)
-        kwargs.setdefault("after_epoch", True)
         super().__init__(every_n_batches=after_n_batches, **kwargs)
         self.after_n_epochs = after_n_epochs
 
@@ -76,21 +74,18 @@ class FinishAfter(SimpleExtension):
 
 
 class LearningRateSchedule(SimpleExtension):
-    """Set the learning rate before every step from the step count alone (Blocks'
-    SharedVariableModifier): a linear warm-up over the first `warmup` steps, then a factor
-    `decay` per finished epoch. Step i = 0, 1, ... takes
+    """Set the learning rate before every step i = 0, 1, ... from the step count alone (Blocks'
+    SharedVariableModifier), so a resumed run continues the schedule with nothing saved:
 
         lr_i = lr * min(1, (i + 1) / warmup) * decay ** (i // batches_per_epoch)
 
-    A function of the step count, so a resumed run, mid-epoch too, continues the same schedule
-    with nothing saved (and one resumed with another --lr continues at that rate). Each epoch's
-    log row gets the rate of its last step (`learning_rate`). A parameter group with an
-    `lr_scale` (the classifier's read head: --read-lr) takes that multiple of the rate."""
+    Each epoch's log row gets its last step's `learning_rate`; a parameter group with an
+    `lr_scale` (--read-lr, --window-lr) takes that multiple of the rate."""
+
+    default_triggers = ("before_training", "after_batch", "after_epoch")
 
     def __init__(self, optimizer, lr: float, warmup: int = 0, decay: float = 1.0,
                  batches_per_epoch: int = 1, **kwargs):
-        for trigger in ("before_training", "after_batch", "after_epoch"):
-            kwargs.setdefault(trigger, True)
         super().__init__(**kwargs)
         self.optimizer, self.lr = optimizer, lr
         self.warmup, self.decay, self.batches_per_epoch = warmup, decay, batches_per_epoch
@@ -109,22 +104,17 @@ class LearningRateSchedule(SimpleExtension):
 
 
 class Checkpoint(SimpleExtension):
-    """Save `<name>_model.pkl` (config, parameters, optimizer, RNG, loop state and log),
-    `<name>_log.pkl` and the same log as `<name>_log.csv`, atomically, before training, after
+    """Save `<name>_model.pkl` (config, parameters, optimizer, RNG, loop state, log and the
+    `run` settings), `<name>_log.pkl` and `<name>_log.csv`, atomically, before training, after
     every epoch and when training stops.
 
-    The model file is the commit point of an epoch: it is written first, with a copy of the
-    log, and the log file and the pictures (SampleCheckpoint, which runs after this) follow.
-    A kill or a full disk in between leaves them one epoch behind the model file, never ahead
-    of it, and a resumed run rewrites the log from the model file's copy. `run` is plain data
-    about the run (dataset, batch size, ...) that `--resume` and `evaluate.py` read back.
+    The model file is an epoch's commit point: written first, with a copy of the log, so a kill
+    leaves the log and the pictures behind it, never ahead; a resumed run rewrites the log.
     """
 
+    default_triggers = ("before_training", "before_first_epoch", "after_epoch", "after_training")
+
     def __init__(self, run_dir, name: str, run: dict, **kwargs):
-        kwargs.setdefault("before_training", True)
-        kwargs.setdefault("before_first_epoch", True)
-        kwargs.setdefault("after_epoch", True)
-        kwargs.setdefault("after_training", True)
         super().__init__(**kwargs)
         self.model_path = Path(run_dir) / f"{name}_model.pkl"
         self.log_path = Path(run_dir) / f"{name}_log.pkl"
@@ -152,23 +142,19 @@ class Checkpoint(SimpleExtension):
 
 
 class SampleCheckpoint(SimpleExtension):
-    """Draw the same n samples (fixed prior noise) before training and after every epoch.
+    """Draw the same n samples (fixed prior noise) before training and after every epoch:
+    `sample.png`, `epoch-NNN.png` (NNN = epochs done), `training.gif` (the epoch grids) and
+    `sequence.gif` (the latest drawn step by step, write window boxed).
 
-    Writes `sample.png` (the latest grid), `epoch-NNN.png` (one per epoch, NNN = epochs done),
-    `training.gif` (the epoch grids in order) and `sequence.gif` (the latest samples being drawn
-    step by step, with the write window boxed when the model has write attention). Put it
-    after Checkpoint: the pictures then never show an epoch the model file does not hold. A
-    resumed run draws the pictures of its epoch if a kill came between the model file and
-    them, and removes any of later epochs.
+    After Checkpoint, so no picture shows an epoch the model file lacks; a resumed run draws
+    its epoch's if a kill came before them, and removes any of later epochs.
     """
 
     STEP_MS, HOLD_MS = 100, 1000      # sequence.gif: each step, the finished drawing
+    default_triggers = ("before_training", "before_first_epoch", "after_epoch")
 
     def __init__(self, run_dir, shape: tuple[int, int, int], n: int = 100, seed: int = 0,
                  **kwargs):
-        kwargs.setdefault("before_training", True)
-        kwargs.setdefault("before_first_epoch", True)
-        kwargs.setdefault("after_epoch", True)
         super().__init__(**kwargs)
         self.run_dir, self.shape, self.n, self.seed = Path(run_dir), tuple(shape), n, seed
         self.rows = math.isqrt(n)
@@ -181,9 +167,8 @@ class SampleCheckpoint(SimpleExtension):
 
     @classmethod
     def needs(cls, cfg, n: int) -> int:
-        """The bytes of drawing n samples and their pictures (sample.py's estimate), for a run's
-        check of its sizes before anything is written (draw/training/run.py); PictureSizeError
-        where sequence.gif could not hold the steps."""
+        """The bytes of drawing n samples and their pictures (sample.py's estimate);
+        PictureSizeError where sequence.gif could not hold the steps."""
         check_gif_duration(cfg.n_iter, cls.STEP_MS, cls.HOLD_MS,
                            f"sequence.gif of {cfg.n_iter:,} steps (--niter)")
         return sampling_bytes(cfg, n, cls.scale((cfg.channels, cfg.height, cfg.width)))
@@ -231,15 +216,13 @@ class SampleCheckpoint(SimpleExtension):
 
 
 class ProgressBar(SimpleExtension):
-    """A tqdm bar over each epoch's batches, with the latest batch's loss (for DRAW the bound).
+    """A tqdm bar over each epoch's batches with the latest loss, only where stderr is a
+    terminal: in a file or a pipe its frames would bury Printing's lines."""
 
-    Only on a terminal: where stderr is a file or a pipe (a cluster job, `| tee`), the bar's
-    carriage-return frames would bury the one line per epoch that Printing writes."""
+    default_triggers = ("before_epoch", "after_batch", "after_epoch", "after_training",
+                        "on_error")
 
     def __init__(self, batches_per_epoch: int, **kwargs):
-        for trigger in ("before_epoch", "after_batch", "after_epoch", "after_training",
-                        "on_error"):
-            kwargs.setdefault(trigger, True)
         super().__init__(**kwargs)
         self.total = batches_per_epoch
         self.bar = None
@@ -247,7 +230,6 @@ class ProgressBar(SimpleExtension):
     def do(self, which_callback: str, *args) -> None:
         status = self.main_loop.status
         if which_callback == "before_epoch":
-            # disable=None: tqdm's own test, no bar where stderr is not a terminal
             bar = tqdm(total=self.total, initial=status["batch"], leave=False, disable=None,
                        desc=f"epoch {status['epoch'] + 1}", unit="batch", dynamic_ncols=True)
             self.bar = None if bar.disable else bar
@@ -270,10 +252,7 @@ class Printing(SimpleExtension):
                ("train_total_step_norm", "|step| {:.3g}"), ("learning_rate", "lr {:.3g}"),
                ("time_train_this_epoch", "{:.1f} s"))
 
-    def __init__(self, **kwargs):
-        kwargs.setdefault("before_first_epoch", True)
-        kwargs.setdefault("after_epoch", True)
-        super().__init__(**kwargs)
+    default_triggers = ("before_first_epoch", "after_epoch")
 
     def do(self, which_callback: str, *args) -> None:
         row = self.main_loop.log[-1]
@@ -283,14 +262,12 @@ class Printing(SimpleExtension):
 
 
 class Plot(SimpleExtension):
-    """Live plots of the log in a browser (Bokeh), with the latest samples; never blocks training.
+    """Live plots of the log and the latest samples in a browser (draw.outputs.live, Bokeh);
+    if its server cannot start, training goes on without it."""
 
-    Wraps `draw.outputs.live.LivePlot`: if its server cannot start, training goes on without it.
-    """
+    default_triggers = ("before_training", "after_epoch", "after_training", "on_error")
 
     def __init__(self, run_dir, host: str = "127.0.0.1", port: int = 5006, **kwargs):
-        for trigger in ("before_training", "after_epoch", "after_training", "on_error"):
-            kwargs.setdefault(trigger, True)
         super().__init__(**kwargs)
         self.samples_path = Path(run_dir) / "sample.png"
         self.host, self.port = host, port

@@ -31,9 +31,9 @@ class TrainingDataMonitoring(SimpleExtension):
     # what checkpoints written before the task existed called the sums (a mid-epoch resume)
     OLD_NAMES = {"nll_bound_sum": "nll_bound", "kl_sum": "kl_term"}
 
+    default_triggers = ("after_batch", "after_epoch")
+
     def __init__(self, **kwargs):
-        kwargs.setdefault("after_batch", True)
-        kwargs.setdefault("after_epoch", True)
         super().__init__(**kwargs)
         self.sums: dict[str, torch.Tensor] = {}    # float64, on the model's device
         self.batches = 0
@@ -102,10 +102,10 @@ class DataStreamMonitoring(SimpleExtension):
         Show that bar (the main process only) where stderr is a terminal.
     """
 
+    default_triggers = ("before_first_epoch", "after_epoch")
+
     def __init__(self, stream, prefix: str, device, seed: int = 0, every: int = 1, final=None,
                  sizes: tuple[int, int] | None = None, progress: bool = False, **kwargs):
-        kwargs.setdefault("before_first_epoch", True)
-        kwargs.setdefault("after_epoch", True)
         kwargs.setdefault("name", f"{prefix}_monitoring")
         super().__init__(**kwargs)
         self.stream, self.final, self.prefix = stream, final or stream, prefix

@@ -1,16 +1,16 @@
 """The base class of the main loop's extensions (Blocks' SimpleExtension).
 
-Every extension is a SimpleExtension: it has one no-op-by-default method per event of the loop
-(draw/training/main_loop.py), and trigger keyword arguments decide which events reach its `do`:
+An extension has one method per event of the loop (draw/training/main_loop.py), a no-op unless
+a trigger keyword argument sends that event to its `do`:
 
     before_training=True     at the start of every run (fresh or resumed)
     before_first_epoch=True  at the start of a fresh run only, after before_training
     before_epoch=True, after_batch=True, after_epoch=True, after_training=True, on_error=True
     every_n_batches=N, every_n_epochs=N
 
-Subclasses set their defaults with `kwargs.setdefault(...)`, as Blocks' do, so a caller can
-still change them. An extension that must survive a resume mid-epoch keeps its state in
-`state_dict` / `load_state_dict` (plain data); the Checkpoint extension saves it.
+A subclass lists its default triggers in `default_triggers`; a caller can still turn any off.
+State that must survive a resume mid-epoch goes through `state_dict` / `load_state_dict`
+(plain data), which the Checkpoint extension saves.
 """
 
 EVENTS = ("before_training", "before_epoch", "after_batch", "after_epoch", "after_training",
@@ -19,7 +19,7 @@ TRIGGERS = EVENTS + ("before_first_epoch",)
 
 
 class SimpleExtension:
-    """Base class: trigger kwargs funnelled into one `do(which_callback, *args)`.
+    """Trigger kwargs funnelled into one `do(which_callback, *args)`.
 
     Parameters
     ----------
@@ -29,18 +29,18 @@ class SimpleExtension:
         Also call `do("after_batch")` / `do("after_epoch")` when the iteration / epoch count is a
         multiple of N.
     **triggers : bool
-        Any of before_training, before_first_epoch, before_epoch, after_batch, after_epoch,
-        after_training, on_error.
+        Any of TRIGGERS; those in `default_triggers` default to True.
     """
+    default_triggers: tuple[str, ...] = ()
 
     def __init__(self, name: str | None = None, every_n_batches: int | None = None,
                  every_n_epochs: int | None = None, **triggers: bool):
         unknown = set(triggers) - set(TRIGGERS)
         if unknown:
             raise TypeError(f"unknown triggers {sorted(unknown)}; known: {list(TRIGGERS)}")
+        triggers = dict.fromkeys(self.default_triggers, True) | triggers
         self.name = name or type(self).__name__
-        self.every_n_batches = every_n_batches
-        self.every_n_epochs = every_n_epochs
+        self.every_n_batches, self.every_n_epochs = every_n_batches, every_n_epochs
         self.triggers = {event for event, on in triggers.items() if on}
         self.main_loop = None
 
@@ -48,33 +48,29 @@ class SimpleExtension:
         """Act on an event; `which_callback` names it."""
         raise NotImplementedError
 
+    def _on(self, event: str, *args, every: int | None = None, count: str = "") -> None:
+        if event in self.triggers or (every and self.main_loop.status[count] % every == 0):
+            self.do(event, *args)
+
     def before_training(self) -> None:
-        if "before_training" in self.triggers:
-            self.do("before_training")
-        if "before_first_epoch" in self.triggers and self.main_loop.fresh:
-            self.do("before_first_epoch")
+        self._on("before_training")
+        if self.main_loop.fresh:
+            self._on("before_first_epoch")
 
     def before_epoch(self) -> None:
-        if "before_epoch" in self.triggers:
-            self.do("before_epoch")
+        self._on("before_epoch")
 
     def after_batch(self) -> None:
-        n = self.every_n_batches
-        if "after_batch" in self.triggers or (n and self.main_loop.status["iteration"] % n == 0):
-            self.do("after_batch")
+        self._on("after_batch", every=self.every_n_batches, count="iteration")
 
     def after_epoch(self) -> None:
-        n = self.every_n_epochs
-        if "after_epoch" in self.triggers or (n and self.main_loop.status["epoch"] % n == 0):
-            self.do("after_epoch")
+        self._on("after_epoch", every=self.every_n_epochs, count="epoch")
 
     def after_training(self) -> None:
-        if "after_training" in self.triggers:
-            self.do("after_training")
+        self._on("after_training")
 
     def on_error(self, exception: BaseException) -> None:
-        if "on_error" in self.triggers:
-            self.do("on_error", exception)
+        self._on("on_error", exception)
 
     def state_dict(self) -> dict:
         return {}

@@ -71,9 +71,9 @@ class TensorBoard(SimpleExtension):
         Its tag in TensorBoard ("samples", "glimpses").
     """
 
+    default_triggers = ("before_training", "after_epoch", "after_training", "on_error")
+
     def __init__(self, run_dir, picture: str, picture_tag: str, **kwargs):
-        for trigger in ("before_training", "after_epoch", "after_training", "on_error"):
-            kwargs.setdefault(trigger, True)
         super().__init__(**kwargs)
         self.run_dir, self.picture, self.picture_tag = Path(run_dir), picture, picture_tag
         self.writer = None
