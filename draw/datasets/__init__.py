@@ -8,13 +8,8 @@
     for x, y in labelled_batches(data.train, 100, generator=g, epoch=e):
         ...                                         # x: (100, 10000) in [0, 1], y: (100,) int64
 
-Each split is also a `torch.utils.data.Dataset`, for a training loop of one's own
-(draw/datasets/torch_dataset.py; `labels=True` gives (image, label) pairs):
-
-    from torch.utils.data import DataLoader
-    from draw.datasets import get_dataset
-    for x in DataLoader(get_dataset("bmnist", "train"), batch_size=100, shuffle=True):
-        ...                                         # x: (100, 784) float32 in [0, 1]
+Each split is also a `torch.utils.data.Dataset`, for a training loop of one's own:
+`get_dataset("bmnist", "train")` (draw/datasets/torch_dataset.py).
 
 Command line: `python -m draw.datasets list | download NAME | convert NAME [--from DIR]`.
 The datasets, their files, checksums and splits are in `draw.datasets.registry`; cluttered and

@@ -1,16 +1,9 @@
 """Labelled data for classification (the DRAW paper's Table 1): images with their class numbers.
 
-    data = get_labelled("cluttered-mnist", seed=1)      # mnist is downloaded/converted if needed
-    for epoch in range(n_epochs):
-        for x, y in labelled_batches(data.train, 128, generator=g, epoch=epoch, device=dev):
-            ...                      # x: (128, 1*100*100) float32 in [0, 1]; y: (128,) int64
-    for x, y in labelled_batches(data.test, 500, device=dev):
-        ...                          # the same 10,000 test images in every run, in order
-
 A split is a `LabelledImages` (stored images, e.g. mnist) or a `ClutteredSplit` (composed batch by
-batch, draw/datasets/scenes.py). Both have `len(split)`, `split.labels` ((N,) int64) and
-`split.batch(index, epoch) -> (uint8 images (B, C*H*W), labels (B,))`, and `split.subset(index)`
-keeps some examples (a run's --subset).
+batch, draw/datasets/scenes.py). Both have `len(split)`, `split.labels` ((N,) int64),
+`split.batch(index, epoch) -> (uint8 images (B, C*H*W), labels (B,))` and `split.subset(index)`
+(a run's --subset).
 
 cluttered-mnist: train composes a fresh image around every training digit in every epoch; epoch
 e's images are a function of (seed, e) alone. valid and test are fixed: composed from mnist's
@@ -28,6 +21,7 @@ from draw.datasets.errors import DatasetError
 from draw.datasets.registry import labelled_datasets
 from draw.datasets.scenes import DIGIT, Recipe, cluttered_recipe, compose
 from draw.datasets.store import converted_path, dataset_spec, get_data
+from draw.datasets.stream import batch_indices
 
 FIXED_SEED = 2014           # cluttered-mnist's valid and test images (Mnih et al. 2014)
 _STREAMS = {"train": 0, "valid": 1, "test": 2}
@@ -42,7 +36,8 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, index: torch.Tensor, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, index: torch.Tensor | slice,
+              epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples `index` ((B,) int64): uint8 (B, D) images and int64 (B,) labels."""
         return self.images[index], self.labels[index]
 
@@ -51,21 +46,9 @@ class LabelledImages:
 
 
 class ClutteredSplit:
-    """One split of cluttered MNIST: MNIST digits, each composed into a 100x100 cluttered image.
-
-    Parameters
-    ----------
-    digits : torch.Tensor
-        (N, 784) uint8, the split's MNIST digits (also the source of its distractors).
-    labels : torch.Tensor
-        (N,) int64.
-    seed : int
-        With the split's stream, fixes every recipe.
-    stream : int
-        0 train, 1 valid, 2 test: independent random streams for the same seed.
-    fresh : bool
-        A new recipe every epoch (train), or one for all epochs (valid, test).
-    """
+    """One split of cluttered MNIST: each of its (N, 784) uint8 MNIST `digits` (also the source
+    of its distractors) composed into a 100x100 image. (seed, stream) fix every recipe; stream
+    is 0 train, 1 valid, 2 test. `fresh`: a new recipe every epoch (train), or one for all."""
 
     def __init__(self, digits: torch.Tensor, labels: torch.Tensor, seed: int, stream: int,
                  fresh: bool):
@@ -85,8 +68,10 @@ class ClutteredSplit:
             self._cached = (epoch, cluttered_recipe(len(self.digits), rng))
         return self._cached[1]
 
-    def batch(self, index: torch.Tensor, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, index: torch.Tensor | slice,
+              epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples `index` ((B,) int64) of `epoch`: uint8 (B, 10000) and int64 (B,)."""
+        index = torch.arange(len(self))[index]                           # a slice too
         images = compose(self.digits, self.recipe(epoch), index.numpy())
         return torch.from_numpy(images), self.labels[index]
 
@@ -109,12 +94,7 @@ class LabelledData:
 
 def get_labelled(name: str, root=None, download: bool = True, seed: int = 0) -> LabelledData:
     """Load a labelled dataset (`labelled_datasets`), downloading or converting on first use.
-
-    Parameters
-    ----------
-    seed : int
-        cluttered-mnist's training images (valid and test use FIXED_SEED); unused otherwise.
-    """
+    `seed` fixes cluttered-mnist's training images (valid and test use FIXED_SEED)."""
     spec = dataset_spec(name)
     if name not in labelled_datasets:
         raise DatasetError(f"{name} has no labels; labelled datasets: "
@@ -138,33 +118,10 @@ def labelled_batches(split: LabelledImages | ClutteredSplit, batch_size: int, *,
                      generator: torch.Generator | None = None, epoch: int = 0,
                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                      drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield one pass over `split` as (images, labels) minibatches, like `batches` does images.
-
-    Parameters
-    ----------
-    split : LabelledImages or ClutteredSplit
-        A split of `get_labelled`.
-    batch_size : int
-        Examples per batch; the last batch is smaller unless drop_last.
-    generator : torch.Generator, optional
-        Shuffles the order when given; the stored order otherwise.
-    epoch : int
-        Which epoch's images a freshly composed split (cluttered-mnist's train) gives.
-    device, dtype
-        Where and in which floating type the images are made.
-
-    Yields
-    ------
-    (torch.Tensor, torch.Tensor)
-        (B, C*H*W) `dtype` images in [0, 1] and (B,) int64 labels, on `device`.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    n = len(split)
-    order = (torch.randperm(n, generator=generator) if generator is not None
-             else torch.arange(n))                                       # (N,)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        images, labels = split.batch(order[start:start + batch_size], epoch)  # (B, D), (B,)
-        x = images.to(device).to(torch.float32).div_(255)                    # (B, D) in [0, 1]
+    """Yield one pass over `split` (of `get_labelled`) as minibatches, as `batches` does images:
+    (B, C*H*W) `dtype` images in [0, 1] and (B,) int64 labels, on `device`. `epoch` chooses the
+    images of a freshly composed split (cluttered-mnist's train)."""
+    for index in batch_indices(len(split), batch_size, generator, drop_last):
+        images, labels = split.batch(index, epoch)                       # (B, D), (B,)
+        x = images.to(device).to(torch.float32).div_(255)                # (B, D) in [0, 1]
         yield x.to(dtype), labels.to(device)

@@ -11,11 +11,27 @@ import torch
 from draw.datasets.crops import RandomCrops
 
 
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
+                  drop_last: bool = False,
+                  device: str | torch.device = "cpu") -> Iterator[torch.Tensor | slice]:
+    """The index of each minibatch of one pass over n examples: slices of the stored order, or
+    with `generator` (B,) int64 pieces of a random permutation, on `device`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    # drawn on the generator's own device, so a CPU generator gives the same order on any device
+    order = (torch.randperm(n, generator=generator, device=generator.device).to(device)
+             if generator is not None else None)                         # (N,)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        end = start + batch_size
+        yield order[start:end] if order is not None else slice(start, end)
+
+
 def batches(images: torch.Tensor | RandomCrops, batch_size: int, *,
             generator: torch.Generator | None = None, epoch: int = 0,
             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
             binarize: bool = False, drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Yield one pass over `images` in minibatches of floats in [0, 1].
+    """Yield one pass over `images` in minibatches of floats in [0, 1], (B, D) `dtype` on `device`.
 
     Parameters
     ----------
@@ -24,50 +40,24 @@ def batches(images: torch.Tensor | RandomCrops, batch_size: int, *,
         `device` to skip the copy at the start of every pass. A `RandomCrops` split
         (svhn-multi's train, draw/datasets/crops.py) gives its patches of `epoch`.
     batch_size : int
-        Images per batch; the last batch is smaller when N is not a multiple, unless drop_last.
+        The last batch is smaller when N is not a multiple, unless drop_last.
     generator : torch.Generator, optional
-        Shuffles the order (and draws the binarization) when given; without it the order is
-        the stored one. The same generator state gives the same batches, bit for bit.
-    epoch : int
-        Which epoch's patches a `RandomCrops` split gives; unused otherwise.
-    device : str or torch.device
-        Where the batches are made.
-    dtype : torch.dtype
-        The floating type of the batches.
+        Shuffles the order (and draws the binarization) when given; the stored order otherwise.
+        The same generator state gives the same batches, bit for bit.
     binarize : bool
         Replace each pixel p by a fresh Bernoulli(p) sample for every batch (dynamic
         binarization), drawn from `generator` (the global generator when None).
-    drop_last : bool
-        Skip the last batch when it is smaller than batch_size.
-
-    Yields
-    ------
-    torch.Tensor
-        (B, D) of `dtype` on `device`.
     """
     crops = images if isinstance(images, RandomCrops) else None
-    if crops is not None:
-        images = crops.images
+    images = crops.images if crops is not None else images
     if images.dtype != torch.uint8 or images.dim() != 2:
         raise ValueError(f"images must be a (N, D) torch.uint8 tensor, got {images.dtype} "
                          f"{tuple(images.shape)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     device = torch.device(device)
-    if crops is not None:
-        crops = crops.to(device)
-        images = crops.images                    # the stored images: (N, C*H*W) uint8
-    images = images.to(device)                                           # (N, D) uint8
-    n = len(images)
-    # Random numbers come from the generator's own device, so a CPU generator gives the same
-    # order and the same binarization whichever device the batches are made on.
+    crops = crops.to(device) if crops is not None else None
+    images = crops.images if crops is not None else images.to(device)   # (N, D) uint8
     rng_device = generator.device if generator is not None else device
-    order = (torch.randperm(n, generator=generator, device=rng_device).to(device)
-             if generator is not None else None)                         # (N,)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        end = start + batch_size
-        index = order[start:end] if order is not None else slice(start, end)
+    for index in batch_indices(len(images), batch_size, generator, drop_last, device):
         x = images[index] if crops is None else crops.patches(index, epoch)  # (B, D) uint8
         x = x.to(torch.float32).div_(255)                                # (B, D) in [0, 1]
         if binarize:

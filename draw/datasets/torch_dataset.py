@@ -21,18 +21,10 @@ from draw.datasets.store import dataset_spec, get_data
 
 
 class SplitDataset(Dataset):
-    """One split: example i is its image, float32 (C*H*W,) in [0, 1], or (image, label) for a
-    labelled split, the label an int64 scalar tensor.
-
-    Parameters
-    ----------
-    split : torch.Tensor, RandomCrops, LabelledImages or ClutteredSplit
-        A split of `get_data` ((N, C*H*W) uint8, or svhn-multi's train) or of `get_labelled`.
-    epoch : int
-        Which epoch's images a freshly composed split (cluttered-mnist's train) or patches
-        (svhn-multi's train) it gives; set the attribute before each epoch for new ones, as
-        train-classifier.py and train-draw.py draw them.
-    """
+    """One split of `get_data` or `get_labelled`: example i is its image, float32 (C*H*W,) in
+    [0, 1], or (image, int64 label) for a labelled split. `epoch` chooses which images a freshly
+    composed split (cluttered-mnist's train) or patches (svhn-multi's train) give: set it
+    before each epoch for new ones, as the training scripts draw them."""
 
     def __init__(self, split: torch.Tensor | RandomCrops | LabelledImages | ClutteredSplit,
                  epoch: int = 0):
@@ -57,29 +49,10 @@ class SplitDataset(Dataset):
 
 def get_dataset(name: str, split: str = "train", root=None, *, labels: bool = False,
                 download: bool = True, seed: int = 0) -> SplitDataset:
-    """A split of a dataset as a `torch.utils.data.Dataset` (see the module docstring).
-
-    Parameters
-    ----------
-    name : str
-        One of `supported_datasets`, or with `labels` one of `labelled_datasets`.
-    split : str
-        "train", "valid" or "test" (how each is made: `python -m draw.datasets list`).
-    root : path, optional
-        The data directory; see `data_root`.
-    labels : bool
-        Examples are (image, label) pairs instead of images.
-    download : bool
-        Whether to download the original files when they are not in the data directory.
-    seed : int
-        cluttered-mnist's training images (as `get_labelled`), svhn-multi's training patches
-        (as `get_data`); unused otherwise.
-
-    Raises
-    ------
-    DatasetError
-        An unknown dataset or split, a dataset without labels when `labels`, missing files.
-    """
+    """A split ("train", "valid" or "test") of dataset `name` as a `torch.utils.data.Dataset`:
+    its images, or with `labels` (image, label) pairs of one of `labelled_datasets`. `root`,
+    `download` and `seed` are those of `get_data` and `get_labelled`; DatasetError for an
+    unknown dataset or split, a dataset without labels when `labels`, or missing files."""
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if labels:
