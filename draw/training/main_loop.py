@@ -1,38 +1,22 @@
 """The training loop: fetch a batch, take a step, fire events; extensions do everything else.
 
-Shaped after Blocks' MainLoop, which trained the classic model: the loop knows nothing about
-monitoring, checkpoints or plots, nor about DRAW. A task (draw/training/task.py) turns a batch
-into the loss and the numbers to monitor; the loop takes the step. It fires the events
-before_training, before_epoch, after_batch, after_epoch, after_training and on_error, and every
-extension (draw/training/extensions.py) decides from its triggers whether to act. Extensions
-talk through the log: `log` holds one row (a dict of plain numbers) per finished epoch, plus
-row 0 for the state before training.
-
-One training step outside a run (benchmarks, bench/):
+Shaped after Blocks' MainLoop: the loop knows nothing about monitoring, checkpoints, plots or
+DRAW. A task (draw/training/task.py) turns a batch into the loss and the numbers to monitor; the
+loop takes the clipped Adam step, under autocast for precision="bf16-mixed" (draw/precision.py),
+and fires before_training, before_epoch, after_batch, after_epoch, after_training and on_error
+to every extension (draw/training/extensions.py). Extensions talk through `log`: one row of
+plain numbers per finished epoch, plus row 0 for the state before training.
 
     loop = MainLoop(DrawTask(model), adam(model.parameters(), lr=1e-3))
-    loop.step(x)          # x: a batch (B, x_dim); loop.last_batch holds its numbers
+    loop.step(x)          # one step outside a run (bench/); loop.last_batch holds its numbers
 
-`precision="bf16-mixed"` runs the task's forward pass under bfloat16 autocast
-(draw/precision.py); the backward pass, clipping and Adam are float32 either way, and so is
-evaluation, which the monitoring extensions call outside `step`.
+Under torchrun every rank runs the loop on the same global batches and the task keeps its
+slice; one all-reduce per step gives every rank the global sums and whether any rank saw a
+Ctrl-C, so all log the same numbers and stop after the same batch.
 
-Data parallelism
-----------------
-Under torchrun (draw/training/distributed.py) every rank runs this loop on the same global
-batches; the task keeps each rank's slice (and its slice of the noise) and scales its loss so
-that DDP's average of the gradients is the gradient of the global mean. One all-reduce per step
-then gives every rank the global sums for monitoring and whether any rank has seen a Ctrl-C, so
-all ranks log the same numbers and stop after the same batch.
-
-Interruptions
--------------
-The first Ctrl-C finishes the current batch (under torchrun: the batch after which the ranks
-agree to stop), then after_training runs (the Checkpoint extension saves the state mid-epoch)
-and `run` returns. A second Ctrl-C raises KeyboardInterrupt at once;
-since every file is written atomically, the files on disk stay the last complete ones. A run
-resumed from a mid-epoch checkpoint replays the epoch's data order from its start, skipping the
-batches already trained on, so it goes on exactly as if it had never stopped.
+The first Ctrl-C finishes the batch, runs after_training (Checkpoint saves mid-epoch) and
+returns; a second raises KeyboardInterrupt at once (every file is written atomically). A run
+resumed mid-epoch replays the epoch's data order, skipping the batches already trained on.
 """
 import signal
 import threading
@@ -50,16 +34,13 @@ class TrainingError(DrawError):
 
 
 def adam(parameters, lr: float) -> torch.optim.Adam:
-    """The runs' optimizer: Adam with PyTorch's fused kernel (one pass over all parameters
-    instead of a dozen element-wise kernels each). Measured in bench/README.md: the clipped
-    Adam step 7.7 -> 2.4 ms; the whole training step 1.02x at T=10."""
+    """The runs' optimizer: Adam with PyTorch's fused kernel, one pass over all parameters."""
     return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
 def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
-    """Restore a checkpoint's optimizer state into an `adam` optimizer. A checkpoint saved
-    before Adam was fused stores fused=None, which load_state_dict would restore; the moments
-    are the same either way (fused and unfused steps differ by about 4e-9)."""
+    """Restore a checkpoint's optimizer state into an `adam` optimizer, fused even where the
+    checkpoint predates fusing (it stores fused=None; the moments are the same)."""
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         group["fused"] = True
@@ -71,21 +52,18 @@ class MainLoop:
     Parameters
     ----------
     task : a task (draw/training/task.py)
-        Supplies the model, the loss and the monitored sums of a batch, and evaluation.
     optimizer : torch.optim.Optimizer
-        Over the model's parameters.
     epoch_batches : callable, optional
-        Called once per epoch; returns that epoch's (global) batches on the model's device,
-        whose order (and any binarization) is drawn from `generator` alone. Only `run` needs it.
+        Called once per epoch (only by `run`): that epoch's global batches on the model's
+        device, their order (and any binarization) drawn from `generator` alone.
     generator : torch.Generator, optional
-        The data-order generator; its state at the start of each epoch is part of the state.
+        The data order; its state at the start of each epoch is part of the loop's state.
     extensions : iterable of SimpleExtension
         Run in this order at every event, so monitors go before the checkpoint that saves them.
     grad_clip : float
-        Rescale the gradient to at most this total norm before each step (the classic
-        StepClipping(10) ahead of Adam).
+        The total gradient norm each step is clipped to (the classic StepClipping(10)).
     precision : str
-        "32" or "bf16-mixed" (draw/precision.py): the autocast of the training forward pass.
+        "32" or "bf16-mixed": the autocast of the training forward pass.
     """
 
     def __init__(self, task, optimizer: torch.optim.Optimizer,
@@ -104,9 +82,8 @@ class MainLoop:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.precision = precision
         autocast(precision, self.params[0].device)      # a bad name: ValueError now, not later
-        # the parameters before each update, for the step norm: kept between steps, because
-        # two fresh 1M-float vectors per step (parameters_to_vector) cost about 5 ms of a 180 ms
-        # step at T=10, page faults of the new memory included (bench/README.md)
+        # the parameters before each update, for the step norm, kept between steps: fresh
+        # vectors every step cost page faults
         self._before: list[torch.Tensor] | None = None
         self.log: list[dict] = []
         self.status = {"epoch": 0, "iteration": 0, "batch": 0, "epoch_rng": None,
@@ -165,14 +142,11 @@ class MainLoop:
         return True
 
     def step(self, batch) -> None:
-        """One clipped Adam step on the task's loss of the global `batch`.
-
-        Fills `last_batch`: "loss" (the global mean), "sums" (the task's monitored sums over
-        the global batch), "total_gradient_norm" and "total_step_norm", all tensors.
-        """
+        """One clipped Adam step on the task's loss of the global `batch`; fills `last_batch`
+        with tensors: "loss" (global mean), "sums" (global), "total_gradient_norm" and
+        "total_step_norm"."""
         self.optimizer.zero_grad(set_to_none=True)
-        # the forward pass alone: evaluation, which the monitors run outside `step`, stays
-        # float32, so a run's valid and test bounds are its float32 parameters' (precision.py)
+        # the forward pass alone: evaluation, outside `step`, stays float32 (precision.py)
         with autocast(self.precision, self.params[0].device):
             loss, sums = self.task.loss(batch)
         loss.backward()           # outside autocast, as torch.autocast's documentation asks
@@ -187,9 +161,8 @@ class MainLoop:
             self.status["interrupted"] = bool(total[-1] > 0)
         pieces = total[:-1].split([p.numel() for p in parts[:-1]])
         global_loss = pieces[0][0]
-        # checked before the update, so a non-finite step never reaches the parameters (nor,
-        # through them, a checkpoint); the one host sync per step is this check, and its
-        # verdict is the same on every rank
+        # before the update, so a non-finite step never reaches the parameters or a checkpoint;
+        # the step's one host sync, with the same verdict on every rank
         if not torch.isfinite(global_loss + grad_norm):
             raise TrainingError(
                 f"non-finite loss ({global_loss.item():.4g}) or gradient norm "

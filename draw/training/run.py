@@ -1,34 +1,24 @@
 """One training run, whatever it trains: checks, data, run directory, lock, loop, resume, Ctrl-C.
 
-train-draw.py and train-classifier.py both call `train(job, flags)`. A `Job` says what differs
-between them: its settings class, its model config, its data, its model, task and optimiser, the
-picture it draws every epoch and its lines of the header. DRAW's is draw/training/draw_job.py,
-the classifier's draw/training/classify.py; a third kind of run is a third Job
-(draw/training/job.py).
+train-draw.py and train-classifier.py both call `train(job, flags)`; a `Job`
+(draw/training/job.py) says what differs: DRAW's is draw_job.py, the classifier's classify.py.
 
-`train` first checks everything (the settings, the model files, the device, the data, the memory
-the model needs, the run directory's name); only then does anything touch the disk, so a bad
-command line leaves no trace. A run then lives in `<name>-YYYYmmdd-HHMMSS/`, with `name` =
---name or the dataset, as in the classic repository:
+`train` checks everything first (settings, model files, device, data, memory, the run
+directory's name), so a bad command line leaves no trace. A run then lives in
+`<name>-YYYYmmdd-HHMMSS/` (name: --name or the dataset, as in the classic repository):
 
     .lock                    held while a process trains here (draw/training/lock.py)
     config.json              the long name, the resolved model config and run settings
     args.txt                 the command line (one more line per resume)
     <name>_model.pkl         config, parameters, optimiser, RNG and loop state (draw/checkpoint.py)
-    <name>_log.pkl           one row of numbers per epoch
-    <name>_log.csv           the same rows as CSV, one column per key
+    <name>_log.pkl           one row of numbers per epoch, and the same as <name>_log.csv
     pictures                 the job's: DRAW's samples, the classifier's glimpses
-    events.out.tfevents.*    with --tensorboard: the log and the pictures (tensorboard.py)
+    events.out.tfevents.*    with --tensorboard (tensorboard.py)
 
-The self-describing long name (e.g. `bmnist-r2-w5-t64-enc256-dec256-z100-lr34`) is in the header
-and config.json. Runs made before kept their files under the long name; a resumed run goes on
-writing the files it found. A run killed before its first model file is restarted by `--resume`
-from the settings in its config.json.
-
-Under `torchrun --nproc_per_node=K` the same run is data-parallel (draw/training/distributed.py):
-`--bs` is the global batch, every process trains on its slice of it, and the run takes the
-steps of a single process up to float rounding; only the main process (rank 0) prints and
-writes files, and a run may be resumed with another number of processes.
+A resumed run goes on writing the files it found (older runs named them by the long name); one
+killed before its first model file restarts from its config.json. Under `torchrun` the run is
+data-parallel (distributed.py): --bs is the global batch, the steps are a single process's up
+to rounding, only rank 0 prints and writes, and a resume may use another number of processes.
 """
 import json
 import math
@@ -67,9 +57,8 @@ TRAINING_STATE = {"optimizer", "rng", "batch", "epoch_rng", "log", "extensions"}
 
 @dataclass(frozen=True)
 class Checked:
-    """What the command line and the files it names say, all checked; nothing read or written
-    beyond the model files. Under torchrun every process checks its flags alone, before they
-    join the process group."""
+    """The command line and the model files it names, checked; under torchrun by every process
+    alone, before they join the process group."""
     settings: RunSettings
     cfg: ModelConfig
     device: torch.device
@@ -81,8 +70,8 @@ class Checked:
 
 @dataclass(frozen=True)
 class Plan:
-    """A complete run, before anything is written: the checked settings, this process's place
-    and device, the data and the run directory (to create, or to continue)."""
+    """A complete run before anything is written: its process's place, device, data and run
+    directory (to create, or to continue)."""
     job: Job
     checked: Checked
     dist: Distributed
@@ -97,8 +86,7 @@ class Plan:
 
     @property
     def steps_left(self) -> int:
-        """Training steps still to take: all of --epochs, less those of the checkpoint resumed
-        (none if --epochs is already behind it); compile_choice weighs them, times T."""
+        """Training steps still to take: --epochs less the resumed checkpoint's, at least 0."""
         ckpt, n = self.checked.ckpt, self.batches_per_epoch
         done = 0 if ckpt is None else ckpt["epoch"] * n + ckpt["batch"]
         return max(0, self.checked.settings.epochs * n - done)
@@ -123,10 +111,7 @@ def _resumed(job: Job, given: dict) -> tuple[RunSettings, Path, dict | None, Pat
 
 
 def check(job: Job, flags: dict) -> Checked:
-    """Build and check the settings and read the model files; raise DrawError, write nothing.
-
-    A setting not given takes its value from the config file, else its default, or on
-    `resume` the run's own (draw/training/settings.py says which a resumed run may change)."""
+    """Build and check the settings and read the model files; raise DrawError, write nothing."""
     given = job.settings_class.given(flags)
     run_path = ckpt = model_file = None
     if given.get("resume") is not None:
@@ -148,11 +133,9 @@ def check(job: Job, flags: dict) -> Checked:
 
 def check_run_sizes(cfg: ModelConfig, s: RunSettings, n_train: int, d: Distributed,
                     device: torch.device, pictures: int = 0) -> None:
-    """The one check of a training run's sizes, whatever the job, once its data are loaded and
-    before anything is written: the batch against the `n_train` training images, and training
-    (draw/memory.py: the model, Adam, the pass autograd records over this process's share of a
-    batch) with the `pictures` bytes its extensions draw every epoch against the device's
-    memory. Raises DrawError, one line."""
+    """The one check of a run's sizes, before anything is written: the batch against the
+    `n_train` training images, and the memory of training this process's share of a batch
+    (draw/memory.py) plus the `pictures` bytes drawn every epoch. DrawError, one line."""
     if s.batch_size > n_train:
         raise DrawError(f"--bs {s.batch_size} is larger than the training set ({n_train} "
                         f"images{' with --subset' if s.subset else ''})")
@@ -167,8 +150,7 @@ def check_run_sizes(cfg: ModelConfig, s: RunSettings, n_train: int, d: Distribut
 
 
 def make_plan(job: Job, checked: Checked, dist: Distributed, device: torch.device) -> Plan:
-    """The data on the device, the run's sizes checked and the run directory named (not
-    made); under torchrun every process makes its own."""
+    """The data on the device, the sizes checked and the run directory named, not made."""
     s = checked.settings
     data = job.load_data(s, dist, device)
     check_run_sizes(checked.cfg, s, len(data.train), dist, device,
@@ -178,10 +160,8 @@ def make_plan(job: Job, checked: Checked, dist: Distributed, device: torch.devic
 
 
 def train(job: Job, flags: dict) -> None:
-    """Train a job; `flags` are its script's, by settings field name, plus `config`.
-
-    Under torchrun every process calls `train` with the same flags; `batch_size` is the global
-    batch, split between the processes. Only the main process prints and writes files.
+    """Train a job; `flags` are its script's, by settings field name, plus `config`. Under
+    torchrun every process calls it with the same flags.
 
     Raises
     ------
@@ -206,8 +186,7 @@ def train(job: Job, flags: dict) -> None:
 
 
 def _run(plan: Plan) -> None:
-    """Everything is valid: from here on the run exists. The main process holds the run
-    directory's lock while it trains (which also clears what a killed save left)."""
+    """From here on the run exists; the main process holds its directory's lock."""
     lock = None
     try:
         if plan.dist.is_main:
@@ -221,8 +200,7 @@ def _run(plan: Plan) -> None:
 
 
 def _monitors(plan: Plan) -> list[DataStreamMonitoring]:
-    """Evaluation of valid and test: on their --eval-subset every --eval-every epochs, on the
-    whole splits after the last epoch, with a progress bar on the main process."""
+    """Valid and test: their --eval-subset every --eval-every epochs, whole after the last."""
     s, data, device = plan.checked.settings, plan.data, plan.device
     bs, monitors = s.batch_size, []
     for key in ("valid", "test"):

@@ -1,10 +1,7 @@
-"""The settings of a training run, one typed dataclass each (draw/training/typed_settings.py: flags,
-config files, resume rules).
+"""The settings of a training run (draw/training/typed_settings.py: flags, config files, resume).
 
-`RunSettings` holds what every training run has (name, dataset, epochs, batch size, learning
-rate, seed, device, directories, resume, ...); `DrawSettings` adds DRAW's model (attention, T,
-LSTM and z sizes, --oldmodel). A classifier's settings subclass `RunSettings` the same way and
-get the parser, config files, resume rules and checks for free.
+`RunSettings` holds what every run has; `DrawSettings` adds DRAW's model, as ClassifierSettings
+(classify.py) adds the classifier's.
 """
 import math
 import os
@@ -24,8 +21,7 @@ from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, setti
 
 SEED_MAX = 2 ** 32 - 1      # numpy's seeds are 0 .. 2**32 - 1
 NAME = re.compile(r"\w[\w.+-]*")    # a name for a directory and file prefix, never a path
-# a file name holds 255 bytes, and the longest made from --name is a model file's temporary
-# `.NAME_model.pkl.XXXXXXXX.tmp` (draw/atomic.py), 24 more; a round number below
+# a file name holds 255 bytes; a model file's temporary `.NAME_model.pkl.XXXXXXXX.tmp` adds 24
 MAX_NAME_BYTES = 200
 
 
@@ -64,14 +60,12 @@ class RunSettings(Settings):
         True, "flush denormal floats to zero on the CPU (torch.set_flush_denormal), which "
               "keeps tiny gradients from slowing arithmetic down; process-wide",
         on_resume=CHANGE)
-    # every job: its model runs its glimpses through its `glimpses` (draw.fast_path.Glimpsing)
     compile: bool | None = setting(
         None, f"compile the model's glimpses ({GLIMPSES_PER_CALL} per graph) with "
-              f"torch.compile (draw.fast_path.compile_glimpses): the same maths, faster than "
-              f"eager on a CPU after a minute or two of compiling (DRAW 1.3-1.4x, the "
-              f"classifier about 1.2x; bench/README.md) (default: when the run has at least "
-              f"{AUTO_COMPILE_GLIMPSES:,} glimpses, steps x T, left to train and a compiler is "
-              f"there)", on_resume=SESSION)
+              f"torch.compile: the same maths, faster than eager on a CPU after a minute or two "
+              f"of compiling (default: when the run has at least {AUTO_COMPILE_GLIMPSES:,} "
+              f"glimpses, steps x T, left to train and a compiler is there)",
+        on_resume=SESSION)
     # CHANGE: the model file is float32 either way, so a run may go on in another precision
     precision: str = setting(
         DEFAULT_PRECISION, f"precision of the training step, Lightning's names: "
@@ -95,8 +89,7 @@ class RunSettings(Settings):
                                        "directory: the log's numbers and the pictures, every "
                                        "epoch (needs pip install -e \".[tensorboard]\")",
                                 on_resume=SESSION)
-    # measured (doc/development.md): on an idle 2-core CPU two threads train 1.3x faster than
-    # one; on a CPU that other jobs share, one thread is several times faster than two
+    # threads that other jobs' processes share a CPU with wait for each other (doc/development.md)
     threads: int | None = setting(None, "CPU threads of PyTorch (default: PyTorch's, one per "
                                         "core); 1 is much faster on a CPU shared with other jobs",
                                   on_resume=SESSION, metavar="N")
@@ -106,16 +99,13 @@ class RunSettings(Settings):
         for name in ("epochs", "batch_size", "subset", "eval_every", "threads"):
             self.require(name, getattr(self, name) is None or getattr(self, name) >= 1,
                          "a positive integer")
-        # more threads than CPUs only wait for each other, and each takes memory of its own:
-        # --threads 10000 ended in a MemoryError after the run directory had been made
+        # more threads than CPUs only wait, and each takes memory (--threads 10000: MemoryError)
         cpus = os.cpu_count()
         self.require("threads", self.threads is None or cpus is None or self.threads <= cpus,
                      f"at most {cpus}, the CPUs of this machine")
         for name in ("learning_rate", "grad_clip"):
             value = getattr(self, name)
             self.require(name, math.isfinite(value) and value > 0, "a positive number")
-        # Adam moves every parameter by about the rate at each step: --lr 1e300 ended in NaN
-        # at the first step, after the run directory had been made
         self.require("learning_rate", self.learning_rate <= 1,
                      "at most 1 (Adam moves every parameter by about that much a step)")
         self.require("lr_warmup", self.lr_warmup >= 0, "0 (none) or a positive integer")
@@ -127,20 +117,20 @@ class RunSettings(Settings):
         self.require("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
         if self.tensorboard:
             require_tensorboard()
-        if self.name is not None and (not NAME.fullmatch(self.name) or set(self.name) == {"."}):
-            raise DrawError(f"--name must be a name (letters, digits, . _ + -), not a path: "
-                            f"{self.name!r}")
-        if self.name is not None and len(self.name.encode()) > MAX_NAME_BYTES:
-            raise DrawError(f"--name must be at most {MAX_NAME_BYTES} bytes long (the run's "
-                            f"file names add to it, and a file name holds 255), got "
-                            f"{len(self.name.encode())}")
+        if self.name is not None:
+            self.require("name", NAME.fullmatch(self.name) and set(self.name) != {"."},
+                         "a name (letters, digits, . _ + -), not a path")
+            if len(self.name.encode()) > MAX_NAME_BYTES:
+                raise DrawError(f"--name must be at most {MAX_NAME_BYTES} bytes long (the run's "
+                                f"file names add to it, and a file name holds 255), got "
+                                f"{len(self.name.encode())}")
         if self.dataset not in self.datasets:
             raise DrawError(f"unknown --dataset {self.dataset!r}; choose from "
                             f"{', '.join(self.datasets)}")
 
     def describe_lr(self) -> str:
-        """The learning rate and its schedule in words, e.g. `0.003, warm-up 500 steps, x0.95
-        per epoch` (draw/training/extensions.py: LearningRateSchedule)."""
+        """The learning rate and its schedule in words: `0.003, warm-up 500 steps, x0.95 per
+        epoch`."""
         parts = [f"{self.learning_rate:g}"]
         if self.lr_warmup:
             parts.append(f"warm-up {self.lr_warmup} steps")
@@ -149,8 +139,7 @@ class RunSettings(Settings):
         return ", ".join(parts)
 
     def apply_to_process(self) -> None:
-        """Make the run's process-wide settings, explicitly, once at its start: PyTorch's CPU
-        threads and the flushing of denormal floats (draw/fast_path.py)."""
+        """Make the run's process-wide settings once at its start: CPU threads, denormals."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         set_flush_denormal(self.flush_denormal)
@@ -179,9 +168,8 @@ class DrawSettings(RunSettings):
     oldmodel: str | None = setting(None, "start from the parameters of a *_model.pkl file of "
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
-    # The windows (eq. 21) are chosen from h_dec, and one unit of g~ moves a window (A + 1) / 2
-    # pixels (eqs. 22-23): on two-digit MNIST's 60 x 60 canvas their gradients dominate and
-    # spike (doc/development.md, bench/draw_stability.py), as the classifier's read head's did
+    # one unit of g~ moves a window (A + 1) / 2 pixels (eqs. 22-23): on 60 x 60 canvases the
+    # heads' gradients dominate and spike (doc/development.md), as the classifier's read head's
     window_lr: float = setting(1.0, "learning rate of the attention windows (the read and write "
                                     "heads of eq. 21) as a multiple of --lr")
 

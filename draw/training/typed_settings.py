@@ -1,40 +1,19 @@
-"""Typed settings classes (draw/training/settings.py): each field declared once, with its default,
-flag, help, config key and resume rule:
+"""Typed settings classes (draw/training/settings.py): each field declared once,
 
     n_iter: int = setting(10, "number of glimpses T", flag="--niter")
 
-and from that one place come the argparse flag (`parser`), its help text with the default, the
-key of a config file, the name in messages ("--epochs must be a positive integer"), the type
-check and what a resumed run may change (`on_resume`). Building a settings object checks it
-(`__post_init__`), but for the model's sizes: its config checks those, before any file is
-written, in errors that name the flag (`config_error`).
+gives its argparse flag and help (`parser`), its config-file keys, its name in messages, its
+type check and what a resumed run may change (`on_resume`). The model's sizes are checked by
+its config, in errors that name the flag (`config_error`).
 
-Where settings come from, later sources overriding earlier ones:
+Later sources override earlier ones: the field defaults < a config file (--config FILE) < the
+flags. On --resume the run's stored settings replace the defaults, and flags may only repeat
+them, except the CHANGE ones (e.g. --epochs) and the SESSION ones, which are not stored.
 
-    the field defaults < a config file (--config FILE) < the flags given on the command line
-
-and on --resume the run's own stored settings replace the defaults; flags and a config file may
-then only repeat them, except those marked CHANGE (e.g. --epochs, the total to reach) and the
-SESSION ones that are not stored at all (device, directories, live plotting).
-
-Config files
-------------
-TOML (`.toml`) or JSON (`.json`): one flat table of settings. A key is a field name or any of its
-flag spellings without the leading dashes (`n_iter`, `niter`; `batch_size`, `bs`; `enc_dim`,
-`enc-dim`). Values have the field's type: integers, numbers, strings, true/false. Relative paths
-are relative to the working directory, as on the command line. For example, the paper's MNIST
-run with attention (configs/*.toml):
-
-    # DRAW, binarized MNIST, read 2x2 / write 5x5, T = 64 (Gregor et al. 2015, Table 2)
-    dataset = "bmnist"
-    attention = "2,5"
-    niter = 64
-    lr = 3e-4
-    epochs = 100
-
-    python train-draw.py --config configs/bmnist-attention.toml --epochs 10   # flags win
-
-An unknown key, a wrong type or a bad value is a one-line error naming the file.
+A config file is TOML or JSON, one flat table; a key is a field name or a flag spelling
+without dashes (`n_iter`, `niter`, `enc-dim`), a value has the field's type, and relative paths
+are relative to the working directory (configs/*.toml are examples). An unknown key, a wrong
+type or a bad value is a one-line error naming the file.
 """
 import argparse
 import dataclasses
@@ -63,8 +42,8 @@ def setting(default, help: str, flag: str | None = None, aliases: tuple[str, ...
 
 
 class Settings:
-    """The machinery of a settings dataclass: subclass it with `@dataclass(frozen=True)`,
-    declare fields with `setting(...)`, and extend `check`."""
+    """Subclass with `@dataclass(frozen=True)`, declare fields with `setting(...)`, extend
+    `check`."""
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -80,8 +59,8 @@ class Settings:
             raise DrawError(f"{self.flag(name)} must be {what}, got {getattr(self, name)!r}")
 
     def config_error(self, e: ConfigError, source: dict[str, str] | None = None) -> DrawError:
-        """The model config's error `e` as one about the flag of e.field's setting: the one of
-        the same name, or `source[e.field]` (DrawSettings' read_N comes from --attention)."""
+        """The model config's error `e` about the flag of e.field, or of `source[e.field]`
+        (read_N comes from --attention)."""
         name = (source or {}).get(e.field, e.field)
         value = "" if name == e.field else f" {getattr(self, name)}: {e.field}"
         return DrawError(f"{self.flag(name)}{value} {e.problem}")
@@ -117,10 +96,8 @@ class Settings:
 
     @classmethod
     def given(cls, flags: dict) -> dict:
-        """The settings asked for: a config file's (flags["config"]) overridden by the flags.
-
-        `flags` maps field names to values, as `parser()` parses them; None means not given.
-        """
+        """A config file's settings (flags["config"]) overridden by the flags, by field name;
+        None means not given."""
         flags = {key: value for key, value in flags.items() if value is not None}
         config = flags.pop("config", None)
         unknown = sorted(set(flags) - set(cls._fields()))
@@ -171,11 +148,8 @@ class Settings:
 
     @classmethod
     def resumed(cls, stored: dict, given: dict, where: str):
-        """The settings of a run continued from its checkpoint's `stored` settings.
-
-        Stored settings that a later version added take their defaults (the run ran without
-        them); `given` (flags, config file) may only repeat the KEEP ones.
-        """
+        """The settings of a run continued from its `stored` ones; settings added since take
+        their defaults, and `given` (flags, config file) may only repeat the KEEP ones."""
         fields = cls._fields()
         unknown = sorted(set(stored) - set(fields))
         if unknown:
@@ -198,11 +172,8 @@ class Settings:
 
     @classmethod
     def parser(cls, description: str) -> argparse.ArgumentParser:
-        """An argparse parser with one flag per field, plus --config.
-
-        Flags not given are absent from the parsed namespace (not set to their defaults), so
-        that `given` can tell them from a config file's or a resumed run's values.
-        """
+        """An argparse parser with one flag per field, plus --config; flags not given are
+        absent from the namespace, so `given` can tell them from a config file's values."""
         parser = ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--config", metavar="FILE",
