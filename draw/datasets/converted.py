@@ -27,29 +27,16 @@ N_CLASSES = 10              # every labelled dataset here holds digits 0-9
 
 @dataclass
 class Data:
-    """A dataset in memory.
-
-    Attributes
-    ----------
-    name : str
-        Its name in the registry.
-    shape : tuple of int
-        (C, H, W) of one image.
-    train, valid, test : torch.Tensor
-        (N, C*H*W) torch.uint8 on the CPU; the pixel value is u8 / 255 (see `batches`). Where
-        the model sees patches (svhn-multi, draw/datasets/crops.py), `get_data` gives valid and
-        test cut to them and train as a `RandomCrops`, which stands in for the tensor.
-    binary : bool
-        Whether every pixel is 0 or 255.
-    train_labels, valid_labels, test_labels : torch.Tensor or None
-        (N,) torch.int64 class numbers of a labelled dataset, None otherwise.
-    """
-    name: str
-    shape: tuple[int, int, int]
+    """A dataset in memory. Each split is (N, C*H*W) torch.uint8 on the CPU, the pixel value
+    u8 / 255 (see `batches`); where the model sees patches (svhn-multi, draw/datasets/crops.py),
+    `get_data` gives valid and test cut to them and train as a `RandomCrops`, which stands in for
+    the tensor. A labelled dataset has (N,) torch.int64 class numbers, others None."""
+    name: str                                   # in the registry
+    shape: tuple[int, int, int]                 # (C, H, W) of one image
     train: torch.Tensor
     valid: torch.Tensor
     test: torch.Tensor
-    binary: bool
+    binary: bool                                # every pixel 0 or 255
     train_labels: torch.Tensor | None = None
     valid_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
@@ -89,11 +76,8 @@ class _Counted:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], desc: str) -> None:
-    """What np.savez_compressed writes (a zip of deflated .npy files), with a progress bar.
-
-    Compressing a large dataset takes a while (two-digit-mnist's 288 MB: about 20 s), so the
-    bar counts the uncompressed bytes and shows an ETA once it has run 2 s.
-    """
+    """What np.savez_compressed writes (a zip of deflated .npy files), with a progress bar that
+    counts the uncompressed bytes: compressing a large dataset takes a while."""
     total = sum(a.nbytes + 128 for a in arrays.values())     # 128: a .npy header, padded
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf, \
             tqdm(total=total, desc=desc, unit="B", unit_scale=True, delay=2,

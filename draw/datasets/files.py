@@ -24,29 +24,18 @@ from draw.datasets.errors import DatasetError
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One original file of a dataset.
-
-    Attributes
-    ----------
-    name : str
-        The published file name, e.g. "train-images-idx3-ubyte".
-    checksum : str
-        "sha256:<hex>" of the published bytes; "md5:<hex>" or "adler32:<decimal>" where only
-        those have been published (see the registry). Adler-32 catches damage, not tampering.
-    urls : tuple of str
-        Where to download it, canonical first, then mirrors. A URL's last path component must be
-        `name` or `name + ".gz"` (a gzipped copy, verified after decompression).
-    check : callable, optional
-        check(data, where) parses the file's bytes and raises DatasetError naming the line or
-        value at fault; run on a copy whose checksum does not match, to say what is wrong.
-    large : bool
-        Too large to read into memory (SVHN's 1.9 GB extra.tar.gz): verified as a stream, and
-        converted from its path.
-    """
-    name: str
+    """One original file of a dataset. A URL's last path component must be `name` or
+    `name + ".gz"` (a gzipped copy, verified after decompression)."""
+    name: str                                   # as published, e.g. "train-images-idx3-ubyte"
+    # "sha256:<hex>" of the published bytes; "md5:<hex>" or "adler32:<decimal>" where only those
+    # have been published (see the registry). Adler-32 catches damage, not tampering.
     checksum: str
-    urls: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()                  # canonical first, then mirrors
+    # check(data, where) parses the bytes and raises DatasetError naming the line or value at
+    # fault; run on a copy whose checksum does not match, to say what is wrong
     check: Callable[[bytes, str], object] | None = field(default=None, compare=False)
+    # too large to read into memory (SVHN's 1.9 GB extra.tar.gz): verified as a stream, and
+    # converted from its path
     large: bool = False
 
     def __post_init__(self):
@@ -73,11 +62,6 @@ class Original:
     path: Path | None = None
 
 
-def is_gzipped_copy(spec: FileSpec, path: Path) -> bool:
-    """Whether `path` holds `spec`'s bytes gzipped, rather than the published bytes as they are."""
-    return path.name == spec.name + ".gz"
-
-
 def locate(spec: FileSpec, directory: Path) -> Path | None:
     """The copy of `spec` in `directory` (the file itself preferred to a gzipped one), or None."""
     for candidate in (directory / spec.name, directory / (spec.name + ".gz")):
@@ -87,30 +71,12 @@ def locate(spec: FileSpec, directory: Path) -> Path | None:
 
 
 def read_verified(spec: FileSpec, path: Path, gzipped: bool | None = None) -> bytes:
-    """Read `path`, decompress it if it is a gzipped copy, and check the published checksum.
-
-    Parameters
-    ----------
-    spec : FileSpec
-        What the file should be.
-    path : Path
-        Where it is.
-    gzipped : bool, optional
-        Whether `path` is a gzipped copy; by default, whether its name is `spec.name + ".gz"`
-        (a download in progress has a temporary name and says so explicitly).
-
-    Returns
-    -------
-    bytes
-        The published file's bytes.
-
-    Raises
-    ------
-    DatasetError
-        Unreadable file, truncated or corrupt gzip, or checksum mismatch.
-    """
+    """Read `path`, decompress it if it is a gzipped copy, check the published checksum and
+    return the published bytes; DatasetError for an unreadable file, a truncated or corrupt gzip,
+    or a checksum mismatch. `gzipped` by default: whether the name is `spec.name + ".gz"` (a
+    download in progress has a temporary name and says so explicitly)."""
     if gzipped is None:
-        gzipped = is_gzipped_copy(spec, path)
+        gzipped = path.name == spec.name + ".gz"
     if spec.large and not gzipped:
         _verify_stream(spec, path)
         return b""

@@ -4,28 +4,18 @@ One small converter per dataset turns the verified original files into three uin
 (train, valid, test), each (N, C*H*W) in (C, H, W) order, with binary datasets stored as 0 and
 255 so that every dataset reads as u8 / 255; a labelled dataset adds "train_labels",
 "valid_labels" and "test_labels", (N,) uint8 class numbers. `REGISTRY` maps a name to its
-`DatasetSpec`; `supported_datasets` (what `get_data` loads as image tensors) and
-`labelled_datasets` (what `get_labelled` loads with labels) are derived from it.
+`DatasetSpec`, whose `splits` line says how its splits are made; `supported_datasets` and
+`labelled_datasets` are derived from it.
 
 Datasets made from another one (`base`) have no files of their own: two-digit-mnist is composed
 from mnist once, when it is converted, and stored like the others; cluttered-mnist is composed
 batch by batch while training (draw/datasets/scenes.py), so nothing of it is stored.
 
 Where a dataset publishes no validation split, the last images of its training set are held out,
-as is usual for generative models (so the test set is only used for the final numbers):
-- mnist, fashion-mnist: train = the first 50,000 of the 60,000 training images, valid = the
-  last 10,000, test = the 10,000 test images.
-- cifar10: train = the first 45,000 of the 50,000 training images (data_batch_1..5 in order),
-  valid = the last 5,000, test = test_batch. The DRAW paper's CIFAR model (section 4.5) saw all
-  50,000; it reports only samples, so the 5,000 are kept out here as for every other dataset:
-  a run's valid numbers then measure what it has not trained on, and test stays for the end.
-- mnist's labels come from its label files; svhn-multi's images from SVHN format 1
-  (draw/datasets/svhn.py says how, and what the DRAW paper does and does not say). They are
-  stored 64x64; the model sees 54x54 patches of them (DRAW section 4.4): random ones of train,
-  new every epoch, and the centre ones of valid and test (draw/datasets/crops.py).
-- svhn2: train = the first 68,257 of the 73,257 images of train_32x32.mat, valid = the last
-  5,000, test = the 26,032 of test_32x32.mat. extra_32x32.mat (531,131 easier images, 1.3 GB)
-  is not used.
+as is usual for generative models, so that the test set is only used for the final numbers. The
+DRAW paper's CIFAR model (section 4.5) saw all 50,000 training images; it reports only samples,
+so 5,000 are held out here too: a run's valid numbers then measure what it has not trained on.
+svhn-multi is stored 64x64 and seen as 54x54 patches (draw/datasets/svhn.py, crops.py).
 """
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,45 +35,20 @@ Splits = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything needed to get one dataset from its published files to converted arrays.
-
-    Attributes
-    ----------
-    name : str
-        The name used by `get_data` and the CLI.
-    shape : tuple of int
-        (C, H, W) of one image.
-    binary : bool
-        Whether every pixel is 0 or 1 (stored as 0 or 255).
-    files : tuple of FileSpec
-        The original files (none for the shipped "sample").
-    convert : callable or None
-        {file name: Original} -> Splits.
-    about : str
-        One line: what it is and where it comes from.
-    splits : str
-        One line: how train / valid / test are made.
-    labelled : bool
-        Whether the converted data hold a class label per image.
-    base : str or None
-        The dataset this one is made from (its files are the base's); None for the others.
-    derive : callable or None
-        For a dataset made from `base` and stored: base's `Data` -> Splits. None for one that is
-        composed on the fly (cluttered-mnist) or not derived.
-    crop_of : tuple of int or None
-        (C, H, W) of the stored images when the model sees patches of them, of `shape`
-        (svhn-multi: 54x54 of 64x64, draw/datasets/crops.py); None when it sees them whole.
-    """
-    name: str
-    shape: tuple[int, int, int]
-    binary: bool
-    files: tuple[FileSpec, ...]
-    convert: Callable[[dict[str, Original]], Splits] | None
-    about: str
-    splits: str
-    labelled: bool = False
-    base: str | None = None
+    """Everything needed to get one dataset from its published files to converted arrays."""
+    name: str                                   # as `get_data` and the CLI know it
+    shape: tuple[int, int, int]                 # (C, H, W) of one image, as the model sees it
+    binary: bool                                # every pixel 0 or 1 (stored as 0 or 255)
+    files: tuple[FileSpec, ...]                 # the original files (none for the "sample")
+    convert: Callable[[dict[str, Original]], Splits] | None   # {file name: Original} -> Splits
+    about: str                                  # one line: what it is, where it comes from
+    splits: str                                 # one line: how train / valid / test are made
+    labelled: bool = False                      # a class label per image
+    base: str | None = None                     # the dataset it is made from (and its files)
+    # base's `Data` -> Splits, for a dataset made from `base` and stored; None for one composed
+    # on the fly (cluttered-mnist)
     derive: Callable[..., Splits] | None = None
+    # (C, H, W) of the stored images when the model sees `shape` patches of them (svhn-multi)
     crop_of: tuple[int, int, int] | None = None
 
     @property
@@ -116,10 +81,6 @@ def _bmnist(files: dict[str, Original]) -> Splits:
         f = files[f"binarized_mnist_{split}.amat"]
         splits[split] = parse_amat(f.data, f.where, width=28 * 28) * np.uint8(255)
     return splits
-
-
-def _check_amat(data: bytes, where: str) -> None:
-    parse_amat(data, where, width=28 * 28)
 
 
 def _idx(files: dict[str, Original], name: str) -> np.ndarray:
@@ -226,7 +187,8 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "bmnist", (1, 28, 28), True,
         tuple(FileSpec(f"binarized_mnist_{split}.amat", f"sha256:{sha256}",
                        (f"{_LAROCHELLE}/binarized_mnist_{split}.amat",
-                        f"{_KERAS_MIRROR}/binarized_mnist_{split}.amat"), check=_check_amat)
+                        f"{_KERAS_MIRROR}/binarized_mnist_{split}.amat"),
+                       check=lambda data, where: parse_amat(data, where, width=28 * 28))
               for split, sha256 in _BMNIST_SHA256.items()),
         _bmnist,
         "MNIST with Larochelle & Murray's (2011) fixed binarization, the DRAW paper's benchmark",

@@ -78,25 +78,12 @@ def raw_dir(name: str, root: str | os.PathLike | None = None) -> Path:
 
 def get_data(name: str, root: str | os.PathLike | None = None, download: bool = True,
              seed: int = 0) -> Data:
-    """Load a dataset as the model sees it, converting or downloading it on first use.
+    """Load one of `supported_datasets` as the model sees it, converting or downloading it on
+    first use (`download`: the original files, when they are not in the data directory `root`,
+    see `data_root`). `seed` fixes svhn-multi's training patches with the epoch (`as_seen`).
 
-    Parameters
-    ----------
-    name : str
-        One of `supported_datasets`.
-    root : path, optional
-        The data directory; see `data_root`.
-    download : bool
-        Whether to download the original files when they are not in the data directory.
-    seed : int
-        With the epoch, where svhn-multi's training patches are cut (a run's --seed; see
-        `as_seen`); unused otherwise.
-
-    Raises
-    ------
-    DatasetError
-        Unknown name, files missing (one line: the accepted file names and the commands that
-        would fix it), corrupt files.
+    DatasetError for an unknown name, corrupt files or missing ones (one line: the accepted file
+    names and the commands that would fix it).
     """
     spec = dataset_spec(name)
     if spec.on_the_fly:
@@ -115,8 +102,9 @@ def get_data(name: str, root: str | os.PathLike | None = None, download: bool = 
         elif all(locate(f, raw_dir(_owner(spec).name, root)) for f in _owner(spec).files):
             convert(name, root=root)
         else:
-            raise DatasetError(f"{_not_here(spec, root)}: run `python -m draw.datasets download "
-                               f"{name}`, or {_convert_hint(spec)}")
+            made = f" (made from {spec.base})" if spec.base is not None else ""
+            raise DatasetError(f"{name}{made} is not in {data_root(root)}: run `python -m "
+                               f"draw.datasets download {name}`, or {_convert_hint(spec)}")
     return as_seen(load_converted(path, spec), spec, seed)
 
 
@@ -135,22 +123,12 @@ def as_seen(data: Data, spec: DatasetSpec, seed: int) -> Data:
 
 def download_dataset(name: str, root: str | os.PathLike | None = None, *,
                      timeout: float = 5.0) -> Path:
-    """Download the original files of `name` that are missing or damaged, then convert them.
+    """Download the original files of `name` that are missing or damaged, then convert them;
+    return the converted file (for cluttered-mnist, which is never stored: mnist's).
 
     A dataset made from another (`spec.base`) downloads that one's files. A failed download
     keeps the files that did arrive complete and verified, and removes any directory it made
-    that is left empty.
-
-    Parameters
-    ----------
-    timeout : float
-        Seconds to wait for a connection or for the next bytes from a server before trying the
-        next mirror (draw.datasets.download.fetch).
-
-    Returns
-    -------
-    Path
-        The converted file (for cluttered-mnist, which is never stored: mnist's).
+    that is left empty. `timeout`: seconds to wait for a server before the next mirror (`fetch`).
     """
     spec = dataset_spec(name)
     if spec.shipped:
@@ -195,24 +173,13 @@ def _fetch_originals(owner: DatasetSpec, root: str | os.PathLike | None, timeout
 
 def convert(name: str, source: str | os.PathLike | None = None,
             root: str | os.PathLike | None = None) -> Path:
-    """Verify the original files of `name` in `source` and convert them into `<root>/<name>.npz`.
+    """Verify the original files of `name` in `source` and convert them into `<root>/<name>.npz`;
+    return that file, as `download_dataset` does.
 
-    Parameters
-    ----------
-    name : str
-        One of `supported_datasets` (not "sample"), or cluttered-mnist.
-    source : path, optional
-        The directory holding the original files, each under its published name or gzipped
-        with ".gz" added; by default `raw_dir(name, root)`, where downloads go. A dataset made
-        from another (two-digit-mnist, cluttered-mnist) reads that one's files (mnist's), and
-        uses its converted file when there is one and no `source` is given.
-    root : path, optional
-        The data directory; see `data_root`.
-
-    Returns
-    -------
-    Path
-        The converted file (for cluttered-mnist, which is never stored: mnist's).
+    `source` holds the original files, each under its published name or gzipped with ".gz"
+    added; by default `raw_dir(name, root)`, where downloads go. A dataset made from another
+    (two-digit-mnist, cluttered-mnist) reads that one's files (mnist's), and uses its converted
+    file when there is one and no `source` is given.
     """
     spec = dataset_spec(name)
     if spec.shipped:
@@ -314,11 +281,6 @@ def _owner(spec: DatasetSpec) -> DatasetSpec:
 def _accepted(f) -> str:
     """How a file may be given: under its published name, or gzipped unless it already is."""
     return f.name if f.name.endswith(".gz") else f"{f.name} or {f.name}.gz"
-
-
-def _not_here(spec: DatasetSpec, root: str | os.PathLike | None) -> str:
-    made = f" (made from {spec.base})" if spec.base is not None else ""
-    return f"{spec.name}{made} is not in {data_root(root)}"
 
 
 def _convert_hint(spec: DatasetSpec) -> str:
