@@ -1,21 +1,14 @@
-"""Mixed precision of the training step: the `--precision` names, their autocast context, and
-whether a device computes bfloat16 natively.
+"""Mixed precision of the training step: the `--precision` names (Lightning's), their autocast
+context, and whether a device computes bfloat16 natively.
 
-The names are Lightning's. "32" trains in float32 throughout. "bf16-mixed" runs the training
-forward pass under `torch.autocast(dtype=torch.bfloat16)`: the matrix products (the linear maps,
-the LSTM cells' gates, the filterbank's `bmm`, eqs. 27 and 29) take bfloat16 inputs, while the
-parameters, their gradients and Adam's moments stay float32 (autocast casts a copy of each
-weight for the product; the cast's backward returns a float32 gradient). bfloat16 has float32's
-8-bit exponent, so no loss scaling is needed, only its 8-bit mantissa is short (about 3
-significant digits). What is summed stays float32: on the CPU the recurrent state and the
-canvas c_t come out of the LSTM cells and the write in float32 (a bfloat16 product added to a
-float32 tensor is float32), `DrawModel.forward` sums the KL of eq. 11 from float32 means and
-log sigmas, and the reconstruction term of eq. 9 is float32 because its inputs are.
+"32" trains in float32. "bf16-mixed" runs the training forward pass under bfloat16 autocast:
+the matrix products (linear maps, LSTM gates, the filterbank's `bmm`, eqs. 27 and 29) take
+bfloat16 inputs, while parameters, gradients and Adam's moments stay float32. bfloat16 has
+float32's exponent, so no loss scaling is needed. What is summed stays float32: the canvas c_t,
+the KL of eq. 11 (DrawModel.forward) and the reconstruction term of eq. 9.
 
-Evaluation (valid, test, evaluate.py, samples) is float32 whatever the run trains in
-(MainLoop.step is the one place autocast is entered): the bounds a run reports are then the
-bounds of its float32 parameters, comparable between runs of either precision and equal to what
-evaluate.py computes from the model file; evaluation is a small share of a run's time.
+Evaluation is float32 whatever the run trains in (MainLoop.step is the one place autocast is
+entered), so a run's bounds are its float32 parameters', comparable across precisions.
 """
 import contextlib
 
@@ -38,12 +31,8 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def bf16_hardware(device: torch.device) -> str | None:
-    """What computes bfloat16 natively on `device`, in words, or None where it is emulated
-    (converted to float32 and back around every product: usually slower than float32).
-
-    A CPU does with AMX tiles (Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, Zen 4);
-    a GPU with bfloat16 tensor cores (CUDA compute capability 8.0, Ampere, and later).
-    """
+    """What computes bfloat16 natively on `device` (AMX or AVX512-BF16 on a CPU, bfloat16
+    tensor cores on a GPU), in words, or None where it is emulated, usually slower than float32."""
     if device.type == "cpu":
         # torch's own CPUID checks; public torch has none (pinned torch 2.13)
         if torch.cpu._is_amx_tile_supported():
@@ -54,16 +43,12 @@ def bf16_hardware(device: torch.device) -> str | None:
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.cuda.get_device_name(device)
-        return None
     return None
 
 
 def precision_choice(precision: str, device: torch.device) -> tuple[str, str]:
-    """The precision a run trains in and why, in words for its header.
-
-    Raises DrawError for a name not in PRECISIONS, or bf16-mixed on a device other than a CPU or
-    a CUDA GPU (the two autocast was checked on here).
-    """
+    """The precision a run trains in and why, in words for its header; DrawError for another
+    name, or bf16-mixed on a device other than a CPU or a CUDA GPU."""
     if precision not in PRECISIONS:
         raise DrawError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     hardware = bf16_hardware(device)
