@@ -82,11 +82,8 @@ def command(command: str, data_dir: str | None, name: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m draw.datasets` and `draw-datasets`: the exit status.
-
-    A malformed command line exits at once (status 2); otherwise draw/cli.py's `run` prints any
-    error as one line and its status is returned.
-    """
+    """Entry point of `python -m draw.datasets` and `draw-datasets`: the exit status (see the
+    module docstring)."""
     args = build_parser().parse_args(argv)
     try:
         run(command, args)

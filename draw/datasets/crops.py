@@ -19,24 +19,9 @@ import torch
 
 def cut(images: torch.Tensor, stored: tuple[int, int, int], size: tuple[int, int],
         corners: torch.Tensor) -> torch.Tensor:
-    """Cut one patch of each image.
-
-    Parameters
-    ----------
-    images : torch.Tensor
-        (B, C*H*W) uint8 in (C, H, W) order.
-    stored : tuple of int
-        (C, H, W) of the images.
-    size : tuple of int
-        (h, w) of the patches.
-    corners : torch.Tensor
-        (B, 2) int64, on the images' device: (row, col) of each patch's top-left pixel.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, C*h*w) uint8 in (C, h, w) order.
-    """
+    """Cut one (h, w) = `size` patch of each of `images`, (B, C*H*W) uint8 of (C, H, W) =
+    `stored`, at `corners`, (B, 2) int64 on their device: (row, col) of each top-left pixel.
+    Returns (B, C*h*w) uint8 in (C, h, w) order."""
     C, H, W = stored
     (h, w), B = size, len(images)
     rows = corners[:, :1] + torch.arange(h, device=images.device)           # (B, h)
@@ -58,23 +43,14 @@ def centre_crops(images: torch.Tensor, stored: tuple[int, int, int],
 
 
 class RandomCrops:
-    """A training split whose examples are patches cut at random places, new every epoch.
+    """A training split whose examples are (h, w) = `size` patches of `images`, (N, C*H*W)
+    uint8 of (C, H, W) = `stored`, cut at random places that `seed` (a run's --seed) and the
+    epoch fix.
 
     It stands where a stored split's (N, C*h*w) uint8 tensor stands, with what the training code
     uses of one: `shape` and `len`, indexing by a (K,) int64 tensor (the examples kept, e.g. a
     run's --subset), `.to(device)`; `batches` (draw/datasets/stream.py) asks it for each batch's
     patches of the epoch at hand.
-
-    Parameters
-    ----------
-    images : torch.Tensor
-        (N, C*H*W) uint8, the stored images.
-    stored : tuple of int
-        (C, H, W) of the stored images.
-    size : tuple of int
-        (h, w) of the patches.
-    seed : int
-        With the epoch, fixes every corner (a run's --seed).
     """
 
     def __init__(self, images: torch.Tensor, stored: tuple[int, int, int],

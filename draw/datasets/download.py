@@ -40,29 +40,12 @@ class _MirrorFailed(Exception):
 
 
 def fetch(spec: FileSpec, directory: Path, *, timeout: float = 5.0) -> Path:
-    """Download `spec` into `directory` from the first of its URLs that gives the right bytes.
+    """Download `spec` into `directory` (created if needed), under `spec.stored_as(url)`, from
+    the first of its URLs that gives the right bytes; return the verified file. `timeout`:
+    seconds to wait for a connection, the response or the next bytes before the next URL.
 
-    Parameters
-    ----------
-    spec : FileSpec
-        The file, with its URLs and checksum.
-    directory : Path
-        Where to keep it (created if needed), under `spec.stored_as(url)`.
-    timeout : float
-        Seconds to wait for a connection, the response or the next bytes before trying the
-        next URL.
-
-    Returns
-    -------
-    Path
-        The verified file.
-
-    Raises
-    ------
-    DownloadError
-        No URL gave the file (one line listing each URL and why).
-    DatasetError
-        The file cannot be written.
+    DownloadError when no URL gave the file (one line listing each URL and why); DatasetError
+    when the file cannot be written.
     """
     if not spec.urls:
         raise DownloadError(f"{spec.name} has no download URL")

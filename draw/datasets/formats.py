@@ -36,25 +36,8 @@ def _line_of(text: np.ndarray, position: int) -> int:
 
 
 def parse_amat(data: bytes, where: str, width: int) -> np.ndarray:
-    """Parse an amat file of binary images.
-
-    Vectorised: the train file is 78 MB of text (50,000 lines of 784 values), too much for a
-    Python loop per value.
-
-    Parameters
-    ----------
-    data : bytes
-        The whole file.
-    where : str
-        The file's name, for error messages.
-    width : int
-        Values per line (C*H*W).
-
-    Returns
-    -------
-    np.ndarray
-        (N, width) uint8 of 0 and 1.
-    """
+    """Parse an amat file of binary images, `width` (C*H*W) values a line: (N, width) uint8 of
+    0 and 1. Vectorised: the train file is 78 MB of text, too much for a loop per value."""
     text = np.frombuffer(data, dtype=np.uint8)                           # (n_bytes,)
     # Fast path for the published layout, "v v ... v\n": 2 bytes a value, values on even bytes.
     if len(text) and len(text) % (2 * width) == 0:
@@ -94,13 +77,8 @@ def parse_amat(data: bytes, where: str, width: int) -> np.ndarray:
 
 
 def parse_idx_images(data: bytes, where: str) -> np.ndarray:
-    """Parse an IDX image file (magic 0x00000803: unsigned bytes, 3 dimensions).
-
-    Returns
-    -------
-    np.ndarray
-        (N, H, W) uint8, read-only (a view of `data`).
-    """
+    """Parse an IDX image file (magic 0x00000803: unsigned bytes, 3 dimensions): (N, H, W)
+    uint8, read-only (a view of `data`)."""
     if len(data) < 16 or data[:4] != b"\x00\x00\x08\x03":
         raise DatasetError(f"{where}: not an IDX image file (starts {data[:4].hex() or 'empty'}"
                            ", expected 00000803: unsigned bytes, 3 dimensions)")
@@ -113,13 +91,8 @@ def parse_idx_images(data: bytes, where: str) -> np.ndarray:
 
 
 def parse_idx_labels(data: bytes, where: str) -> np.ndarray:
-    """Parse an IDX label file (magic 0x00000801: unsigned bytes, 1 dimension) of digits 0-9.
-
-    Returns
-    -------
-    np.ndarray
-        (N,) uint8 in 0..9, read-only (a view of `data`).
-    """
+    """Parse an IDX label file (magic 0x00000801: unsigned bytes, 1 dimension) of digits 0-9:
+    (N,) uint8, read-only (a view of `data`)."""
     if len(data) < 8 or data[:4] != b"\x00\x00\x08\x01":
         raise DatasetError(f"{where}: not an IDX label file (starts {data[:4].hex() or 'empty'}"
                            ", expected 00000801: unsigned bytes, 1 dimension)")
@@ -178,14 +151,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def read_cifar_batch(data: bytes, where: str) -> np.ndarray:
-    """Read one CIFAR-10 python batch (a pickled dict with 'data': uint8 (N, 3072)).
-
-    Returns
-    -------
-    np.ndarray
-        (N, 3*32*32) uint8: 1024 red, then 1024 green, then 1024 blue values, each plane in
-        row-major order, which is already the (C, H, W) flattening the project uses.
-    """
+    """Read one CIFAR-10 python batch (a pickled dict with 'data'): (N, 3*32*32) uint8, 1024
+    red, 1024 green, then 1024 blue values, already the (C, H, W) flattening used here."""
     try:
         # latin1 is how Python 2 pickles of NumPy arrays (the published files) must be read
         batch = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
@@ -202,13 +169,8 @@ def read_cifar_batch(data: bytes, where: str) -> np.ndarray:
 
 
 def read_cifar_archive(data: bytes, where: str, members: list[str]) -> list[np.ndarray]:
-    """Read the CIFAR-10 batches `members` from the published tar.gz, without extracting it.
-
-    Returns
-    -------
-    list of np.ndarray
-        One (N_i, 3072) uint8 array per member, in the order given.
-    """
+    """Read the CIFAR-10 batches `members` from the published tar.gz, without extracting it:
+    one (N_i, 3072) uint8 array per member, in the order given."""
     arrays = []
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:

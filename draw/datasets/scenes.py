@@ -28,26 +28,12 @@ TWO_DIGIT_CANVAS = 60       # DRAW paper, Figure 8
 
 @dataclass(frozen=True)
 class Recipe:
-    """How every example of a split is composed from P pieces.
-
-    Attributes
-    ----------
-    source : np.ndarray
-        (N, P) int64: the digit (an index into the split's digits) each piece is cut from.
-    cut : np.ndarray
-        (N, P, 2) int64: (row, col) of the piece's top-left corner in that digit.
-    place : np.ndarray
-        (N, P, 2) int64: (row, col) of its top-left corner on the canvas.
-    sizes : tuple of int
-        (P,): each piece's side, 28 for a whole digit.
-    canvas : int
-        The canvas side.
-    """
-    source: np.ndarray
-    cut: np.ndarray
-    place: np.ndarray
-    sizes: tuple[int, ...]
-    canvas: int
+    """How every example of a split is composed from P pieces."""
+    source: np.ndarray          # (N, P) int64: the digit (index into the split's) of each piece
+    cut: np.ndarray             # (N, P, 2) int64: (row, col) of its top-left corner in that digit
+    place: np.ndarray           # (N, P, 2) int64: (row, col) of its top-left corner on the canvas
+    sizes: tuple[int, ...]      # (P,): each piece's side, 28 for a whole digit
+    canvas: int                 # the canvas side
 
     def __len__(self) -> int:
         return len(self.source)
@@ -82,22 +68,8 @@ def two_digit_recipe(n_images: int, n_digits: int, rng: np.random.Generator) -> 
 
 
 def compose(digits: np.ndarray, recipe: Recipe, index: np.ndarray) -> np.ndarray:
-    """Compose the examples `index` of `recipe` from `digits`.
-
-    Parameters
-    ----------
-    digits : np.ndarray
-        (M, 28, 28) uint8, the split's digits.
-    recipe : Recipe
-        Its recipe.
-    index : np.ndarray
-        (B,) int, which examples.
-
-    Returns
-    -------
-    np.ndarray
-        (B, canvas * canvas) uint8: the pieces' intensities added and clipped at 255.
-    """
+    """Compose the examples `index` ((B,) int) of `recipe` from the split's `digits` ((M, 28, 28)
+    uint8): (B, canvas * canvas) uint8, the pieces' intensities added and clipped at 255."""
     index = np.asarray(index, dtype=np.int64)
     b, side = len(index), recipe.canvas
     canvas = np.zeros(b * side * side, np.uint16)                        # sums of <= 9 pieces

@@ -44,16 +44,9 @@ _FIELDS = ("left", "top", "width", "height", "label")
 
 
 def read_digit_struct(data: bytes, where: str) -> tuple[list[str], list[np.ndarray]]:
-    """Read a format-1 digitStruct.mat: each photograph's file name and its digits' boxes.
-
-    Returns
-    -------
-    names : list of str
-        e.g. "1.png", in the file's order.
-    boxes : list of np.ndarray
-        One (k, 5) float64 array per photograph: left, top, width, height, label of its k
-        digits (label 10 is the digit 0, as published).
-    """
+    """Read a format-1 digitStruct.mat: each photograph's file name (e.g. "1.png", in the file's
+    order) and its boxes, (k, 5) float64: left, top, width, height, label of its k digits (label
+    10 is the digit 0, as published)."""
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
             group = f["digitStruct"]
@@ -103,15 +96,8 @@ def crop_box(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int,
 
 
 def read_archive(path: Path, where: str, folder: str) -> np.ndarray:
-    """Every kept photograph of one format-1 archive, cropped: (N, 3*64*64) uint8, (C, H, W).
-
-    Parameters
-    ----------
-    path : Path
-        The archive (train.tar.gz, extra.tar.gz or test.tar.gz), already verified.
-    folder : str
-        Its top folder ("train", "extra", "test"), which holds digitStruct.mat and the PNGs.
-    """
+    """Every kept photograph of one verified format-1 archive, cropped: (N, 3*64*64) uint8,
+    (C, H, W). `folder` ("train", "extra", "test") holds its digitStruct.mat and PNGs."""
     struct_name = f"{folder}/digitStruct.mat"
     try:
         with tarfile.open(path, mode="r|gz") as archive:                  # a stream: one pass
