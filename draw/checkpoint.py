@@ -3,15 +3,13 @@
 A model file `<name>_model.pkl` is `torch.save` of
     {"format": "draw-model", "version": 1, "config": DrawConfig.to_dict(), "model": state_dict,
      "optimizer": state_dict or None, "rng": dict or None, "epoch": int, "iteration": int, ...}
-and a log file `<name>_log.pkl` is `torch.save` of
-    {"format": "draw-log", "version": 1, "rows": [{"epoch": int, "iteration": int, ...}, ...]}.
-The same rows also go to `<name>_log.csv` for other programs (pandas, spreadsheets): one line
-per row, one column per key.
+and a log file `<name>_log.pkl` of
+    {"format": "draw-log", "version": 1, "rows": [{"epoch": int, "iteration": int, ...}, ...]},
+its rows also written as `<name>_log.csv` for other programs.
 
-Neither holds a pickled module, class or function (see Equinox's "Why not pickle?"), so both load
-with `torch.load(weights_only=True)`: reading a file cannot run code, and a file written on a GPU
-loads on a machine without one (`map_location`). Anything that is not such a dict (another
-program's pickle, a truncated download, a later format version) is a one-line CheckpointError.
+Neither holds a pickled module, class or function (Equinox's "Why not pickle?"), so both load
+with `torch.load(weights_only=True)`: reading a file cannot run code. Anything else (another
+program's pickle, a truncated download, a later version) is a one-line CheckpointError.
 """
 import csv
 import io
@@ -65,12 +63,10 @@ def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
     except pickle.UnpicklingError as e:
-        # torch's message advises loading with weights_only=False, the one thing not to do
-        # with a file from elsewhere: it is not passed on
-        # torch names such a global "Unsupported global: GLOBAL m.f" or, for the modules it
-        # blocks outright (os, subprocess, ...), "unsupported GLOBAL m.f whose module m is blocked"
+        # torch's message, not passed on, advises weights_only=False: the one thing not to do.
+        # "Unsupported global: GLOBAL m.f" (or "unsupported GLOBAL ... is blocked"): a pickled
+        # object other than tensors and plain data, which could run code
         if "unsupported global" in str(e).lower():
-            # a pickled object other than tensors and plain data: loading it could run code
             raise CheckpointError(f"{path} is refused as unsafe: it holds pickled Python "
                                   f"objects that could run code when loaded; it was not "
                                   f"written by this program") from None
@@ -91,20 +87,9 @@ def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
 
 def save_checkpoint(path: str | os.PathLike, model: DrawModel,
                     optimizer: torch.optim.Optimizer | None = None, **extra) -> None:
-    """Write a model file atomically.
-
-    Parameters
-    ----------
-    path : path-like
-        Usually `<name>_model.pkl`.
-    model : DrawModel
-        Must carry its `config` (models built with `DrawModel.from_config` do).
-    optimizer : torch.optim.Optimizer, optional
-        Its state is saved so that training can resume exactly.
-    **extra
-        More entries of plain data: "epoch", "iteration" (both default 0), "rng" (see
-        `rng_state`), anything else `torch.load(weights_only=True)` can read back.
-    """
+    """Write a model file atomically: the `model`'s config (it must have one, as models from
+    `from_config` do) and parameters, the `optimizer`'s state, and `extra` entries of plain data
+    ("epoch", "iteration", both 0 by default, "rng" from `rng_state`, ...)."""
     if model.config is None:
         raise ValueError("save_checkpoint needs a model built by DrawModel.from_config")
     state = {"format": MODEL_FORMAT, "version": VERSION, "config": model.config.to_dict(),
@@ -136,42 +121,35 @@ class ClassifierFileError(CheckpointError):
     """A classifier's model file (train-classifier.py) where a DRAW model's was expected."""
 
 
-def draw_config(ckpt: dict, path: str | os.PathLike) -> DrawConfig:
-    """The DrawConfig a loaded model file holds; CheckpointError, one line, where it has none."""
+def file_config(ckpt: dict, path: str | os.PathLike,
+                classifier: bool = False) -> DrawConfig | ClassifierConfig:
+    """The config of a loaded model file, read before its model is built so that its sizes can
+    be checked first (draw/memory.py); a classifier's only where `classifier` allows one, else
+    ClassifierFileError. Its "model" entry says which kind; from_dict checks the rest."""
     config = ckpt["config"]
-    if isinstance(config, dict) and config.get("model") == CLASSIFIER:
+    kind = ClassifierConfig if config.get("model") == CLASSIFIER else DrawConfig
+    if kind is ClassifierConfig and not classifier:
         raise ClassifierFileError(f"{os.fspath(path)} is a classifier (train-classifier.py), not "
                                   f"a DRAW model; evaluate.py prints its test error")
     try:
-        return DrawConfig.from_dict(config)
+        return kind.from_dict(config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{os.fspath(path)} has an invalid config: {_first_line(e)}") from e
 
 
+def draw_config(ckpt: dict, path: str | os.PathLike) -> DrawConfig:
+    """The DrawConfig of a loaded model file; CheckpointError, one line, where it has none."""
+    return file_config(ckpt, path)
+
+
 def classifier_config(ckpt: dict, path: str | os.PathLike) -> ClassifierConfig:
-    """The ClassifierConfig a loaded classifier's model file holds; CheckpointError, one line,
-    for any other file, a DRAW model's included."""
-    if ckpt["config"].get("model") != CLASSIFIER:
+    """The ClassifierConfig of a loaded classifier's model file; CheckpointError, one line, for
+    any other file, a DRAW model's included."""
+    cfg = file_config(ckpt, path, classifier=True)
+    if not isinstance(cfg, ClassifierConfig):
         raise CheckpointError(f"{os.fspath(path)} is a DRAW model file, not a classifier's "
                               f"(train-classifier.py writes those)")
-    try:
-        return ClassifierConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{os.fspath(path)} has an invalid classifier config: "
-                              f"{_first_line(e)}") from e
-
-
-def file_config(ckpt: dict, path: str | os.PathLike,
-                classifier: bool = False) -> DrawConfig | ClassifierConfig:
-    """The config of a loaded model file, before its model is built, so that its sizes can be
-    checked first (a file can claim sizes no machine holds; draw/memory.py). A classifier's
-    file gives its ClassifierConfig where `classifier` allows one, else ClassifierFileError."""
-    try:
-        return draw_config(ckpt, path)
-    except ClassifierFileError:
-        if not classifier:
-            raise
-    return classifier_config(ckpt, path)
+    return cfg
 
 
 def _filled(model, ckpt: dict, path, map_location):
@@ -197,24 +175,15 @@ def build_classifier(ckpt: dict, path: str | os.PathLike,
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[DrawModel, dict]:
-    """Rebuild a model from a model file: its config alone defines the architecture.
-
-    Returns
-    -------
-    model : DrawModel
-        On `map_location`, in training mode.
-    checkpoint : dict
-        Everything the file holds (see the module docstring).
-    """
+    """Rebuild a DRAW model from its model file: the model (`build_model`) and the file's dict."""
     ckpt = load_checkpoint(path, map_location)
     return build_model(ckpt, path, map_location), ckpt
 
 
 def load_classifier(path: str | os.PathLike,
                     map_location="cpu") -> tuple[AttentionClassifier, dict]:
-    """Rebuild a classifier from its model file (written by train-classifier.py), as
-    `load_model`. Raises CheckpointError, one line, for anything else, a DRAW model file
-    included."""
+    """Rebuild a classifier from its model file, as `load_model`; CheckpointError, one line,
+    for anything else, a DRAW model file included."""
     ckpt = load_checkpoint(path, map_location)
     return build_classifier(ckpt, path, map_location), ckpt
 
@@ -240,10 +209,8 @@ def save_log(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def save_log_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write the training log as CSV, atomically: a header of every key, in the order the rows
-    first hold them, then one line per row. A row without a key (row 0 has no training
-    numbers) leaves its cell empty; floats are written in full (repr), so they read back
-    exactly."""
+    """Write the training log as CSV, atomically: a column per key, in the order the rows first
+    hold them, empty where a row lacks it; floats in full, so they read back exactly."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
@@ -265,8 +232,7 @@ def load_log(path: str | os.PathLike) -> list[dict]:
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
     """Every random state a run consumes, as plain data: torch (CPU and CUDA), NumPy, Python's
-    `random`, and the data-order `generator`. Restoring it (`set_rng_state`) makes a resumed run
-    draw the same numbers as one that never stopped."""
+    `random` and the data-order `generator`, for a resumed run to draw the same numbers."""
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     return {
