@@ -41,27 +41,16 @@ class AttentionDemoError(DrawError):
 
 @dataclass(frozen=True)
 class Glimpse:
-    """The three pictures of the demonstration, float in [0, 1].
-
-    original : (C, H, W) the input image
-    read : (C, N, N) the glimpse F_Y x F_X^T
-    written : (C, H, W) F_Y^T glimpse F_X, divided by its maximum (see `read_and_write`)
-    window : (center_y, center_x, delta, sigma) the window used, in pixels
-    """
-    original: torch.Tensor
-    read: torch.Tensor
-    written: torch.Tensor
-    window: tuple[float, float, float, float]
+    """The three pictures of the demonstration, float in [0, 1], and the window used."""
+    original: torch.Tensor      # (C, H, W) the input image
+    read: torch.Tensor          # (C, N, N) the glimpse F_Y x F_X^T
+    written: torch.Tensor       # (C, H, W) F_Y^T glimpse F_X over its maximum (`read_and_write`)
+    window: tuple[float, float, float, float]   # (center_y, center_x, delta, sigma), pixels
 
 
 def load_image(path: str | os.PathLike | None = None) -> torch.Tensor:
-    """Read a picture as float (C, H, W) in [0, 1]: grey stays C = 1, anything else is RGB.
-
-    Parameters
-    ----------
-    path : path-like, optional
-        Any format Pillow reads; the shipped demo picture when omitted.
-    """
+    """Read a picture Pillow reads (the shipped demo picture when `path` is None) as float
+    (C, H, W) in [0, 1]: grey stays C = 1, anything else is RGB."""
     source = DEMO_IMAGE if path is None else Path(path)
     try:
         with warnings.catch_warnings():
@@ -90,13 +79,11 @@ def load_image(path: str | os.PathLike | None = None) -> torch.Tensor:
 
 def read_and_write(image: torch.Tensor, N: int, center: tuple[float, float] | None = None,
                    delta: float | None = None, sigma: float | None = None) -> Glimpse:
-    """Read an N x N glimpse from `image` and write it back through the same window.
+    """Read an N x N glimpse from `image`, (C, H, W) float in [0, 1], and write it back through
+    the same window.
 
     Parameters
     ----------
-    image : Tensor, shape (C, H, W), float in [0, 1]
-    N : int
-        Grid size of the window.
     center : (center_y, center_x), optional
         Window centre in 0-based pixels; default the image centre.
     delta : float, optional
@@ -138,20 +125,8 @@ def read_and_write(image: torch.Tensor, N: int, center: tuple[float, float] | No
 
 def save_glimpse(glimpse: Glimpse, directory: str | os.PathLike,
                  read_scale: int = 8) -> list[Path]:
-    """Write original.png (the read window outlined), read.png (enlarged) and write.png.
-
-    Parameters
-    ----------
-    glimpse : Glimpse
-    directory : path-like
-        Created if missing.
-    read_scale : int
-        Enlarge the N x N glimpse this many times (nearest neighbour) so that it can be seen.
-
-    Returns
-    -------
-    list of Path: the three files, in that order.
-    """
+    """Write original.png (the read window outlined), read.png (the N x N glimpse enlarged
+    `read_scale` times, so that it can be seen) and write.png into `directory`; return them."""
     C, N, _ = glimpse.read.shape
     check_picture_size(N * read_scale, N * read_scale,
                        f"read.png, the {N}x{N} glimpse at --read-scale {read_scale},")

@@ -7,12 +7,11 @@ pixels wide around its centre (draw/outputs/plotting.py, `window_box`). The pape
 green with the filters' width shown by the line width; these are the project's one-pixel red
 boxes, and sigma is not drawn.
 """
-import numpy as np
 import torch
 from PIL import Image
 
 from draw.classifier import ClassifierConfig
-from draw.outputs.plotting import check_picture_size, draw_box, grid_size, image_grid, window_box
+from draw.outputs.plotting import check_picture_size, grid_size, sequence_strip
 
 N_GLIMPSE_IMAGES = 8     # test images in train-classifier.py's picture, one row each
 
@@ -29,7 +28,8 @@ def glimpses_bytes(cfg: ClassifierConfig, what: str) -> int:
 
 
 def glimpse_grid(images, attention: dict, N: int, scale: int = 1) -> Image.Image:
-    """One row per image, one column per glimpse, the glimpse's read window boxed.
+    """One row per image, one column per glimpse, the glimpse's read window boxed: an "RGB"
+    picture of n rows and T columns of cells.
 
     Parameters
     ----------
@@ -41,28 +41,14 @@ def glimpse_grid(images, attention: dict, N: int, scale: int = 1) -> Image.Image
         The read grid size (the model's config.read_N).
     scale : int
         Enlarge every image `scale` times (nearest neighbour), so that small windows show.
-
-    Returns
-    -------
-    PIL.Image.Image, "RGB", of n rows and T columns of cells.
     """
-    images = torch.as_tensor(images).detach().to("cpu", torch.float32).numpy()
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (n, C, H, W), got {images.shape}")
-    if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    images = torch.as_tensor(images).detach().to("cpu", torch.float32)
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (n, C, H, W), got {tuple(images.shape)}")
     n, C, H, W = images.shape
     T = attention["center_y"].shape[0]
     if any(tuple(attention[k].shape) != (T, n) for k in ("center_y", "center_x", "delta")):
         raise ValueError(f"attention entries must have shape (T, n) with n = {n} images")
-    big = images.repeat(scale, axis=2).repeat(scale, axis=3)                # (n, C, sH, sW)
-    cells = np.repeat(big, T, axis=0)                                       # (n*T, C, sH, sW)
-    pixels = np.array(image_grid(cells, n, T).convert("RGB"))
-    for k in range(n):
-        for t in range(T):
-            box = window_box(float(attention["center_y"][t, k]),
-                             float(attention["center_x"][t, k]),
-                             float(attention["delta"][t, k]), N, scale)
-            top, left = k * (scale * H + 1), t * (scale * W + 1)
-            draw_box(pixels[top:top + scale * H, left:left + scale * W], box)
-    return Image.fromarray(pixels, mode="RGB")
+    # every glimpse sees the same image: a drawing whose canvas never changes
+    canvases = images.reshape(1, n, C * H * W).expand(T, n, C * H * W)   # (T, n, C*H*W)
+    return sequence_strip(canvases, (C, H, W), range(T), attention, N=N, scale=scale)

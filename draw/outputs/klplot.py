@@ -67,24 +67,9 @@ def splits_with_kl(rows: list[dict]) -> list[str]:
 
 
 def kl_terms(rows: list[dict], split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
-    """The per-step KL of every row that has all of them.
-
-    Parameters
-    ----------
-    rows : list of dict
-        Log rows, oldest first.
-    split : str
-        "train", "valid" or "test": whose "{split}_kl_term_{t}" keys to use.
-
-    Returns
-    -------
-    x : ndarray, shape (R,)
-        Epoch (or iteration) of each of the R rows used.
-    kl : ndarray, shape (R, T)
-        KL of step t = 0..T-1, nats.
-    x_label : str
-        What x counts: "epoch", "iteration" or "log row".
-    """
+    """The per-step KL ("{split}_kl_term_{t}") of every log row (oldest first) that has all of
+    them: x (R,), the epoch (or iteration) of each of the R rows used; kl (R, T), nats, of
+    step t = 0..T-1; and x_label, what x counts: "epoch", "iteration" or "log row"."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     pattern = re.compile(rf"{split}_kl_term_(\d+)$")
@@ -132,14 +117,8 @@ def plot_kl_heatmap(fig: Figure, x: np.ndarray, kl: np.ndarray, x_label: str = "
 
 
 def save_figure(draw, path: str | os.PathLike, *args, figsize=FIGSIZE, dpi: int = 100) -> None:
-    """Draw a figure headlessly (matplotlib's Agg, no pyplot) and save it as a PNG, atomically.
-
-    Parameters
-    ----------
-    draw : callable
-        draw(fig, *args) draws into a fresh matplotlib Figure, e.g. `plot_kl_surface`.
-    path : path-like
-    """
+    """Draw a figure headlessly (matplotlib's Agg, no pyplot) with draw(fig, *args), e.g.
+    `plot_kl_surface`, and save it as a PNG, atomically."""
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     draw(fig, *args)
@@ -148,17 +127,11 @@ def save_figure(draw, path: str | os.PathLike, *args, figsize=FIGSIZE, dpi: int 
 
 
 def log_columns(rows: list[dict], split: str = "train") -> tuple[dict[str, dict], str]:
-    """The log as the column data of the Bokeh sources that `log_figures` plots.
-
-    Returns
-    -------
-    columns : dict with
+    """The log as the column data of the Bokeh sources that `log_figures` plots, and what "x"
+    counts (see `kl_terms`). Empty columns where the log has nothing yet, otherwise:
         "curves": {"x": epochs, each of NLL_KEYS and NORM_KEYS: values (NaN where missing)}
         "kl_steps": {"step": [0..T-1], "kl": KL per step of the latest row}
         "kl_heat": {"image": [(R, T) array], "x", "y", "dw", "dh": placement in step/epoch units}
-        Empty columns where the log has nothing yet.
-    x_label : str
-        What "x" counts: "epoch", "iteration" or "log row" (see `kl_terms`).
     """
     monitored = [r for r in rows if any(k in r for k in NLL_KEYS + NORM_KEYS)]
     x, x_label = _epochs(monitored)
@@ -183,13 +156,9 @@ def log_columns(rows: list[dict], split: str = "train") -> tuple[dict[str, dict]
 
 
 def log_figures(sources: dict[str, ColumnDataSource], x_label: str = "epoch") -> list:
-    """Bokeh figures of the log, bound to `sources` (keys as in `log_columns`), so that
-    changing a source's data redraws them (the live page relies on it).
-
-    Returns
-    -------
-    list of four figures: nll bounds, gradient norms, KL per step (latest), KL heat map.
-    """
+    """Bokeh figures of the log: nll bounds, gradient norms, KL per step (latest), KL heat map.
+    They are bound to `sources` (keys as in `log_columns`), so that changing a source's data
+    redraws them (the live page relies on it)."""
     colors = Category10[10]
     nll = figure(title="nll bound (nats)", x_axis_label=x_label, y_axis_label="nats",
                  width=520, height=320, name="nll_figure")
@@ -230,7 +199,6 @@ def save_html(rows: list[dict], path: str | os.PathLike, split: str = "train",
     sources = {name: ColumnDataSource(data, name=name) for name, data in columns.items()}
     layout = gridplot(log_figures(sources, x_label), ncols=2)
     atomic_write_bytes(path, file_html(layout, INLINE, title).encode("utf-8"))
-
 
 
 def output_stem(log_file: str) -> str:

@@ -41,15 +41,8 @@ class PictureSizeError(DrawError):
 
 
 def check_picture_size(width: int, height: int, what: str) -> None:
-    """Refuse, before anything is drawn, a picture no GIF can hold or Pillow would not open.
-
-    Parameters
-    ----------
-    width, height : int
-        Pixels.
-    what : str
-        The picture and the flags that set its size, for the message.
-    """
+    """Refuse, before anything is drawn, a picture no GIF can hold or Pillow would not open;
+    `what` names the picture and the flags that set its size, for the message."""
     if width < 1 or height < 1:
         raise PictureSizeError(f"{what} would be empty ({width}x{height} pixels)")
     if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
@@ -59,16 +52,8 @@ def check_picture_size(width: int, height: int, what: str) -> None:
 
 def check_gif_duration(frames: int, duration_ms: int, hold_last_ms: int, what: str) -> None:
     """Refuse, before anything is drawn, a GIF that `save_gif` could not write: its frames'
-    durations, merged where frames are identical, must fit GIF's delay field (MAX_GIF_MS).
-
-    Parameters
-    ----------
-    frames : int
-    duration_ms, hold_last_ms : int
-        As `save_gif` takes them.
-    what : str
-        The GIF and the flags that set its length, for the message.
-    """
+    durations (as `save_gif` takes them), merged where frames are identical, must fit GIF's
+    delay field (MAX_GIF_MS). `what` names the GIF and the flags that set its length."""
     total = (frames - 1) * duration_ms + hold_last_ms
     if total > MAX_GIF_MS:
         raise PictureSizeError(f"{what} would last {total:,} ms; a GIF holds at most "
@@ -136,21 +121,9 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
 
 def save_gif(frames: list[Image.Image], path: str | os.PathLike, duration_ms: int = 100,
              hold_last_ms: int = 1000) -> None:
-    """Write frames as a looping animated GIF, atomically, holding the last frame longer.
-
-    Pillow stores consecutive identical frames once, with their durations added, so the GIF may
-    hold fewer frames than given while it plays exactly the same.
-
-    Parameters
-    ----------
-    frames : list of PIL.Image.Image, all of one size
-    path : str or PathLike
-    duration_ms : int
-        Display time of every frame but the last, in milliseconds.
-    hold_last_ms : int
-        Display time of the last frame, so the finished drawing stays on screen before the loop
-        starts over.
-    """
+    """Write `frames` (of one size) as a looping animated GIF, atomically: every frame shown
+    `duration_ms`, the last one `hold_last_ms`, so the finished drawing stays on screen before the
+    loop starts over. Pillow stores consecutive identical frames once, their durations added."""
     if not frames:
         raise ValueError("save_gif needs at least one frame")
     sizes = {frame.size for frame in frames}
@@ -182,22 +155,9 @@ def window_box(center_y: float, center_x: float, delta: float, N: int,
     outermost pixels whose centres lie in that span; a window narrower than a pixel is drawn on
     the pixel that holds its centre. Coordinates may fall outside the image (see `draw_box`).
 
-    Parameters
-    ----------
-    center_y, center_x : float
-        Window centre in 0-based pixel coordinates of the original image.
-    delta : float
-        Stride between grid points, in pixels.
-    N : int
-        Grid size of the window.
-    scale : int
-        The image is drawn enlarged `scale` times (pixel k covers scaled pixels
-        k*scale .. k*scale + scale - 1); the box is returned in scaled pixels.
-
-    Returns
-    -------
-    (x0, y0, x1, y1) : tuple of int
-        Columns x0..x1 and rows y0..y1 of the box outline, both inclusive.
+    The centre is in 0-based pixels of the original image, delta in pixels. With `scale` the
+    image is drawn enlarged (pixel k covers scaled pixels k*scale .. k*scale + scale - 1) and the
+    box is returned in scaled pixels: columns x0..x1 and rows y0..y1, both inclusive.
     """
     half = N * delta / 2
 
@@ -219,16 +179,14 @@ def window_box(center_y: float, center_x: float, delta: float, N: int,
 def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
                     attention: dict | None = None, N: int | None = None,
                     scale: int = 1) -> list[Image.Image]:
-    """One grid picture per drawing step, optionally with every sample's write window boxed.
+    """One grid picture per drawing step, optionally with every sample's write window boxed:
+    n_iter frames, "RGB" with boxes, otherwise as `image_grid`.
 
     Parameters
     ----------
     canvases : Tensor or ndarray, shape (n_iter, n, C*H*W), float in [0, 1]
-        The canvases sigma(c_t) of `DrawModel.sample`.
-    shape : (C, H, W)
-        Image shape.
-    rows, cols : int
-        Grid shape, rows * cols >= n.
+        The canvases sigma(c_t) of `DrawModel.sample`, of images of `shape` (C, H, W), in a
+        rows x cols grid.
     attention : dict of Tensor, each of shape (n_iter, n), optional
         The write windows of `DrawModel.sample(..., return_attention=True)`; uses 'center_y',
         'center_x' and 'delta'. Frame t boxes the window that wrote step t (see `window_box`).
@@ -237,10 +195,6 @@ def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
     scale : int
         Enlarge every image `scale` times (nearest neighbour) so that boxes can sit between the
         original pixels; the separators stay 1 pixel wide.
-
-    Returns
-    -------
-    list of PIL.Image.Image, n_iter frames ("RGB" with boxes, otherwise as `image_grid`).
     """
     canvases = _to_numpy(canvases)
     C, H, W = shape
@@ -254,20 +208,25 @@ def sampling_frames(canvases, shape: tuple[int, int, int], rows: int, cols: int,
     n_iter, n = canvases.shape[:2]
     images = canvases.reshape(n_iter, n, C, H, W)
     images = images.repeat(scale, axis=3).repeat(scale, axis=4)           # (T, n, C, sH, sW)
-    frames = []
-    for t in range(n_iter):
-        frame = image_grid(images[t], rows, cols)
-        if attention is not None:
-            pixels = np.array(frame.convert("RGB"))                         # (rows*(sH+1)-1, ..., 3)
-            for k in range(n):
-                box = window_box(float(attention["center_y"][t, k]),
-                                 float(attention["center_x"][t, k]),
-                                 float(attention["delta"][t, k]), N, scale)
-                top, left = (k // cols) * (scale * H + 1), (k % cols) * (scale * W + 1)
-                draw_box(pixels[top:top + scale * H, left:left + scale * W], box)
-            frame = Image.fromarray(pixels, mode="RGB")
-        frames.append(frame)
-    return frames
+    frames = (image_grid(images[t], rows, cols) for t in range(n_iter))  # one at a time
+    if attention is None:
+        return list(frames)
+    return [_boxed(frame, {k: v[t] for k, v in attention.items()}, cols, (scale * H, scale * W),
+                   N, scale) for t, frame in enumerate(frames)]
+
+
+def _boxed(frame: Image.Image, windows: dict, cols: int, cell: tuple[int, int], N: int,
+           scale: int) -> Image.Image:
+    """`frame` in RGB with the window of each sample k ((n,) entries of `windows`) boxed in its
+    cell (cell[0] x cell[1] pixels) of the grid."""
+    pixels = np.array(frame.convert("RGB"))                               # (rows*(sH+1)-1, ..., 3)
+    (h, w), n = cell, len(windows["center_y"])
+    for k in range(n):
+        box = window_box(float(windows["center_y"][k]), float(windows["center_x"][k]),
+                         float(windows["delta"][k]), N, scale)
+        top, left = (k // cols) * (h + 1), (k % cols) * (w + 1)
+        draw_box(pixels[top:top + h, left:left + w], box)
+    return Image.fromarray(pixels, mode="RGB")
 
 
 def sequence_strip(canvases, shape: tuple[int, int, int], steps, attention: dict | None = None,

@@ -34,20 +34,9 @@ class SamplingError(DrawError):
 
 def check_image_shape(cfg: DrawConfig, path: str | os.PathLike, channels: int | None = None,
                       size: tuple[int, int] | None = None) -> None:
-    """Check the classic `--channels` / `--size` flags against the model's own config.
-
-    The config alone defines the model; the flags are kept so that classic command lines still
-    work, and a disagreement means the user has the wrong file (or the wrong flags).
-
-    Parameters
-    ----------
-    cfg : DrawConfig
-        The config of the model file `path`; it holds the image shape.
-    path : path-like
-        The model file, for the message.
-    channels : int, optional
-    size : (height, width), optional
-    """
+    """Check the classic `--channels` / `--size` (height, width) flags against `cfg`, the config
+    of the model file `path`. The config alone defines the model; the flags are kept so that
+    classic command lines still work, and a disagreement means the wrong file (or flags)."""
     have = (cfg.channels, cfg.height, cfg.width)
     want = (cfg.channels if channels is None else channels,) + (have[1:] if size is None else size)
     if want != have:
@@ -86,20 +75,9 @@ def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tens
 
 
 def draw_samples(model: DrawModel, u: torch.Tensor, attention: bool = False):
-    """`model.sample` over CHUNK samples at a time, with a progress bar when it takes a while.
-
-    Parameters
-    ----------
-    u : Tensor, shape (n_iter, n, z_dim)
-        The prior noise; the samples are those of model.sample(n, u).
-    attention : bool
-        Also return the write windows, as model.sample(..., return_attention=True) does.
-
-    Returns
-    -------
-    canvases : Tensor, shape (n_iter, n, x_dim), float32 on the CPU
-    windows : dict of Tensor (n_iter, n) on the CPU, or None without `attention`
-    """
+    """`model.sample(n, u)` over CHUNK samples of the prior noise `u` (n_iter, n, z_dim) at a time,
+    with a progress bar when it takes a while. Returns the canvases (n_iter, n, x_dim), float32,
+    and with `attention` the write windows ({name: (n_iter, n)}, else None), on the CPU."""
     n = u.shape[1]
     canvases, windows = [], []
     with tqdm(total=n, desc="sampling", unit="sample", delay=BAR_DELAY, leave=False) as bar:
@@ -120,33 +98,21 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
                   n: int | None = None, seed: int | None = None, boxes: bool = False,
                   scale: int = 1, duration_ms: int = 100,
                   hold_last_ms: int = 1000) -> list[Path]:
-    """Sample n images and write sample.png, time-NNN.png, sequence.gif and strip.png into
-    `directory`.
+    """Sample n images (at most, and by default, rows * cols) in eval mode, and write
+    sample.png, time-NNN.png, sequence.gif and strip.png into `directory`, replacing files of
+    the same names atomically. Returns the files written, sample.png first.
 
     Parameters
     ----------
-    model : DrawModel
-        With its `config`; sampled in eval mode on whatever device it lives on.
-    directory : path-like
-        Created if missing. Existing files of the same names are replaced (atomically).
-    rows, cols : int
-        Grid shape of every picture.
-    n : int, optional
-        Number of samples, at most rows * cols; default rows * cols.
     seed : int, optional
         Seed of the prior noise; a fresh one when omitted.
     boxes : bool
         Outline each step's write window on its frame (time-NNN.png, sequence.gif and
-        strip.png); needs a
-        model with write attention. sample.png always shows the bare final canvases.
+        strip.png); needs write attention. sample.png always shows the bare final canvases.
     scale : int
         Enlarge every image `scale` times (nearest neighbour), for viewing and finer boxes.
     duration_ms, hold_last_ms : int
         GIF timing: every step's frame, and the held last frame.
-
-    Returns
-    -------
-    list of Path: the files written, sample.png first.
     """
     cfg = model.config
     n = rows * cols if n is None else n
@@ -156,7 +122,6 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     model.eval()
     canvases, attention = draw_samples(model, prior_noise(model, n, seed), attention=boxes)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = canvases[-1].view(n, *shape)                                      # (n, C, H, W)
     final = final.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     written = [directory / "sample.png"]

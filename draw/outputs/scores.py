@@ -22,8 +22,8 @@ from draw.likelihood import MAX_ROWS, bound_statistics, importance_sampled_nll
 from draw.memory import check_inference
 from draw.outputs.glimpses import glimpses_bytes
 
-# K: the bound of eq. 12, the number the paper reports, does not depend on it; K = 10 gives about
-# half the tightening of K = 1000 (7.2 of 13.0 nats on a T = 8 model) for 1/100 of its time
+# K: the bound of eq. 12, the paper's number, does not depend on it; 10 is cheap and tightens
+# about half as much as 1000 (doc/development.md)
 DEFAULT_SAMPLES = 10
 # an expected time longer than this (seconds) is printed before the wait
 LONG = 60.0
@@ -45,11 +45,8 @@ def duration(seconds: float) -> str:
 def classifier_test_error(path, data_dir: str | None = None, batch_size: int = TEST_BATCH,
                           device: str | torch.device = "cpu") -> float:
     """The test error, in percent, of the classifier saved in `path`, on the test split of the
-    dataset it was trained on (for cluttered-mnist the fixed 10,000 test images).
-
-    What evaluate.py prints for a classifier's model file. Raises CheckpointError for a file
-    that is not a classifier's and DatasetError (a DrawError) for missing data.
-    """
+    dataset it was trained on (for cluttered-mnist the fixed 10,000 test images). Raises
+    CheckpointError for a file that is not a classifier's, DatasetError for missing data."""
     model, ckpt = load_classifier(path, device)
     return _test_error(model, ckpt, path, data_dir, batch_size, device)
 
@@ -73,10 +70,9 @@ def _test_error(model, ckpt: dict, path, data_dir: str | None, batch_size: int,
 
 def classifier_main(model_file: str, ckpt: dict, cfg: ClassifierConfig, data_dir: str | None,
                     device: torch.device) -> dict:
-    """evaluate.py on a classifier's model file (train-classifier.py): its error on the whole
-    test split, in percent (--split, --subset and --samples are DRAW's and not used). Its
-    config is checked first, as a DRAW model's: its glimpses as train-classifier.py checks
-    them, then the memory of its passes over TEST_BATCH images."""
+    """evaluate.py on a classifier's model file: its error on the whole test split, in percent
+    (--split, --subset and --samples are DRAW's). Its config is checked first: its glimpses
+    as train-classifier.py checks them, then the memory of passes over TEST_BATCH images."""
     glimpses_bytes(cfg, f"{model_file} has {cfg.n_iter:,} glimpses, more than "
                         f"train-classifier.py trains: their glimpses.png")
     check_inference(cfg, TEST_BATCH, f"evaluating {model_file} ({TEST_BATCH} images at once)",
@@ -155,14 +151,9 @@ def _report(model_file: str, ckpt: dict, dataset: str, split: str, binary: bool,
 def main(model_file: str, dataset: str | None = None, split: str = "test",
          samples: int = DEFAULT_SAMPLES, batch_size: int = 100, subset: int | None = None,
          seed: int = 0, device: str = "auto", data_dir: str | None = None) -> dict:
-    """evaluate.py: load a model file, evaluate it on a split, print and return the numbers.
-
-    Returns
-    -------
-    dict with "nll_bound" (eq. 12, analytic KL), "is_nll" (importance-sampled, K = samples),
-    "is_bound" (the K-sample estimate of the bound), "images", "samples"; for a classifier
-    "test_error".
-    """
+    """evaluate.py: load a model file, evaluate it on a split, print and return the numbers:
+    "nll_bound" (eq. 12, analytic KL), "is_nll" (importance-sampled, K = samples), "is_bound"
+    (the K-sample estimate of the bound), "images", "samples"; for a classifier "test_error"."""
     for flag, value in (("--samples", samples), ("--bs", batch_size), ("--subset", subset)):
         if value is not None and value < 1:
             raise DrawError(f"{flag} must be a positive integer, got {value}")
