@@ -43,15 +43,8 @@ def samples_column(image: Image.Image) -> dict:
 
 
 class LivePlot:
-    """A Bokeh page on http://host:port/ that follows the training log.
-
-    Parameters
-    ----------
-    host : str
-        Address to serve on; the default serves this machine only.
-    port : int
-        TCP port; 0 picks a free one (see the URL `start` returns).
-    """
+    """A Bokeh page on http://host:port/ that follows the training log. The default host serves
+    this machine only; port 0 picks a free one (see the URL `start` returns)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5006):
         self.host = host
@@ -134,15 +127,8 @@ class LivePlot:
             self._documents.pop(doc, None)
 
     def update(self, rows: list[dict], samples: Image.Image | None = None) -> None:
-        """Show the log `rows` (and a new sample grid); returns at once, never raises.
-
-        Parameters
-        ----------
-        rows : list of dict
-            The whole training log so far (draw/checkpoint.py rows), oldest first.
-        samples : PIL.Image.Image, optional
-            The latest sample grid; the previous one stays on the page when omitted.
-        """
+        """Show the whole training log so far, `rows` oldest first, and the latest sample grid
+        (without `samples` the previous one stays); returns at once, never raises."""
         if self._server is None:
             return
         try:

@@ -80,20 +80,9 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 
 def image_grid(images, rows: int, cols: int) -> Image.Image:
-    """Tile images row by row into one picture, with 1-pixel separators between the cells.
-
-    Parameters
-    ----------
-    images : Tensor or ndarray, shape (n, C, H, W), float in [0, 1]
-        n <= rows * cols; C is 1 (grey, an "L" image) or 3 (an "RGB" image). Values outside
-        [0, 1] are clipped.
-    rows, cols : int
-        Grid shape; cells after the n-th stay background grey.
-
-    Returns
-    -------
-    PIL.Image.Image of size (width, height) = (cols*W + cols-1, rows*H + rows-1).
-    """
+    """Tile `images`, (n, C, H, W) float in [0, 1] (clipped), row by row into a rows x cols
+    picture with 1-pixel separators: (width, height) = (cols*W + cols-1, rows*H + rows-1), an
+    "L" image for C = 1, "RGB" for C = 3. Cells after the n-th stay background grey."""
     images = _to_numpy(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (n, C, H, W) with C = 1 or 3, "
