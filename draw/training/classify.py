@@ -1,18 +1,9 @@
 """Classification with DRAW's read attention (section 4.1, Table 1): settings, task, pictures, job.
 
-What train-classifier.py trains through the same run scaffold, MainLoop, extensions,
-checkpoints and torchrun as train-draw.py (draw/training/run.py): `ClassifierSettings` (the
-flags), the task `ClassifyTask` (cross-entropy as the loss; the error rate in percent as the
-monitored number, so the log holds `train_error`, `valid_error` and `test_error`, and
-`train_cross_entropy` ...), `GlimpseCheckpoint` (the paper's Figure 4 on the first test images,
-`glimpses.png` and `glimpses-NNN.png` every epoch) and `ClassifierJob`, which puts them
-together. The header and config.json carry a long name such as
-`cluttered-mnist-classifier-r12-t8-enc256-lr13`. draw/outputs/scores.py scores a saved
-classifier (`classifier_test_error`, what evaluate.py prints for a classifier file).
-
-As DRAW's, the classifier's glimpses are compiled by `torch.compile` when the run is long enough
-to repay it (`draw.fast_path.compile_choice`; `--compile`, `--no-compile` decide instead), and
-the header says which and why.
+What train-classifier.py trains through the scaffold of draw/training/run.py:
+`ClassifierSettings`, `ClassifyTask` (the cross-entropy as loss; the log's `train_error`,
+`valid_error`, `test_error` in percent), `GlimpseCheckpoint` (the paper's Figure 4 every epoch)
+and `ClassifierJob`, which puts them together. Its glimpses compile as DRAW's do.
 """
 import math
 from collections.abc import Iterable
@@ -40,7 +31,6 @@ from draw.training.task import Task
 from draw.training.typed_settings import setting
 
 
-
 @dataclass(frozen=True)
 class ClassifierSettings(RunSettings):
     """A classifier training run (train-classifier.py): the run's settings and the model's."""
@@ -50,11 +40,8 @@ class ClassifierSettings(RunSettings):
                              aliases=("-a",))
     n_iter: int = setting(8, "number of glimpses T (the paper: 4 and 8)", flag="--niter")
     enc_dim: int = setting(256, "LSTM state dimension (the paper: 256)")
-    # Without it the 8-glimpse run's gradient explodes back through the glimpses: the window
-    # of glimpse t is chosen from h_{t-1}, so d h_t / d h_{t-1} has a term through the window
-    # (eqs. 21-24, 27), and its gain grows with the read head's weights; one unit of g~ moves
-    # the window 50 pixels on 100 x 100. doc/development.md measures it (bench/
-    # classifier_stability.py); Spatial Transformer networks slow their localisation nets so.
+    # glimpse t's window comes from h_{t-1}, so the gradient also flows back through the
+    # window (eqs. 21-24, 27) and exploded at 8 glimpses at one rate (doc/development.md)
     read_lr: float = setting(0.1, "learning rate of the read head (the window, eq. 21) as a "
                                   "multiple of --lr; 1 for one rate everywhere")
 
@@ -73,8 +60,7 @@ class ClassifierSettings(RunSettings):
 
 
 def classifier_adam(model: AttentionClassifier, s: ClassifierSettings) -> torch.optim.Adam:
-    """Adam with the read head (eq. 21) at --read-lr times the rate of the rest; the
-    LearningRateSchedule keeps that ratio (its `lr_scale`)."""
+    """Adam with the read head (eq. 21) at --read-lr times the rate of the rest."""
     head = set(model.reader.parameters())
     return adam([{"params": [p for p in model.parameters() if p not in head], "lr_scale": 1.0},
                  {"params": list(model.reader.parameters()), "lr_scale": s.read_lr}],
@@ -82,8 +68,7 @@ def classifier_adam(model: AttentionClassifier, s: ClassifierSettings) -> torch.
 
 
 class ClassifyTask(Task):
-    """The classifier's objective for the main loop (draw/training/task.py says what a task is):
-    the mean cross-entropy of the softmax on the final state of an AttentionClassifier;
+    """The classifier's objective: the mean cross-entropy of the softmax on the final state;
     monitored, the cross-entropy and the error rate in percent."""
 
     def _sums(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -94,7 +79,7 @@ class ClassifyTask(Task):
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """The mean cross-entropy over the global batch (x (B, D), y (B,)), as this rank's
-        share of it (see DrawTask.loss for the scaling)."""
+        share of it."""
         x, y = batch
         B = x.shape[0]
         x, y = self.dist.shard(x), self.dist.shard(y)                         # (b, D), (b,)
@@ -103,8 +88,8 @@ class ClassifyTask(Task):
 
     @torch.no_grad()
     def evaluate(self, data: Iterable, generator: torch.Generator | None = None) -> dict:
-        """Cross-entropy and error rate (percent) over all examples of `data`, batches of
-        (x, y); the classifier draws no noise, so `generator` is unused."""
+        """Cross-entropy and error rate (percent) over all (x, y) batches of `data`; the
+        classifier draws no noise, so `generator` is unused."""
         was_training = self.model.training
         self.model.eval()
         totals = None
@@ -124,11 +109,8 @@ class ClassifyTask(Task):
 
 
 class GlimpseCheckpoint(SimpleExtension):
-    """The paper's Figure 4 before training and after every epoch: the first
-    N_GLIMPSE_IMAGES test images, one row each, every glimpse's read window boxed.
-
-    Writes `glimpses-NNN.png` (NNN = epochs done) and `glimpses.png` (the latest).
-    """
+    """The paper's Figure 4 before training and after every epoch, `glimpses-NNN.png` (NNN =
+    epochs done) and `glimpses.png`: test images, one row each, every read window boxed."""
 
     default_triggers = ("before_first_epoch", "after_epoch")
 
@@ -161,10 +143,9 @@ class ClassifierPrinting(Printing):
 
 
 class ClassifierJob(Job):
-    """train-classifier.py's runs in the scaffold of draw/training/run.py: labelled data
-    (cluttered-mnist's training images are fresh every epoch, epoch e's a function of
-    (--seed, e) alone, so a resumed run sees the same ones), ClassifyTask, Adam with the read
-    head at --read-lr, and the paper's Figure 4 every epoch."""
+    """train-classifier.py's runs: labelled data (cluttered-mnist's training images fresh every
+    epoch, a function of (--seed, epoch) alone), ClassifyTask, Adam with the read head at
+    --read-lr, and the paper's Figure 4 every epoch."""
     script = "train-classifier.py"
     settings_class = ClassifierSettings
     printing = ClassifierPrinting
@@ -177,8 +158,7 @@ class ClassifierJob(Job):
 
     def model_config(self, s: ClassifierSettings,
                      shape: tuple[int, int, int]) -> ClassifierConfig:
-        """The classifier a run's settings describe, for images of `shape` (C, H, W) in ten
-        classes."""
+        """The classifier of the settings for images of `shape` (C, H, W) in ten classes."""
         C, H, W = shape
         try:
             return ClassifierConfig(channels=C, height=H, width=W, n_iter=s.n_iter,
@@ -229,6 +209,6 @@ CLASSIFIER = ClassifierJob()
 
 def main(**flags) -> None:
     """Train the classifier; `flags` are train-classifier.py's, by ClassifierSettings field
-    name, plus `config` (draw/training/run.py, `train`)."""
+    name, plus `config`."""
     train(CLASSIFIER, flags)
 

@@ -1,18 +1,12 @@
-"""Data-parallel training on PyTorch's own distributed engine: torchrun + DistributedDataParallel.
+"""Data-parallel training on PyTorch's own engine: torchrun + DistributedDataParallel.
 
-`torchrun` starts one process per device and tells each its place through environment
-variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...); `init_distributed` reads them, so the
-same `train-draw.py` runs alone or under `torchrun --nproc_per_node=K` on one or many machines.
+torchrun tells each process its place through environment variables (RANK, WORLD_SIZE,
+LOCAL_RANK, ...), so the same script runs alone or under `torchrun --nproc_per_node=K`.
 
-Every rank builds the same global batch from the same seeded generator and keeps its own slice
-of it (`Distributed.shard`): the ranks see disjoint parts of every epoch's shuffled data, and
-`--bs` stays the global batch size. The posterior noise u is drawn for the whole batch on every
-rank (the same seed, the same draws) and sliced alike, and each rank's loss is scaled so that
-DDP's average of the gradients is the gradient of the global mean (`loss_scale`): a run on K
-processes takes the same optimisation steps as a run on one, up to the order of floating-point
-sums, and may be resumed on another number of processes. Monitoring all-reduces its sums, so the
-log holds the job's numbers (draw/training/main_loop.py, draw/likelihood.py); only rank 0 prints and
-writes files (draw/training/run.py).
+Every rank builds the same global batch (and its noise u) from the same seeded generator and
+keeps its slice (`Distributed.shard`); each rank's loss is scaled so that DDP's average of the
+gradients is the gradient of the global mean (`loss_scale`). A run on K processes so takes a
+run on one's steps, up to the order of float sums, and may resume on another K.
 """
 import os
 from collections.abc import Callable
@@ -47,21 +41,15 @@ class Distributed:
         return self.rank == 0
 
     def shard(self, x: Tensor, dim: int = 0) -> Tensor:
-        """This rank's contiguous slice of a global batch along `dim`.
-
-        Slices differ by at most one row when the batch does not divide evenly (the tail batch of
-        an epoch); a rank may get an empty slice, which still takes part in every all-reduce.
-        """
+        """This rank's contiguous slice of a global batch along `dim`; slices differ by at most
+        one row, and an empty one still takes part in every all-reduce."""
         if not self.enabled:
             return x
         return torch.tensor_split(x, self.world_size, dim=dim)[self.rank]
 
     def loss_scale(self, global_batch: int) -> float:
-        """Factor turning a sum over this rank's slice into its share of the global mean.
-
-        DDP averages gradients over ranks, so each rank's loss is sum * world_size / global_batch:
-        the average of those is sum_over_all / global_batch whatever the slice sizes.
-        """
+        """Factor turning a sum over this rank's slice into its share of the global mean: DDP
+        averages over the ranks, so the mean of sum * world / B is the global sum / B."""
         return self.world_size / global_batch
 
     def all_reduce_sum(self, t: Tensor) -> Tensor:
@@ -73,11 +61,8 @@ class Distributed:
 
 
 def process_place() -> Distributed:
-    """This process's place as torchrun's environment variables describe it; joins nothing.
-
-    Known before any process group exists, so that every rank can check its command line first
-    and only the main rank need say what is wrong with it.
-    """
+    """This process's place as torchrun's environment describes it; joins nothing, so that
+    every rank can check its command line before any process group exists."""
     world_size = os.environ.get("WORLD_SIZE", "1")
     try:
         if int(world_size) == 1:
@@ -91,13 +76,9 @@ def process_place() -> Distributed:
 
 @contextmanager
 def reported_once(place: Distributed):
-    """Around a process's whole run: make a user error or a Ctrl-C read as it does in one process.
-
-    The processes of a machine check the same flags against the same files and stop on the same
-    Ctrl-C, so only the first process of each machine reports a DrawError (prefixed with its rank
-    where it is not rank 0) and only rank 0 a Ctrl-C; the others exit with the same status
-    quietly, and torchrun reports every exit status.
-    """
+    """Around a process's whole run: a user error or a Ctrl-C reads as in one process. Only the
+    first process of each machine reports a DrawError (with its rank, but for rank 0) and only
+    rank 0 a Ctrl-C; the others exit with the same status quietly."""
     try:
         yield
     except DrawError as e:
@@ -114,13 +95,9 @@ def reported_once(place: Distributed):
 
 def first_on_each_machine(d: Distributed, load: Callable[[], T], device: torch.device,
                           what: str) -> T:
-    """`load()` in the first process of each machine, then in the others.
-
-    For work that fills a cache on disk, such as downloading and converting a dataset: the others
-    wait and then read what it wrote. If it fails on any machine, it fails everywhere: the
-    processes where it failed raise its error, the others a DrawError saying that `what` (e.g.
-    "loading bmnist") failed elsewhere.
-    """
+    """`load()` in the first process of each machine, then in the others, which read the cache
+    it filled (a dataset's download). A failure anywhere fails everywhere: elsewhere as a
+    DrawError saying that `what` ("loading bmnist") failed in another process."""
     result = error = None
     if d.local_rank == 0:
         try:
@@ -138,18 +115,8 @@ def first_on_each_machine(d: Distributed, load: Callable[[], T], device: torch.d
 
 
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
-    """Join the process group that torchrun describes, if any.
-
-    Parameters
-    ----------
-    device : torch.device
-        The device asked for. Under torchrun on CUDA each process takes cuda:LOCAL_RANK.
-
-    Returns
-    -------
-    (Distributed, torch.device)
-        NCCL on GPUs, gloo on CPUs.
-    """
+    """Join the process group that torchrun describes, if any (NCCL on GPUs, gloo on CPUs);
+    returns this process's place and device (cuda:LOCAL_RANK on CUDA)."""
     d = process_place()
     if not d.enabled:
         return d, device
@@ -163,13 +130,8 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
 
 
 def wrap_model(model: nn.Module, d: Distributed, device: torch.device) -> nn.Module:
-    """The module to train through: `model` itself, or DDP around it when distributed.
-
-    DDP broadcasts rank 0's parameters at construction, so every rank starts identical even if
-    they were initialised differently; it then averages gradients during backward. A rank's
-    slice of a tail batch smaller than the world is empty: the model's forward pass then gives
-    zero gradients, which still join the all-reduce.
-    """
+    """The module to train through: `model`, or DDP around it (which broadcasts rank 0's
+    parameters at construction) when distributed."""
     if not d.enabled:
         return model
     return DistributedDataParallel(model,
@@ -177,10 +139,8 @@ def wrap_model(model: nn.Module, d: Distributed, device: torch.device) -> nn.Mod
 
 
 def close_distributed(d: Distributed, finished: bool = True):
-    """Leave the process group. After a run that `finished` on every rank, wait for all of them
-    first: a gloo rank that tears down while rank 0 still writes its last files can abort
-    ("terminate called without an active exception"). After an error no barrier is taken, since
-    the other ranks may never reach it; torchrun ends them."""
+    """Leave the process group; after a run that `finished`, at a barrier first (a gloo rank
+    torn down while rank 0 still writes can abort), after an error not (others may never come)."""
     if d.enabled and dist.is_initialized():
         if finished:
             dist.barrier()

@@ -1,14 +1,9 @@
 """Training DRAW (train-draw.py): what its runs add to the scaffold of draw/training/run.py.
 
-DRAW's settings (draw/training/settings.py, DrawSettings) give the model config; `--oldmodel`
-names a model file to start from, checked against it; the data are images alone, on the device
-once; the task is the bound of eq. 12 (draw/training/task.py); every epoch SampleCheckpoint draws
-100 samples (sample.png, epoch-NNN.png, training.gif, sequence.gif).
-
-Training goes through the model's own forward pass, its glimpses compiled by `torch.compile`
-when the run is long enough to repay it (`draw.fast_path.compile_choice`; `--compile`,
-`--no-compile` decide instead). Denormal floats are flushed to zero on the CPU unless
-`--no-flush-denormal`: a process-wide setting, applied by the scaffold. The header says both.
+DrawSettings give the model config; `--oldmodel` names a model file to start from; the data
+are images alone, on the device once; the task is the bound of eq. 12; SampleCheckpoint draws
+100 samples every epoch. The glimpses compile when the run is long enough to repay it
+(`draw.fast_path.compile_choice`), and the header says so.
 """
 import dataclasses
 
@@ -44,8 +39,8 @@ class DrawJob(Job):
                 f"lr{lr_tag(s.learning_rate)}")
 
     def model_config(self, s: DrawSettings, shape: tuple[int, int, int]) -> DrawConfig:
-        """DrawConfig's own fields, the image's from the dataset and the rest from the settings
-        of the same names; DrawConfig checks them all, its error naming the flag."""
+        """DrawConfig's fields from the settings of the same names and the image `shape`;
+        DrawConfig checks them, its error naming the flag."""
         C, H, W = shape
         sizes = {f.name: getattr(s, f.name) for f in dataclasses.fields(DrawConfig)
                  if f.name not in ("channels", "height", "width")}
@@ -78,9 +73,7 @@ class DrawJob(Job):
             raise DrawError(f"--oldmodel: {e}") from e
 
     def load_data(self, s: DrawSettings, dist, device) -> Data:
-        """Under torchrun the first process of each machine loads first, since it may download
-        and convert; the others then read its files. On the device once, rather than copied
-        there at every pass."""
+        """The images, on the device once rather than copied at every pass."""
         data = first_on_each_machine(dist, lambda: get_data(s.dataset, root=s.data_dir,
                                                             seed=s.seed),
                                      device, what=f"loading {s.dataset}")
@@ -116,9 +109,8 @@ class DrawJob(Job):
 
 
 def draw_adam(model: DrawModel, s: DrawSettings) -> torch.optim.Adam:
-    """Adam; with --window-lr below 1, the attention windows' heads (eq. 21) in a group of their
-    own at that multiple of the rate, which LearningRateSchedule keeps (its `lr_scale`). One
-    group otherwise, so that runs saved before --window-lr resume as they were."""
+    """Adam; with --window-lr below 1 the windows' heads (eq. 21) in a group of their own at
+    that `lr_scale`, else one group, as runs saved before --window-lr have."""
     if s.window_lr == 1:
         return adam(model.parameters(), lr=s.learning_rate)
     heads = model.window_parameters()
@@ -131,6 +123,5 @@ DRAW = DrawJob()
 
 
 def main(**flags) -> None:
-    """Train DRAW; `flags` are train-draw.py's, by DrawSettings field name, plus `config`
-    (draw/training/run.py, `train`)."""
+    """Train DRAW; `flags` are train-draw.py's, by DrawSettings field name, plus `config`."""
     train(DRAW, flags)

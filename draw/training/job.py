@@ -1,10 +1,7 @@
-"""What a kind of training run adds to the run scaffold (draw/training/run.py).
+"""What a kind of training run adds to the run scaffold (draw/training/run.py): a `Job`.
 
-A `Job` names its script and settings class and says how to build its model config, read its
-model files, load its data, size and draw its picture and build its task, optimiser and header
-lines (`Parts`). DRAW's is draw/training/draw_job.py, the classifier's draw/training/classify.py;
-a third kind of run is a third Job: its settings (a RunSettings subclass), its task
-(draw/training/task.py) and this class's methods.
+DRAW's is draw_job.py, the classifier's classify.py; a third kind of run is a third Job, with
+its settings (a RunSettings subclass), its task (task.py) and this class's methods.
 """
 import math
 from collections.abc import Callable
@@ -22,8 +19,7 @@ from draw.training.settings import RunSettings
 
 
 def lr_tag(value: float) -> str:
-    """The classic short learning-rate tag of the long names: leading digit, then minus the
-    exponent.
+    """The classic learning-rate tag of the long names: leading digit, minus the exponent.
 
     >>> lr_tag(1e-3), lr_tag(3e-4), lr_tag(0.005)
     ('13', '34', '53')
@@ -34,9 +30,8 @@ def lr_tag(value: float) -> str:
 
 @dataclass
 class Data:
-    """A run's splits on the device, train cut to --subset, valid and test whole and cut to
-    their --eval-subset, and the job's `batches(split, batch_size, generator=, epoch=,
-    device=)` over any of them."""
+    """A run's splits on the device, with valid and test also cut to --eval-subset, and the
+    job's `batches(split, batch_size, generator=, epoch=, device=)`."""
     train: Any
     valid: Any
     test: Any
@@ -47,8 +42,7 @@ class Data:
 
     def cut(self, s: RunSettings, take: Callable) -> "Data":
         """Cut train to --subset and valid / test to --eval-subset with `take(split, index)`:
-        random, not the first n (binarized MNIST's test set is sorted by digit), seeded, the
-        same ones every evaluation."""
+        seeded random picks, not the first n (binarized MNIST's test set is sorted by digit)."""
         def pick(split, n):
             if n is None or n >= len(split):
                 return split
@@ -60,8 +54,8 @@ class Data:
 
 
 class Parts(NamedTuple):
-    """What a job builds for the loop: the task (draw/training/task.py), its optimiser, the
-    extensions that draw its picture every epoch (main process only) and its header lines."""
+    """What a job builds for the loop: the task, its optimiser, the extensions that draw its
+    picture every epoch (main process only) and its header lines."""
     task: Any
     optimizer: torch.optim.Optimizer
     pictures: list
