@@ -1,8 +1,7 @@
 """Atomic file writes: a file is either its previous complete version or its new complete one.
 
-A crash, a kill, Ctrl-C or a full disk in the middle of a write leaves the previous file intact,
-because the new bytes go to a temporary file in the same directory that is renamed over the
-target (an atomic operation on POSIX and Windows) only once it is completely on disk.
+The new bytes go to a temporary file in the same directory, renamed over the target (atomic on
+POSIX and Windows) once on disk, so a crash, a kill or a full disk leaves the previous file.
 """
 import os
 import tempfile
@@ -12,18 +11,15 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path to write to; on success it replaces `path`, on error it vanishes.
+    """Yield a temporary path to write to; on success it replaces `path`, on error it vanishes:
 
-    Example
-    -------
-    >>> with atomic_path("model.pkl") as tmp:
-    ...     torch.save(state, tmp)
+        with atomic_path("model.pkl") as tmp:
+            torch.save(state, tmp)
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    # mkstemp makes the file private (0600); give it the permissions open() would, so files in a
-    # shared data directory stay readable by the group as the user's umask intends
+    # mkstemp makes the file private (0600); give it open()'s permissions, as the umask intends
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)

@@ -1,11 +1,8 @@
 """What every script does around its `main`: one-line errors and meaningful exit statuses.
 
-Scripts parse flags with `ArgumentParser` (or a settings class's `parser`, draw/training/settings.py) and
-hand them to `run(main, args)`, which calls `main(**vars(args))`. A malformed flag (exit 2), a
-DrawError such as an unreadable model file, or an OSError such as a full disk (exit 1) each
-print one line, `error: ...`, instead of a traceback. Ctrl-C (exit 130) prints one plain line:
-the Interrupted message of a run that stopped cleanly, or that the files already written are
-complete, because every write is atomic (draw/atomic.py).
+`run(main, args)` calls `main(**vars(args))`. A malformed flag (exit 2), a DrawError or an
+OSError such as a full disk (exit 1) print one line, `error: ...`, not a traceback; Ctrl-C
+(exit 130) one plain line, since every write is atomic (draw/atomic.py).
 """
 import argparse
 import sys

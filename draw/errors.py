@@ -2,17 +2,10 @@
 
 
 class DrawError(Exception):
-    """Bad input: a flag, a dataset file, a checkpoint or a log that cannot be used.
-
-    Its message is one line that names the file or value and what was expected; scripts print it
-    and exit non-zero instead of showing a traceback. Each module subclasses it (DatasetError,
-    CheckpointError, ...) so callers can catch one kind or all.
-    """
+    """Bad input (a flag, a dataset file, a checkpoint, a log): one line naming the file or value
+    and what was expected, which scripts print instead of a traceback. Modules subclass it."""
 
 
 class Interrupted(KeyboardInterrupt):
-    """A Ctrl-C that stopped work cleanly: its message (one line) says where and what was kept.
-
-    A KeyboardInterrupt, so that callers (scripts, notebooks) stop as for any Ctrl-C; scripts
-    print the message as it is, not as an error.
-    """
+    """A Ctrl-C that stopped work cleanly, its one line saying where and what was kept; a
+    KeyboardInterrupt, so callers stop as for any Ctrl-C."""

@@ -1,17 +1,14 @@
 """How well a DRAW model explains images: the bound of eq. 12, and an importance-sampled
 estimate of -log p(x).
 
-The bound L = L^x + L^z (eq. 12) is what training minimises and what the paper reports. It is
-an upper bound on -log p(x); the gap is KL(q(z|x) || p(z|x)). The importance-sampled estimate
-(Burda, Grosse and Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016)
+The bound L = L^x + L^z (eq. 12), what training minimises and the paper reports, exceeds
+-log p(x) by KL(q(z|x) || p(z|x)). The importance-sampled estimate (Burda, Grosse and
+Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016)
 
     -log p(x) ~= -log (1/K) sum_k p(x, z_k) / q(z_k | x),    z_k ~ q(z | x),
 
-is again an upper bound in expectation, never looser than the bound, and it tightens to
--log p(x) as K grows. Per image it is at most the mean of -log w_k over the same K samples
-(Jensen's inequality), which itself is an unbiased estimate of the bound. Its cost is K forward
-passes per image. Training monitors the bound (draw/training/task.py); evaluate.py prints both
-(draw/outputs/scores.py).
+is an upper bound in expectation, never looser than the bound (per image at most the mean of
+-log w_k, by Jensen), and tightens to -log p(x) as K grows, at K passes per image.
 """
 import math
 from collections.abc import Callable, Iterable
@@ -21,9 +18,8 @@ from torch import Tensor
 
 from draw.model import DrawModel, nll_bound
 
-# (image, sample) rows per pass through the model: enough for efficient matrix products (a row
-# costs 1.6x more in passes of 400), few enough that the progress bar moves every few seconds
-# on a CPU at T = 64
+# (image, sample) rows per pass: enough for efficient matrix products, few enough that the
+# progress bar moves every few seconds on a CPU at T = 64
 MAX_ROWS = 1000
 
 
@@ -36,21 +32,19 @@ def bound_statistics(forward: Callable, model: DrawModel, data: Iterable[Tensor]
     Parameters
     ----------
     forward : callable
-        `model` itself or a faster callable with its signature (x, u) -> (c, kl).
+        `model` itself or a callable with its signature (x, u) -> (c, kl).
     model : DrawModel
-        Put in eval mode for the evaluation and back in its previous mode after.
+        In eval mode during the evaluation, in its previous mode after.
     data : iterable of Tensor, each (B, x_dim) on the model's device
     generator : torch.Generator
         On the model's device; the source of the posterior noise u.
     dist : draw.training.distributed.Distributed, optional
-        Under torchrun, every rank passes the same `data` and `generator`, evaluates its slice
-        of each batch (with its slice of the batch's noise) and gets the averages over all of
-        them, the same numbers as one process would compute, up to float rounding.
+        Under torchrun every rank passes the same `data` and `generator`, evaluates its slice
+        of each batch and gets one process's averages, up to float rounding.
 
     Returns
     -------
-    nll_bound : float, nats per image
-    kl_terms : list of n_iter floats, nats per image
+    nll_bound : float, and kl_terms : list of n_iter floats, nats per image
     """
     was_training = model.training
     model.eval()
@@ -93,9 +87,9 @@ def importance_sampled_nll(model: DrawModel, data: Iterable[Tensor], samples: in
     generator : torch.Generator
         On the model's device; the source of the posterior noise.
     max_rows : int
-        At most this many (image, sample) pairs go through the model at once; it bounds memory.
+        At most this many (image, sample) pairs per pass; it bounds memory.
     progress : callable, optional
-        Called with the number of images just finished after every pass through the model.
+        Called with the number of images finished after every pass.
 
     Returns
     -------

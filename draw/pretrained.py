@@ -1,15 +1,13 @@
 """The models shipped in pretrained/, as torch.hub entry points (hubconf.py at the repository root).
 
-Every `pretrained/<file>_model.pkl` is one entry point, named after its file with dashes and dots
-as underscores: `bmnist-r2-w5-t64_model.pkl` is `bmnist_r2_w5_t64`. A model file added to
-pretrained/ is an entry point with no code to change (pretrained/README.md describes each).
+Every `pretrained/<file>_model.pkl` is an entry point named after its file, dashes and dots as
+underscores (`bmnist-r2-w5-t64_model.pkl` is `bmnist_r2_w5_t64`), with no code to change:
 
     model = torch.hub.load("path/to/draw", "bmnist_r2_w5_t64", source="local")
     canvases = model.sample(16)            # (T, 16, 784): sigma(c_t) after every glimpse
 
-Each entry returns the model, a DrawModel or, for a classifier's file, an AttentionClassifier,
-rebuilt from the file's config by the project's safe loaders (draw/checkpoint.py:
-`torch.load(weights_only=True)`, so loading a file cannot run code), on `device`, in eval mode.
+Each returns a DrawModel or an AttentionClassifier, rebuilt by the safe loaders of
+draw/checkpoint.py, on `device`, in eval mode.
 """
 import os
 from collections.abc import Callable
@@ -29,10 +27,8 @@ def entry_name(path: str | os.PathLike) -> str:
 
 def load_pretrained(path: str | os.PathLike,
                     device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of a model file, DRAW's or a classifier's, on `device`, in eval mode.
-
-    Raises CheckpointError, one line, for a missing file or one that is not a model file.
-    """
+    """The model of a model file, DRAW's or a classifier's, on `device`, in eval mode;
+    CheckpointError, one line, for a missing file or one that is not a model file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: this copy of the repository does not hold "

@@ -1,15 +1,10 @@
 """A trained model to share: its parameters and where they came from, not how to resume them.
 
-A run's model file holds, besides the parameters, Adam's two moments (twice the parameters
-again), every random state and the loop's position, so that the run can resume exactly. The
-file a run is published as (e.g. `pretrained/bmnist-r2-w5-t64_model.pkl`) needs none of that:
-
     python export-model.py RUN_DIR pretrained/bmnist-r2-w5-t64_model.pkl
 
-writes the same model-file format (draw/checkpoint.py) with the config, the
-parameters, the run's settings, its epoch and iteration, and its log (the curves behind the
-published numbers), and with "optimizer" and "rng" empty. sample.py, evaluate.py, attention
-demos and `--oldmodel` read it as they read any model file; `--resume` refuses it in one line.
+writes the model-file format (draw/checkpoint.py) with the config, parameters, settings, epoch,
+iteration and log, but without Adam's moments and the random states ("optimizer" and "rng"
+empty). Every reader of model files reads it; `--resume` refuses it in one line.
 """
 import os
 from pathlib import Path
@@ -27,8 +22,7 @@ KEPT = ("format", "version", "config", "model", "run", "epoch", "iteration", "lo
 
 def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> dict:
     """Write `destination`: the model file (or run directory) `source` without its training
-    state. Returns what was written. Raises DrawError, one line, before writing anything, for
-    a source that is not a model file or a destination that is the source itself."""
+    state; returns it. DrawError, before writing, for a bad source or the source itself."""
     _, path = find_checkpoint(os.fspath(source), flag="export-model.py")
     if path is None:
         raise DrawError(f"{source}: the run has no model file yet (it stopped before its "
@@ -37,9 +31,8 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
     if destination.exists() and destination.resolve() == path.resolve():
         raise DrawError(f"{destination} is the model file being exported: writing over it would "
                         f"lose its training state; name another file")
-    # rebuilt once, so that a file whose parameters do not fit its config is refused here
-    # rather than by whoever downloads the export (a CheckpointError is a DrawError); its
-    # config, read alone, is checked first, as sample.py and evaluate.py check it
+    # built once, so that parameters that do not fit the config are refused here, not by
+    # whoever downloads the export; the config's sizes are checked first
     ckpt = load_checkpoint(path)
     cfg = file_config(ckpt, path, classifier=True)
     check_inference(cfg, 1, f"the model of {path}")

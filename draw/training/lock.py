@@ -1,13 +1,10 @@
 """One process per run directory: a lock file naming its holder, and what a killed run left.
 
-Two processes training into the same run directory (a second `--resume` of a running run, say)
-would overwrite each other's checkpoints. The first takes `RUN_DIR/.lock`, created exclusively
-(O_CREAT | O_EXCL, atomic on POSIX filesystems) and holding its host name, PID and the PID's
-start time; the second reads it and stops with one line naming that process. A lock left by a
-killed run is stale when its process is gone (or its PID now belongs to a process that started
-later): the next run removes it and proceeds. The same run also removes the temporary files a
-killed save left behind (draw/atomic.py's `.NAME.*.tmp`), which only a writer holding the lock
-can have made.
+Two processes training into one run directory would overwrite each other's checkpoints. The
+first creates `RUN_DIR/.lock` exclusively (O_CREAT | O_EXCL) with its host, PID and the PID's
+start time; a second stops with one line naming it. A lock whose process is gone (or whose PID
+was reused) is stale: the next run removes it, and the temporary files a killed save left
+(draw/atomic.py's `.NAME.*.tmp`), which only the lock's holder can have made.
 """
 import json
 import os
@@ -26,8 +23,7 @@ class RunLockedError(DrawError):
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time since boot (Linux /proc), to tell a reused PID from its first
-    owner; None where it cannot be read."""
+    """The process's start time since boot (Linux /proc), to tell a reused PID; None if unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

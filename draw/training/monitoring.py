@@ -19,15 +19,10 @@ def log_entries(prefix: str, means: dict) -> dict:
 
 
 class TrainingDataMonitoring(SimpleExtension):
-    """Average the task's monitored numbers over each epoch, into `train_<name>` (for DRAW
-    `train_nll_bound` and `train_kl_term_<t>`), with `train_total_gradient_norm` and
-    `train_total_step_norm`.
-
-    The task's numbers are means over the epoch's examples, the norms means over its batches.
-    Sums stay on the device until the epoch ends, so monitoring adds no host sync per batch.
-    The loop's per-batch sums are already global under torchrun, so every rank (and a
-    checkpoint taken mid-epoch) holds the numbers of the whole job.
-    """
+    """Average the task's numbers over each epoch's examples into `train_<name>` (for DRAW
+    `train_nll_bound`, `train_kl_term_<t>`), and the norms over its batches into
+    `train_total_gradient_norm` and `train_total_step_norm`. The sums stay on the device until
+    the epoch ends: no host sync per batch."""
     # what checkpoints written before the task existed called the sums (a mid-epoch resume)
     OLD_NAMES = {"nll_bound_sum": "nll_bound", "kl_sum": "kl_term"}
 
@@ -71,35 +66,27 @@ class TrainingDataMonitoring(SimpleExtension):
 
 
 class DataStreamMonitoring(SimpleExtension):
-    """Evaluate the task on a split under no_grad: `<prefix>_<name>` for each of the task's
-    numbers (for DRAW `<prefix>_nll_bound` and `<prefix>_kl_term_<t>`), means over the
-    examples, and `<prefix>_examples`, how many were evaluated.
-
-    Before training and every `every` epochs it evaluates `stream`, which may be a subset of
-    the split to keep evaluation cheap; after the last epoch (when a stop is requested) it
-    evaluates `final`, the whole split. Under torchrun every rank evaluates its slice of each
-    batch and the sums are all-reduced: the numbers are those of one process, in
-    1 / world_size of the time.
+    """Evaluate the task on a split: `<prefix>_<name>` for each of its numbers (for DRAW
+    `<prefix>_nll_bound`, `<prefix>_kl_term_<t>`), and `<prefix>_examples`.
 
     Parameters
     ----------
     stream : callable
-        Returns one pass over the (sub)split in batches on `device` (draw.datasets.batches).
+        One pass over the (sub)split in batches on `device`, evaluated before training and
+        every `every` epochs.
     prefix : str
         "valid" or "test".
     device : str or torch.device
     seed : int
-        Any noise comes from a generator seeded with it at every evaluation: each epoch sees
-        the same noise (so differences between epochs are the model's, not the noise's),
-        and evaluating draws nothing from the training's random streams.
+        Seeds the noise afresh at every evaluation: epochs differ by the model alone, and the
+        training's random streams are untouched.
     every : int
-        Epochs between evaluations.
     final : callable, optional
-        The whole split, for the evaluation after the last epoch; `stream` by default.
+        The whole split, evaluated after the last epoch; `stream` by default.
     sizes : (int, int), optional
-        Batches in one pass of `stream` and of `final`, for a progress bar with an ETA.
+        Batches in a pass of `stream` and of `final`, for the progress bar's ETA.
     progress : bool
-        Show that bar (the main process only) where stderr is a terminal.
+        Show the bar (the main process only) where stderr is a terminal.
     """
 
     default_triggers = ("before_first_epoch", "after_epoch")

@@ -1,8 +1,5 @@
-"""A run directory: found from --resume, named and made for a fresh run, and its small text
-files (config.json, args.txt); any training script's set-up shares these (run.py for DRAW).
-
-The directory is `<name>-YYYYmmdd-HHMMSS` in --run-dir; its lock and the clean-up after a killed
-run are in draw/training/lock.py.
+"""A run directory `<name>-YYYYmmdd-HHMMSS` in --run-dir: found from --resume, named and made for
+a fresh run, and its small text files (config.json, args.txt). Its lock is in lock.py.
 """
 import json
 import os
@@ -15,11 +12,9 @@ from draw.training.lock import LOCK_NAME, check_unlocked
 
 
 def find_checkpoint(resume: str, flag: str = "--resume") -> tuple[Path, Path | None]:
-    """The run directory and its model file; None for a run killed before its first one,
-    which its config.json lets restart. `flag` names the argument in errors.
-
-    A run killed before even its config.json was complete (in its first seconds) holds nothing
-    to continue: the error says so, with the command line its args.txt recorded."""
+    """The run directory and its model file, None for a run killed before its first one (its
+    config.json restarts it); `flag` names the argument in errors. A run killed before even
+    its config.json holds nothing to continue: the error gives its args.txt's command."""
     path = Path(resume)
     if path.is_file():
         return path.parent, path
@@ -76,7 +71,7 @@ def experiment_name(run_path: Path | None, default: str) -> str:
 
 
 def new_run_path(parent: Path, name: str) -> Path:
-    """`<name>-YYYYmmdd-HHMMSS` in `parent`, checked to be creatable; made by `_make_run_dir`."""
+    """`<name>-YYYYmmdd-HHMMSS` in `parent`, checked to be creatable; `make_run_dir` makes it."""
     existing = parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

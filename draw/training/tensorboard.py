@@ -1,20 +1,10 @@
 """TensorBoard event files of a run (`--tensorboard`): the log's numbers and a picture per epoch.
 
-The extension reads what the others left, as every extension does: the numbers of the log's
-rows, and the picture of each epoch that SampleCheckpoint (`epoch-NNN.png`) or the classifier's
-GlimpseCheckpoint (`glimpses-NNN.png`) wrote just before it. The event files go into the run
-directory, so `tensorboard --logdir RUN_DIR_PARENT` shows every run side by side.
-
-Each number of a row is a scalar at step = the row's epoch, its tag the log key under a section
-that keeps the dashboard readable (a T = 64 run has 192 KL terms):
-
-    objective/train_nll_bound, objective/valid_error, ...   the bounds or the errors
-    kl_per_step/train_kl_term_0, ...                        KL of each glimpse
-    optimizer/train_total_gradient_norm, optimizer/learning_rate, ...
-    time/time_train_this_epoch, time/time_total
-
-TensorBoard is an optional dependency (`pip install -e ".[tensorboard]"`): `require_tensorboard`
-says so in one line, before a run writes anything.
+The extension reads what the others left: the log's rows and each epoch's picture
+(`epoch-NNN.png`, `glimpses-NNN.png`). Each number is a scalar at step = epoch, its tag the log
+key under a section that keeps the dashboard readable (a T = 64 run has 192 KL terms):
+objective/, kl_per_step/, optimizer/ and time/. TensorBoard is optional: `require_tensorboard`
+says how to install it, before a run writes anything.
 """
 import importlib.util
 from pathlib import Path
@@ -30,15 +20,13 @@ OPTIMIZER_KEYS = ("train_total_gradient_norm", "train_total_step_norm", "learnin
 
 
 def require_tensorboard() -> None:
-    """DrawError, one line saying how to install it, where the tensorboard package is missing
-    (torch.utils.tensorboard needs it)."""
+    """DrawError, one line saying how to install it, where the tensorboard package is missing."""
     if importlib.util.find_spec("tensorboard") is None:
         raise DrawError(f"--tensorboard needs the tensorboard package: {INSTALL}")
 
 
 def scalar_tag(key: str) -> str | None:
-    """The TensorBoard tag of a log key, None for the keys that are not curves (the counters,
-    how many images were evaluated)."""
+    """The TensorBoard tag of a log key, None for the counters, which are not curves."""
     if key in ("epoch", "iteration") or key.endswith("_examples"):
         return None
     if "_kl_term_" in key:
@@ -53,22 +41,12 @@ def scalar_tag(key: str) -> str | None:
 
 
 class TensorBoard(SimpleExtension):
-    """Write every row of the log, and its epoch's picture, as TensorBoard events.
+    """Write every row of the log, and its epoch's picture (`picture`, e.g.
+    "epoch-{epoch:03d}.png", tagged `picture_tag`), as events in `run_dir`; after the extensions
+    that fill the log and draw the pictures.
 
-    Put it after the extensions that fill the log and draw the pictures. At the start of a run,
-    fresh or resumed, it writes all the log's rows, which purges whatever events an earlier
-    session left (TensorBoard's purge_step): the events then always match the log, also when
-    a run was killed between its model file and its events, or when --tensorboard is first
-    given on a resume. After each epoch it adds that epoch's row and flushes.
-
-    Parameters
-    ----------
-    run_dir : path-like
-        Where the event files go.
-    picture : str
-        The name of an epoch's picture in `run_dir`, with `{epoch}`: "epoch-{epoch:03d}.png".
-    picture_tag : str
-        Its tag in TensorBoard ("samples", "glimpses").
+    A run, fresh or resumed, starts by writing all the log's rows, purging an earlier session's
+    events (purge_step), so the events match the log even after a kill.
     """
 
     default_triggers = ("before_training", "after_epoch", "after_training", "on_error")
