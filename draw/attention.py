@@ -42,12 +42,11 @@ class ZoomableAttentionWindow:
         self.img_height = img_height
         self.img_width = img_width
         self.N = N
-        # the filterbank's constants, made once per dtype and device instead of four ops in
-        # every call (two aranges, two subtractions; see `_constants`)
         self._cache: dict = {}
 
     def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The grid offsets i - N/2 - 1/2 of eqs. 19-20 (N,) and the pixel centres 0..P-1 (P,)."""
+        """The grid offsets i - N/2 - 1/2 of eqs. 19-20 (N,) and the pixel centres 0..P-1 (P,),
+        made once per dtype and device rather than in every call."""
         key = (dtype, device)
         if key not in self._cache:
             kw = dict(dtype=dtype, device=device)
@@ -93,14 +92,11 @@ class ZoomableAttentionWindow:
         if H != W:      # the shorter axis's pixels past its end are not pixels: weight 0
             beyond = torch.stack([pixels >= H, pixels >= W])[:, None]                # (2, 1, P)
             logits = logits.masked_fill(beyond, float("-inf"))
-        # Weights below tiny^(1/3) of their row's largest (2.3e-13 in float32, 6e-103 in
-        # float64; tiny is the smallest normal float) are set to exactly 0. That is far below
-        # the rounding of the largest weight, so no sum over the row changes; but the
-        # Gaussian's far tails would otherwise be denormal floats (< 1.2e-38 in float32), on
-        # which x86 CPUs compute many times slower, and so would their products with images
-        # and gradients, while products of kept weights stay far from that range. Each row
-        # keeps its largest weight, so it stays normalised. (bench/README.md: training
-        # with this cut is as fast with denormals computed as flushed.)
+        # Weights below tiny^(1/3) of their row's largest (2.3e-13 in float32; tiny is the
+        # smallest normal float) are set to exactly 0: far below the rounding of the largest,
+        # so no row sum changes, but otherwise the Gaussian's far tails, and their products
+        # with images and gradients, would be denormal floats, on which x86 CPUs compute many
+        # times slower. Each row keeps its largest weight, so it stays normalised.
         cut = math.log(torch.finfo(dtype).tiny) / 3                                  # (-29.1 in float32)
         logits = logits.masked_fill(logits < logits.amax(dim=-1, keepdim=True) + cut,
                                     float("-inf"))
@@ -134,9 +130,8 @@ class ZoomableAttentionWindow:
         can read several images (DRAW's reader: x and x_hat). images (B, C*H*W) -> (B, C*N*N)."""
         FY, FX = filterbank
         B, C, H, W, N = images.shape[0], self.channels, self.img_height, self.img_width, self.N
-        # Two bmm over the batch, no broadcasting: the channels side by side as columns for the
-        # left product F_Y x, stacked as rows for the right one. With C = 1 every reshape is a
-        # view; broadcast 4-d matmuls cost more calls and autograd nodes (bench/README.md).
+        # Two bmm over the batch, no broadcasting (fewer calls and autograd nodes): the channels
+        # side by side as columns for the left product F_Y x, stacked as rows for the right one.
         x = images.view(B, C, H, W).transpose(1, 2).reshape(B, H, C * W)
         t = torch.bmm(FY, x)                                                   # (B, N, C*W)
         t = t.view(B, N, C, W).transpose(1, 2).reshape(B, C * N, W)
@@ -165,8 +160,7 @@ class ZoomableAttentionWindow:
         FY, FX = filterbank
         B, C, H, W, N = windows.shape[0], self.channels, self.img_height, self.img_width, self.N
         # as in `read_through`: channels as rows of the right product w F_X, as columns of the
-        # left one; F_Y^T (w F_X) rather than (F_Y^T w) F_X, which MKL ran slower (44 against
-        # 67 us for N = 5, B = 100, forward alone)
+        # left one; F_Y^T (w F_X) rather than (F_Y^T w) F_X, which MKL ran slower
         t = torch.bmm(windows.view(B, C * N, N), FX)                           # (B, C*N, W)
         t = t.view(B, C, N, W).transpose(1, 2).reshape(B, N, C * W)
         image = torch.bmm(FY.transpose(1, 2), t)                               # (B, H, C*W)
@@ -191,9 +185,8 @@ class ZoomableAttentionWindow:
         return (*centre.unbind(dim=1), delta, sigma, gamma)
 
     def window(self, l: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """`nn2att` with the grid centre as one tensor: centre (B, 2) = (g_Y, g_X), delta, sigma,
-        gamma (B,) each; `filterbank` takes it so. Both centres in one op each (the two
-        unbound ones and their stack were 8 ops a glimpse forward, more backward)."""
+        """`nn2att` with the grid centre as one tensor, fewer ops per glimpse: centre (B, 2) =
+        (g_Y, g_X), delta, sigma, gamma (B,) each; `filterbank` takes it so."""
         H, W = self.img_height, self.img_width
         # eqs. 22-23, g = (A + 1)/2 (g~ + 1) in the paper's 1-based pixels; minus 1 for 0-based
         half = (H + 1) / 2 if H == W else l.new_tensor([(H + 1) / 2, (W + 1) / 2])

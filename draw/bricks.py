@@ -16,12 +16,9 @@ from draw.attention import ZoomableAttentionWindow
 
 def spanning_window_bias(zoomer: ZoomableAttentionWindow, sigma_per_delta: float,
                          gamma_power: float) -> Tensor:
-    """The bias of an attention head (eq. 21) whose window's grid tiles the whole image.
-
-    While a head's weights are small its window is its bias (and h_0^dec = 0 makes the first
-    one exactly that). This window is centred, with stride delta = max(H, W) / N, so that the
-    N x N grid tiles the image: N * delta = max(H, W), each filter at the middle of its
-    delta x delta cell.
+    """The bias of an attention head (eq. 21) whose window's grid tiles the whole image: centred,
+    stride delta = max(H, W) / N, each filter in the middle of its delta x delta cell. While a
+    head's weights are small its window is its bias (exactly, at h_0^dec = 0).
 
     Parameters
     ----------
@@ -65,12 +62,10 @@ class Reader(nn.Module):
 class AttentionReader(nn.Module):
     """read with attention (eq. 27): gamma [F_Y x F_X^T, F_Y x_hat F_X^T].
 
-    Its first window, before training, tiles the image (`reset_window`). The classic zero bias
-    puts a 2x2 read window's filters on the four corner pixels (delta = 27, sigma = 1), which
-    are blank in MNIST, so the encoder sees nothing of x at first. Tiling the image, each
-    filter reads a quadrant from the first step; sigma = delta / 4 is sharper than an even
-    cover, whose glimpse averages a whole quadrant and hardly changes as the window moves
-    (doc/development.md has what each choice measured).
+    Its first window tiles the image (`reset_window`): the classic zero bias puts a 2x2 window's
+    filters on the four blank corner pixels of MNIST, so the encoder saw nothing of x at first.
+    sigma = delta / 4 is sharper than an even cover, whose glimpse hardly changes as the window
+    moves (doc/development.md).
     """
     window_bias = (1 / 4, 0.0)        # sigma / delta and gamma's power of delta
 
@@ -85,9 +80,7 @@ class AttentionReader(nn.Module):
         centre, delta, sigma, gamma = self.zoomer.window(self.readout(h_dec))  # eqs. 21-24
         filterbank = self.zoomer.filterbank(centre, delta, sigma)
         # x and x_hat read one at a time through the one filterbank, not as one image of 2C
-        # channels: x needs no gradient, so autograd computes none for its half, and the
-        # (B, 2*x_dim) cat per glimpse goes. With read_through's bmm, this brick's forward and
-        # backward run 1.14x faster than the 2C-channel read (bench/README.md).
+        # channels: x needs no gradient, so autograd computes none for its half
         glimpses = torch.cat([self.zoomer.read_through(filterbank, x),
                               self.zoomer.read_through(filterbank, x_hat)], dim=1)
         return gamma[:, None] * glimpses                                      # (B, 2*C*N*N)
@@ -113,11 +106,9 @@ class Writer(nn.Module):
 class AttentionWriter(nn.Module):
     """write with attention (eqs. 28-29): (1 / gamma_hat) F_Y_hat^T w F_X_hat.
 
-    Its first window, before training, covers the image evenly (`reset_window`). The classic
-    zero bias writes 25 isolated dots (sigma = 1 pixel, stride 6.75) at 1/31 of the intended
-    intensity. An even cover (sigma = delta / 2) with gamma = 1 / delta^2 lets a unit w change
-    the whole canvas's logits by 1 on average, as the plain writer's does, so both learn the
-    background alike.
+    Its first window covers the image evenly (`reset_window`), where the classic zero bias wrote
+    25 isolated dots: with sigma = delta / 2 and gamma = 1 / delta^2 a unit w changes the whole
+    canvas's logits by 1 on average, as the plain writer's does.
     """
     window_bias = (1 / 2, -2.0)       # sigma / delta and gamma's power of delta
 

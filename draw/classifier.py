@@ -19,21 +19,15 @@ Per glimpse t = 1..T:
     p(y | x) = softmax(V h_T + b)                                      after the last glimpse
 
 Where the paper is silent, the choices made here:
-- The read window comes from the LSTM's own previous state, as DRAW's read uses h_{t-1}^dec
-  (eq. 21); there is no second network. h_0 = c_0 = 0, so the first window is the read head's
-  bias alone.
-- The LSTM input is the glimpse only: no error image (there is no canvas) and, unlike RAM, no
-  explicit glimpse location (the state that chose the window already knows it).
-- The loss is the cross-entropy of the softmax on the final state alone; no per-step loss.
-- Initialisation (ours, not the paper's): the LSTM and the softmax layer keep PyTorch's default
-  uniform(+-1/sqrt(fan_in)) weights, the LSTM's forget-gate bias is 1 (as DrawModel's), the read
-  head's weights are N(0, 0.01) and its bias is a centred window whose 12 x 12 grid tiles the
-  whole image with sigma = delta / 2 (`spanning_window_bias`): the first glimpse is a blurred
-  12 x 12 overview of the whole 100 x 100 image, from which the network chooses where to look
-  next. Its intensity gamma starts at delta (8.3 pixels for 12 x 12 on 100 x 100), not 1: a
-  glimpse value is a weighted mean of pixels, mostly black in cluttered MNIST, and at gamma = 1
-  the LSTM hardly saw it (doc/development.md, "Initialisation: the read window's intensity
-  gamma", has what was measured).
+- The read window comes from the LSTM's own previous state (as eq. 21 from h_{t-1}^dec); with
+  h_0 = c_0 = 0 the first window is the read head's bias alone.
+- The LSTM input is the glimpse only: no error image (no canvas), no explicit location.
+- The loss is the cross-entropy of the softmax on the final state alone.
+- Initialisation (ours): PyTorch's default weights for the LSTM and the softmax, forget-gate
+  bias 1, the read head's weights N(0, 0.01) and its bias a centred window tiling the image
+  with sigma = delta / 2 (`spanning_window_bias`): the first glimpse is a blurred overview.
+  gamma starts at delta, not 1: a glimpse value is a weighted mean of mostly black pixels, and
+  at gamma = 1 the LSTM hardly saw it (doc/development.md).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -80,12 +74,8 @@ class ClassifierConfig(ModelConfigBase):
 
 
 class GlimpseReader(AttentionReader):
-    """DRAW's attention reader with the image alone: gamma F_Y x F_X^T (eq. 27 without x_hat).
-
-    The same brick as the generator's (its `zoomer` filterbank and its eq. 21 `readout` head); a
-    classifier has no canvas and hence no error image to read beside x. Its first window is
-    an even cover at gamma = delta (the module docstring says why).
-    """
+    """DRAW's attention reader with the image alone: gamma F_Y x F_X^T (eq. 27 without x_hat),
+    its first window an even cover at gamma = delta (the module docstring says why)."""
     window_bias = (1 / 2, 1.0)        # sigma / delta and gamma's power of delta
 
     def __init__(self, x_dim: int, state_dim: int, channels: int, height: int, width: int,
@@ -153,12 +143,8 @@ class AttentionClassifier(nn.Module):
                  ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """k consecutive glimpses of x (B, C*H*W) from the LSTM state (h, cell), each (B,
         enc_dim): read with the window chosen from h (eqs. 21, 27), then one LSTM step.
-
-        Returns the state after them and their windows (5, k, B), rows as WINDOW_NAMES, detached
-        (they are for pictures; the loss is on the final state alone). `forward` runs the T
-        glimpses through it in calls of `glimpses_per_call` (all T by default), as DrawModel's
-        `unroll` does; draw.fast_path.compile_glimpses compiles it.
-        """
+        Returns the state and the windows (5, k, B), rows as WINDOW_NAMES, detached (for
+        pictures). What draw.fast_path.compile_glimpses compiles."""
         h, cell = state
         windows = []
         for _ in range(k):

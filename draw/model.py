@@ -7,10 +7,8 @@ K. Gregor, I. Danihelka, A. Graves, D. J. Rezende, D. Wierstra.
 Equation numbers below are the paper's.
 
 Choices the paper leaves open, made as in the classic Theano/Blocks repository unless said:
-- Encoder and decoder are `nn.LSTMCell`s. The classic Blocks LSTM had peephole connections and a
-  separate input projection (an MLP into 4*dim); `nn.LSTMCell` folds the projection in and has
-  no peepholes, which is what every maintained PyTorch kernel (and the fused CPU/CUDA cell)
-  implements. It keeps the paper's equations 4 and 7.
+- Encoder and decoder are `nn.LSTMCell`s (eqs. 5 and 7): the projection folded in and no
+  peepholes, unlike the classic Blocks LSTM, as every maintained PyTorch kernel implements it.
 - Initial states h_0^enc, h_0^dec, c_0 are zero.
 - One write window is shared by all channels, as is the read window.
 """
@@ -26,8 +24,7 @@ from draw.bricks import AttentionReader, AttentionWriter, Qsampler, Reader, Writ
 
 
 class ConfigError(ValueError):
-    """A bad value of a model's config, from flags or a model file; a training script names
-    its flag for `field` instead (draw/training/typed_settings.py, Settings.config_error)."""
+    """A bad value of a model's config, from flags or a model file (scripts name the flag)."""
 
     def __init__(self, config: object, field: str, problem: str):
         super().__init__(f"{type(config).__name__}.{field} {problem}")
@@ -35,9 +32,8 @@ class ConfigError(ValueError):
 
 
 class ModelConfigBase:
-    """The base of DrawConfig's and ClassifierConfig's dataclasses, and the one check of their
-    sizes, from flags or a model file alike: each field a positive integer (or None, where that
-    is its default), the windows (read_N, write_N) inside the image."""
+    """The base of DrawConfig and ClassifierConfig, and the one check of their sizes: each field
+    a positive integer (or None where that is its default), the windows inside the image."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -93,10 +89,8 @@ class DrawState(NamedTuple):
 class DrawModel(nn.Module):
     """DRAW (eqs. 3-8), built from its bricks.
 
-    `step` is one glimpse (read, encode, sample, decode, write) and `decode` its generative half;
-    `forward`, `log_weight` (through `unroll` and `glimpses`) and `sample` only loop over them.
-    To change DRAW's maths, replace a brick (any module with the same call signature) or
-    override `step`/`decode`: everything that trains, evaluates or samples goes through them.
+    `step` is one glimpse and `decode` its generative half; everything that trains, evaluates
+    or samples loops over them, so a replaced brick or an overridden `step` changes it all.
 
     Parameters
     ----------
@@ -145,13 +139,9 @@ class DrawModel(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module):
-        """The classic repository's IsotropicGaussian(0.01) weights and Constant(0) biases, except
-        three biases that let attention models learn (issue 8; doc/development.md, "Model
-        quality: the initialisation", has what each choice measured).
-
-        `apply` visits children before parents, so the brick cases below override the Linear and
-        LSTMCell defaults set in the same pass.
-        """
+        """The classic repository's IsotropicGaussian(0.01) weights and zero biases, but three
+        biases that let attention models learn (doc/development.md, "the initialisation").
+        `apply` visits children first, so the brick cases override their Linear's defaults."""
         for name, p in module.named_parameters(recurse=False):
             if name.startswith("weight"):
                 nn.init.normal_(p, mean=0.0, std=0.01)
@@ -179,9 +169,8 @@ class DrawModel(nn.Module):
         return (self.n_iter, batch, self.sampler.z_dim)
 
     def noise(self, batch: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Fresh N(0, I) noise u for a batch, shape (n_iter, batch, z_dim), in `like`'s dtype
-        and on its device; from `generator`, else from the global one (torch.manual_seed fixes
-        it). The one place DRAW's noise is drawn: training, evaluation and sampling call it."""
+        """Fresh N(0, I) noise u (n_iter, batch, z_dim), in `like`'s dtype and device, from
+        `generator` or the global one: the one place DRAW's noise is drawn."""
         return torch.randn(self.noise_shape(batch), generator=generator, dtype=like.dtype,
                            device=like.device)
 
@@ -233,12 +222,8 @@ class DrawModel(nn.Module):
 
     def glimpses(self, state: DrawState, x: Tensor, u: Tensor
                  ) -> tuple[DrawState, Tensor, Tensor, Tensor]:
-        """Consecutive glimpses, one per row of the noise u (k, B, z_dim): `step` k times.
-
-        Returns the state after them and z, mean, log_sigma, each (k, B, z_dim). `unroll` runs
-        the T glimpses through it in calls of `glimpses_per_call` (all T by default);
-        draw.fast_path.compile_glimpses compiles it.
-        """
+        """`step` once per row of the noise u (k, B, z_dim): the state after them and z, mean,
+        log_sigma, each (k, B, z_dim). What draw.fast_path.compile_glimpses compiles."""
         posterior = []
         for u_t in u.unbind(0):
             state, *z_mean_log_sigma = self.step(state, x, u_t)
@@ -275,8 +260,7 @@ class DrawModel(nn.Module):
             KL(Q(Z_t|h_t^enc) || P(Z_t)) of every step (eq. 11, before the sum over t).
         """
         c, _, mean, log_sigma = self.unroll(x, self._given_or_fresh_noise(u, x.shape[0], x))
-        # under bfloat16 autocast (draw/precision.py) the posterior's linear maps return
-        # bfloat16; the KL is summed over z in x's dtype (float32), as the canvas c already is
+        # under bfloat16 autocast the posterior's maps return bfloat16; the KL sums in float32
         mean, log_sigma = mean.to(x.dtype), log_sigma.to(x.dtype)            # (T, B, Z) each
         return c, self.sampler.kl(mean, log_sigma)                            # eq. 11, all t at once
 
