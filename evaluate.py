@@ -19,12 +19,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--split", type=str, default="test", choices=("train", "valid", "test"),
                         help="which split (default: %(default)s)")
     parser.add_argument("-k", "--samples", type=positive, default=DEFAULT_SAMPLES,
-                        help="importance samples K per image (default: %(default)s). Each image "
-                             "costs about K + 3 passes through the model, so the time grows with "
-                             "K; the bound (eq. 12, what the paper reports) does not depend on "
-                             "it. K = 10 gives about half the tightening of K = 1000 at 1/100 of "
-                             "its time; for final numbers use -k 100 or more, on a GPU. The "
-                             "expected time is printed after the first images when it is long")
+                        help="importance samples K per image (default: %(default)s); each image "
+                             "costs about K + 3 passes, and the bound (eq. 12) does not depend "
+                             "on K. For final numbers use -k 100 or more, on a GPU")
     parser.add_argument("--bs", "--batch-size", type=positive, default=100, dest="batch_size",
                         help="images per batch of the bound (default: %(default)s)")
     parser.add_argument("--subset", type=positive, default=None,

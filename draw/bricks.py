@@ -25,14 +25,11 @@ def spanning_window_bias(zoomer: ZoomableAttentionWindow, sigma_per_delta: float
     zoomer : ZoomableAttentionWindow
         The head's filterbank; its `nn2att` defines the parameterisation (eqs. 22-24).
     sigma_per_delta : float
-        sigma / delta. At 1/2 neighbouring filters overlap into an even cover: summed over the
-        grid they weigh every pixel within 10 per cent of 1 / delta, except the outermost two
-        rows and columns, and exactly 1 / delta on average along the longer side. Smaller
-        values leave gaps between the filters.
+        sigma / delta. At 1/2 the filters overlap into an even cover (every pixel weighed
+        within 10 per cent of 1 / delta but the outermost two rows and columns); less leaves gaps.
     gamma_power : float
-        The intensity gamma is delta ** gamma_power: -2 for a writer (eq. 29 divides by
-        gamma, so with an even cover a unit patch w adds 1 per pixel on average), 0 for a
-        reader (eq. 27: each glimpse value is a weighted mean of pixels).
+        gamma = delta ** gamma_power: -2 for a writer (eq. 29 divides by gamma, so a unit patch
+        adds 1 per pixel on average), 0 for a reader (eq. 27: a weighted mean of pixels).
 
     Returns
     -------

@@ -87,7 +87,7 @@ def importance_sampled_nll(model: DrawModel, data: Iterable[Tensor], samples: in
     generator : torch.Generator
         On the model's device; the source of the posterior noise.
     max_rows : int
-        At most this many (image, sample) pairs per pass; it bounds memory.
+        At most this many (image, sample) pairs per pass, which bounds memory.
     progress : callable, optional
         Called with the number of images finished after every pass.
 

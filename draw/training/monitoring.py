@@ -69,24 +69,11 @@ class DataStreamMonitoring(SimpleExtension):
     """Evaluate the task on a split: `<prefix>_<name>` for each of its numbers (for DRAW
     `<prefix>_nll_bound`, `<prefix>_kl_term_<t>`), and `<prefix>_examples`.
 
-    Parameters
-    ----------
-    stream : callable
-        One pass over the (sub)split in batches on `device`, evaluated before training and
-        every `every` epochs.
-    prefix : str
-        "valid" or "test".
-    device : str or torch.device
-    seed : int
-        Seeds the noise afresh at every evaluation: epochs differ by the model alone, and the
-        training's random streams are untouched.
-    every : int
-    final : callable, optional
-        The whole split, evaluated after the last epoch; `stream` by default.
-    sizes : (int, int), optional
-        Batches in a pass of `stream` and of `final`, for the progress bar's ETA.
-    progress : bool
-        Show the bar (the main process only) where stderr is a terminal.
+    `stream()` is one pass over the (sub)split, evaluated before training and every `every`
+    epochs; `final()` (default `stream`) the whole split, after the last epoch. `seed` seeds the
+    noise afresh each time: epochs differ by the model alone, and the training's random
+    streams are untouched. `sizes` (batches per pass of each) gives the progress bar, shown
+    where `progress` and stderr is a terminal, its ETA.
     """
 
     default_triggers = ("before_first_epoch", "after_epoch")

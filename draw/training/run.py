@@ -160,16 +160,9 @@ def make_plan(job: Job, checked: Checked, dist: Distributed, device: torch.devic
 
 
 def train(job: Job, flags: dict) -> None:
-    """Train a job; `flags` are its script's, by settings field name, plus `config`. Under
-    torchrun every process calls it with the same flags.
-
-    Raises
-    ------
-    DrawError
-        For anything the user can fix, before any file is written.
-    Interrupted
-        After a first Ctrl-C has stopped training and the state has been saved.
-    """
+    """Train a job; `flags` are its script's, by settings field name, plus `config`, the same
+    in every process under torchrun. Raises DrawError for anything the user can fix, before
+    any file is written, and Interrupted after a Ctrl-C has stopped training and saved it."""
     place = process_place()
     with reported_once(place):
         checked = check(job, flags)

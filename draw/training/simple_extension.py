@@ -1,16 +1,10 @@
 """The base class of the main loop's extensions (Blocks' SimpleExtension).
 
 An extension has one method per event of the loop (draw/training/main_loop.py), a no-op unless
-a trigger keyword argument sends that event to its `do`:
-
-    before_training=True     at the start of every run (fresh or resumed)
-    before_first_epoch=True  at the start of a fresh run only, after before_training
-    before_epoch=True, after_batch=True, after_epoch=True, after_training=True, on_error=True
-    every_n_batches=N, every_n_epochs=N
-
-A subclass lists its default triggers in `default_triggers`; a caller can still turn any off.
-State that must survive a resume mid-epoch goes through `state_dict` / `load_state_dict`
-(plain data), which the Checkpoint extension saves.
+a trigger keyword argument sends that event to its `do`: before_training (every run, fresh or
+resumed), before_first_epoch (a fresh run only), before_epoch, after_batch, after_epoch,
+after_training, on_error, or every_n_batches=N, every_n_epochs=N. A subclass lists its
+defaults in `default_triggers`. State that must survive a resume goes through `state_dict`.
 """
 
 EVENTS = ("before_training", "before_epoch", "after_batch", "after_epoch", "after_training",
