@@ -101,9 +101,7 @@ def save_checkpoint(path: str | os.PathLike, model: DrawModel,
 
 
 def save_model_dict(path: str | os.PathLike, state: dict) -> None:
-    """Write a model file's dict as it is, atomically (export.py trims one to share it)."""
-    if state.get("format") != MODEL_FORMAT or state.get("version") != VERSION:
-        raise ValueError("save_model_dict needs a model file's dict (format and version)")
+    """Write a model file's dict (`load_checkpoint`'s, trimmed by export.py) as it is, atomically."""
     _save(path, state)
 
 

@@ -54,10 +54,9 @@ class MainLoop:
     task : a task (draw/training/task.py)
     optimizer : torch.optim.Optimizer
     epoch_batches : callable, optional
-        Called once per epoch (only by `run`): that epoch's global batches on the model's
-        device, their order (and any binarization) drawn from `generator` alone.
+        Called once per epoch by `run`: that epoch's global batches on the model's device,
+        drawn from `generator` alone, whose state at each epoch's start the loop keeps.
     generator : torch.Generator, optional
-        The data order; its state at the start of each epoch is part of the loop's state.
     extensions : iterable of SimpleExtension
         Run in this order at every event, so monitors go before the checkpoint that saves them.
     grad_clip : float
