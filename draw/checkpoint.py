@@ -101,7 +101,7 @@ def save_checkpoint(path: str | os.PathLike, model: DrawModel,
 
 
 def save_model_dict(path: str | os.PathLike, state: dict) -> None:
-    """Write a model file's dict (`load_checkpoint`'s, trimmed by export.py) as it is, atomically."""
+    """Write a model file's dict (`load_checkpoint`'s, trimmed by export.py), atomically."""
     _save(path, state)
 
 
