@@ -21,7 +21,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-k", "--samples", type=positive, default=DEFAULT_SAMPLES,
                         help="importance samples K per image (default: %(default)s); each image "
                              "costs about K + 3 passes, and the bound (eq. 12) does not depend "
-                             "on K. For final numbers use -k 100 or more, on a GPU")
+                             "on K. For final numbers use -k 100 or more, on a GPU. A long "
+                             "evaluation prints its expected time after the first images")
     parser.add_argument("--bs", "--batch-size", type=positive, default=100, dest="batch_size",
                         help="images per batch of the bound (default: %(default)s)")
     parser.add_argument("--subset", type=positive, default=None,

@@ -38,7 +38,7 @@ class LabelledImages:
 
     def batch(self, index: torch.Tensor | slice,
               epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The examples `index` ((B,) int64): uint8 (B, D) images and int64 (B,) labels."""
+        """The examples `index` ((B,) int64, or a slice): uint8 (B, D) images, int64 (B,) labels."""
         return self.images[index], self.labels[index]
 
     def subset(self, index: torch.Tensor) -> "LabelledImages":
@@ -70,8 +70,9 @@ class ClutteredSplit:
 
     def batch(self, index: torch.Tensor | slice,
               epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The examples `index` ((B,) int64) of `epoch`: uint8 (B, 10000) and int64 (B,)."""
-        index = torch.arange(len(self))[index]                           # a slice too
+        """Examples `index` ((B,) int64, or a slice) of `epoch`: uint8 (B, 10000), int64 (B,)."""
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
         images = compose(self.digits, self.recipe(epoch), index.numpy())
         return torch.from_numpy(images), self.labels[index]
 
@@ -124,4 +125,5 @@ def labelled_batches(split: LabelledImages | ClutteredSplit, batch_size: int, *,
     for index in batch_indices(len(split), batch_size, generator, drop_last):
         images, labels = split.batch(index, epoch)                       # (B, D), (B,)
         x = images.to(device).to(torch.float32).div_(255)                # (B, D) in [0, 1]
-        yield x.to(dtype), labels.to(device)
+        # a copy: a slice of the stored order would otherwise alias the split's labels
+        yield x.to(dtype), labels.to(device, copy=True)

@@ -99,8 +99,8 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
                   scale: int = 1, duration_ms: int = 100,
                   hold_last_ms: int = 1000) -> list[Path]:
     """Sample n images (at most, and by default, rows * cols) in eval mode, and write
-    sample.png, time-NNN.png, sequence.gif and strip.png into `directory`, replacing files of
-    the same names atomically. Returns the files written, sample.png first.
+    sample.png, time-NNN.png, sequence.gif and strip.png into `directory` (created if missing),
+    replacing files of the same names atomically. Returns the files written, sample.png first.
 
     Parameters
     ----------

@@ -4,7 +4,9 @@ An extension has one method per event of the loop (draw/training/main_loop.py), 
 a trigger keyword argument sends that event to its `do`: before_training (every run, fresh or
 resumed), before_first_epoch (a fresh run only), before_epoch, after_batch, after_epoch,
 after_training, on_error, or every_n_batches=N, every_n_epochs=N. A subclass lists its
-defaults in `default_triggers`. State that must survive a resume goes through `state_dict`.
+defaults in `default_triggers` (one line, where Blocks' `kwargs.setdefault` took one a trigger);
+a caller's keyword arguments still override them. State that must survive a resume goes
+through `state_dict`.
 """
 
 EVENTS = ("before_training", "before_epoch", "after_batch", "after_epoch", "after_training",
