@@ -144,7 +144,7 @@ class Checkpoint(SimpleExtension):
 class SampleCheckpoint(SimpleExtension):
     """Draw the same n samples (fixed prior noise) before training and after every epoch:
     `sample.png`, `epoch-NNN.png` (NNN = epochs done), `training.gif` (the epoch grids) and
-    `sequence.gif` (the latest drawn step by step, write window boxed).
+    `sequence.gif` (the latest drawn step by step, any write window boxed).
 
     After Checkpoint, so no picture shows an epoch the model file lacks; a resumed run draws
     its epoch's if a kill came before them, and removes any of later epochs.

@@ -9,7 +9,8 @@ The loop and its extensions know nothing about DRAW; they ask a task:
              from this rank's slice of the global `batch`: the loss to backpropagate (scaled
              by `dist.loss_scale`) and this rank's SUMS, tensors, one of them "examples"; the
              monitors divide by it, so {"kl_term": (T,)} becomes train_kl_term_0 ... _{T-1}
-    evaluate(batches, generator) -> means over all of `batches`, all-reduced, under no_grad
+    evaluate(batches, generator) -> means over all of `batches`, all-reduced, under no_grad;
+             any noise from `generator`
 
 The classifier's task (classify.py) returns the cross-entropy and {"error": 100 * wrong, ...}.
 """
