@@ -21,7 +21,7 @@ def point(text: str) -> tuple[float, float]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image", type=str, nargs="?", default=None,
                         help="any picture Pillow reads (default: the shipped demo picture)")
     parser.add_argument("--N", type=positive, default=16, help="grid size of the attention window")

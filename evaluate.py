@@ -11,7 +11,7 @@ from draw.outputs.scores import DEFAULT_SAMPLES, main
 
 
 def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_file", type=str, help="a <name>_model.pkl file written by train-draw.py or "
                         "train-classifier.py")
     parser.add_argument("--dataset", type=str, default=None,

@@ -11,7 +11,7 @@ from draw.training.export import main
 
 
 def parse_args():
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a run directory, or a <name>_model.pkl file written by "
                                        "train-draw.py or train-classifier.py")
     parser.add_argument("destination", help="the file to write, e.g. "

@@ -13,7 +13,7 @@ from draw.outputs.klplot import MAX_DPI, SPLITS, main
 
 
 def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log_file", type=str, help="a <name>_log.pkl file written by train-draw.py")
     parser.add_argument("--split", type=str, choices=SPLITS, default=None,
                         help="whose KL terms to plot (default: train, or the first split the log "

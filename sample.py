@@ -33,7 +33,7 @@ def milliseconds(text: str) -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_file", type=str, help="a <name>_model.pkl file written by train-draw.py")
     parser.add_argument("--channels", type=positive, default=None,
                         help="image channels the model must draw (checked against the model file)")
