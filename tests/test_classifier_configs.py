@@ -46,6 +46,12 @@ def test_draw_configs_parse_and_build(name):
                                               "epochs": 3})).epochs == 3
 
 
+def test_the_two_digit_config_slows_its_windows():
+    """The measured remedy of its unstable first run (issue 25): both window heads at 0.1."""
+    s = DrawSettings(**DrawSettings.given({"config": str(CONFIGS / "two-digit-mnist.toml")}))
+    assert (s.window_lr, s.learning_rate, s.lr_warmup) == (0.1, 1e-3, 500)
+
+
 @pytest.mark.parametrize("name", CLASSIFIER_CONFIGS)
 def test_classifier_configs_parse_and_build(name):
     T, lstm, read_N = CLASSIFIER_CONFIGS[name]
