@@ -19,6 +19,10 @@ MainLoop.step through its fast path, with the Adam those runs used. Options afte
     FOLDER:compile,bf16-mixed   both
     FOLDER:naive                not the tree's model but the naive port (bench/naive.py) with
                                 that tree's DrawModel's initial parameters: issue 22's reference
+    FOLDER:ddp                  the batch split across 2 processes, each with half the threads,
+                                through DDP (gloo), as `torchrun --nproc_per_node=2` trains;
+                                a step's time is the slower rank's (combines with the others
+                                but naive)
 
 Usage (from the repository root)::
 
@@ -28,10 +32,12 @@ Usage (from the repository root)::
     python bench/ab.py /tmp/fast . .:compile --threads 2 --clock wall
     python bench/ab.py .:naive . .:compile .:bf16-mixed .:compile,bf16-mixed --niters 64 \
         --threads 2 --clock wall       # speed-ups over the naive port, paired
+    python bench/ab.py .:naive .:compile .:compile,ddp --niters 64 --threads 2 --clock wall
 """
 import argparse
 import importlib.util
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +45,8 @@ import time
 from pathlib import Path
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-OPTIONS = ("compile", "bf16-mixed", "naive")
+OPTIONS = ("compile", "bf16-mixed", "naive", "ddp")
+DDP_RANKS = 2
 
 
 def parse_tree(tree: str) -> tuple[str, list[str]]:
@@ -78,11 +85,16 @@ def legacy_fast_step(model, batch_size: int):
 def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
     """Build the model and the tree's own training step with this process's `draw` (or the
     naive port of that model), then time one step per line read from stdin, printing its
-    seconds."""
+    seconds. With "ddp", this process is the rank that torchrun's variables say, and its step
+    the MainLoop.step of a DDP run: this rank's slice of the batch, gradients all-reduced."""
     import torch
     from draw.model import DrawConfig, DrawModel
 
     torch.set_num_threads(threads)
+    dist = None
+    if "ddp" in options:
+        from draw.training.distributed import init_distributed
+        dist, _ = init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     narrow_windows(model, 1.0)
@@ -101,7 +113,7 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
             importlib.import_module(name).compile_glimpses(model)
         precision = "bf16-mixed" if "bf16-mixed" in options else "32"
         # with the tree's own Adam (bench.run_adam)
-        step = bench.training_step(model, 100, precision)
+        step = bench.training_step(model, 100, precision, **{"dist": dist} if dist else {})
     step()
     step()                                                 # warm-up
     print("ready", flush=True)
@@ -121,27 +133,45 @@ def narrow_windows(model, sigma: float) -> None:
             head.bias[3] = 2 * torch.log(torch.tensor(sigma))          # log sigma^2
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_workers(tree: str, T: int, clock: str, threads: int) -> list[subprocess.Popen]:
+    """The worker processes that time `tree`: one, or DDP_RANKS ranks of one DDP job sharing
+    the `threads` with the ddp option."""
+    folder, options = parse_tree(tree)
+    ranks = DDP_RANKS if "ddp" in options else 1
+    threads = max(1, threads // ranks)
+    env = dict(os.environ, PYTHONPATH=str(Path(folder).resolve()), OMP_NUM_THREADS=str(threads))
+    envs = [env]
+    if ranks > 1:
+        env |= {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port())}
+        envs = [env | {"RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(ranks)]
+    return [subprocess.Popen(
+        [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
+         str(threads)] + ["--options", ",".join(options)] * bool(options),
+        cwd=folder, env=rank_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for rank_env in envs]
+
+
 def compare(trees: list[str], T: int, steps: int, clock: str, threads: int) -> None:
-    procs = []
-    for tree in trees:
-        folder, options = parse_tree(tree)
-        env = dict(os.environ, PYTHONPATH=str(Path(folder).resolve()),
-                   OMP_NUM_THREADS=str(threads))
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
-             str(threads)] + ["--options", ",".join(options)] * bool(options),
-            cwd=folder, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-    for p in procs:
+    groups = [start_workers(tree, T, clock, threads) for tree in trees]
+    for p in (p for group in groups for p in group):
         if p.stdout.readline().strip() != "ready":
             raise SystemExit(f"error: a worker did not start (T={T})")
-    times = [[] for _ in procs]
+    times = [[] for _ in groups]
     for i in range(steps):
-        order = range(len(procs)) if i % 2 == 0 else reversed(range(len(procs)))
+        order = range(len(groups)) if i % 2 == 0 else reversed(range(len(groups)))
         for k in order:                           # alternate who goes first
-            procs[k].stdin.write("go\n")
-            procs[k].stdin.flush()
-            times[k].append(float(procs[k].stdout.readline()))
-    for p in procs:
+            for p in groups[k]:                   # a DDP job's ranks all at once
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            times[k].append(max(float(p.stdout.readline()) for p in groups[k]))
+    for p in (p for group in groups for p in group):
         p.stdin.close()
         p.wait()
     for tree, t in zip(trees, times):

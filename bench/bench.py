@@ -171,12 +171,13 @@ def binary_batch(model: torch.nn.Module, batch_size: int, x_dim: int) -> torch.T
                            generator=torch.Generator(device).manual_seed(0))
 
 
-def training_step(model: DrawModel, batch_size: int, precision: str = "32"):
+def training_step(model: DrawModel, batch_size: int, precision: str = "32", dist=None):
     """One step as training takes it: the training package's MainLoop.step on a DrawTask, with
-    the runs' Adam and `precision` ("32" or "bf16-mixed", draw/precision.py)."""
+    the runs' Adam and `precision` ("32" or "bf16-mixed", draw/precision.py); under DDP with
+    `dist` (draw.training.distributed.Distributed), this rank's share of the global batch."""
     # trees from before bf16-mixed (bench/ab.py times them with this) take no precision
     options = {} if precision == "32" else {"precision": precision}
-    loop = MainLoop(DrawTask(model), run_adam(model)[0], **options)
+    loop = MainLoop(DrawTask(model, dist), run_adam(model)[0], **options)
     x = binary_batch(model, batch_size, model.config.x_dim)
     return lambda: loop.step(x)
 

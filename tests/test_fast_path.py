@@ -206,18 +206,20 @@ def test_ab_times_two_trees_in_turn(tmp_path):
         "error: give two or more folders that each hold a draw/ package"]
 
 
-def test_ab_times_the_naive_port_and_bf16_mixed_against_it():
+def test_ab_times_the_naive_port_bf16_mixed_and_ddp_against_it():
     """bench/ab.py FOLDER:naive is the reference of the ratios, FOLDER:bf16-mixed a tree's step
-    in bf16-mixed precision; an option it does not know is an error."""
+    in bf16-mixed precision, FOLDER:ddp its step split across two DDP ranks (gloo); an option
+    it does not know is an error."""
     root = Path(__file__).resolve().parents[1]
     script = root / "bench" / "ab.py"
-    run = subprocess.run([sys.executable, str(script), f"{root}:naive", f"{root}:bf16-mixed",
-                          "--niters", "1", "--steps", "2"],
-                         capture_output=True, text=True, timeout=300)
+    trees = [f"{root}:naive", f"{root}:bf16-mixed", f"{root}:ddp"]
+    run = subprocess.run([sys.executable, str(script), *trees, "--niters", "1", "--steps", "2",
+                          "--threads", "2"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines()]
-    assert [row[1] for row in rows] == [f"{root}:naive", f"{root}:bf16-mixed"]
-    assert rows[0][4:6] == ["first/this", "1.000"] and float(rows[1][5]) > 0
+    assert [row[1] for row in rows] == trees
+    assert rows[0][4:6] == ["first/this", "1.000"]
+    assert float(rows[1][5]) > 0 and float(rows[2][5]) > 0
     bad = subprocess.run([sys.executable, str(script), f"{root}:naive,compile", str(root)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "naive alone" in bad.stderr
