@@ -24,7 +24,7 @@ from draw.outputs.plotting import save_png
 from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import Printing, SimpleExtension
 from draw.training.job import Data, Job, Parts, lr_tag
-from draw.training.main_loop import adam
+from draw.training.main_loop import adam_with_heads
 from draw.training.run import train
 from draw.training.settings import RunSettings
 from draw.training.task import Task
@@ -61,10 +61,7 @@ class ClassifierSettings(RunSettings):
 
 def classifier_adam(model: AttentionClassifier, s: ClassifierSettings) -> torch.optim.Adam:
     """Adam with the read head (eq. 21) at --read-lr times the rate of the rest."""
-    head = set(model.reader.parameters())
-    return adam([{"params": [p for p in model.parameters() if p not in head], "lr_scale": 1.0},
-                 {"params": list(model.reader.parameters()), "lr_scale": s.read_lr}],
-                lr=s.learning_rate)
+    return adam_with_heads(model, model.reader.parameters(), s.read_lr, s.learning_rate)
 
 
 class ClassifyTask(Task):

@@ -18,7 +18,7 @@ from draw.model import ConfigError, DrawConfig, DrawModel
 from draw.training.distributed import first_on_each_machine
 from draw.training.extensions import SampleCheckpoint
 from draw.training.job import Data, Job, Parts, lr_tag
-from draw.training.main_loop import adam
+from draw.training.main_loop import adam, adam_with_heads
 from draw.training.run import train
 from draw.training.settings import DrawSettings
 from draw.training.task import DrawTask
@@ -113,10 +113,7 @@ def draw_adam(model: DrawModel, s: DrawSettings) -> torch.optim.Adam:
     that `lr_scale`, else one group, as runs saved before --window-lr have."""
     if s.window_lr == 1:
         return adam(model.parameters(), lr=s.learning_rate)
-    heads = model.window_parameters()
-    rest = [p for p in model.parameters() if all(p is not q for q in heads)]
-    return adam([{"params": rest, "lr_scale": 1.0},
-                 {"params": heads, "lr_scale": s.window_lr}], lr=s.learning_rate)
+    return adam_with_heads(model, model.window_parameters(), s.window_lr, s.learning_rate)
 
 
 DRAW = DrawJob()

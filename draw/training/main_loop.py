@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from draw.errors import DrawError
@@ -36,6 +37,14 @@ class TrainingError(DrawError):
 def adam(parameters, lr: float) -> torch.optim.Adam:
     """The runs' optimizer: Adam with PyTorch's fused kernel, one pass over all parameters."""
     return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
+def adam_with_heads(model: nn.Module, heads, scale: float, lr: float) -> torch.optim.Adam:
+    """`adam` with two groups: the parameters of `heads` at `scale` times the rate `lr`, the
+    rest of the model at `lr` ("lr_scale", which LearningRateSchedule keeps)."""
+    heads = list(heads)
+    rest = [p for p in model.parameters() if all(p is not q for q in heads)]
+    return adam([{"params": rest, "lr_scale": 1.0}, {"params": heads, "lr_scale": scale}], lr=lr)
 
 
 def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
