@@ -115,6 +115,23 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+def training_history(ckpt: dict, path: str | os.PathLike) -> dict:
+    """What a model file's parameters were trained for, over its run and the runs it started
+    from (--oldmodel), as a run that starts from it records it ("started_from"): the file,
+    epochs, steps and seconds of training steps (the logs' time_train_this_epoch)."""
+    before = ckpt.get("started_from") or {}
+    seconds = sum(row.get("time_train_this_epoch", 0.0) for row in ckpt.get("log") or ())
+    return {"file": os.fspath(path), "epochs": ckpt["epoch"] + before.get("epochs", 0),
+            "iterations": ckpt["iteration"] + before.get("iterations", 0),
+            "train_seconds": seconds + before.get("train_seconds", 0.0)}
+
+
+def describe_history(history: dict) -> str:
+    """A run's "started_from" in words, for its header and export-model.py."""
+    return (f"{history['file']}, trained {history['epochs']} epochs ({history['iterations']:,} "
+            f"steps, {history['train_seconds'] / 3600:.1f} h) before")
+
+
 class ClassifierFileError(CheckpointError):
     """A classifier's model file (train-classifier.py) where a DRAW model's was expected."""
 

@@ -1,5 +1,6 @@
 """export-model.py: a run's model file without its training state, which sample.py, evaluate.py
 and --oldmodel read as any model file and --resume refuses; bad input writes nothing."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,36 @@ def test_an_exported_model_samples_evaluates_and_seeds_a_new_run_but_does_not_re
     train(**TINY, epochs=1, oldmodel=str(out), run_dir=str(tmp_path / "again"))
     assert len(list((tmp_path / "again").glob("*/tiny_model.pkl"))) == 0   # named by dataset
     assert len(list((tmp_path / "again").glob("*/sample_model.pkl"))) == 1
+
+
+def test_a_continuation_records_and_chains_what_its_start_was_trained_for(
+        run_dir, tmp_path, capsys):
+    """--oldmodel from an exported file: the new run's model file, config.json and header say
+    how many epochs, steps and hours of training the start had; a resume keeps that, and a
+    second continuation adds it up."""
+    out = tmp_path / "tiny_model.pkl"
+    export_model(run_dir / "tiny_model.pkl", out)
+    exported = load_checkpoint(out)
+    seconds = sum(row["time_train_this_epoch"] for row in exported["log"] if row["epoch"] > 0)
+    train(**TINY, epochs=1, oldmodel=str(out), run_dir=str(tmp_path / "a"), name="a")
+    (first,) = (tmp_path / "a").iterdir()
+    history = load_checkpoint(first / "a_model.pkl")["started_from"]
+    assert history == {"file": str(out), "epochs": 2, "iterations": 4,
+                       "train_seconds": pytest.approx(seconds)} and seconds > 0
+    assert json.loads((first / "config.json").read_text())["started_from"] == history
+    assert f"starts from: {out}, trained 2 epochs (4 steps, " in capsys.readouterr().out
+    train(resume=str(first), epochs=2)
+    resumed = load_checkpoint(first / "a_model.pkl")
+    assert resumed["epoch"] == 2 and resumed["started_from"] == history
+    export_model(first, tmp_path / "a_export.pkl")
+    train(**TINY, epochs=1, oldmodel=str(tmp_path / "a_export.pkl"),
+          run_dir=str(tmp_path / "b"), name="b")
+    (second,) = (tmp_path / "b").iterdir()
+    chained = load_checkpoint(second / "b_model.pkl")["started_from"]
+    assert (chained["epochs"], chained["iterations"]) == (4, 8)
+    assert chained["train_seconds"] > history["train_seconds"]
+    fresh = load_checkpoint(run_dir / "tiny_model.pkl")
+    assert "started_from" not in fresh          # a run from scratch records none
 
 
 def test_a_classifier_exports_too(tmp_path):

@@ -9,7 +9,8 @@ import dataclasses
 
 import torch
 
-from draw.checkpoint import CheckpointError, build_model, draw_config, file_config, load_checkpoint
+from draw.checkpoint import (CheckpointError, build_model, draw_config, file_config,
+                             load_checkpoint, training_history)
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.fast_path import compile_choice, compile_glimpses
@@ -54,8 +55,9 @@ class DrawJob(Job):
         draw_config(ckpt, path)           # a DRAW model's file (not a classifier's)
         return ckpt
 
-    def start_from(self, s: DrawSettings, cfg: DrawConfig, device) -> DrawModel | None:
-        """The --oldmodel, whose config must be the run's."""
+    def start_from(self, s: DrawSettings, cfg: DrawConfig, device
+                   ) -> tuple[DrawModel, dict] | None:
+        """The --oldmodel, whose config must be the run's, and what it was trained for."""
         if s.oldmodel is None:
             return None
         try:
@@ -68,7 +70,7 @@ class DrawJob(Job):
                 raise DrawError(f"--oldmodel {s.oldmodel} has another configuration: {diffs}")
             # the run's own model, whose training make_plan checks; built here, before that
             check_inference(cfg, 1, f"the model of --oldmodel {s.oldmodel}", device)
-            return build_model(ckpt, s.oldmodel)
+            return build_model(ckpt, s.oldmodel), training_history(ckpt, s.oldmodel)
         except CheckpointError as e:
             raise DrawError(f"--oldmodel: {e}") from e
 

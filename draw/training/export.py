@@ -9,15 +9,16 @@ empty). Every reader of model files reads it; `--resume` refuses it in one line.
 import os
 from pathlib import Path
 
-from draw.checkpoint import (build_classifier, build_model, file_config, load_checkpoint,
-                             save_model_dict)
+from draw.checkpoint import (build_classifier, build_model, describe_history, file_config,
+                             load_checkpoint, save_model_dict)
 from draw.classifier import ClassifierConfig
 from draw.errors import DrawError
 from draw.memory import check_inference
 from draw.training.rundir import find_checkpoint
 
 # what an exported file keeps: what the model is and how it was made
-KEPT = ("format", "version", "config", "model", "run", "epoch", "iteration", "log")
+KEPT = ("format", "version", "config", "model", "run", "epoch", "iteration", "log",
+        "started_from")
 
 
 def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> dict:
@@ -49,3 +50,5 @@ def main(source: str, destination: str) -> None:
     size = Path(destination).stat().st_size / 2 ** 20
     print(f"wrote {destination}: {n:,} parameters after epoch {exported['epoch']} "
           f"(iteration {exported['iteration']}), {size:.1f} MB, no training state")
+    if exported.get("started_from"):
+        print(f"its run started from {describe_history(exported['started_from'])}")

@@ -114,8 +114,10 @@ class Checkpoint(SimpleExtension):
 
     default_triggers = ("before_training", "before_first_epoch", "after_epoch", "after_training")
 
-    def __init__(self, run_dir, name: str, run: dict, **kwargs):
+    def __init__(self, run_dir, name: str, run: dict, started_from: dict | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.started_from = started_from      # the --oldmodel's training, where there is one
         self.model_path = Path(run_dir) / f"{name}_model.pkl"
         self.log_path = Path(run_dir) / f"{name}_log.pkl"
         self.csv_path = Path(run_dir) / f"{name}_log.csv"
@@ -131,8 +133,10 @@ class Checkpoint(SimpleExtension):
             if not loop.fresh:
                 self._save_log(loop.log)            # resumed: the log the model file holds
             return
+        history = {"started_from": self.started_from} if self.started_from else {}
         save_checkpoint(self.model_path, loop.model, loop.optimizer,
-                        rng=rng_state(loop.generator), run=self.run, **loop.state_dict())
+                        rng=rng_state(loop.generator), run=self.run, **history,
+                        **loop.state_dict())
         self._save_log(loop.log)
         self.saved_at = position
 

@@ -82,8 +82,9 @@ class Job:
         raise NotImplementedError
 
     def start_from(self, s: RunSettings, cfg: ModelConfig,
-                   device: torch.device) -> nn.Module | None:
-        """A model a fresh run starts from (DRAW's --oldmodel), checked; None by default."""
+                   device: torch.device) -> tuple[nn.Module, dict] | None:
+        """A model a fresh run starts from (DRAW's --oldmodel), checked, and its training
+        history (draw.checkpoint.training_history); None by default."""
         return None
 
     def load_data(self, s: RunSettings, dist: Distributed, device: torch.device) -> Data:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from draw.checkpoint import CheckpointError, resolve_device, set_rng_state
+from draw.checkpoint import CheckpointError, describe_history, resolve_device, set_rng_state
 from draw.datasets.store import dataset_spec
 from draw.errors import DrawError, Interrupted
 from draw.memory import ModelConfig, check_memory, training_bytes
@@ -65,6 +65,7 @@ class Checked:
     run_path: Path | None         # the run directory when resuming
     ckpt: dict | None             # the checkpoint to resume from
     start: nn.Module | None       # a model to start from (DRAW's --oldmodel)
+    started_from: dict | None     # its training history (draw.checkpoint.training_history)
     files: str                    # <files>_model.pkl, <files>_log.pkl
 
 
@@ -125,10 +126,13 @@ def check(job: Job, flags: dict) -> Checked:
     if ckpt is not None and type(cfg).from_dict(ckpt["config"]) != cfg:
         raise DrawError(f"--resume {settings.resume}: the model file's config does not match "
                         f"its settings for {settings.dataset}'s {C}x{H}x{W} images")
-    start = job.start_from(settings, cfg, device) if ckpt is None else None
+    if ckpt is None:
+        start, started_from = job.start_from(settings, cfg, device) or (None, None)
+    else:                         # resumed: the history its first session recorded, if any
+        start, started_from = None, ckpt.get("started_from")
     files = (model_file.name[:-len("_model.pkl")] if model_file is not None
              else settings.name or settings.dataset)
-    return Checked(settings, cfg, device, run_path, ckpt, start, files)
+    return Checked(settings, cfg, device, run_path, ckpt, start, started_from, files)
 
 
 def check_run_sizes(cfg: ModelConfig, s: RunSettings, n_train: int, d: Distributed,
@@ -220,7 +224,9 @@ def _build_loop(plan: Plan, parts: Parts) -> MainLoop:
                    TrainingDataMonitoring(), *_monitors(plan)]
     if writer:
         # the model file commits an epoch; the log and the pictures follow it
-        extensions += [plan.job.printing(), Checkpoint(run_path, plan.checked.files, s.stored()),
+        extensions += [plan.job.printing(),
+                       Checkpoint(run_path, plan.checked.files, s.stored(),
+                                  started_from=plan.checked.started_from),
                        *parts.pictures]
         if s.tensorboard:
             extensions.append(TensorBoard(run_path, *plan.job.picture))
@@ -251,7 +257,9 @@ def _write_run_files(plan: Plan, longname: str) -> None:
     write_text(plan.run_path / "config.json", json.dumps(
         {"name": longname, "config": plan.checked.cfg.to_dict(),
          "run": plan.checked.settings.stored(), "device": str(plan.device),
-         "processes": plan.dist.world_size, "torch": torch.__version__}, indent=2) + "\n")
+         "processes": plan.dist.world_size, "torch": torch.__version__}
+        | ({"started_from": plan.checked.started_from} if plan.checked.started_from else {}),
+        indent=2) + "\n")
 
 
 def _resume(plan: Plan, loop: MainLoop) -> str:
@@ -292,7 +300,10 @@ def _header(plan: Plan, parts: Parts, longname: str, resumed_at: str | None) -> 
             ("evaluation", f"every {s.eval_every} epoch(s) on {len(data.valid_subset)} valid "
                            f"and {len(data.test_subset)} test images; the whole splits after "
                            f"the last"),
-            ("parameters", f"{n_params:,}"), ("resumed at", resumed_at)):
+            ("parameters", f"{n_params:,}"),
+            ("starts from", plan.checked.started_from and describe_history(
+                plan.checked.started_from)),
+            ("resumed at", resumed_at)):
         if value is not None:
             lines.append(f"{label:>22}: {value}")
     return "\n".join(lines) + "\n"
