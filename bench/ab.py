@@ -19,6 +19,8 @@ MainLoop.step through its fast path, with the Adam those runs used. Options afte
     FOLDER:compile,bf16-mixed   both
     FOLDER:naive                not the tree's model but the naive port (bench/naive.py) with
                                 that tree's DrawModel's initial parameters: issue 22's reference
+    FOLDER:matmul-medium        its step with --matmul-precision medium (bfloat16 inputs to the
+                                float32 products, draw/precision.py)
     FOLDER:ddp                  the batch split across 2 processes, each with half the threads,
                                 through DDP (gloo), as `torchrun --nproc_per_node=2` trains;
                                 a step's time is the slower rank's (combines with the others
@@ -45,7 +47,7 @@ import time
 from pathlib import Path
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-OPTIONS = ("compile", "bf16-mixed", "naive", "ddp")
+OPTIONS = ("compile", "bf16-mixed", "naive", "ddp", "matmul-medium")
 DDP_RANKS = 2
 
 
@@ -113,7 +115,10 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
             importlib.import_module(name).compile_glimpses(model)
         precision = "bf16-mixed" if "bf16-mixed" in options else "32"
         # with the tree's own Adam (bench.run_adam)
-        step = bench.training_step(model, 100, precision, **{"dist": dist} if dist else {})
+        extra = {"dist": dist} if dist else {}
+        if "matmul-medium" in options:
+            extra["matmul_precision"] = "medium"
+        step = bench.training_step(model, 100, precision, **extra)
     step()
     step()                                                 # warm-up
     print("ready", flush=True)

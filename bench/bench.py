@@ -171,12 +171,17 @@ def binary_batch(model: torch.nn.Module, batch_size: int, x_dim: int) -> torch.T
                            generator=torch.Generator(device).manual_seed(0))
 
 
-def training_step(model: DrawModel, batch_size: int, precision: str = "32", dist=None):
+def training_step(model: DrawModel, batch_size: int, precision: str = "32", dist=None,
+                  matmul_precision: str = "highest"):
     """One step as training takes it: the training package's MainLoop.step on a DrawTask, with
-    the runs' Adam and `precision` ("32" or "bf16-mixed", draw/precision.py); under DDP with
-    `dist` (draw.training.distributed.Distributed), this rank's share of the global batch."""
-    # trees from before bf16-mixed (bench/ab.py times them with this) take no precision
+    the runs' Adam, `precision` ("32" or "bf16-mixed") and `matmul_precision` (draw/precision.py);
+    under DDP with `dist` (draw.training.distributed.Distributed), this rank's share of the
+    global batch."""
+    # trees from before bf16-mixed and --matmul-precision (bench/ab.py times them with this)
+    # take neither
     options = {} if precision == "32" else {"precision": precision}
+    if matmul_precision != "highest":
+        options["matmul_precision"] = matmul_precision
     loop = MainLoop(DrawTask(model, dist), run_adam(model)[0], **options)
     x = binary_batch(model, batch_size, model.config.x_dim)
     return lambda: loop.step(x)

@@ -10,6 +10,8 @@ never evaluates on the test split, so tuning against it leaves the test numbers 
 `--precision 32 bf16-mixed` trains each model once per precision (draw/precision.py) from the
 same seed: the same initialisation, batches and noise, the training step's forward pass in
 float32 or under bfloat16 autocast; the validation bound is float32 either way, as in a run.
+`--matmul-precision highest medium` does the same for train-draw.py's --matmul-precision
+(the training step's float32 products with bfloat16 inputs at "medium").
 
 Usage (from the repository root; the data as converted by `python -m draw.datasets convert
 bmnist --from DIR`)::
@@ -17,6 +19,7 @@ bmnist --from DIR`)::
     python bench/quality.py --data-dir DATA --threads 1   # both runs, 10-15 min each on 2 CPU cores
     python bench/quality.py --runs attention --steps 400 --seed 2
     python bench/quality.py --runs attention --precision 32 bf16-mixed --threads 1
+    python bench/quality.py --runs attention --matmul-precision highest medium --threads 1
 
 The model is `DrawModel.from_config`, initialised as draw/model.py does; the numbers this
 benchmark measured for each initialisation choice are in the README's "Model quality" section.
@@ -35,7 +38,7 @@ from draw.cli import ArgumentParser, positive, run
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel, nll_bound
-from draw.precision import PRECISIONS
+from draw.precision import MATMUL_PRECISIONS, PRECISIONS
 from draw.training.main_loop import MainLoop
 from draw.training.settings import parse_attention
 from draw.training.task import DrawTask
@@ -86,15 +89,15 @@ def valid_bound(model: DrawModel, images: torch.Tensor, device: torch.device,
 
 
 def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr: float,
-                       seed: int, device: torch.device, label: str, precision: str = "32"
-                       ) -> dict:
-    """Train a fresh model for `steps` Adam steps, its forward passes in `precision`, and
-    return its validation numbers (float32)."""
+                       seed: int, device: torch.device, label: str, precision: str = "32",
+                       matmul: str = "highest") -> dict:
+    """Train a fresh model for `steps` Adam steps, its forward passes in `precision`, its
+    products at `matmul`, and return its validation numbers (float32)."""
     torch.manual_seed(seed)                   # initialisation and the posterior noise u
     model = DrawModel.from_config(cfg).to(device)
     # the training package's own step: the bound, backward, clipping at 10, Adam
     loop = MainLoop(DrawTask(model), torch.optim.Adam(model.parameters(), lr=lr),
-                    precision=precision)
+                    precision=precision, matmul_precision=matmul)
     order = torch.Generator().manual_seed(seed)
     per_epoch = len(data.train) // batch_size
     step, epoch, start = 0, 0, time.perf_counter()
@@ -121,14 +124,15 @@ def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr
                    f"(KL {kl_sum / n:.2f}) nats, {time.perf_counter() - start:.0f} s")
     train_s = time.perf_counter() - start
     bound, kl = valid_bound(model, data.valid, device, seed)
-    return {"run": label, "precision": precision, "config": cfg.to_dict(), "steps": steps,
+    return {"run": label, "precision": precision, "matmul_precision": matmul,
+            "config": cfg.to_dict(), "steps": steps,
             "batch_size": batch_size, "lr": lr, "seed": seed, "valid_nll_bound": bound,
             "valid_kl": kl, "train_seconds": train_s}
 
 
 def main(data_dir: str | None, runs: list[str], precision: list[str], steps: int,
          batch_size: int, n_iter: int, attention: tuple[int, int], lr: float, seed: int,
-         device: str, threads: int | None, out: str | None):
+         device: str, threads: int | None, out: str | None, matmul: list[str] = ["highest"]):
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
@@ -138,19 +142,20 @@ def main(data_dir: str | None, runs: list[str], precision: list[str], steps: int
     configs = {"attention": DrawConfig(n_iter=n_iter, read_N=read_N, write_N=write_N),
                "plain": DrawConfig(n_iter=n_iter)}
     results = []
-    for label in runs:
-        for p in precision:
-            # the classic labels when only float32 runs, the precision beside them otherwise
-            name = label if precision == ["32"] else f"{label} {p}"
-            results.append(train_and_validate(configs[label], data, steps=steps,
-                                              batch_size=batch_size, lr=lr, seed=seed,
-                                              device=device, label=name, precision=p))
-            r = results[-1]
-            print(f"{name}: valid bound {r['valid_nll_bound']:.2f} nats "
-                  f"(KL {r['valid_kl']:.2f}) after {steps} steps, {r['train_seconds']:.0f} s")
-            if out is not None:  # after every run, so an interrupted benchmark keeps the others
-                atomic_write_bytes(Path(out).expanduser(),
-                                   (json.dumps(results, indent=2) + "\n").encode())
+    for label, p, m in ((r, p, m) for r in runs for p in precision for m in matmul):
+        # the classic labels when only float32 runs, the precisions beside them otherwise
+        name = " ".join([label] + [p] * (precision != ["32"])
+                        + [f"matmul-{m}"] * (matmul != ["highest"]))
+        results.append(train_and_validate(configs[label], data, steps=steps,
+                                          batch_size=batch_size, lr=lr, seed=seed,
+                                          device=device, label=name, precision=p,
+                                          matmul=m))
+        r = results[-1]
+        print(f"{name}: valid bound {r['valid_nll_bound']:.2f} nats "
+              f"(KL {r['valid_kl']:.2f}) after {steps} steps, {r['train_seconds']:.0f} s")
+        if out is not None:  # after every run, so an interrupted benchmark keeps the others
+            atomic_write_bytes(Path(out).expanduser(),
+                               (json.dumps(results, indent=2) + "\n").encode())
     print(" | ".join(f"{r['run']} {r['valid_nll_bound']:.2f}" for r in results))
 
 
@@ -164,6 +169,9 @@ if __name__ == "__main__":
     parser.add_argument("--precision", type=str, nargs="+", choices=PRECISIONS, default=["32"],
                         help="train each model once in each of these precisions, from the "
                              "same seed (default: 32)")
+    parser.add_argument("--matmul-precision", type=str, nargs="+", dest="matmul",
+                        choices=MATMUL_PRECISIONS, default=["highest"],
+                        help="and in each of these float32 matmul precisions (default: highest)")
     parser.add_argument("--steps", type=positive, default=2000,
                         help="Adam steps per run (default: 2000, 4 epochs)")
     parser.add_argument("--bs", type=positive, dest="batch_size", default=100,

@@ -9,6 +9,12 @@ the KL of eq. 11 (DrawModel.forward) and the reconstruction term of eq. 9.
 
 Evaluation is float32 whatever the run trains in (MainLoop.step is the one place autocast is
 entered), so a run's bounds are its float32 parameters', comparable across precisions.
+
+Apart from that, `--matmul-precision` is PyTorch's `torch.set_float32_matmul_precision` for the
+training step's float32 products (forward and backward): "highest" computes them in float32;
+"medium" lets the CPU's oneDNN (with AMX or AVX512-BF16) or a GPU round their inputs to
+bfloat16 inside the product kernel, with float32 sums and everything else float32, so no cast
+runs between operations as under autocast; "high" allows TF32 on GPUs that have it.
 """
 import contextlib
 
@@ -18,6 +24,8 @@ from draw.errors import DrawError
 
 PRECISIONS = ("32", "bf16-mixed")
 DEFAULT = "32"
+MATMUL_PRECISIONS = ("highest", "high", "medium")       # torch.set_float32_matmul_precision's
+MATMUL_DEFAULT = "highest"
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -28,6 +36,33 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def float32_matmul(name: str):
+    """float32 products at `name` (torch.set_float32_matmul_precision) inside the context, as
+    before it after: the training step's, not evaluation's."""
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                         f"got {name!r}")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(name)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def matmul_choice(name: str, device: torch.device) -> str:
+    """`--matmul-precision` in words for a run's header."""
+    if name == "highest":
+        return "highest (float32 products)"
+    hardware = bf16_hardware(device)
+    if name == "medium" and device.type == "cpu":
+        return (f"medium: the training step's float32 products take bfloat16 inputs on "
+                f"{hardware}, float32 sums; evaluation float32" if hardware else
+                "medium, but this CPU has no native bfloat16: float32 products")
+    return f"{name} (torch.set_float32_matmul_precision) in the training step"
 
 
 def bf16_hardware(device: torch.device) -> str | None:

@@ -219,3 +219,38 @@ def test_the_quality_bench_trains_each_precision_from_the_same_seed(capsys, benc
     a, b = (r["valid_nll_bound"] for r in runs)
     assert a != b and abs(a - b) < 0.02 * a
     assert "attention bf16-mixed: valid bound" in capsys.readouterr().out
+
+
+def test_medium_matmul_precision_rounds_the_training_step_only(monkeypatch):
+    """--matmul-precision medium: the training step's float32 products take bfloat16 inputs
+    where the CPU computes bfloat16 natively (a loss within bfloat16's rounding of float32's,
+    not equal to it), and the global setting is as before after the step, so evaluation
+    stays float32; a name torch does not know is a ValueError before any step."""
+    x, u = batch()
+    before = torch.get_float32_matmul_precision()
+    losses = {}
+    for name in ("highest", "medium"):
+        model = make()
+        model.noise = lambda B, like: u
+        loop = MainLoop(DrawTask(model), adam(model.parameters(), lr=0.0),
+                        matmul_precision=name)
+        loop.step(x)
+        losses[name] = loop.last_batch["loss"]
+        assert torch.get_float32_matmul_precision() == before
+    torch.testing.assert_close(losses["medium"], losses["highest"], rtol=2e-2, atol=0)
+    if bf16_hardware(CPU) is not None:
+        assert losses["medium"] != losses["highest"]
+    with pytest.raises(ValueError, match="matmul_precision must be one of highest, high, "
+                                         "medium, got 'low'"):
+        MainLoop(DrawTask(make()), adam(make().parameters(), lr=0.0), matmul_precision="low")
+
+
+def test_the_run_stores_its_matmul_precision_and_resume_may_change_it(tmp_path, capsys):
+    main(**TINY, epochs=1, run_dir=str(tmp_path), matmul_precision="medium")
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["run"]["matmul_precision"] == \
+        "medium"
+    assert "matmul precision: medium" in capsys.readouterr().out
+    main(resume=str(run_dir), epochs=2, matmul_precision="highest")
+    assert "matmul precision: highest (float32 products)" in capsys.readouterr().out
+    assert load_model(run_dir / "sample_model.pkl")[1]["run"]["matmul_precision"] == "highest"

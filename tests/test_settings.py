@@ -122,7 +122,7 @@ def test_resume_rules():
     assert (s.read_N, s.write_N) == (2, 3)
     assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
                                               "lr_warmup", "lr_decay", "precision",
-                                              "window_lr"}
+                                              "window_lr", "matmul_precision"}
     assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
     assert s.window_lr == 1.0                           # for every parameter
     assert s.precision == "32"                          # and float32

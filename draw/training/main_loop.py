@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from draw.errors import DrawError
-from draw.precision import autocast
+from draw.precision import MATMUL_DEFAULT, MATMUL_PRECISIONS, autocast, float32_matmul
 
 
 class TrainingError(DrawError):
@@ -72,12 +72,16 @@ class MainLoop:
         The total gradient norm each step is clipped to (the classic StepClipping(10)).
     precision : str
         "32" or "bf16-mixed": the autocast of the training forward pass.
+    matmul_precision : str
+        torch.set_float32_matmul_precision's name for the training step's forward and backward
+        ("highest", "high", "medium"; draw/precision.py), restored after each step.
     """
 
     def __init__(self, task, optimizer: torch.optim.Optimizer,
                  epoch_batches: Callable[[], Iterable] | None = None,
                  generator: torch.Generator | None = None, extensions: Iterable = (),
-                 grad_clip: float = 10.0, precision: str = "32"):
+                 grad_clip: float = 10.0, precision: str = "32",
+                 matmul_precision: str = MATMUL_DEFAULT):
         self.task = task
         self.model = task.model
         self.dist = task.dist
@@ -90,6 +94,10 @@ class MainLoop:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.precision = precision
         autocast(precision, self.params[0].device)      # a bad name: ValueError now, not later
+        if matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                             f"got {matmul_precision!r}")
+        self.matmul_precision = matmul_precision
         # the parameters before each update, for the step norm, kept between steps: fresh
         # vectors every step cost page faults
         self._before: list[torch.Tensor] | None = None
@@ -154,10 +162,11 @@ class MainLoop:
         with tensors: "loss" (global mean), "sums" (global), "total_gradient_norm" and
         "total_step_norm"."""
         self.optimizer.zero_grad(set_to_none=True)
-        # the forward pass alone: evaluation, outside `step`, stays float32 (precision.py)
-        with autocast(self.precision, self.params[0].device):
-            loss, sums = self.task.loss(batch)
-        loss.backward()           # outside autocast, as torch.autocast's documentation asks
+        with float32_matmul(self.matmul_precision):
+            # the forward pass alone: evaluation, outside `step`, stays float32 (precision.py)
+            with autocast(self.precision, self.params[0].device):
+                loss, sums = self.task.loss(batch)
+            loss.backward()       # outside autocast, as torch.autocast's documentation asks
         grad_norm = clip_grad_norm_(self.params, self.grad_clip)    # the same on every rank
         # one vector [global mean loss, the sums flattened, any rank's Ctrl-C]: one all-reduce
         names = list(sums)

@@ -37,7 +37,7 @@ from draw.datasets.store import dataset_spec
 from draw.errors import DrawError, Interrupted
 from draw.memory import ModelConfig, check_memory, training_bytes
 from draw.model import DrawConfig
-from draw.precision import precision_choice
+from draw.precision import matmul_choice, precision_choice
 from draw.training.distributed import (Distributed, close_distributed, init_distributed,
                                        process_place, reported_once)
 from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAfter,
@@ -234,7 +234,8 @@ def _build_loop(plan: Plan, parts: Parts) -> MainLoop:
             extensions.append(Plot(run_path, port=s.plot_port))
     generator = torch.Generator().manual_seed(s.seed)
     loop = MainLoop(parts.task, parts.optimizer, None, generator, extensions,
-                    grad_clip=s.grad_clip, precision=s.precision)
+                    grad_clip=s.grad_clip, precision=s.precision,
+                    matmul_precision=s.matmul_precision)
     # every rank draws the same global batches from the same generator (main_loop.py); the
     # images of epoch e are epoch e's (svhn-multi's random patches, cluttered-mnist's scenes)
     loop.epoch_batches = lambda: plan.data.batches(plan.data.train, s.batch_size,
@@ -295,6 +296,7 @@ def _header(plan: Plan, parts: Parts, longname: str, resumed_at: str | None) -> 
              if d.enabled else None),
             ("device", f"{plan.device.type}, one per process" if d.enabled else plan.device),
             ("precision", precision_choice(s.precision, plan.device)[1]),
+            ("matmul precision", matmul_choice(s.matmul_precision, plan.device)),
             ("CPU threads", torch.get_num_threads()),
             ("flush denormals", "on" if s.flush_denormal else "off"),
             ("evaluation", f"every {s.eval_every} epoch(s) on {len(data.valid_subset)} valid "

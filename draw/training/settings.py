@@ -15,7 +15,7 @@ from draw.datasets import supported_datasets
 from draw.errors import DrawError
 from draw.fast_path import AUTO_COMPILE_GLIMPSES, GLIMPSES_PER_CALL, set_flush_denormal
 from draw.precision import DEFAULT as DEFAULT_PRECISION
-from draw.precision import PRECISIONS
+from draw.precision import MATMUL_DEFAULT, MATMUL_PRECISIONS, PRECISIONS
 from draw.training.tensorboard import require_tensorboard
 from draw.training.typed_settings import CHANGE, FRESH, SESSION, Settings, setting
 
@@ -72,6 +72,12 @@ class RunSettings(Settings):
                            f"{' or '.join(PRECISIONS)} (the forward pass under bfloat16 autocast; "
                            f"weights, Adam and the loss's sums float32; draw/precision.py). "
                            f"Evaluation is float32 either way", on_resume=CHANGE)
+    matmul_precision: str = setting(
+        MATMUL_DEFAULT, f"torch.set_float32_matmul_precision of the training step: "
+                        f"{', '.join(MATMUL_PRECISIONS)} (medium: bfloat16 inputs to the float32 "
+                        f"products where the CPU or GPU computes bfloat16 natively, float32 "
+                        f"sums; draw/precision.py). Evaluation is float32 either way",
+        on_resume=CHANGE)
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto: CUDA when available; under "
                                   "torchrun each process takes cuda:LOCAL_RANK",
                           on_resume=SESSION)
@@ -115,6 +121,8 @@ class RunSettings(Settings):
         self.require("seed", 0 <= self.seed <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
         self.require("plot_port", 0 < self.plot_port < 65536, "a TCP port (1-65535)")
         self.require("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+        self.require("matmul_precision", self.matmul_precision in MATMUL_PRECISIONS,
+                     f"one of {', '.join(MATMUL_PRECISIONS)}")
         if self.tensorboard:
             require_tensorboard()
         if self.name is not None:
