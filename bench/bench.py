@@ -14,8 +14,10 @@ bound, backward, clipping at 10, PyTorch's default Adam); then the one model, Dr
 by the training package's step (MainLoop.step on a DrawTask: bound, backward, clipping at 10,
 the runs' Adam): plain (denormal floats computed, PyTorch's default), plain with denormals
 flushed (draw.fast_path.set_flush_denormal), with --compile the compiled glimpses
-(draw.fast_path.compile_glimpses), and plain and compiled in bf16-mixed precision
-(draw/precision.py: the forward pass under bfloat16 autocast, float32 weights and Adam). On
+(draw.fast_path.compile_glimpses), plain and compiled in bf16-mixed precision
+(draw/precision.py: the forward pass under bfloat16 autocast, float32 weights and Adam), and
+plain and compiled with --matmul-precision medium ("bf32": float32 products whose inputs the
+CPU's oneDNN or the GPU rounds to bfloat16 inside the kernel, everything else float32). On
 CPUs the naive port runs with denormals flushed too: its filterbanks' far tails are denormal
 floats, which DrawModel's filterbank never makes, and that row tells their share apart.
 
@@ -226,7 +228,7 @@ def narrow_windows(model: DrawModel, sigma: float):
 
 
 # what each path computes its products in, for the ceiling it is measured against
-LABELS = {"32": "fp32", "bf16-mixed": "bf16"}
+LABELS = {"32": "fp32", "bf16-mixed": "bf16", "medium": "bf32"}
 
 
 def bench_one(T: int, args, device: torch.device) -> dict:
@@ -242,6 +244,8 @@ def bench_one(T: int, args, device: torch.device) -> dict:
         return m
 
     def step(m, precision="32"):
+        if precision == "medium":
+            return training_step(m, args.batch_size, matmul_precision="medium")
         return training_step(m, args.batch_size, precision)
     plain = model()
     # the naive port first: the reference of every ratio, with the plain model's parameters
@@ -266,6 +270,10 @@ def bench_one(T: int, args, device: torch.device) -> dict:
         if args.compile:
             train["bf16-mixed, compiled"] = with_flush(
                 step(compile_glimpses(model()), "bf16-mixed"), False)
+        train["matmul medium"] = with_flush(step(model(), "medium"), False)
+        if args.compile:
+            train["matmul medium, compiled"] = with_flush(
+                step(compile_glimpses(model()), "medium"), False)
     first_call = {}
     for name in [n for n in train if n.endswith("compiled")]:
         start = time.perf_counter()
@@ -276,7 +284,8 @@ def bench_one(T: int, args, device: torch.device) -> dict:
     sample_s = interleaved_medians(sample, args.repeats, args.warmup, device, clock)
     torch.set_flush_denormal(False)
     return {"cfg": cfg, "train": train_s, "sample": sample_s, "first_call": first_call,
-            "precision": {name: "bf16-mixed" if name.startswith("bf16") else "32"
+            "precision": {name: "bf16-mixed" if name.startswith("bf16") else
+                          "medium" if name.startswith("matmul medium") else "32"
                           for name in train},
             "memory": {name: peak_memory_mb(fn, device) for name, fn in train.items()}}
 
@@ -298,6 +307,9 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
     if bf16:
         rates["bf16-mixed"] = matmul_rate(shapes, batch_size, dev, args.repeats, CLOCKS[clock],
                                           torch.bfloat16)
+        from draw.precision import float32_matmul     # here: as draw.precision below
+        with float32_matmul("medium"):
+            rates["medium"] = matmul_rate(shapes, batch_size, dev, args.repeats, CLOCKS[clock])
     where = f"{dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                              else f", {torch.get_num_threads()} threads")
     windows = f"window sigma {sigma} px" if sigma else "windows as initialised"
@@ -305,7 +317,7 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
     # imported here, not above: bench/ab.py loads this file with older trees' draw on the path
     from draw.precision import bf16_hardware
     hardware = bf16_hardware(dev)
-    precisions = "float32" + (f" and bf16-mixed (bfloat16 "
+    precisions = "float32" + (f", bf16-mixed and matmul medium (bfloat16 "
                               f"{'on ' + hardware if hardware else 'emulated'})" if bf16 else "")
     print(f"DRAW benchmark: {where}, {precisions}, batch {batch_size}, "
           f"{shapes.height}x{shapes.width}, read {read_N}, write {write_N}, enc/dec "
@@ -313,7 +325,7 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
           f"{args.repeats} after {args.warmup} warm-up")
     print("matmul rate on DRAW's shapes: " + ", ".join(
         f"{LABELS[p]} {rate:.1f} GFLOP/s" for p, rate in rates.items()))
-    print(f"{'T':>3} {'path':<20} {'prec':>4} {'train img/s':>11} {'x naive':>7} {'x plain':>7} "
+    print(f"{'T':>3} {'path':<23} {'prec':>4} {'train img/s':>11} {'x naive':>7} {'x plain':>7} "
           f"{'sample img/s':>12} {'x plain':>7} {'MFLOP/img':>9} {'% ceiling':>9} "
           f"{'peak MB':>8}")
     for T in Ts:
@@ -329,7 +341,7 @@ def main(quick: bool, niters: str, batch_size: int, threads: int | None, device:
             else:
                 sample = f"{'n/a':>12} {'n/a':>7}"
             mem = r["memory"][name]
-            print(f"{T:>3} {name:<20} {LABELS[precision]:>4} {train_ips:>11.1f} "
+            print(f"{T:>3} {name:<23} {LABELS[precision]:>4} {train_ips:>11.1f} "
                   f"{r['train']['naive port'] / seconds:>7.2f} "
                   f"{r['train']['plain'] / seconds:>7.2f} {sample} {flops / 1e6:>9.1f} "
                   f"{100 * train_ips / ceilings[precision]:>8.1f}% "
@@ -355,7 +367,7 @@ if __name__ == "__main__":
     p.add_argument("--compile", action="store_true",
                    help="also time draw.fast_path.compile_glimpses (compiles for minutes on a CPU)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false",
-                   help="leave out the bf16-mixed rows and the bfloat16 ceiling")
+                   help="leave out the bf16-mixed and matmul medium rows and their ceilings")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (use with --threads 1 on a "
                         "loaded machine)")

@@ -174,19 +174,19 @@ def test_benchmark_runs_and_reports_every_path(capsys, bench_script):
                write_N=3, enc_dim=6, dec_dim=5, z_dim=2, seed=0)
     out = capsys.readouterr().out
     assert "GFLOP/s" in out and "window sigma 1.0 px, fused Adam" in out
-    assert "fp32" in out.splitlines()[1] and "bf16" in out.splitlines()[1]   # both ceilings
-    # a row: T (3 characters), the path name (20, with spaces in it), then columns without
-    rows = [[line[4:24].strip(), *line[25:].split()] for line in out.splitlines()
+    assert all(p in out.splitlines()[1] for p in ("fp32", "bf16", "bf32"))  # the ceilings
+    # a row: T (3 characters), the path name (23, with spaces in it), then columns without
+    rows = [[line[4:27].strip(), *line[28:].split()] for line in out.splitlines()
             if line.startswith("  2 ") and "ceiling" not in line]
     assert [row[0] for row in rows] == ["naive port", "naive port, flushed", "plain",
-                                        "plain, flushed", "bf16-mixed"]
-    assert [row[1] for row in rows] == ["fp32"] * 4 + ["bf16"]
+                                        "plain, flushed", "bf16-mixed", "matmul medium"]
+    assert [row[1] for row in rows] == ["fp32"] * 4 + ["bf16", "bf32"]
     assert rows[0][3] == "1.00" and rows[2][4] == "1.00"     # naive and plain against themselves
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)   # train img/s, x naive
-    assert [row[5] != "n/a" for row in rows] == [False, False, True, True, False]  # who samples
+    assert [row[5] != "n/a" for row in rows] == [False, False, True, True, False, False]
     assert all(float(row[-2].rstrip("%")) > 0 for row in rows)           # % ceiling
     ceiling = [line for line in out.splitlines() if line.startswith("  2 ceiling")]
-    assert len(ceiling) == 1 and "fp32" in ceiling[0] and "bf16" in ceiling[0]
+    assert len(ceiling) == 1 and all(p in ceiling[0] for p in ("fp32", "bf16", "bf32"))
 
 
 def test_ab_times_two_trees_in_turn(tmp_path):
