@@ -90,6 +90,10 @@ def test_a_continuation_records_and_chains_what_its_start_was_trained_for(
     assert chained["train_seconds"] > history["train_seconds"]
     fresh = load_checkpoint(run_dir / "tiny_model.pkl")
     assert "started_from" not in fresh          # a run from scratch records none
+    capsys.readouterr()
+    evaluate(str(second / "b_model.pkl"), samples=2, subset=20, device="cpu")
+    assert (f"b_model.pkl: epoch 1 + 4 before (started from {tmp_path / 'a_export.pkl'}), "
+            in capsys.readouterr().out)
 
 
 def test_a_classifier_exports_too(tmp_path):

@@ -134,7 +134,11 @@ def _importance_sampled(net, images, batch_size: int, samples: int, seed: int,
 def _report(model_file: str, ckpt: dict, dataset: str, split: str, binary: bool,
             result: dict) -> None:
     gap, samples = result["nll_bound"] - result["is_nll"], result["samples"]
-    print(f"{model_file}: epoch {ckpt['epoch']}, {dataset} {split} set, {result['images']} images")
+    before = ckpt.get("started_from")
+    # a continuation (--oldmodel) counts its epochs from 0: the model's are the sum
+    epochs = (f"epoch {ckpt['epoch']} + {before['epochs']} before (started from "
+              f"{before['file']})" if before else f"epoch {ckpt['epoch']}")
+    print(f"{model_file}: {epochs}, {dataset} {split} set, {result['images']} images")
     if binary:
         print(f"  {'nll bound (eq. 12):':<36}{result['nll_bound']:9.2f} nats")
         print(f"  {f'importance-sampled nll, K={samples}:':<36}{result['is_nll']:9.2f} nats "
