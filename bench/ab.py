@@ -151,11 +151,12 @@ def start_workers(tree: str, T: int, clock: str, threads: int) -> list[subproces
     ranks = DDP_RANKS if "ddp" in options else 1
     threads = max(1, threads // ranks)
     env = dict(os.environ, PYTHONPATH=str(Path(folder).resolve()), OMP_NUM_THREADS=str(threads))
-    envs = [env]
-    if ranks > 1:
-        env |= {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(free_port())}
-        envs = [env | {"RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(ranks)]
+    if ranks == 1:
+        envs = [env]
+    else:
+        job = env | {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1",
+                     "MASTER_PORT": str(free_port())}
+        envs = [job | {"RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in range(ranks)]
     return [subprocess.Popen(
         [sys.executable, __file__, "--worker", str(T), "--clock", clock, "--threads",
          str(threads)] + ["--options", ",".join(options)] * bool(options),
@@ -204,6 +205,11 @@ if __name__ == "__main__":
     elif len(a.trees) < 2 or not all((Path(parse_tree(t)[0]) / "draw").is_dir()
                                      for t in a.trees):
         sys.exit("error: give two or more folders that each hold a draw/ package")
+    elif any("ddp" in parse_tree(t)[1] for t in a.trees) and (a.clock != "wall"
+                                                              or a.threads < DDP_RANKS):
+        # a thread's CPU time leaves out gloo's threads and the wait for the other rank, and
+        # fewer threads than ranks would give the DDP job more cores than the others
+        sys.exit(f"error: :ddp needs --clock wall and --threads {DDP_RANKS} or more")
     else:
         for T in (int(t) for t in a.niters.split(",")):
             compare(a.trees, T, a.steps, a.clock, a.threads)

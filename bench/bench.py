@@ -17,7 +17,7 @@ flushed (draw.fast_path.set_flush_denormal), with --compile the compiled glimpse
 (draw.fast_path.compile_glimpses), plain and compiled in bf16-mixed precision
 (draw/precision.py: the forward pass under bfloat16 autocast, float32 weights and Adam), and
 plain and compiled with --matmul-precision medium ("bf32": float32 products whose inputs the
-CPU's oneDNN or the GPU rounds to bfloat16 inside the kernel, everything else float32). On
+CPU's oneDNN rounds to bfloat16 inside the kernel, everything else float32; TF32 on a GPU). On
 CPUs the naive port runs with denormals flushed too: its filterbanks' far tails are denormal
 floats, which DrawModel's filterbank never makes, and that row tells their share apart.
 

@@ -132,7 +132,8 @@ def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr
 
 def main(data_dir: str | None, runs: list[str], precision: list[str], steps: int,
          batch_size: int, n_iter: int, attention: tuple[int, int], lr: float, seed: int,
-         device: str, threads: int | None, out: str | None, matmul: list[str] = ["highest"]):
+         device: str, threads: int | None, out: str | None,
+         matmul: tuple[str, ...] = ("highest",)):
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
@@ -144,8 +145,8 @@ def main(data_dir: str | None, runs: list[str], precision: list[str], steps: int
     results = []
     for label, p, m in ((r, p, m) for r in runs for p in precision for m in matmul):
         # the classic labels when only float32 runs, the precisions beside them otherwise
-        name = " ".join([label] + [p] * (precision != ["32"])
-                        + [f"matmul-{m}"] * (matmul != ["highest"]))
+        name = " ".join([label] + [p] * (list(precision) != ["32"])
+                        + [f"matmul-{m}"] * (list(matmul) != ["highest"]))
         results.append(train_and_validate(configs[label], data, steps=steps,
                                           batch_size=batch_size, lr=lr, seed=seed,
                                           device=device, label=name, precision=p,

@@ -117,11 +117,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def training_history(ckpt: dict, path: str | os.PathLike) -> dict:
     """What a model file's parameters were trained for, over its run and the runs it started
-    from (--oldmodel), as a run that starts from it records it ("started_from"): the file,
-    epochs, steps and seconds of training steps (the logs' time_train_this_epoch)."""
+    from (--oldmodel), as a run that starts from it records it ("started_from"): the file (an
+    absolute path), epochs, steps and seconds of training steps (the logs' time_train_this_epoch,
+    and a run's model file saved mid-epoch adds that epoch's so far; an export has no record
+    of a part epoch's time)."""
     before = ckpt.get("started_from") or {}
     seconds = sum(row.get("time_train_this_epoch", 0.0) for row in ckpt.get("log") or ())
-    return {"file": os.fspath(path), "epochs": ckpt["epoch"] + before.get("epochs", 0),
+    seconds += ((ckpt.get("extensions") or {}).get("Timing") or {}).get("epoch_elapsed", 0.0)
+    return {"file": os.path.abspath(path), "epochs": ckpt["epoch"] + before.get("epochs", 0),
             "iterations": ckpt["iteration"] + before.get("iterations", 0),
             "train_seconds": seconds + before.get("train_seconds", 0.0)}
 

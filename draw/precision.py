@@ -11,12 +11,14 @@ Evaluation is float32 whatever the run trains in (MainLoop.step is the one place
 entered), so a run's bounds are its float32 parameters', comparable across precisions.
 
 Apart from that, `--matmul-precision` is PyTorch's `torch.set_float32_matmul_precision` for the
-training step's float32 products (forward and backward): "highest" computes them in float32;
-"medium" lets the CPU's oneDNN (with AMX or AVX512-BF16) or a GPU round their inputs to
-bfloat16 inside the product kernel, with float32 sums and everything else float32, so no cast
-runs between operations as under autocast; "high" allows TF32 on GPUs that have it.
+training step's float32 products (forward and backward): "highest" computes them in float32.
+On a CPU with AMX or AVX512-BF16, "medium" lets oneDNN round their inputs to bfloat16 inside
+the product kernel ("bf32"), with float32 sums and everything else float32, so no cast runs
+between operations as under autocast. On CUDA, "high" and "medium" both allow TF32; on most
+CPUs "high" is float32.
 """
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -38,13 +40,23 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-@contextlib.contextmanager
-def float32_matmul(name: str):
-    """float32 products at `name` (torch.set_float32_matmul_precision) inside the context, as
-    before it after: the training step's, not evaluation's."""
+def check_matmul_precision(name: str) -> None:
+    """ValueError for a name torch.set_float32_matmul_precision does not take."""
     if name not in MATMUL_PRECISIONS:
-        raise ValueError(f"matmul precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+        raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
                          f"got {name!r}")
+
+
+def float32_matmul(name: str) -> contextlib.AbstractContextManager:
+    """float32 products at `name` (torch.set_float32_matmul_precision) inside the context, as
+    before it after: the training step's, not evaluation's. At the default, nothing: a run
+    that did not ask for it leaves torch's global setting alone."""
+    check_matmul_precision(name)
+    return contextlib.nullcontext() if name == MATMUL_DEFAULT else _matmul_at(name)
+
+
+@contextlib.contextmanager
+def _matmul_at(name: str) -> Iterator[None]:
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(name)
     try:
@@ -62,6 +74,8 @@ def matmul_choice(name: str, device: torch.device) -> str:
         return (f"medium: the training step's float32 products take bfloat16 inputs on "
                 f"{hardware}, float32 sums; evaluation float32" if hardware else
                 "medium, but this CPU has no native bfloat16: float32 products")
+    if device.type == "cuda":
+        return f"{name}: TF32 products in the training step where the GPU has them"
     return f"{name} (torch.set_float32_matmul_precision) in the training step"
 
 

@@ -214,7 +214,8 @@ def test_ab_times_the_naive_port_bf16_mixed_and_ddp_against_it():
     script = root / "bench" / "ab.py"
     trees = [f"{root}:naive", f"{root}:bf16-mixed", f"{root}:ddp"]
     run = subprocess.run([sys.executable, str(script), *trees, "--niters", "1", "--steps", "2",
-                          "--threads", "2"], capture_output=True, text=True, timeout=300)
+                          "--threads", "2", "--clock", "wall"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines()]
     assert [row[1] for row in rows] == trees
@@ -223,6 +224,11 @@ def test_ab_times_the_naive_port_bf16_mixed_and_ddp_against_it():
     bad = subprocess.run([sys.executable, str(script), f"{root}:naive,compile", str(root)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "naive alone" in bad.stderr
+    # a rank's CPU time would leave out the all-reduce's wait
+    bad = subprocess.run([sys.executable, str(script), str(root), f"{root}:ddp"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.strip() == (
+        "error: :ddp needs --clock wall and --threads 2 or more")
 
 
 def test_gpu_check_agreement_runs_bf16_mixed_on_a_cpu(capsys, monkeypatch, bench_script):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import clip_grad_norm_
 
 from draw.errors import DrawError
-from draw.precision import MATMUL_DEFAULT, MATMUL_PRECISIONS, autocast, float32_matmul
+from draw.precision import MATMUL_DEFAULT, autocast, check_matmul_precision, float32_matmul
 
 
 class TrainingError(DrawError):
@@ -39,7 +39,8 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
-def adam_with_heads(model: nn.Module, heads, scale: float, lr: float) -> torch.optim.Adam:
+def adam_with_heads(model: nn.Module, heads: Iterable[nn.Parameter], scale: float,
+                    lr: float) -> torch.optim.Adam:
     """`adam` with two groups: the parameters of `heads` at `scale` times the rate `lr`, the
     rest of the model at `lr` ("lr_scale", which LearningRateSchedule keeps)."""
     heads = list(heads)
@@ -94,9 +95,7 @@ class MainLoop:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.precision = precision
         autocast(precision, self.params[0].device)      # a bad name: ValueError now, not later
-        if matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
-                             f"got {matmul_precision!r}")
+        check_matmul_precision(matmul_precision)       # the same for this one
         self.matmul_precision = matmul_precision
         # the parameters before each update, for the step norm, kept between steps: fresh
         # vectors every step cost page faults

@@ -75,8 +75,9 @@ class RunSettings(Settings):
     matmul_precision: str = setting(
         MATMUL_DEFAULT, f"torch.set_float32_matmul_precision of the training step: "
                         f"{', '.join(MATMUL_PRECISIONS)} (medium: bfloat16 inputs to the float32 "
-                        f"products where the CPU or GPU computes bfloat16 natively, float32 "
-                        f"sums; draw/precision.py). Evaluation is float32 either way",
+                        f"products on a CPU with AMX or AVX512-BF16, float32 sums; high and "
+                        f"medium: TF32 on CUDA; draw/precision.py). Evaluation is float32 "
+                        f"either way",
         on_resume=CHANGE)
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto: CUDA when available; under "
                                   "torchrun each process takes cuda:LOCAL_RANK",
