@@ -1,6 +1,7 @@
 """draw.fast_path: the compiled glimpses against the plain model in float64, when a run compiles, the
 denormal setting, and the benchmark's FLOP count and output (the naive port's and bf16-mixed's
 rows), bench/ab.py's two-tree timing, bench/gpu_check.py's agreement check on a CPU."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,3 +246,14 @@ def test_gpu_check_agreement_runs_bf16_mixed_on_a_cpu(capsys, monkeypatch, bench
     assert not check.check_agreement(cfg, 8, torch.device("cpu"),
                                      {"plain, bf16-mixed": eager["plain, bf16-mixed"]})
     assert capsys.readouterr().out.splitlines()[-1].endswith("DISAGREES")
+
+
+def test_step_parts_times_the_passes_and_the_update_apart(capsys, bench_script):
+    """bench/step_parts.py: both parts of a step timed, their shares adding up."""
+    bench_script("step_parts").main(niter=2, threads=1, steps=2, compile=False)
+    line = capsys.readouterr().out.strip()
+    passes, rest, share = (float(v) for v in re.findall(
+        r"forward\+backward ([\d.]+) ms, clip\+check\+Adam\+step norm ([\d.]+) ms \(([\d.]+)%",
+        line)[0])
+    assert passes > 0 and rest > 0
+    assert abs(share - 100 * rest / (passes + rest)) < 0.5      # printed to 0.1 ms and 0.1%
