@@ -15,6 +15,7 @@ MainLoop.step through its fast path, with the Adam those runs used. Options afte
 
     FOLDER:compile              its glimpses compiled (draw.fast_path.compile_glimpses; the
                                 first call, which compiles, is not timed)
+    FOLDER:compile=N            the same with N glimpses per graph (the tree's default: 8)
     FOLDER:bf16-mixed           its step in bf16-mixed precision (draw/precision.py)
     FOLDER:compile,bf16-mixed   both
     FOLDER:naive                not the tree's model but the naive port (bench/naive.py) with
@@ -55,10 +56,12 @@ def parse_tree(tree: str) -> tuple[str, list[str]]:
     """FOLDER[:OPTION,...] -> (FOLDER, [OPTION, ...]); SystemExit for options it does not know."""
     folder, colon, options = tree.partition(":")
     options = options.split(",") if colon else []
-    unknown = [o for o in options if o not in OPTIONS]
+    unknown = [o for o in options if o not in OPTIONS
+               and not (o.startswith("compile=") and o[len("compile="):].isdigit()
+                        and int(o[len("compile="):]) > 0)]
     if unknown or ("naive" in options and len(options) > 1):
-        sys.exit(f"error: {tree}: options after the colon are {', '.join(OPTIONS)} "
-                 f"(naive alone)")
+        sys.exit(f"error: {tree}: options after the colon are {', '.join(OPTIONS)}, "
+                 f"compile=N (naive alone)")
     return folder, options
 
 
@@ -109,10 +112,12 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
         step = legacy_fast_step(model, 100)
     else:
         bench = load_bench()
-        if "compile" in options:
+        per_call = [int(o[len("compile="):]) for o in options if o.startswith("compile=")]
+        if "compile" in options or per_call:
             # draw/speed.py in the trees before issue 23
             name = "draw.fast_path" if importlib.util.find_spec("draw.fast_path") else "draw.speed"
-            importlib.import_module(name).compile_glimpses(model)
+            importlib.import_module(name).compile_glimpses(
+                model, **{"per_call": per_call[0]} if per_call else {})
         precision = "bf16-mixed" if "bf16-mixed" in options else "32"
         # with the tree's own Adam (bench.run_adam)
         extra = {"dist": dist} if dist else {}

@@ -225,6 +225,9 @@ def test_ab_times_the_naive_port_bf16_mixed_and_ddp_against_it():
     bad = subprocess.run([sys.executable, str(script), f"{root}:naive,compile", str(root)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "naive alone" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), f"{root}:compile=0", str(root)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "compile=N" in bad.stderr
     # a rank's CPU time would leave out the all-reduce's wait
     bad = subprocess.run([sys.executable, str(script), str(root), f"{root}:ddp"],
                          capture_output=True, text=True, timeout=60)
