@@ -52,13 +52,17 @@ OPTIONS = ("compile", "bf16-mixed", "naive", "ddp", "matmul-medium")
 DDP_RANKS = 2
 
 
+def glimpses_per_graph(option: str) -> int | None:
+    """N of a "compile=N" option (N > 0), else None."""
+    name, _, n = option.partition("=")
+    return int(n) if name == "compile" and n.isdigit() and int(n) > 0 else None
+
+
 def parse_tree(tree: str) -> tuple[str, list[str]]:
     """FOLDER[:OPTION,...] -> (FOLDER, [OPTION, ...]); SystemExit for options it does not know."""
     folder, colon, options = tree.partition(":")
     options = options.split(",") if colon else []
-    unknown = [o for o in options if o not in OPTIONS
-               and not (o.startswith("compile=") and o[len("compile="):].isdigit()
-                        and int(o[len("compile="):]) > 0)]
+    unknown = [o for o in options if o not in OPTIONS and glimpses_per_graph(o) is None]
     if unknown or ("naive" in options and len(options) > 1):
         sys.exit(f"error: {tree}: options after the colon are {', '.join(OPTIONS)}, "
                  f"compile=N (naive alone)")
@@ -112,7 +116,7 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
         step = legacy_fast_step(model, 100)
     else:
         bench = load_bench()
-        per_call = [int(o[len("compile="):]) for o in options if o.startswith("compile=")]
+        per_call = [n for n in map(glimpses_per_graph, options) if n is not None]
         if "compile" in options or per_call:
             # draw/speed.py in the trees before issue 23
             name = "draw.fast_path" if importlib.util.find_spec("draw.fast_path") else "draw.speed"
