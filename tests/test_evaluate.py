@@ -5,14 +5,17 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from draw.checkpoint import load_model
 from draw.datasets import batches, get_data
 import draw.memory
 import draw.outputs.scores
 from draw.likelihood import importance_sampled_nll
+from draw.model import nll_bound
 from draw.outputs.scores import duration, main
 from draw.training.draw_job import main as train
 
@@ -166,3 +169,30 @@ def test_subset_is_random_not_a_prefix(trained, monkeypatch):
     pick = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(4))[:50]
     assert all(torch.equal(images, test[pick]) for images in seen) and len(seen) == 2
     assert not torch.equal(seen[0], test[:50])
+
+
+def test_reconstructions_picture_pairs_images_with_their_reconstructions(trained, tmp_path,
+                                                                           bench_script, capsys):
+    """bench/reconstructions.py: the picture's left cells are the split's first images exactly,
+    the right ones the model's sigmoid(c_T) of them with z from Q, a last row of samples; the
+    printed L^x + L^z is the bound (eq. 12) of those images with the same draw of z."""
+    recon = bench_script("reconstructions")
+    out = tmp_path / "r.png"
+    recon.main(str(trained), str(out), n=7, cols=3, seed=5)
+    grid = np.asarray(Image.open(out), dtype=np.float32) / 255              # (rows*29-1, ...)
+    assert grid.shape == (4 * 29 - 1, 6 * 29 - 1)              # 3 rows of pairs + 1 of samples
+    model, _ = load_model(trained)
+    model.eval()
+    x = get_data("sample").valid[:7].float() / 255
+    expected, lx, lz = recon.reconstruct(model, x, torch.Generator().manual_seed(5))
+    for k in range(7):
+        top, left = (k // 3) * 29, (k % 3) * 2 * 29
+        cell = lambda j: grid[top:top + 28, left + j * 29:left + j * 29 + 28].reshape(-1)
+        assert np.array_equal(cell(0), np.rint(x[k].numpy() * 255) / 255)
+        assert np.abs(cell(1) - expected[k].numpy()).max() <= 0.5 / 255 + 1e-6
+    c, kl = model(x, model.noise(7, x, torch.Generator().manual_seed(5)))
+    assert torch.allclose(lx + lz, nll_bound(x, c, kl))
+    assert f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f}" in capsys.readouterr().out
+    # the cells after the 7th pair are mid-grey (0.5), then the samples' row begins
+    for j in range(2, 6):
+        assert np.all(grid[2 * 29:2 * 29 + 28, j * 29:j * 29 + 28] == 128 / 255)

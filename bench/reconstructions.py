@@ -1,0 +1,77 @@
+"""Images beside the model's reconstructions of them, and samples from the prior: whether a model
+whose samples are poor encodes its data well (the gap is on the prior's side: z_t ~ N(0, I)
+decodes to what Q(Z_t|h_t^enc) rarely gives) or does not (the gap is in the whole model).
+
+    python bench/reconstructions.py runs/RUN/NAME_model.pkl --out reconstructions.png
+
+The picture: every row holds COLS pairs, an image of the split (the first N of it, in the
+stored order) and its reconstruction sigmoid(c_T) (eq. 9's means, one draw of z from Q), then a
+row of the prior's samples for comparison. It prints the mean reconstruction term L^x (eq. 9)
+and KL term L^z (eq. 10) of those images: a large L^z with a small L^x is a model that encodes
+well and leans on its latents.
+"""
+from pathlib import Path
+
+import torch
+
+from draw.checkpoint import build_model, load_checkpoint
+from draw.cli import ArgumentParser, positive, run, seed
+from draw.datasets import get_data
+from draw.errors import DrawError
+from draw.model import DrawModel, reconstruction_loss
+from draw.outputs.plotting import image_grid, save_png
+
+
+@torch.no_grad()
+def reconstruct(model: DrawModel, x: torch.Tensor, generator: torch.Generator):
+    """sigmoid(c_T) of `x` (B, x_dim) in [0, 1] through the encoder, and the per-image L^x and
+    L^z (B,) each, with z drawn from Q by `generator`."""
+    u = model.noise(x.shape[0], x, generator)
+    c, kl = model(x, u)                                          # (B, x_dim), (T, B)
+    return torch.sigmoid(c), reconstruction_loss(x, c), kl.sum(dim=0)
+
+
+def pairs_grid(images: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor, cols: int):
+    """A grid of (image, reconstruction) pairs, `cols` pairs a row, then a row of samples; all
+    (n, C, H, W)."""
+    n = images.shape[0]
+    rows = -(-n // cols)
+    cells = torch.stack([images, recon], dim=1).flatten(0, 1)  # (2n, C, H, W): image, recon, ...
+    cells = torch.cat([cells, cells.new_full((2 * (rows * cols - n),) + cells.shape[1:], 0.5),
+                       samples[:2 * cols]])
+    return image_grid(cells, rows + 1, 2 * cols)
+
+
+def main(model_file: str, out: str, split: str = "valid", n: int = 50, cols: int = 5,
+         seed: int = 0, data_dir: str | None = None) -> None:
+    ckpt = load_checkpoint(model_file)
+    model = build_model(ckpt, model_file).eval()
+    cfg = model.config
+    dataset = (ckpt.get("run") or {}).get("dataset")
+    if dataset is None:
+        raise DrawError(f"{model_file} does not say which dataset it was trained on")
+    data = get_data(dataset, root=data_dir, download=False)
+    x = getattr(data, split)[:n].float().div(255)                # (n, x_dim) in [0, 1]
+    generator = torch.Generator().manual_seed(seed)
+    recon, lx, lz = reconstruct(model, x, generator)
+    with torch.no_grad():
+        samples = model.sample(2 * cols, model.noise(2 * cols, x, generator))[-1]  # sigma(c_T)
+    shape = (-1, cfg.channels, cfg.height, cfg.width)
+    save_png(pairs_grid(x.view(shape), recon.view(shape), samples.view(shape), cols), out)
+    print(f"{model_file}: {dataset} {split}, the first {x.shape[0]} images: "
+          f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f} = {(lx + lz).mean():.2f} nats; "
+          f"{Path(out)}: images and reconstructions in pairs, {cols} pairs a row, then "
+          f"{2 * cols} samples")
+
+
+if __name__ == "__main__":
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_file", help="a <name>_model.pkl file of train-draw.py")
+    parser.add_argument("--out", default="reconstructions.png", help="the picture to write")
+    parser.add_argument("--split", default="valid", choices=("train", "valid", "test"),
+                        help="the split whose first images are reconstructed")
+    parser.add_argument("--n", type=positive, default=50, help="images to reconstruct")
+    parser.add_argument("--cols", type=positive, default=5, help="pairs a row")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of z's draws")
+    parser.add_argument("--data-dir", default=None, help="where the converted datasets are")
+    run(main, parser.parse_args())
