@@ -55,7 +55,7 @@ DDP_RANKS = 2
 def glimpses_per_graph(option: str) -> int | None:
     """N of a "compile=N" option (N > 0), else None."""
     name, _, n = option.partition("=")
-    return int(n) if name == "compile" and n.isdigit() and int(n) > 0 else None
+    return int(n) if name == "compile" and n.isdecimal() and int(n) > 0 else None
 
 
 def parse_tree(tree: str) -> tuple[str, list[str]]:

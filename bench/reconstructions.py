@@ -10,20 +10,21 @@ row of the prior's samples for comparison. It prints the mean reconstruction ter
 and KL term L^z (eq. 10) of those images: a large L^z with a small L^x is a model that encodes
 well and leans on its latents.
 """
-from pathlib import Path
-
 import torch
+from PIL import Image
+from torch import Tensor
 
 from draw.checkpoint import build_model, load_checkpoint
-from draw.cli import ArgumentParser, positive, run, seed
-from draw.datasets import get_data
+from draw.cli import ArgumentParser, positive, run, seed as seed_type
+from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.model import DrawModel, reconstruction_loss
 from draw.outputs.plotting import image_grid, save_png
 
 
 @torch.no_grad()
-def reconstruct(model: DrawModel, x: torch.Tensor, generator: torch.Generator):
+def reconstruct(model: DrawModel, x: Tensor,
+                generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """sigmoid(c_T) of `x` (B, x_dim) in [0, 1] through the encoder, and the per-image L^x and
     L^z (B,) each, with z drawn from Q by `generator`."""
     u = model.noise(x.shape[0], x, generator)
@@ -31,7 +32,7 @@ def reconstruct(model: DrawModel, x: torch.Tensor, generator: torch.Generator):
     return torch.sigmoid(c), reconstruction_loss(x, c), kl.sum(dim=0)
 
 
-def pairs_grid(images: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor, cols: int):
+def pairs_grid(images: Tensor, recon: Tensor, samples: Tensor, cols: int) -> Image.Image:
     """A grid of (image, reconstruction) pairs, `cols` pairs a row, then a row of samples; all
     (n, C, H, W)."""
     n = images.shape[0]
@@ -42,25 +43,30 @@ def pairs_grid(images: torch.Tensor, recon: torch.Tensor, samples: torch.Tensor,
     return image_grid(cells, rows + 1, 2 * cols)
 
 
-def main(model_file: str, out: str, split: str = "valid", n: int = 50, cols: int = 5,
-         seed: int = 0, data_dir: str | None = None) -> None:
+def main(model_file: str, out: str, dataset: str | None = None, split: str = "valid",
+         n: int = 50, cols: int = 5, seed: int = 0, data_dir: str | None = None) -> None:
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config
-    dataset = (ckpt.get("run") or {}).get("dataset")
+    dataset = dataset or (ckpt.get("run") or {}).get("dataset")
     if dataset is None:
-        raise DrawError(f"{model_file} does not say which dataset it was trained on")
+        raise DrawError(f"{model_file} does not say which dataset it was trained on; pass "
+                        f"--dataset")
     data = get_data(dataset, root=data_dir, download=False)
-    x = getattr(data, split)[:n].float().div(255)                # (n, x_dim) in [0, 1]
+    if tuple(data.shape) != (cfg.channels, cfg.height, cfg.width):
+        raise DrawError(f"{model_file} models {cfg.channels}x{cfg.height}x{cfg.width} images, "
+                        f"but {dataset} has {'x'.join(map(str, data.shape))}")
+    x = next(batches(getattr(data, split), n))                   # (n, x_dim) in [0, 1], stored order
     generator = torch.Generator().manual_seed(seed)
     recon, lx, lz = reconstruct(model, x, generator)
-    with torch.no_grad():
-        samples = model.sample(2 * cols, model.noise(2 * cols, x, generator))[-1]  # sigma(c_T)
+    samples = model.sample(2 * cols, model.noise(2 * cols, x, generator))[-1]  # (2*cols, x_dim)
     shape = (-1, cfg.channels, cfg.height, cfg.width)
     save_png(pairs_grid(x.view(shape), recon.view(shape), samples.view(shape), cols), out)
+    # grey levels: eq. 12 is the training objective, not a bound on -log p(x) (evaluate.py)
+    total = "the bound (eq. 12)" if data.binary else "the objective (eq. 12, grey levels)"
     print(f"{model_file}: {dataset} {split}, the first {x.shape[0]} images: "
-          f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f} = {(lx + lz).mean():.2f} nats; "
-          f"{Path(out)}: images and reconstructions in pairs, {cols} pairs a row, then "
+          f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f} = {(lx + lz).mean():.2f} nats, {total}; "
+          f"{out}: images and reconstructions in pairs, {cols} pairs a row, then "
           f"{2 * cols} samples")
 
 
@@ -68,10 +74,12 @@ if __name__ == "__main__":
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_file", help="a <name>_model.pkl file of train-draw.py")
     parser.add_argument("--out", default="reconstructions.png", help="the picture to write")
+    parser.add_argument("--dataset", default=None,
+                        help="the data to reconstruct (default: the model file's dataset)")
     parser.add_argument("--split", default="valid", choices=("train", "valid", "test"),
                         help="the split whose first images are reconstructed")
     parser.add_argument("--n", type=positive, default=50, help="images to reconstruct")
     parser.add_argument("--cols", type=positive, default=5, help="pairs a row")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of z's draws")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of z's draws")
     parser.add_argument("--data-dir", default=None, help="where the converted datasets are")
     run(main, parser.parse_args())

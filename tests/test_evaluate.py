@@ -174,25 +174,32 @@ def test_subset_is_random_not_a_prefix(trained, monkeypatch):
 def test_reconstructions_picture_pairs_images_with_their_reconstructions(trained, tmp_path,
                                                                            bench_script, capsys):
     """bench/reconstructions.py: the picture's left cells are the split's first images exactly,
-    the right ones the model's sigmoid(c_T) of them with z from Q, a last row of samples; the
-    printed L^x + L^z is the bound (eq. 12) of those images with the same draw of z."""
-    recon = bench_script("reconstructions")
+    the right ones sigmoid(c_T) of the model's pass over them with z from Q, then a row of
+    prior samples; the printed L^x + L^z is the objective (eq. 12) of those images with the same
+    draw of z."""
     out = tmp_path / "r.png"
-    recon.main(str(trained), str(out), n=7, cols=3, seed=5)
-    grid = np.asarray(Image.open(out), dtype=np.float32) / 255              # (rows*29-1, ...)
+    bench_script("reconstructions").main(str(trained), str(out), n=7, cols=3, seed=5)
+    grid = np.asarray(Image.open(out), dtype=np.float32) / 255              # (4*29-1, 6*29-1)
     assert grid.shape == (4 * 29 - 1, 6 * 29 - 1)              # 3 rows of pairs + 1 of samples
+
+    def cell(row: int, col: int) -> np.ndarray:
+        return grid[row * 29:row * 29 + 28, col * 29:col * 29 + 28].reshape(-1)   # (784,)
+
+    # the same draws as the script: Q's noise for the 7 images, then the prior's for 6 samples
     model, _ = load_model(trained)
-    model.eval()
-    x = get_data("sample").valid[:7].float() / 255
-    expected, lx, lz = recon.reconstruct(model, x, torch.Generator().manual_seed(5))
+    x = get_data("sample").valid[:7].float() / 255                           # (7, 784)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        c, kl = model(x, model.noise(7, x, generator))
+        samples = model.sample(6, model.noise(6, x, generator))[-1]          # (6, 784)
     for k in range(7):
-        top, left = (k // 3) * 29, (k % 3) * 2 * 29
-        cell = lambda j: grid[top:top + 28, left + j * 29:left + j * 29 + 28].reshape(-1)
-        assert np.array_equal(cell(0), np.rint(x[k].numpy() * 255) / 255)
-        assert np.abs(cell(1) - expected[k].numpy()).max() <= 0.5 / 255 + 1e-6
-    c, kl = model(x, model.noise(7, x, torch.Generator().manual_seed(5)))
-    assert torch.allclose(lx + lz, nll_bound(x, c, kl))
-    assert f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f}" in capsys.readouterr().out
-    # the cells after the 7th pair are mid-grey (0.5), then the samples' row begins
-    for j in range(2, 6):
-        assert np.all(grid[2 * 29:2 * 29 + 28, j * 29:j * 29 + 28] == 128 / 255)
+        row, col = divmod(k, 3)
+        assert np.array_equal(cell(row, 2 * col), np.rint(x[k].numpy() * 255) / 255)
+        assert np.abs(cell(row, 2 * col + 1) - torch.sigmoid(c[k]).numpy()).max() <= 0.5 / 255 + 1e-6
+    for j in range(2, 6):                    # the cells after the 7th pair are mid-grey (0.5)
+        assert np.all(cell(2, j) == 128 / 255)
+    for j in range(6):
+        assert np.abs(cell(3, j) - samples[j].numpy()).max() <= 0.5 / 255 + 1e-6
+    bound = nll_bound(x, c, kl).mean().item()
+    printed = capsys.readouterr().out
+    assert f"= {bound:.2f} nats, the objective (eq. 12, grey levels)" in printed
