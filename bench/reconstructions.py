@@ -16,10 +16,10 @@ from torch import Tensor
 
 from draw.checkpoint import build_model, load_checkpoint
 from draw.cli import ArgumentParser, positive, run, seed as seed_type
-from draw.datasets import batches, get_data
-from draw.errors import DrawError
+from draw.datasets import batches
 from draw.model import DrawModel, reconstruction_loss
 from draw.outputs.plotting import image_grid, save_png
+from draw.outputs.scores import model_images
 
 
 @torch.no_grad()
@@ -48,22 +48,17 @@ def main(model_file: str, out: str, dataset: str | None = None, split: str = "va
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config
-    dataset = dataset or (ckpt.get("run") or {}).get("dataset")
-    if dataset is None:
-        raise DrawError(f"{model_file} does not say which dataset it was trained on; pass "
-                        f"--dataset")
-    data = get_data(dataset, root=data_dir, download=False)
-    if tuple(data.shape) != (cfg.channels, cfg.height, cfg.width):
-        raise DrawError(f"{model_file} models {cfg.channels}x{cfg.height}x{cfg.width} images, "
-                        f"but {dataset} has {'x'.join(map(str, data.shape))}")
-    x = next(batches(getattr(data, split), n))                   # (n, x_dim) in [0, 1], stored order
+    # the model's dataset (or --dataset), checked against its image shape, as evaluate.py reads it
+    dataset, images, binary = model_images(model_file, cfg, dataset, ckpt.get("run") or {}, split,
+                                           None, seed, data_dir)
+    x = next(batches(images, n))                                 # (n, x_dim) in [0, 1], stored order
     generator = torch.Generator().manual_seed(seed)
     recon, lx, lz = reconstruct(model, x, generator)
     samples = model.sample(2 * cols, model.noise(2 * cols, x, generator))[-1]  # (2*cols, x_dim)
     shape = (-1, cfg.channels, cfg.height, cfg.width)
     save_png(pairs_grid(x.view(shape), recon.view(shape), samples.view(shape), cols), out)
     # grey levels: eq. 12 is the training objective, not a bound on -log p(x) (evaluate.py)
-    total = "the bound (eq. 12)" if data.binary else "the objective (eq. 12, grey levels)"
+    total = "the bound (eq. 12)" if binary else "the objective (eq. 12, grey levels)"
     print(f"{model_file}: {dataset} {split}, the first {x.shape[0]} images: "
           f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f} = {(lx + lz).mean():.2f} nats, {total}; "
           f"{out}: images and reconstructions in pairs, {cols} pairs a row, then "

@@ -84,8 +84,8 @@ def classifier_main(model_file: str, ckpt: dict, cfg: ClassifierConfig, data_dir
     return {"test_error": error}
 
 
-def _images(model_file: str, cfg, dataset: str | None, run: dict, split: str,
-            subset: int | None, seed: int, data_dir: str | None):
+def model_images(model_file: str, cfg, dataset: str | None, run: dict, split: str,
+                 subset: int | None, seed: int, data_dir: str | None):
     """The split's images (a random --subset of them), and whether the data are binary."""
     dataset = dataset or run.get("dataset")
     if dataset is None:
@@ -171,8 +171,8 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
     # the model alone first, before it is built; the passes once the data say how many images
     check_inference(cfg, 1, f"the model of {model_file}", dev)
     net = build_model(ckpt, model_file, dev)
-    dataset, images, binary = _images(model_file, cfg, dataset, ckpt.get("run") or {}, split,
-                                      subset, seed, data_dir)
+    dataset, images, binary = model_images(model_file, cfg, dataset, ckpt.get("run") or {}, split,
+                                           subset, seed, data_dir)
     N = images.shape[0]
     # the largest pass: a batch of the bound, or the (image, sample) rows importance sampling
     # takes at once (one image's K rows when K alone exceeds MAX_ROWS)
