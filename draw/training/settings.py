@@ -43,8 +43,10 @@ class RunSettings(Settings):
                                    aliases=("--learning-rate",), on_resume=CHANGE)
     lr_warmup: int = setting(0, "raise the learning rate linearly from lr/N to --lr over the "
                                 "first N steps (default: no warm-up)", metavar="N")
+    # CHANGE: the rate is lr * D ** epoch, epochs counted from 0, so a resume with
+    # --lr-decay 1 holds a decayed run at the rate its --lr names (doc/recipes.md)
     lr_decay: float = setting(1.0, "multiply the learning rate by D after every epoch "
-                                   "(default 1: constant)", metavar="D")
+                                   "(default 1: constant)", metavar="D", on_resume=CHANGE)
     seed: int = setting(1, f"seed of initialisation, data order and noise (0 to {SEED_MAX})")
     grad_clip: float = setting(10.0, "clip the gradient to this total norm")
     subset: int | None = setting(None, "train on this many randomly chosen training images, "
