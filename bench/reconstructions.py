@@ -6,10 +6,15 @@ decodes to what Q(Z_t|h_t^enc) rarely gives) or does not (the gap is in the whol
 
 The picture: every row holds COLS pairs, an image of the split (the first N of it, in the
 stored order) and its reconstruction sigmoid(c_T) (eq. 9's means, one draw of z from Q), then a
-row of the prior's samples for comparison. It prints the mean reconstruction term L^x (eq. 9)
+row of the prior's samples for comparison, one row for each --temperatures tau (z_t = tau * u_t
+with the same u_t ~ N(0, I) in every row: tau < 1 shows what the prior's centre decodes to). It
+prints the mean reconstruction term L^x (eq. 9)
 and KL term L^z (eq. 10) of those images: a large L^z with a small L^x is a model that encodes
 well and leans on its latents.
 """
+import argparse
+import math
+
 import torch
 from PIL import Image
 from torch import Tensor
@@ -20,6 +25,17 @@ from draw.datasets import batches
 from draw.model import DrawModel, reconstruction_loss
 from draw.outputs.plotting import image_grid, save_png
 from draw.outputs.scores import model_images
+
+
+def temperature_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated temperatures, each a finite number above 0."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers above 0, comma-separated, got {text!r}")
+    return values
 
 
 @torch.no_grad()
@@ -33,18 +49,19 @@ def reconstruct(model: DrawModel, x: Tensor,
 
 
 def pairs_grid(images: Tensor, recon: Tensor, samples: Tensor, cols: int) -> Image.Image:
-    """A grid of (image, reconstruction) pairs, `cols` pairs a row, then a row of samples; all
-    (n, C, H, W)."""
+    """A grid of (image, reconstruction) pairs, `cols` pairs a row, then rows of 2 * `cols`
+    samples; all (n, C, H, W)."""
     n = images.shape[0]
     rows = -(-n // cols)
     cells = torch.stack([images, recon], dim=1).flatten(0, 1)  # (2n, C, H, W): image, recon, ...
     cells = torch.cat([cells, cells.new_full((2 * (rows * cols - n),) + cells.shape[1:], 0.5),
-                       samples[:2 * cols]])
-    return image_grid(cells, rows + 1, 2 * cols)
+                       samples])
+    return image_grid(cells, rows + len(samples) // (2 * cols), 2 * cols)
 
 
 def main(model_file: str, out: str, dataset: str | None = None, split: str = "valid",
-         n: int = 50, cols: int = 5, seed: int = 0, data_dir: str | None = None) -> None:
+         n: int = 50, cols: int = 5, seed: int = 0, data_dir: str | None = None,
+         temperatures: tuple[float, ...] = (1.0,)) -> None:
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config
@@ -54,7 +71,8 @@ def main(model_file: str, out: str, dataset: str | None = None, split: str = "va
     x = next(batches(images, n))                                 # (n, x_dim) in [0, 1], stored order
     generator = torch.Generator().manual_seed(seed)
     recon, lx, lz = reconstruct(model, x, generator)
-    samples = model.sample(2 * cols, model.noise(2 * cols, x, generator))[-1]  # (2*cols, x_dim)
+    u = model.noise(2 * cols, x, generator)                     # (T, 2*cols, z_dim)
+    samples = torch.cat([model.sample(2 * cols, tau * u)[-1] for tau in temperatures])
     shape = (-1, cfg.channels, cfg.height, cfg.width)
     save_png(pairs_grid(x.view(shape), recon.view(shape), samples.view(shape), cols), out)
     # grey levels: eq. 12 is the training objective, not a bound on -log p(x) (evaluate.py)
@@ -62,7 +80,7 @@ def main(model_file: str, out: str, dataset: str | None = None, split: str = "va
     print(f"{model_file}: {dataset} {split}, the first {x.shape[0]} images: "
           f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f} = {(lx + lz).mean():.2f} nats, {total}; "
           f"{out}: images and reconstructions in pairs, {cols} pairs a row, then "
-          f"{2 * cols} samples")
+          f"rows of {2 * cols} samples at temperature {', '.join(map(str, temperatures))}")
 
 
 if __name__ == "__main__":
@@ -77,4 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--cols", type=positive, default=5, help="pairs a row")
     parser.add_argument("--seed", type=seed_type, default=0, help="seed of z's draws")
     parser.add_argument("--data-dir", default=None, help="where the converted datasets are")
+    parser.add_argument("--temperatures", type=temperature_list, default=(1.0,), metavar="TAU,...",
+                        help="a row of samples for each, z = TAU * N(0, I) from the same draw "
+                             "(default: 1, the prior)")
     run(main, parser.parse_args())

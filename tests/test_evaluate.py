@@ -1,4 +1,5 @@
 """Evaluation: the importance-sampled NLL against the bound, a per-image reference, and evaluate.py."""
+import argparse
 import dataclasses
 import math
 import runpy
@@ -203,3 +204,29 @@ def test_reconstructions_picture_pairs_images_with_their_reconstructions(trained
     bound = nll_bound(x, c, kl).mean().item()
     printed = capsys.readouterr().out
     assert f"= {bound:.2f} nats, the objective (eq. 12, grey levels)" in printed
+
+
+def test_reconstructions_rows_of_samples_at_lower_temperatures_scale_one_draw(trained, tmp_path,
+                                                                             bench_script):
+    """--temperatures 1,0.5: a second row of samples decoded from half the first row's z."""
+    out = tmp_path / "r.png"
+    script = bench_script("reconstructions")
+    script.main(str(trained), str(out), n=2, cols=2, seed=5, temperatures=(1.0, 0.5))
+    grid = np.asarray(Image.open(out), dtype=np.float32) / 255
+    assert grid.shape == (3 * 29 - 1, 4 * 29 - 1)              # 1 row of pairs + 2 of samples
+    model, _ = load_model(trained)
+    x = get_data("sample").valid[:2].float() / 255
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model(x, model.noise(2, x, generator))                  # Q's draw comes first
+        u = model.noise(4, x, generator)
+        rows = [model.sample(4, tau * u)[-1] for tau in (1.0, 0.5)]
+    assert not torch.allclose(rows[0], rows[1], atol=0.01)
+    for r, samples in enumerate(rows, start=1):
+        for j in range(4):
+            cell = grid[r * 29:r * 29 + 28, j * 29:j * 29 + 28].reshape(-1)
+            assert np.abs(cell - samples[j].numpy()).max() <= 0.5 / 255 + 1e-6
+    for bad in ("0", "1,-1", "nan", "a", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="numbers above 0"):
+            script.temperature_list(bad)
+    assert script.temperature_list("1,0.6") == (1.0, 0.6)
