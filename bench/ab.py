@@ -69,15 +69,6 @@ def parse_tree(tree: str) -> tuple[str, list[str]]:
     return folder, options
 
 
-def load_bench():
-    """bench.py of this folder, for its training step (bench/ is not a package)."""
-    path = Path(__file__).with_name("bench.py")
-    spec = importlib.util.spec_from_file_location("draw_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def legacy_fast_step(model, batch_size: int):
     """The training step of a tree from before issue 11: its MainLoop.step through that tree's
     draw/fast.py (gone since), with PyTorch's default Adam, as `train-draw.py` ran it then."""
@@ -99,6 +90,8 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
     import torch
     from draw.model import DrawConfig, DrawModel
 
+    import bench    # bench.py of this script's folder, on the tree's draw (so only here)
+
     torch.set_num_threads(threads)
     dist = None
     if "ddp" in options:
@@ -108,14 +101,13 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     narrow_windows(model, 1.0)
     if "naive" in options:
-        step = load_bench().naive_training_step(model, 100)
+        step = bench.naive_training_step(model, 100)
     elif importlib.util.find_spec("draw.fast") is not None:
         if options:
             sys.exit(f"error: :{','.join(options)} needs a tree without draw/fast.py (one with "
                      f"compile_glimpses, and draw/precision.py for bf16-mixed)")
         step = legacy_fast_step(model, 100)
     else:
-        bench = load_bench()
         per_call = [n for n in map(glimpses_per_graph, options) if n is not None]
         if "compile" in options or per_call:
             # draw/speed.py in the trees before issue 23

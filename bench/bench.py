@@ -28,10 +28,8 @@ Usage (from the repository root)::
 """
 import argparse
 import ctypes
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -39,6 +37,9 @@ from draw.fast_path import compile_glimpses
 from draw.model import DrawConfig, DrawModel
 from draw.training.main_loop import MainLoop
 from draw.training.task import DrawTask
+
+# bench/naive.py: a script's folder is on sys.path (and bench/ on pytest's: pyproject.toml)
+import naive
 
 
 def linear_shapes(cfg: DrawConfig) -> list[tuple[int, int]]:
@@ -189,19 +190,9 @@ def training_step(model: DrawModel, batch_size: int, precision: str = "32", dist
     return lambda: loop.step(x)
 
 
-def load_naive():
-    """bench/naive.py, the naive port (bench/ is a folder of scripts, not a package)."""
-    path = Path(__file__).with_name("naive.py")
-    spec = importlib.util.spec_from_file_location("draw_bench_naive", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def naive_training_step(model: DrawModel, batch_size: int):
     """The naive port's training step (bench/naive.py), from `model`'s config and parameters,
     on the same kind of batch as `training_step`'s."""
-    naive = load_naive()
     port = naive.NaiveDraw.from_config(model.config).to(next(model.parameters()).device)
     naive.load_draw_state(port, model.state_dict())
     return naive.training_step(port, binary_batch(port, batch_size, model.config.x_dim))

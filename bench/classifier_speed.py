@@ -23,7 +23,6 @@ Usage (from the repository root)::
     python bench/classifier_speed.py --quick                  # fewer repeats
 """
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
@@ -37,17 +36,11 @@ from draw.fast_path import compile_glimpses
 from draw.training.classify import CLASSIFIER, ClassifierSettings, ClassifyTask, classifier_adam
 from draw.training.main_loop import MainLoop
 
+# bench/bench.py, for its clocks and interleaved timing (a script's folder is on sys.path)
+import bench
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cluttered-mnist-8.toml"
-
-
-def load_bench():
-    """bench/bench.py, for its clocks and interleaved timing (bench/ is a folder of scripts)."""
-    spec = importlib.util.spec_from_file_location("draw_bench", Path(__file__).with_name(
-        "bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def cluttered_batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +67,6 @@ def training_step(settings: ClassifierSettings, batch, compiled: bool, seed: int
 
 def main(quick: bool, threads: int | None, clock: str, niters: str, batch_size: int | None,
          repeats: int | None, warmup: int | None, seed: int):
-    bench = load_bench()
     repeats = repeats or (3 if quick else 9)
     warmup = warmup or (1 if quick else 2)
     if threads:

@@ -26,11 +26,9 @@ A variant that fails prints its one-line error and the check goes on with the ne
 status is 1 if any variant of part 1 is outside its tolerance.
 """
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -38,17 +36,11 @@ from draw.fast_path import compile_glimpses
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.precision import autocast, bf16_hardware
 
+# bench.py of this folder (a script's folder is on sys.path): FLOP counts, training steps
+import bench
+
 TRAIN_IMAGES, EVAL_IMAGES = 50_000, 20_000      # binarized MNIST: train; valid + test
 
-
-def load_bench():
-    """bench.py of this folder, for its FLOP count and training steps (bench/ is a folder of
-    scripts, not a package; loaded from its file, so that tests can import this one too)."""
-    path = Path(__file__).with_name("bench.py")
-    spec = importlib.util.spec_from_file_location("draw_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 # Largest relative differences from float64, of the loss and of any parameter's gradient, that
 # count as agreement, by the precision of the products. Rounding grows with the products'
@@ -183,7 +175,6 @@ def main(batch_size: int, niter: int, epochs: int, repeats: int):
     # function, past which it would run the steps uncompiled without saying so
     torch._dynamo.config.recompile_limit = 64
     cfg = DrawConfig(n_iter=niter, read_N=2, write_N=5)
-    bench = load_bench()
     hardware = bf16_hardware(device)
     print(f"GPU check: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
           f"batch {batch_size}, T={niter}, read 2, write 5, enc/dec 256, z 100, "
