@@ -17,9 +17,7 @@ images from --seed), and every --every steps prints and records:
 
 The run is stopped at the first non-finite loss. The JSON holds every row, for doc/.
 """
-import json
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.utils import clip_grad_norm_
@@ -29,6 +27,8 @@ from draw.classifier import (WINDOW_NAMES, AttentionClassifier, ClassifierConfig
 from draw.cli import ArgumentParser, run
 from draw.datasets import get_labelled, labelled_batches
 from draw.training.main_loop import adam
+
+from probe import finite, probe_steps, save_rows      # bench/probe.py
 
 
 def brick_grad_norms(model: AttentionClassifier) -> dict:
@@ -117,56 +117,49 @@ def main(niter: int, lr: float, steps: int, every: int, bs: int, seed: int, grad
     rest = [p for p in model.parameters() if all(p is not q for q in read)]
     optimizer = adam([{"params": rest}, {"params": read, "lr": lr * read_lr}], lr)
     generator = torch.Generator().manual_seed(seed)
-    rows, window, step, epoch, start = [], [], 0, 0, time.time()
+    rows, window, start = [], [], time.time()
     probe = None
-    while step < steps:
-        for x, y in labelled_batches(data.train, bs, generator=generator, epoch=epoch,
-                                     drop_last=True):
-            if probe is None:
-                probe, probe_y = x[:100], y[:100]  # a fixed batch to watch the windows on
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = classification_loss(logits, y).mean()
-            loss.backward()
-            norms = brick_grad_norms(model)
-            total = float(clip_grad_norm_(model.parameters(), grad_clip))
-            optimizer.step()
-            step += 1
-            window.append((loss.item(), float(errors(logits.detach(), y).mean()), total, norms))
-            if not torch.isfinite(loss):
-                print(f"step {step}: non-finite loss, stopped")
-                steps = step
-                break
-            if step % every == 0 or step == steps:
-                row = {"step": step, "epoch": epoch,
-                       "train_xent": sum(w[0] for w in window) / len(window),
-                       "train_error": 100 * sum(w[1] for w in window) / len(window),
-                       "grad_total_mean": sum(w[2] for w in window) / len(window),
-                       "grad_total_max": max(w[2] for w in window)}
-                for key in window[0][3]:
-                    row[f"{key}_max"] = max(w[3][key] for w in window)
-                row["valid_error"] = valid_error(model, data.valid, valid_images)
-                row.update(window_stats(model, probe))
-                row["state_grad"] = state_gradients(model, probe, probe_y)
-                rows.append(row)
-                window = []
-                print(f"step {step:5d} ep {epoch} | xent {row['train_xent']:.3f} "
-                      f"err {row['train_error']:.1f}% valid {row['valid_error']:.1f}% | "
-                      f"|g| mean {row['grad_total_mean']:.3g} max {row['grad_total_max']:.3g} "
-                      f"(read {row['grad_readout_max']:.3g} lstm {row['grad_lstm_max']:.3g} "
-                      f"soft {row['grad_softmax_max']:.3g}; read rows "
-                      + " ".join(f"{row[f'grad_read_{n}_max']:.3g}" for n in WINDOW_NAMES)
-                      + ") | "
-                      f"delta {row['delta_median']} sigma min {row['sigma_min']} "
-                      f"gamma max {row['gamma_max']} out {row['outside']} "
-                      f"sat {row['input_gate_saturated']} | dL/dh {row['state_grad']} | "
-                      f"{time.time() - start:.0f} s",
-                      flush=True)
-            if step >= steps:
-                break
-        epoch += 1
-    if out:
-        Path(out).write_text(json.dumps(rows, indent=1))
+    train = lambda epoch: labelled_batches(data.train, bs, generator=generator, epoch=epoch,
+                                           drop_last=True)
+    for step, epoch, (x, y), row_due in probe_steps(train, steps, every):
+        if probe is None:
+            probe, probe_y = x[:100], y[:100]      # a fixed batch to watch the windows on
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = classification_loss(logits, y).mean()
+        loss.backward()
+        norms = brick_grad_norms(model)
+        total = float(clip_grad_norm_(model.parameters(), grad_clip))
+        optimizer.step()
+        window.append((loss.item(), float(errors(logits.detach(), y).mean()), total, norms))
+        if not finite(loss, step):
+            break
+        if row_due:
+            row = {"step": step, "epoch": epoch,
+                   "train_xent": sum(w[0] for w in window) / len(window),
+                   "train_error": 100 * sum(w[1] for w in window) / len(window),
+                   "grad_total_mean": sum(w[2] for w in window) / len(window),
+                   "grad_total_max": max(w[2] for w in window)}
+            for key in window[0][3]:
+                row[f"{key}_max"] = max(w[3][key] for w in window)
+            row["valid_error"] = valid_error(model, data.valid, valid_images)
+            row.update(window_stats(model, probe))
+            row["state_grad"] = state_gradients(model, probe, probe_y)
+            rows.append(row)
+            window = []
+            print(f"step {step:5d} ep {epoch} | xent {row['train_xent']:.3f} "
+                  f"err {row['train_error']:.1f}% valid {row['valid_error']:.1f}% | "
+                  f"|g| mean {row['grad_total_mean']:.3g} max {row['grad_total_max']:.3g} "
+                  f"(read {row['grad_readout_max']:.3g} lstm {row['grad_lstm_max']:.3g} "
+                  f"soft {row['grad_softmax_max']:.3g}; read rows "
+                  + " ".join(f"{row[f'grad_read_{n}_max']:.3g}" for n in WINDOW_NAMES)
+                  + ") | "
+                  f"delta {row['delta_median']} sigma min {row['sigma_min']} "
+                  f"gamma max {row['gamma_max']} out {row['outside']} "
+                  f"sat {row['input_gate_saturated']} | dL/dh {row['state_grad']} | "
+                  f"{time.time() - start:.0f} s",
+                  flush=True)
+    save_rows(rows, out)
 
 
 if __name__ == "__main__":

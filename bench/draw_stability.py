@@ -15,9 +15,7 @@ largest total norm, which brick held it, and the write window's extremes over a 
 --window-lr gives both attention heads' window parameters their own Adam rate, a multiple of
 --lr, to test that remedy.
 """
-import json
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.utils import clip_grad_norm_
@@ -27,6 +25,8 @@ from draw.cli import ArgumentParser, run
 from draw.datasets import batches, get_data
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.main_loop import adam
+
+from probe import finite, probe_steps, save_rows      # bench/probe.py
 
 WINDOW_NAMES = ("g_y", "g_x", "log_delta", "log_sigma2", "log_gamma")   # eq. 21's columns
 
@@ -89,50 +89,44 @@ def main(dataset: str, model_path: str | None, niter: int, lr: float, window_lr:
     optimizer = adam([{"params": rest}, {"params": windows, "lr": lr * window_lr}], lr)
     generator = torch.Generator().manual_seed(seed)
     probe = next(batches(data.valid, 100))
-    rows, window, step, epoch, start = [], [], 0, 0, time.time()
-    while step < steps:
-        for x in batches(data.train, bs, generator=generator, epoch=epoch, drop_last=True):
-            optimizer.zero_grad(set_to_none=True)
-            c, kl = model(x)
-            loss = nll_bound(x, c, kl).mean()
-            loss.backward()
-            norms = grad_norms(model)
-            total = float(clip_grad_norm_(model.parameters(), grad_clip))
-            optimizer.step()
-            step += 1
-            window.append((loss.item(), total, norms))
-            if not torch.isfinite(loss):
-                print(f"step {step}: non-finite loss, stopped")
-                steps = step
-                break
-            if step % every == 0 or step == steps:
-                worst = max(window, key=lambda w: w[1])
-                row = {"step": step, "bound": sum(w[0] for w in window) / len(window),
-                       "grad_total_median": sorted(w[1] for w in window)[len(window) // 2],
-                       "grad_total_max": worst[1],
-                       **{f"at_max_{k}": v for k, v in worst[2].items()},
-                       **{f"{k}_median": sorted(w[2][k] for w in window)[len(window) // 2]
-                          for k in worst[2]},
-                       **write_window_stats(model, probe)}
-                rows.append(row)
-                window = []
-                top = sorted(((v, k) for k, v in worst[2].items()
-                              if not k.startswith("write_") or k.endswith(("window", "patch"))),
-                             reverse=True)
-                print(f"step {step:5d} | bound {row['bound']:.1f} | |g| median "
-                      f"{row['grad_total_median']:.3g} max {row['grad_total_max']:.3g}: "
-                      + ", ".join(f"{k} {v:.3g}" for v, k in top)
-                      + " | write rows " + " ".join(f"{n} {worst[2].get(f'write_{n}', 0):.3g}"
-                                                    for n in WINDOW_NAMES)
-                      + f" | sigma min {row.get('write_sigma_min', 0):.3g} gamma min "
-                        f"{row.get('write_gamma_min', 0):.3g} |w|/gamma max "
-                        f"{row.get('write_scaled_patch_max', 0):.3g} | "
-                        f"{time.time() - start:.0f} s", flush=True)
-            if step >= steps:
-                break
-        epoch += 1
-    if out:
-        Path(out).write_text(json.dumps(rows, indent=1))
+    rows, window, start = [], [], time.time()
+    train = lambda epoch: batches(data.train, bs, generator=generator, epoch=epoch,
+                                  drop_last=True)
+    for step, _, x, row_due in probe_steps(train, steps, every):
+        optimizer.zero_grad(set_to_none=True)
+        c, kl = model(x)
+        loss = nll_bound(x, c, kl).mean()
+        loss.backward()
+        norms = grad_norms(model)
+        total = float(clip_grad_norm_(model.parameters(), grad_clip))
+        optimizer.step()
+        window.append((loss.item(), total, norms))
+        if not finite(loss, step):
+            break
+        if row_due:
+            worst = max(window, key=lambda w: w[1])
+            row = {"step": step, "bound": sum(w[0] for w in window) / len(window),
+                   "grad_total_median": sorted(w[1] for w in window)[len(window) // 2],
+                   "grad_total_max": worst[1],
+                   **{f"at_max_{k}": v for k, v in worst[2].items()},
+                   **{f"{k}_median": sorted(w[2][k] for w in window)[len(window) // 2]
+                      for k in worst[2]},
+                   **write_window_stats(model, probe)}
+            rows.append(row)
+            window = []
+            top = sorted(((v, k) for k, v in worst[2].items()
+                          if not k.startswith("write_") or k.endswith(("window", "patch"))),
+                         reverse=True)
+            print(f"step {step:5d} | bound {row['bound']:.1f} | |g| median "
+                  f"{row['grad_total_median']:.3g} max {row['grad_total_max']:.3g}: "
+                  + ", ".join(f"{k} {v:.3g}" for v, k in top)
+                  + " | write rows " + " ".join(f"{n} {worst[2].get(f'write_{n}', 0):.3g}"
+                                                for n in WINDOW_NAMES)
+                  + f" | sigma min {row.get('write_sigma_min', 0):.3g} gamma min "
+                    f"{row.get('write_gamma_min', 0):.3g} |w|/gamma max "
+                    f"{row.get('write_scaled_patch_max', 0):.3g} | "
+                    f"{time.time() - start:.0f} s", flush=True)
+    save_rows(rows, out)
 
 
 if __name__ == "__main__":
