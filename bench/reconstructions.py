@@ -10,7 +10,9 @@ row of the prior's samples for comparison, one row for each --temperatures tau (
 with the same u_t ~ N(0, I) in every row: tau < 1 shows what the prior's centre decodes to). It
 prints the mean reconstruction term L^x (eq. 9)
 and KL term L^z (eq. 10) of those images: a large L^z with a small L^x is a model that encodes
-well and leans on its latents.
+well and leans on its latents. It also prints the mean ink spread (`ink_spread`) of the images,
+the reconstructions and N samples at each temperature: on two-digit MNIST, samples that put both
+digits in one place have a smaller spread than the data, samples with two digits apart the same.
 """
 import argparse
 import math
@@ -36,6 +38,19 @@ def temperature_list(text: str) -> tuple[float, ...]:
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected numbers above 0, comma-separated, got {text!r}")
     return values
+
+
+def ink_spread(images: Tensor) -> Tensor:
+    """The RMS distance in pixels of each image's ink (its intensities, summed over channels) from
+    the image's centre of ink: (B, C, H, W) -> (B,); 0 for an image with no ink."""
+    ink = images.sum(dim=1)                                      # (B, H, W)
+    rows = torch.arange(ink.shape[1], dtype=ink.dtype)[:, None]  # (H, 1)
+    cols = torch.arange(ink.shape[2], dtype=ink.dtype)[None, :]  # (1, W)
+    mass = ink.sum(dim=(1, 2)).clamp_min(torch.finfo(ink.dtype).tiny)
+    cy = (ink * rows).sum(dim=(1, 2)) / mass                     # (B,)
+    cx = (ink * cols).sum(dim=(1, 2)) / mass
+    d2 = (rows - cy[:, None, None]) ** 2 + (cols - cx[:, None, None]) ** 2
+    return ((ink * d2).sum(dim=(1, 2)) / mass).sqrt()
 
 
 @torch.no_grad()
@@ -71,16 +86,23 @@ def main(model_file: str, out: str, dataset: str | None = None, split: str = "va
     x = next(batches(images, n))                                 # (n, x_dim) in [0, 1], stored order
     generator = torch.Generator().manual_seed(seed)
     recon, lx, lz = reconstruct(model, x, generator)
-    u = model.noise(2 * cols, x, generator)                     # (T, 2*cols, z_dim)
-    samples = torch.cat([model.sample(2 * cols, tau * u)[-1] for tau in temperatures])
+    m = max(n, 2 * cols)                                         # samples a temperature
+    u = model.noise(m, x, generator)                             # (T, m, z_dim)
     shape = (-1, cfg.channels, cfg.height, cfg.width)
-    save_png(pairs_grid(x.view(shape), recon.view(shape), samples.view(shape), cols), out)
+    samples = [model.sample(m, tau * u)[-1].view(shape) for tau in temperatures]  # (m, C, H, W)
+    shown = torch.cat([s[:2 * cols] for s in samples])
+    save_png(pairs_grid(x.view(shape), recon.view(shape), shown, cols), out)
     # grey levels: eq. 12 is the training objective, not a bound on -log p(x) (evaluate.py)
     total = "the bound (eq. 12)" if binary else "the objective (eq. 12, grey levels)"
     print(f"{model_file}: {dataset} {split}, the first {x.shape[0]} images: "
           f"L^x {lx.mean():.2f} + L^z {lz.mean():.2f} = {(lx + lz).mean():.2f} nats, {total}; "
           f"{out}: images and reconstructions in pairs, {cols} pairs a row, then "
           f"rows of {2 * cols} samples at temperature {', '.join(map(str, temperatures))}")
+    spreads = [ink_spread(x.view(shape)), ink_spread(recon.view(shape))]
+    spreads += [ink_spread(s) for s in samples]
+    names = ["images", "reconstructions"] + [f"{m} samples at {tau}" for tau in temperatures]
+    print("ink spread (pixels, RMS from the centre of ink): "
+          + ", ".join(f"{name} {v.mean():.2f}" for name, v in zip(names, spreads)))
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def test_reconstructions_picture_pairs_images_with_their_reconstructions(trained
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         c, kl = model(x, model.noise(7, x, generator))
-        samples = model.sample(6, model.noise(6, x, generator))[-1]          # (6, 784)
+        samples = model.sample(7, model.noise(7, x, generator))[-1]          # (7, 784), 6 shown
     for k in range(7):
         row, col = divmod(k, 3)
         assert np.array_equal(cell(row, 2 * col), np.rint(x[k].numpy() * 255) / 255)
@@ -219,7 +219,7 @@ def test_reconstructions_rows_of_samples_at_lower_temperatures_scale_one_draw(tr
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         model(x, model.noise(2, x, generator))                  # Q's draw comes first
-        u = model.noise(4, x, generator)
+        u = model.noise(4, x, generator)                         # max(n, 2 * cols) samples
         rows = [model.sample(4, tau * u)[-1] for tau in (1.0, 0.5)]
     assert not torch.allclose(rows[0], rows[1], atol=0.01)
     for r, samples in enumerate(rows, start=1):
@@ -230,3 +230,17 @@ def test_reconstructions_rows_of_samples_at_lower_temperatures_scale_one_draw(tr
         with pytest.raises(argparse.ArgumentTypeError, match="numbers above 0"):
             script.temperature_list(bad)
     assert script.temperature_list("1,0.6") == (1.0, 0.6)
+
+
+def test_ink_spread_is_the_rms_distance_of_the_ink_from_its_centre(bench_script):
+    spread = bench_script("reconstructions").ink_spread
+    images = torch.zeros(3, 1, 9, 9)
+    images[0, 0, 2, 1] = images[0, 0, 2, 7] = 0.5      # two dots 6 apart: 3 from their middle
+    images[1, 0, 4, 4] = 1.0                           # one dot: no spread
+    images[2, 0, 0, 0], images[2, 0, 3, 4] = 3.0, 1.0  # weights 3:1, 5 apart: centre 1.25 along
+    want = torch.tensor([3.0, 0.0, math.sqrt((3 * 1.25 ** 2 + 3.75 ** 2) / 4)])
+    assert torch.allclose(spread(images), want)
+    assert spread(torch.zeros(1, 3, 4, 4)).item() == 0.0           # no ink: 0, not NaN
+    rgb = torch.zeros(1, 3, 9, 9)
+    rgb[0, 0, 2, 1] = rgb[0, 2, 2, 7] = 1.0            # the channels' ink is summed
+    assert torch.allclose(spread(rgb), torch.tensor([3.0]))
