@@ -90,8 +90,6 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
     import torch
     from draw.model import DrawConfig, DrawModel
 
-    import bench    # bench.py of this script's folder, on the tree's draw (so only here)
-
     torch.set_num_threads(threads)
     dist = None
     if "ddp" in options:
@@ -100,7 +98,10 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
     torch.manual_seed(0)
     model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
     narrow_windows(model, 1.0)
+    # bench.py of this script's folder, imported only on the paths that use it: it imports
+    # modules of the tree's draw that trees from before issue 11 lack
     if "naive" in options:
+        import bench
         step = bench.naive_training_step(model, 100)
     elif importlib.util.find_spec("draw.fast") is not None:
         if options:
@@ -108,6 +109,7 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
                      f"compile_glimpses, and draw/precision.py for bf16-mixed)")
         step = legacy_fast_step(model, 100)
     else:
+        import bench
         per_call = [n for n in map(glimpses_per_graph, options) if n is not None]
         if "compile" in options or per_call:
             # draw/speed.py in the trees before issue 23
@@ -122,6 +124,14 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
         step = bench.training_step(model, 100, precision, **extra)
     step()
     step()                                                 # warm-up
+    # an editable install of another checkout supplies the draw modules a tree lacks: refuse to
+    # time a step made of two trees
+    tree = Path(os.environ["PYTHONPATH"]).resolve()
+    foreign = sorted(name for name, module in sys.modules.items()
+                     if name.partition(".")[0] == "draw" and getattr(module, "__file__", None)
+                     and not Path(module.__file__).resolve().is_relative_to(tree))
+    if foreign:
+        sys.exit(f"error: {', '.join(foreign)} came from outside {tree}")
     print("ready", flush=True)
     tick = CLOCKS[clock]
     for _ in sys.stdin:

@@ -24,11 +24,11 @@ from torch.nn.utils import clip_grad_norm_
 
 from draw.classifier import (WINDOW_NAMES, AttentionClassifier, ClassifierConfig,
                              classification_loss, errors)
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run
 from draw.datasets import get_labelled, labelled_batches
 from draw.training.main_loop import adam
 
-from probe import finite, probe_steps, save_rows      # bench/probe.py
+from stability_loop import save_rows, steps_across_epochs, stopped_at_non_finite
 
 
 def brick_grad_norms(model: AttentionClassifier) -> dict:
@@ -119,9 +119,12 @@ def main(niter: int, lr: float, steps: int, every: int, bs: int, seed: int, grad
     generator = torch.Generator().manual_seed(seed)
     rows, window, start = [], [], time.time()
     probe = None
-    train = lambda epoch: labelled_batches(data.train, bs, generator=generator, epoch=epoch,
-                                           drop_last=True)
-    for step, epoch, (x, y), row_due in probe_steps(train, steps, every):
+
+    def train(epoch: int):
+        return labelled_batches(data.train, bs, generator=generator, epoch=epoch,
+                                drop_last=True)
+
+    for step, epoch, (x, y), row_due in steps_across_epochs(train, steps, every):
         if probe is None:
             probe, probe_y = x[:100], y[:100]      # a fixed batch to watch the windows on
         optimizer.zero_grad(set_to_none=True)
@@ -132,7 +135,7 @@ def main(niter: int, lr: float, steps: int, every: int, bs: int, seed: int, grad
         total = float(clip_grad_norm_(model.parameters(), grad_clip))
         optimizer.step()
         window.append((loss.item(), float(errors(logits.detach(), y).mean()), total, norms))
-        if not finite(loss, step):
+        if stopped_at_non_finite(loss, step):
             break
         if row_due:
             row = {"step": step, "epoch": epoch,
@@ -166,8 +169,8 @@ if __name__ == "__main__":
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--niter", type=int, default=8, help="glimpses T")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--steps", type=int, default=2500, help="training steps")
-    parser.add_argument("--every", type=int, default=50, help="steps between rows")
+    parser.add_argument("--steps", type=positive, default=2500, help="training steps")
+    parser.add_argument("--every", type=positive, default=50, help="steps between rows")
     parser.add_argument("--bs", type=int, default=100, help="batch size")
     parser.add_argument("--seed", type=int, default=1, help="seed")
     parser.add_argument("--grad-clip", type=float, default=10.0, help="gradient norm clip")

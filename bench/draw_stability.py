@@ -21,12 +21,12 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 
 from draw.checkpoint import load_model
-from draw.cli import ArgumentParser, run
+from draw.cli import ArgumentParser, positive, run
 from draw.datasets import batches, get_data
 from draw.model import DrawConfig, DrawModel, nll_bound
 from draw.training.main_loop import adam
 
-from probe import finite, probe_steps, save_rows      # bench/probe.py
+from stability_loop import save_rows, steps_across_epochs, stopped_at_non_finite
 
 WINDOW_NAMES = ("g_y", "g_x", "log_delta", "log_sigma2", "log_gamma")   # eq. 21's columns
 
@@ -90,9 +90,11 @@ def main(dataset: str, model_path: str | None, niter: int, lr: float, window_lr:
     generator = torch.Generator().manual_seed(seed)
     probe = next(batches(data.valid, 100))
     rows, window, start = [], [], time.time()
-    train = lambda epoch: batches(data.train, bs, generator=generator, epoch=epoch,
-                                  drop_last=True)
-    for step, _, x, row_due in probe_steps(train, steps, every):
+
+    def train(epoch: int):
+        return batches(data.train, bs, generator=generator, epoch=epoch, drop_last=True)
+
+    for step, _, x, row_due in steps_across_epochs(train, steps, every):
         optimizer.zero_grad(set_to_none=True)
         c, kl = model(x)
         loss = nll_bound(x, c, kl).mean()
@@ -101,7 +103,7 @@ def main(dataset: str, model_path: str | None, niter: int, lr: float, window_lr:
         total = float(clip_grad_norm_(model.parameters(), grad_clip))
         optimizer.step()
         window.append((loss.item(), total, norms))
-        if not finite(loss, step):
+        if stopped_at_non_finite(loss, step):
             break
         if row_due:
             worst = max(window, key=lambda w: w[1])
@@ -138,8 +140,8 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
     parser.add_argument("--window-lr", type=float, default=1.0,
                         help="the attention windows' learning rate as a multiple of --lr")
-    parser.add_argument("--steps", type=int, default=300, help="training steps")
-    parser.add_argument("--every", type=int, default=25, help="steps between rows")
+    parser.add_argument("--steps", type=positive, default=300, help="training steps")
+    parser.add_argument("--every", type=positive, default=25, help="steps between rows")
     parser.add_argument("--bs", type=int, default=100, help="batch size")
     parser.add_argument("--seed", type=int, default=1, help="seed")
     parser.add_argument("--grad-clip", type=float, default=10.0, help="gradient norm clip")

@@ -7,12 +7,14 @@ decodes to what Q(Z_t|h_t^enc) rarely gives) or does not (the gap is in the whol
 The picture: every row holds COLS pairs, an image of the split (the first N of it, in the
 stored order) and its reconstruction sigmoid(c_T) (eq. 9's means, one draw of z from Q), then a
 row of the prior's samples for comparison, one row for each --temperatures tau (z_t = tau * u_t
-with the same u_t ~ N(0, I) in every row: tau < 1 shows what the prior's centre decodes to). It
-prints the mean reconstruction term L^x (eq. 9)
-and KL term L^z (eq. 10) of those images: a large L^z with a small L^x is a model that encodes
-well and leans on its latents. It also prints the mean ink spread (`ink_spread`) of the images,
-the reconstructions and N samples at each temperature: on two-digit MNIST, samples that put both
-digits in one place have a smaller spread than the data, samples with two digits apart the same.
+with the same u_t ~ N(0, I) in every row: tau < 1 shows what the prior's centre decodes to).
+
+It prints the mean reconstruction term L^x (eq. 9) and KL term L^z (eq. 10) of those images (a
+large L^z with a small L^x is a model that encodes well and leans on its latents), and the mean
+ink spread (`ink_spread`) of the images, the reconstructions and max(N, 2 COLS) samples at each
+temperature: on two-digit MNIST, samples that put both digits in one place have a smaller
+spread than the data. Compare the samples with the reconstructions, both sigmoid(c_T) with its
+faint haze, more than with the images.
 """
 import argparse
 import math
@@ -44,8 +46,8 @@ def ink_spread(images: Tensor) -> Tensor:
     """The RMS distance in pixels of each image's ink (its intensities, summed over channels) from
     the image's centre of ink: (B, C, H, W) -> (B,); 0 for an image with no ink."""
     ink = images.sum(dim=1)                                      # (B, H, W)
-    rows = torch.arange(ink.shape[1], dtype=ink.dtype)[:, None]  # (H, 1)
-    cols = torch.arange(ink.shape[2], dtype=ink.dtype)[None, :]  # (1, W)
+    rows = torch.arange(ink.shape[1], dtype=ink.dtype, device=ink.device)[:, None]   # (H, 1)
+    cols = torch.arange(ink.shape[2], dtype=ink.dtype, device=ink.device)[None, :]   # (1, W)
     mass = ink.sum(dim=(1, 2)).clamp_min(torch.finfo(ink.dtype).tiny)
     cy = (ink * rows).sum(dim=(1, 2)) / mass                     # (B,)
     cx = (ink * cols).sum(dim=(1, 2)) / mass
@@ -86,8 +88,10 @@ def main(model_file: str, out: str, dataset: str | None = None, split: str = "va
     x = next(batches(images, n))                                 # (n, x_dim) in [0, 1], stored order
     generator = torch.Generator().manual_seed(seed)
     recon, lx, lz = reconstruct(model, x, generator)
+    # the shown samples' noise first, as before the spreads: the same picture for a seed
     m = max(n, 2 * cols)                                         # samples a temperature
-    u = model.noise(m, x, generator)                             # (T, m, z_dim)
+    u = torch.cat([model.noise(2 * cols, x, generator),
+                   model.noise(m - 2 * cols, x, generator)], dim=1)   # (T, m, z_dim)
     shape = (-1, cfg.channels, cfg.height, cfg.width)
     samples = [model.sample(m, tau * u)[-1].view(shape) for tau in temperatures]  # (m, C, H, W)
     shown = torch.cat([s[:2 * cols] for s in samples])

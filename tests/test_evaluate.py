@@ -192,7 +192,8 @@ def test_reconstructions_picture_pairs_images_with_their_reconstructions(trained
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         c, kl = model(x, model.noise(7, x, generator))
-        samples = model.sample(7, model.noise(7, x, generator))[-1]          # (7, 784), 6 shown
+        u = torch.cat([model.noise(6, x, generator), model.noise(1, x, generator)], dim=1)
+        samples = model.sample(7, u)[-1]             # (7, 784): max(n, 2 * cols), the first 6 shown
     for k in range(7):
         row, col = divmod(k, 3)
         assert np.array_equal(cell(row, 2 * col), np.rint(x[k].numpy() * 255) / 255)
@@ -204,6 +205,10 @@ def test_reconstructions_picture_pairs_images_with_their_reconstructions(trained
     bound = nll_bound(x, c, kl).mean().item()
     printed = capsys.readouterr().out
     assert f"= {bound:.2f} nats, the objective (eq. 12, grey levels)" in printed
+    spread = bench_script("reconstructions").ink_spread
+    images, recon = x.view(7, 1, 28, 28), torch.sigmoid(c).view(7, 1, 28, 28)
+    assert (f"images {spread(images).mean():.2f}, reconstructions {spread(recon).mean():.2f}, "
+            f"7 samples at 1.0 {spread(samples.view(7, 1, 28, 28)).mean():.2f}") in printed
 
 
 def test_reconstructions_rows_of_samples_at_lower_temperatures_scale_one_draw(trained, tmp_path,
@@ -219,7 +224,7 @@ def test_reconstructions_rows_of_samples_at_lower_temperatures_scale_one_draw(tr
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         model(x, model.noise(2, x, generator))                  # Q's draw comes first
-        u = model.noise(4, x, generator)                         # max(n, 2 * cols) samples
+        u = model.noise(4, x, generator)                         # the 2 * cols shown
         rows = [model.sample(4, tau * u)[-1] for tau in (1.0, 0.5)]
     assert not torch.allclose(rows[0], rows[1], atol=0.01)
     for r, samples in enumerate(rows, start=1):

@@ -328,11 +328,14 @@ def test_a_resumed_run_may_continue_at_a_lower_learning_rate(tmp_path):
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-4 == ckpt["run"]["learning_rate"]
 
 
-def test_a_resumed_run_may_stop_its_decay_and_hold_a_rate(tmp_path):
+def test_a_resumed_run_may_stop_its_decay_and_hold_a_rate(tmp_path, capsys):
     # lr * decay ** epoch, epochs counted from 0: 1e-3, then 5e-4; the resume holds 2e-4
     main(**{**TINY, "epochs": 2}, run_dir=str(tmp_path), learning_rate=1e-3, lr_decay=0.5)
     (run_dir,) = tmp_path.iterdir()
+    capsys.readouterr()
     main(resume=str(run_dir), epochs=4, learning_rate=2e-4, lr_decay=1.0)
+    # the header says the rate the resume takes at once
+    assert "resumed at: epoch 2; learning rate now 0.0002" in capsys.readouterr().out
     ckpt = load_checkpoint(run_dir / "sample_model.pkl")
     assert [row.get("learning_rate") for row in ckpt["log"]] == [None, 1e-3, 5e-4, 2e-4, 2e-4]
     assert ckpt["run"]["lr_decay"] == 1.0 and ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-4

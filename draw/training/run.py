@@ -275,7 +275,10 @@ def _resume(plan: Plan, loop: MainLoop) -> str:
         # the training noise comes from each rank's own GPU generator, all of which drew
         # alike; the main rank saved its GPU's state first (cuda:0, as LOCAL_RANK 0)
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], plan.device)
-    return f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"] else "")
+    # the rate of the next step: a resume may change --lr and --lr-decay, which act at once
+    (schedule,) = [e for e in loop.extensions if isinstance(e, LearningRateSchedule)]
+    return (f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"] else "")
+            + f"; learning rate now {schedule.rate(loop.status['iteration']):.3g}")
 
 
 def _header(plan: Plan, parts: Parts, longname: str, resumed_at: str | None) -> str:
