@@ -188,6 +188,10 @@ def test_two_digit_mnist_is_a_stored_generation_dataset(root, monkeypatch):
         digits = getattr(mnist, split).numpy().reshape(-1, 28, 28)
         recipe = two_digit_recipe(len(getattr(data, split)), len(digits),
                                   np.random.default_rng([scenes.TWO_DIGIT_SEED, stream]))
+        # the recipe that tells where each stored image's digits are is this very one
+        again = scenes.two_digit_split_recipe(split, len(digits))
+        assert np.array_equal(again.source, recipe.source)
+        assert np.array_equal(again.place, recipe.place)
         images = getattr(data, split).numpy().reshape(-1, 60, 60)
         for i in range(0, len(images), 7):
             for p in range(2):

@@ -95,15 +95,21 @@ TWO_DIGIT_SEED = 1502_04623      # fixed, so every conversion gives the same ima
 SPLITS = ("train", "valid", "test")
 
 
+def two_digit_split_recipe(split: str, n_digits: int) -> Recipe:
+    """The recipe of two-digit-mnist's `split`, from that split's `n_digits` mnist digits: which
+    two digits each stored image holds, and where (the labels and places of its digits)."""
+    rng = np.random.default_rng([TWO_DIGIT_SEED, SPLITS.index(split)])
+    return two_digit_recipe(TWO_DIGIT_SIZES[split], n_digits, rng)
+
+
 def two_digit_splits(mnist) -> dict[str, np.ndarray]:
     """two-digit-mnist's splits from mnist's `Data` (draw.datasets.store.Data)."""
     splits = {}
     with tqdm(total=sum(TWO_DIGIT_SIZES.values()), desc="composing two-digit-mnist",
               unit="img", delay=2, disable=None) as bar:
-        for stream, split in enumerate(SPLITS):
+        for split in SPLITS:
             digits = getattr(mnist, split).numpy().reshape(-1, DIGIT, DIGIT)     # (M, 28, 28)
-            rng = np.random.default_rng([TWO_DIGIT_SEED, stream])
-            recipe = two_digit_recipe(TWO_DIGIT_SIZES[split], len(digits), rng)
+            recipe = two_digit_split_recipe(split, len(digits))
             chunks = []
             for start in range(0, len(recipe), 5000):
                 chunks.append(compose(digits, recipe, np.arange(start, min(start + 5000,
