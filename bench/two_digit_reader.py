@@ -19,6 +19,7 @@ so the right labels are known too), and N samples from its prior. The data's own
 ceiling: canvases whose digits overlap read as two digits less often. The reconstructions are
 the fairer yardstick for the samples: both are sigmoid(c_T), the same faint haze.
 """
+import argparse
 import math
 
 import numpy as np
@@ -197,9 +198,13 @@ def read_right(classes: Tensor, labels: Tensor) -> Tensor:
 
 def confidence_type(text: str) -> float:
     """An argparse type: a probability above 0 and at most 1."""
-    value = float(text)
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise ValueError(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability above 0 and at most 1, "
+                                         f"got {text!r}")
     return value
 
 

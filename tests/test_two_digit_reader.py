@@ -1,5 +1,6 @@
 """bench/two_digit_reader.py: crops, the reader's examples, the two-means locator, the verdicts,
 and the whole measurement on real MNIST (../shared/data) when it is there."""
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -133,8 +134,8 @@ def test_read_right_takes_the_labels_in_either_order(reader):
 
 def test_confidence_flag_takes_probabilities_only(reader):
     assert reader.confidence_type("0.9") == 0.9 and reader.confidence_type("1") == 1
-    for bad in ("0", "-0.1", "1.5", "nan"):
-        with pytest.raises(ValueError):
+    for bad in ("0", "-0.1", "1.5", "nan", "inf", "high"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a probability"):
             reader.confidence_type(bad)
 
 
