@@ -22,6 +22,8 @@ MainLoop.step through its fast path, with the Adam those runs used. Options afte
                                 that tree's DrawModel's initial parameters: issue 22's reference
     FOLDER:matmul-medium        its step with --matmul-precision medium (bfloat16 inputs to the
                                 float32 products, draw/precision.py)
+    FOLDER:no-attention         the model without attention (eqs. 17-18) instead of read 2,
+                                write 5 (combines with the others but naive)
     FOLDER:ddp                  the batch split across 2 processes, each with half the threads,
                                 through DDP (gloo), as `torchrun --nproc_per_node=2` trains;
                                 a step's time is the slower rank's (combines with the others
@@ -48,7 +50,7 @@ import time
 from pathlib import Path
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-OPTIONS = ("compile", "bf16-mixed", "naive", "ddp", "matmul-medium")
+OPTIONS = ("compile", "bf16-mixed", "naive", "ddp", "matmul-medium", "no-attention")
 DDP_RANKS = 2
 
 
@@ -96,8 +98,10 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
         from draw.training.distributed import init_distributed
         dist, _ = init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
-    model = DrawModel.from_config(DrawConfig(n_iter=T, read_N=2, write_N=5))
-    narrow_windows(model, 1.0)
+    attention = {} if "no-attention" in options else {"read_N": 2, "write_N": 5}
+    model = DrawModel.from_config(DrawConfig(n_iter=T, **attention))
+    if attention:
+        narrow_windows(model, 1.0)
     # bench.py of this script's folder, imported only on the paths that use it: it imports
     # modules of the tree's draw that trees from before issue 11 lack
     if "naive" in options:

@@ -189,7 +189,8 @@ class DrawModel(nn.Module):
         return DrawState(like.new_zeros(batch, self.writer.x_dim), h_enc, torch.zeros_like(h_enc),
                          h_dec, torch.zeros_like(h_dec))
 
-    def step(self, state: DrawState, x: Tensor, u: Tensor
+    def step(self, state: DrawState, x: Tensor, u: Tensor,
+             x_gates: tuple[Tensor, Tensor] | None = None
              ) -> tuple[DrawState, Tensor, Tensor, Tensor]:
         """One glimpse t of eqs. 3-8: read, encode, sample, decode, write.
 
@@ -198,6 +199,8 @@ class DrawModel(nn.Module):
         state : DrawState, the t-1 quantities
         x : Tensor, shape (B, x_dim)
         u : Tensor, shape (B, z_dim), the standard normal noise of step t
+        x_gates : (Tensor, Tensor), optional
+            Without attention, `encoder_x_gates(x)`: the same at every glimpse (eq. 17).
 
         Returns
         -------
@@ -206,9 +209,17 @@ class DrawModel(nn.Module):
             The sample z_t and the posterior Q(Z_t | h_t^enc) it came from.
         """
         x_hat = x - torch.sigmoid(state.c)                                    # eq. 3
-        r = self.reader(x, x_hat, state.h_dec)                                # eq. 4
-        h_enc, cell_enc = self.encoder(torch.cat([r, state.h_dec], dim=1),
-                                       (state.h_enc, state.cell_enc))         # eq. 5
+        if x_gates is None:
+            r = self.reader(x, x_hat, state.h_dec)                            # eq. 4
+            h_enc, cell_enc = self.encoder(torch.cat([r, state.h_dec], dim=1),
+                                           (state.h_enc, state.cell_enc))     # eq. 5
+        else:
+            # eqs. 17 and 5 with the x part of the encoder's input product given: the rest of
+            # the read, [x_hat], and h_dec through the remaining columns of the same weight
+            x_part, rest = x_gates                                  # (B, 4E), (4E, x_dim + D)
+            gates = (x_part + F.linear(torch.cat([x_hat, state.h_dec], dim=1), rest)
+                     + F.linear(state.h_enc, self.encoder.weight_hh, self.encoder.bias_hh))
+            h_enc, cell_enc = lstm_cell(gates, state.cell_enc)                # eq. 5
         z, mean, log_sigma = self.sampler.sample(h_enc, u)                    # eq. 6
         state = self.decode(state._replace(h_enc=h_enc, cell_enc=cell_enc), z)  # eqs. 7-8
         return state, z, mean, log_sigma
@@ -220,13 +231,28 @@ class DrawModel(nn.Module):
         c = state.c + self.writer(h_dec)                                      # eq. 8
         return state._replace(c=c, h_dec=h_dec, cell_dec=cell_dec)
 
+    def encoder_x_gates(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Without attention, the part of the encoder's input product (eq. 5) that x itself
+        makes, (B, 4 enc_dim), and the weight's other columns, (4 enc_dim, x_dim + dec_dim):
+        the read hands the encoder x whole at every glimpse (eq. 17), so that part is the same
+        at all T of them, and computed once it saves T - 1 products of x with a quarter of the
+        step's weights. (The columns are cut once too: each cut of a parameter costs autograd
+        a gradient of the whole weight.) None for any other reader, a subclass of Reader too:
+        its own maths must run at every glimpse."""
+        if type(self.reader) is not Reader:
+            return None
+        weight = self.encoder.weight_ih                                     # (4E, 2 x_dim + D)
+        return (F.linear(x, weight[:, :x.shape[1]], self.encoder.bias_ih),
+                weight[:, x.shape[1]:])
+
     def glimpses(self, state: DrawState, x: Tensor, u: Tensor
                  ) -> tuple[DrawState, Tensor, Tensor, Tensor]:
         """`step` once per row of the noise u (k, B, z_dim): the state after them and z, mean,
         log_sigma, each (k, B, z_dim). What draw.fast_path.compile_glimpses compiles."""
         posterior = []
+        x_gates = self.encoder_x_gates(x)
         for u_t in u.unbind(0):
-            state, *z_mean_log_sigma = self.step(state, x, u_t)
+            state, *z_mean_log_sigma = self.step(state, x, u_t, x_gates)
             posterior.append(z_mean_log_sigma)
         return state, *(torch.stack(v) for v in zip(*posterior))            # (k, B, Z) each
 
@@ -311,6 +337,14 @@ class DrawModel(nn.Module):
         windows = torch.stack(windows, dim=1)                                 # (5, T, n)
         names = ("center_y", "center_x", "delta", "sigma", "gamma")
         return canvases, dict(zip(names, windows.unbind(0)))
+
+
+def lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """nn.LSTMCell's update from its gates' pre-activations (B, 4H), in its order (i, f, g, o),
+    and the previous cell (B, H): the new output and cell, each (B, H)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell
 
 
 def reconstruction_loss(x: Tensor, c: Tensor) -> Tensor:

@@ -165,6 +165,50 @@ def test_a_subclassed_reader_trains_with_its_own_maths():
     assert gated.reader.gate.item() != 1.0
 
 
+def test_without_attention_the_x_part_of_the_encoder_is_computed_once_with_the_same_result():
+    """eq. 17 hands the encoder x whole at every glimpse: its share of the encoder's input
+    product, computed once per `glimpses`, gives what the brick-by-brick step gives."""
+    cfg = CONFIGS["no-attention"]
+    model = make("no-attention")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
+    x, u = batch(cfg)
+    x_part, rest = model.encoder_x_gates(x)
+    assert x_part.shape == (4, 4 * cfg.enc_dim)
+    assert rest.shape == (4 * cfg.enc_dim, cfg.x_dim + cfg.dec_dim)
+    c, kl = model(x, u)
+    params = list(model.parameters())
+    g = torch.autograd.grad(nll_bound(x, c, kl).sum(), params)
+    model.encoder_x_gates = lambda x: None          # every glimpse through reader and LSTMCell
+    c_ref, kl_ref = model(x, u)
+    g_ref = torch.autograd.grad(nll_bound(x, c_ref, kl_ref).sum(), params)
+    torch.testing.assert_close(c, c_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-12, atol=1e-12)
+    for (n, _), a, b in zip(model.named_parameters(), g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=n)
+
+
+class HalfErrorReader(Reader):
+    """A researcher's plain reader: the error image halved."""
+
+    def forward(self, x, x_hat, h_dec):
+        return super().forward(x, x_hat / 2, h_dec)
+
+
+def test_only_the_plain_reader_has_its_x_part_computed_once():
+    """A subclass of Reader, or an attention reader, runs its own maths at every glimpse."""
+    x, _ = batch(CONFIGS["attention"])
+    assert make("attention").encoder_x_gates(x) is None
+    cfg = CONFIGS["no-attention"]
+    model = make("no-attention")
+    half = DrawModel(cfg.n_iter, HalfErrorReader(cfg.x_dim), model.encoder, model.sampler,
+                     model.decoder, model.writer).double()
+    x, u = batch(cfg)
+    assert half.encoder_x_gates(x) is None
+    assert not torch.equal(half(x, u)[0], model(x, u)[0])
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(name):
     cfg = CONFIGS[name]
