@@ -81,7 +81,8 @@ def training_crops(canvases: Tensor, place: Tensor, labels: Tensor,
     apart = (off - place.repeat_interleave(2, dim=0)).abs().amax(dim=2).min(dim=1).values
     kept = apart >= OFF                                                          # (2B,)
     digits = crops(canvases, place + shift).flatten(0, 1)                        # (2B, 28, 28)
-    near = crops(canvases.repeat_interleave(2, dim=0)[kept], off[kept])[:, 0]    # (F, 28, 28)
+    owner = torch.arange(2 * b)[kept] // 2                                       # (F,) canvas
+    near = crops(canvases[owner], off[kept])[:, 0]                               # (F, 28, 28)
     return (torch.cat([digits, near]),
             torch.cat([labels.flatten(), labels.new_full((len(near),), NOT_A_DIGIT)]))
 
