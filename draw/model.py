@@ -8,8 +8,11 @@ Equation numbers below are the paper's.
 
 Choices the paper leaves open, made as in the classic Theano/Blocks repository unless said:
 - Encoder and decoder are `nn.LSTMCell`s (eqs. 5 and 7): the projection folded in and no
-  peepholes, unlike the classic Blocks LSTM, as every maintained PyTorch kernel implements it.
-- Initial states h_0^enc, h_0^dec, c_0 are zero.
+  peepholes, the paper's "extended form with forget gates (Gers et al., 2000)"; the classic
+  Blocks LSTM has peepholes.
+- c_0, h_0^enc and h_0^dec are learned biases, as section 2.2 says (`learned_initial_state`;
+  the classic repository and model files written before 2026-12-06 have them at zero). The
+  LSTMs' cells start at zero: the paper does not name them.
 - One write window is shared by all channels, as is the read window.
 """
 import dataclasses
@@ -31,14 +34,23 @@ class ConfigError(ValueError):
         self.field, self.problem = field, problem
 
 
+# a field's metadata key: the value that configs written before the field existed had
+ABSENT = "absent"
+
+
 class ModelConfigBase:
     """The base of DrawConfig and ClassifierConfig, and the one check of their sizes: each field
-    a positive integer (or None where that is its default), the windows inside the image."""
+    a positive integer (or None where that is its default), the windows inside the image; a
+    switch is True or False."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is None and f.default is None:
+                continue
+            if isinstance(f.default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(self, f.name, f"must be true or false, got {value!r}")
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(self, f.name, f"must be a positive integer, got {value!r}")
@@ -53,11 +65,14 @@ class ModelConfigBase:
 
     @classmethod
     def from_dict(cls, d: dict) -> Self:
+        """The config of a dict from `to_dict`; a field added since the dict was written takes
+        the value that its files had (`ABSENT`), not its default."""
         known = {f.name for f in dataclasses.fields(cls)}
         if set(d) - known:
             raise ValueError(f"unknown {cls.__name__} fields {sorted(set(d) - known)}; "
                              f"known: {sorted(known)}")
-        return cls(**d)
+        return cls(**{**{f.name: f.metadata[ABSENT] for f in dataclasses.fields(cls)
+                         if ABSENT in f.metadata}, **d})
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,8 @@ class DrawConfig(ModelConfigBase):
     z_dim: int = 100
     read_N: int | None = None     # None: read the whole image (no attention)
     write_N: int | None = None    # None: write the whole image (no attention)
+    # c_0, h_0^enc, h_0^dec learned (section 2.2); False: zero, as every file before this field
+    learned_initial_state: bool = dataclasses.field(default=True, metadata={ABSENT: False})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,10 +120,12 @@ class DrawModel(nn.Module):
     decoder : nn.LSTMCell
         RNN^dec, input size z_dim.
     writer : Writer or AttentionWriter
+    learned_initial_state : bool
+        c_0, h_0^enc and h_0^dec are parameters (section 2.2), zero at first; else zero.
     """
 
     def __init__(self, n_iter: int, reader: nn.Module, encoder: nn.LSTMCell, sampler: Qsampler,
-                 decoder: nn.LSTMCell, writer: nn.Module):
+                 decoder: nn.LSTMCell, writer: nn.Module, learned_initial_state: bool = False):
         super().__init__()
         self.n_iter = n_iter
         self.reader = reader
@@ -114,6 +133,13 @@ class DrawModel(nn.Module):
         self.sampler = sampler
         self.decoder = decoder
         self.writer = writer
+        if learned_initial_state:
+            # zero at first: the model starts as one without them, so a model file without
+            # them continues into one with them unchanged (`with_learned_initial_state`)
+            self.c_0 = nn.Parameter(torch.zeros(writer.x_dim))                 # (x_dim,)
+            self.h_0_enc = nn.Parameter(torch.zeros(encoder.hidden_size))     # (enc_dim,)
+            self.h_0_dec = nn.Parameter(torch.zeros(decoder.hidden_size))     # (dec_dim,)
+        self.learned_initial_state = learned_initial_state
         self.config: DrawConfig | None = None
         self.glimpses_per_call: int | None = None     # None: all T in one call of `glimpses`
         self.apply(self._init_weights)
@@ -133,8 +159,24 @@ class DrawModel(nn.Module):
                     nn.LSTMCell(reader.read_dim + cfg.dec_dim, cfg.enc_dim),
                     Qsampler(cfg.enc_dim, cfg.z_dim),
                     nn.LSTMCell(cfg.z_dim, cfg.dec_dim),
-                    writer)
+                    writer, cfg.learned_initial_state)
         model.config = cfg
+        return model
+
+    def with_learned_initial_state(self) -> "DrawModel":
+        """This model (built by `from_config`) with c_0, h_0^enc and h_0^dec as parameters at
+        zero, the values its zero initial state had: the same function, which training then
+        moves on from (train-draw.py --oldmodel with a file written without them)."""
+        if self.learned_initial_state:
+            return self
+        cfg = dataclasses.replace(self.config, learned_initial_state=True)
+        like = next(self.parameters())
+        model = DrawModel.from_config(cfg).to(like.device, like.dtype)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert sorted(missing) == ["c_0", "h_0_dec", "h_0_enc"] and not unexpected
+        with torch.no_grad():
+            for p in (model.c_0, model.h_0_enc, model.h_0_dec):
+                p.zero_()
         return model
 
     @staticmethod
@@ -183,11 +225,16 @@ class DrawModel(nn.Module):
         return u
 
     def initial_state(self, batch: int, like: Tensor) -> DrawState:
-        """c_0, h_0^enc and h_0^dec (and the LSTM cells) at zero, in `like`'s dtype and device."""
-        h_enc = like.new_zeros(batch, self.encoder.hidden_size)
-        h_dec = like.new_zeros(batch, self.decoder.hidden_size)
-        return DrawState(like.new_zeros(batch, self.writer.x_dim), h_enc, torch.zeros_like(h_enc),
-                         h_dec, torch.zeros_like(h_dec))
+        """c_0, h_0^enc and h_0^dec, the learned biases of section 2.2 (or zero), for each of
+        `batch` images, and the LSTMs' cells at zero, in `like`'s dtype and device."""
+        cell_enc = like.new_zeros(batch, self.encoder.hidden_size)
+        cell_dec = like.new_zeros(batch, self.decoder.hidden_size)
+        if not self.learned_initial_state:
+            return DrawState(like.new_zeros(batch, self.writer.x_dim), torch.zeros_like(cell_enc),
+                             cell_enc, torch.zeros_like(cell_dec), cell_dec)
+        c, h_enc, h_dec = (p.to(like.dtype).expand(batch, -1)
+                           for p in (self.c_0, self.h_0_enc, self.h_0_dec))
+        return DrawState(c, h_enc, cell_enc, h_dec, cell_dec)
 
     def step(self, state: DrawState, x: Tensor, u: Tensor,
              x_gates: tuple[Tensor, Tensor] | None = None

@@ -1,4 +1,5 @@
 """The DRAW model: the bound (eqs. 9-12), reproducibility, gradients, parameter count, round trips."""
+import dataclasses
 import math
 
 import pytest
@@ -72,9 +73,12 @@ def reference_forward(model, x, u):
             F.append(f / f.sum(-1, keepdim=True))                              # (B, N, A)
         return F[0], F[1], torch.exp(log_gamma)
 
-    c = torch.zeros_like(x)
-    h_enc = cell_enc = torch.zeros(B, cfg.enc_dim, dtype=x.dtype)
-    h_dec = cell_dec = torch.zeros(B, cfg.dec_dim, dtype=x.dtype)
+    cell_enc = torch.zeros(B, cfg.enc_dim, dtype=x.dtype)
+    cell_dec = torch.zeros(B, cfg.dec_dim, dtype=x.dtype)
+    if cfg.learned_initial_state:               # section 2.2: learned biases, for every image
+        c, h_enc, h_dec = (P[n].expand(B, -1) for n in ("c_0", "h_0_enc", "h_0_dec"))
+    else:
+        c, h_enc, h_dec = torch.zeros_like(x), cell_enc, cell_dec
     kl = []
     for t in range(cfg.n_iter):
         x_hat = x - torch.sigmoid(c)                                            # eq. 3
@@ -141,8 +145,12 @@ def test_a_subclassed_reader_trains_with_its_own_maths():
             p.normal_(std=0.3)
     gated = DrawModel(cfg.n_iter, GatedReader(cfg.x_dim, cfg.dec_dim, cfg.channels, cfg.height,
                                               cfg.width, cfg.read_N),
-                      model.encoder, model.sampler, model.decoder, model.writer).double()
+                      model.encoder, model.sampler, model.decoder, model.writer,
+                      learned_initial_state=True).double()
     gated.reader.readout.load_state_dict(model.reader.readout.state_dict())
+    with torch.no_grad():
+        for name in ("c_0", "h_0_enc", "h_0_dec"):
+            getattr(gated, name).copy_(getattr(model, name))
     x, u = batch(cfg)
     c, kl = gated(x, u)
     nll_bound(x, c, kl).sum().backward()
@@ -371,12 +379,17 @@ def test_canonical_parameter_count():
     sampler = 2 * (256 * 100 + 100)                         # mean and log sigma
     decoder = lstm(100, 256)
     writer = (256 * 25 + 25) + (256 * 5 + 5)                # w_t (eq. 28) and its window head
-    expected = read_head + encoder + sampler + decoder + writer
-    assert expected == 961_515
+    initial_state = 784 + 256 + 256                         # c_0, h_0^enc, h_0^dec (sec. 2.2)
+    expected = read_head + encoder + sampler + decoder + writer + initial_state
+    assert expected == 962_811
     assert sum(p.numel() for p in model.parameters()) == expected
     no_att = DrawModel.from_config(DrawConfig(enc_dim=256, dec_dim=256, z_dim=100))
-    expected_no_att = lstm(2 * 784 + 256, 256) + sampler + decoder + (256 * 784 + 784)
+    expected_no_att = (lstm(2 * 784 + 256, 256) + sampler + decoder + (256 * 784 + 784)
+                       + initial_state)
     assert sum(p.numel() for p in no_att.parameters()) == expected_no_att
+    zero_start = DrawModel.from_config(DrawConfig(read_N=2, write_N=5,
+                                                  learned_initial_state=False))
+    assert sum(p.numel() for p in zero_start.parameters()) == expected - initial_state
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -425,6 +438,35 @@ def test_sample_canvases_accumulate_the_writes():
     torch.testing.assert_close(canvases, expected, rtol=1e-15, atol=1e-15)
 
 
+def test_the_learned_initial_state_starts_the_canvas_and_both_lstms():
+    """Section 2.2: c_0, h_0^enc, h_0^dec are learned biases, the same for every image. At zero
+    the model is the one without them (a file from before them continues unchanged); the
+    decoder never sees the canvas, so c_0 shifts every sampled canvas by itself exactly."""
+    cfg = CONFIGS["attention"]
+    zero_start = DrawModel.from_config(dataclasses.replace(cfg, learned_initial_state=False))
+    zero_start = zero_start.double()
+    assert not hasattr(zero_start, "c_0")
+    model = zero_start.with_learned_initial_state()
+    assert model.config == cfg and model.with_learned_initial_state() is model
+    x, u = batch(cfg)
+    for a, b in zip(model(x, u), zero_start(x, u)):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        model.c_0.normal_()
+    z = torch.randn(cfg.n_iter, 3, cfg.z_dim, dtype=torch.float64)
+    logit = lambda p: torch.log(p) - torch.log1p(-p)
+    torch.testing.assert_close(logit(model.sample(3, z)),
+                               logit(zero_start.sample(3, z)) + model.c_0, rtol=0, atol=1e-9)
+    # each of the three moves the bound, and gets its gradient
+    nll_bound(x, *model(x, u)).sum().backward()
+    for p in (model.c_0, model.h_0_enc, model.h_0_dec):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    # a config written before the field (every model file before 2026-12-06) had them at zero
+    old = {k: v for k, v in cfg.to_dict().items() if k != "learned_initial_state"}
+    assert DrawConfig.from_dict(old) == dataclasses.replace(cfg, learned_initial_state=False)
+    assert DrawConfig.from_dict(cfg.to_dict()) == cfg and cfg.learned_initial_state
+
+
 def test_bad_noise_shape_raises():
     model = make("attention")
     x, u = batch(CONFIGS["attention"])
@@ -440,7 +482,8 @@ def test_bad_noise_shape_raises():
     (dict(channels=True), "channels", "must be a positive integer, got True"),
     (dict(read_N=0), "read_N", "must be a positive integer, got 0"),
     (dict(write_N=29), "write_N", "must fit in the 28x28 image, got 29"),
-    (dict(read_N=9, height=8), "read_N", "must fit in the 8x28 image, got 9")])
+    (dict(read_N=9, height=8), "read_N", "must fit in the 8x28 image, got 9"),
+    (dict(learned_initial_state=1), "learned_initial_state", "must be true or false, got 1")])
 def test_bad_config_raises(bad, field, problem):
     """DrawConfig is the one place that checks the model's sizes, from flags or a model file;
     its field and problem are what train-draw.py's error names its flag with."""

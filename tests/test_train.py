@@ -2,6 +2,7 @@
 SIGKILL, and bad command lines that fail in one line without touching the disk."""
 import ast
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -222,6 +223,31 @@ def test_oldmodel_starts_from_its_parameters(reference, tmp_path, monkeypatch):
         assert torch.allclose(a, b, atol=1e-6)        # one step of a negligible learning rate
 
 
+def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(reference, tmp_path,
+                                                                         monkeypatch):
+    """A model file from before section 2.2's learned c_0, h_0^enc, h_0^dec (a zero initial
+    state) starts a run that learns them from zero: at first the same model, then they move."""
+    monkeypatch.chdir(tmp_path)
+    old_model, _ = load_model(reference.run_dir / f"{FILES}_model.pkl")
+    zero = DrawModel.from_config(dataclasses.replace(old_model.config,
+                                                     learned_initial_state=False))
+    zero.load_state_dict({k: v for k, v in old_model.state_dict().items()
+                          if k not in ("c_0", "h_0_enc", "h_0_dec")})
+    save_checkpoint(tmp_path / "zero_model.pkl", zero)
+    flags = dict(dataset="sample", subset=100, batch_size=100, n_iter=2, enc_dim=8, dec_dim=8,
+                 z_dim=3, attention="2,3", oldmodel="zero_model.pkl")
+    main(**flags, epochs=1, learning_rate=1e-9, name="tiny")
+    new, _ = load_model(the_run_dir(tmp_path) / "tiny_model.pkl")
+    assert new.config.learned_initial_state
+    for name, p in zero.state_dict().items():
+        torch.testing.assert_close(new.state_dict()[name], p, rtol=0, atol=1e-6)
+    assert all(0 < p.abs().max() < 1e-6 for p in (new.c_0, new.h_0_enc, new.h_0_dec))
+    # and where the run keeps a zero initial state, the file is its own configuration
+    main(**flags, epochs=1, learning_rate=1e-9, learned_initial_state=False, name="kept")
+    kept, _ = load_model(next(tmp_path.glob("kept-*")) / "kept_model.pkl")
+    assert not kept.config.learned_initial_state and not hasattr(kept, "c_0")
+
+
 def test_lr_tag_is_the_classic_one():
     assert [lr_tag(v) for v in (1e-3, 3e-4, 0.005, 0.1)] == ["13", "34", "53", "11"]
 
@@ -414,7 +440,8 @@ def test_a_long_run_compiles_by_default_and_counts_what_is_left(tmp_path, monkey
 def test_a_checkpoint_of_the_old_format_resumes(tmp_path):
     """Model files written before the settings dataclass store a `run` dict of 14 keys; a run
     resumed from one goes on exactly as a run that never stopped."""
-    flags = {**TINY, "subset": 200, "batch_size": 50}
+    flags = {**TINY, "subset": 200, "batch_size": 50,
+             "learned_initial_state": False}        # as every run had before the setting
     whole, part = tmp_path / "whole", tmp_path / "part"
     main(**{**flags, "epochs": 2}, run_dir=str(whole))
     main(**flags, run_dir=str(part))
@@ -424,6 +451,7 @@ def test_a_checkpoint_of_the_old_format_resumes(tmp_path):
                 "n_iter", "enc_dim", "dec_dim", "z_dim", "oldmodel", "seed", "grad_clip",
                 "subset")
     ckpt["run"] = {key: ckpt["run"][key] for key in old_keys}
+    del ckpt["config"]["learned_initial_state"]
     torch.save(ckpt, model_file)
     main(resume=str(the_run_dir(part)), epochs=2)
     a, _ = load_model(model_file)

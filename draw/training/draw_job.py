@@ -63,14 +63,19 @@ class DrawJob(Job):
         try:
             ckpt = load_checkpoint(s.oldmodel)
             old_cfg = file_config(ckpt, s.oldmodel)
-            if old_cfg != cfg:
+            # a file with a zero initial state goes on as one with the learned biases, at zero
+            grows = (not old_cfg.learned_initial_state and cfg.learned_initial_state
+                     and dataclasses.replace(old_cfg, learned_initial_state=True) == cfg)
+            if old_cfg != cfg and not grows:
                 here = cfg.to_dict()
                 diffs = ", ".join(f"{k} {v} there, {here[k]} here"
                                   for k, v in old_cfg.to_dict().items() if here[k] != v)
                 raise DrawError(f"--oldmodel {s.oldmodel} has another configuration: {diffs}")
             # the run's own model, whose training make_plan checks; built here, before that
             check_inference(cfg, 1, f"the model of --oldmodel {s.oldmodel}", device)
-            return build_model(ckpt, s.oldmodel), training_history(ckpt, s.oldmodel)
+            model = build_model(ckpt, s.oldmodel)
+            return model.with_learned_initial_state() if grows else model, \
+                training_history(ckpt, s.oldmodel)
         except CheckpointError as e:
             raise DrawError(f"--oldmodel: {e}") from e
 

@@ -179,6 +179,11 @@ class DrawSettings(RunSettings):
     oldmodel: str | None = setting(None, "start from the parameters of a *_model.pkl file of "
                                          "the same configuration", on_resume=FRESH,
                                    metavar="FILE")
+    # runs and model files from before 2026-12-06 had c_0, h_0^enc, h_0^dec at zero
+    learned_initial_state: bool = setting(
+        True, "learn c_0, h_0^enc and h_0^dec as biases, as the paper does (section 2.2); "
+              "off: zero, as the classic repository and model files before 2026-12-06",
+        absent=False)
     # one unit of g~ moves a window (A + 1) / 2 pixels (eqs. 22-23): on 60 x 60 canvases the
     # heads' gradients dominate and spike (doc/development.md), as the classifier's read head's
     window_lr: float = setting(1.0, "learning rate of the attention windows (the read and write "

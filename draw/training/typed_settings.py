@@ -35,10 +35,12 @@ SESSION = "session"  # not stored: where and how this process runs (device, dire
 
 
 def setting(default, help: str, flag: str | None = None, aliases: tuple[str, ...] = (),
-            on_resume: str = KEEP, metavar: str | None = None):
-    """A dataclass field of a settings class; `flag` defaults to --field-name."""
+            on_resume: str = KEEP, metavar: str | None = None, absent=None):
+    """A dataclass field of a settings class; `flag` defaults to --field-name. `absent`: the
+    value that runs stored before the field existed had, where it is not its default."""
     return field(default=default, metadata={"help": help, "flag": flag, "aliases": aliases,
-                                            "on_resume": on_resume, "metavar": metavar})
+                                            "on_resume": on_resume, "metavar": metavar,
+                                            "absent": default if absent is None else absent})
 
 
 class Settings:
@@ -149,7 +151,8 @@ class Settings:
     @classmethod
     def resumed(cls, stored: dict, given: dict, where: str):
         """The settings of a run continued from its `stored` ones; settings added since take
-        their defaults, and `given` (flags, config file) may only repeat the KEEP ones."""
+        the value such runs had (`setting`'s `absent`), and `given` (flags, config file) may
+        only repeat the KEEP ones."""
         fields = cls._fields()
         unknown = sorted(set(stored) - set(fields))
         if unknown:
@@ -157,12 +160,14 @@ class Settings:
                             f"{unknown}")
         # SESSION settings an older version stored (compile, say) are this session's to choose
         stored = {k: v for k, v in stored.items() if fields[k].metadata["on_resume"] != SESSION}
+        stored = {**{name: f.metadata["absent"] for name, f in fields.items()
+                     if f.metadata["on_resume"] != SESSION}, **stored}
         for name, value in given.items():
             rule = fields[name].metadata["on_resume"]
             if rule == FRESH:
                 raise DrawError(f"--resume and {cls.flag(name)} cannot be combined: a resumed "
                                 f"run continues from its own state")
-            before = stored.get(name, fields[name].default)
+            before = stored.get(name, fields[name].metadata["absent"])
             if rule == KEEP and value != before:
                 raise DrawError(f"--resume keeps the run's settings: {cls.flag(name)} is "
                                 f"{before!r} there, not {value!r} (leave the flag out)")
