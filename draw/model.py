@@ -232,7 +232,8 @@ class DrawModel(nn.Module):
         if not self.learned_initial_state:
             return DrawState(like.new_zeros(batch, self.writer.x_dim), torch.zeros_like(cell_enc),
                              cell_enc, torch.zeros_like(cell_dec), cell_dec)
-        c, h_enc, h_dec = (p.to(like.dtype).expand(batch, -1)
+        # contiguous, as every later state is: compiled glimpses keep one graph for all calls
+        c, h_enc, h_dec = (p.to(like.dtype).expand(batch, -1).contiguous()
                            for p in (self.c_0, self.h_0_enc, self.h_0_dec))
         return DrawState(c, h_enc, cell_enc, h_dec, cell_dec)
 

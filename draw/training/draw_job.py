@@ -108,6 +108,8 @@ class DrawJob(Job):
                   ("attention", s.attention or "none"),
                   ("n_iterations", cfg.n_iter), ("encoder dimension", cfg.enc_dim),
                   ("z dimension", cfg.z_dim), ("decoder dimension", cfg.dec_dim),
+                  ("initial state", "c_0, h_0^enc, h_0^dec learned (section 2.2)"
+                   if cfg.learned_initial_state else "zero (--no-learned-initial-state)"),
                   ("compiled glimpses", why),
                   ("objective", "the bound on -log p(x) (eq. 12), nats" if plan.data.binary
                    else "Bernoulli cross-entropy of the grey levels + KL (eq. 12), nats: not "
