@@ -76,6 +76,10 @@ class NaiveDraw(nn.Module):
         self.read_attention = nn.Linear(dec_dim, 5)                           # eq. 21
         self.write_attention = nn.Linear(dec_dim, 5)                          # eq. 21, write's own
         self.write_patch = nn.Linear(dec_dim, write_N ** 2)                   # eq. 28
+        # section 2.2: "c_0, h_0^enc, h_0^dec are initialised to learned biases"
+        self.c_0 = nn.Parameter(torch.zeros(A * B))
+        self.h_0_enc = nn.Parameter(torch.zeros(enc_dim))
+        self.h_0_dec = nn.Parameter(torch.zeros(dec_dim))
 
     @classmethod
     def from_config(cls, cfg) -> "NaiveDraw":
@@ -145,11 +149,11 @@ class NaiveDraw(nn.Module):
             omitted.
         """
         batch = x.shape[0]
-        c = x.new_zeros(batch, self.A * self.B)                               # c_0
-        h_enc = x.new_zeros(batch, self.encoder.hidden_size)
-        cell_enc = torch.zeros_like(h_enc)
-        h_dec = x.new_zeros(batch, self.decoder.hidden_size)
-        cell_dec = torch.zeros_like(h_dec)
+        c = self.c_0.expand(batch, -1)                                        # c_0
+        h_enc = self.h_0_enc.expand(batch, -1)
+        cell_enc = x.new_zeros(batch, self.encoder.hidden_size)
+        h_dec = self.h_0_dec.expand(batch, -1)
+        cell_dec = x.new_zeros(batch, self.decoder.hidden_size)
         kl = 0
         for t in range(self.T):
             x_hat = x - torch.sigmoid(c)                                      # eq. 3
@@ -174,7 +178,8 @@ def load_draw_state(port: NaiveDraw, state: dict[str, Tensor]) -> None:
     """Copy a DrawModel's state_dict (read and write attention, one channel) into the port.
 
     Every parameter has the same layout in both except the attention heads' 5 outputs, whose
-    order here is eq. 21's (PAPER_ORDER) and there the classic repository's (DRAW_ORDER).
+    order here is eq. 21's (PAPER_ORDER) and there the classic repository's (DRAW_ORDER). A
+    DrawModel without the learned initial state (`learned_initial_state=False`) gives zeros.
     """
     rows = [DRAW_ORDER.index(name) for name in PAPER_ORDER]
     names = {"encoder": "encoder", "decoder": "decoder", "mu": "sampler.mean_transform",
@@ -182,6 +187,9 @@ def load_draw_state(port: NaiveDraw, state: dict[str, Tensor]) -> None:
              "write_attention": "writer.z_trafo", "write_patch": "writer.w_trafo"}
     mapped = {}
     for name, tensor in port.state_dict().items():
+        if "." not in name:         # the initial state; a model without it started at zero
+            mapped[name] = state.get(name, torch.zeros_like(tensor))
+            continue
         module, param = name.split(".")
         value = state[f"{names[module]}.{param}"]
         if module.endswith("_attention"):

@@ -139,7 +139,9 @@ def two_ranks(tmp_path_factory):
 
 def assert_same_params(got, want, rank, path):
     for name, p in want.items():
-        torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6,
+        # c_0's gradient is the pixels' error summed over the batch, which on random binary
+        # images can cancel to nearly zero, where Adam's normalised step magnifies rounding
+        torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-5 if name == "c_0" else 1e-6,
                                    msg=lambda m: f"{path}, rank {rank}, {name}: {m}")
 
 
