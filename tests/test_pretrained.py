@@ -16,7 +16,7 @@ PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 PAPER = dict(channels=1, height=28, width=28, n_iter=64, enc_dim=256, dec_dim=256, z_dim=100,
              learned_initial_state=False)
 # file: (config, --attention, largest bound on the sample's digits; measured 70.5 at 32 + 68 epochs
-# with attention, 77.0 at epoch 19 without)
+# with attention, 75.5 at epoch 45 without)
 MODELS = {
     "bmnist-r2-w5-t64_model.pkl": (DrawConfig(**PAPER, read_N=2, write_N=5), "2,5", 85),
     "bmnist-noattn-t64_model.pkl": (DrawConfig(**PAPER), "", 87),
