@@ -24,6 +24,9 @@ MainLoop.step through its fast path, with the Adam those runs used. Options afte
                                 float32 products, draw/precision.py)
     FOLDER:no-attention         the model without attention (eqs. 17-18) instead of read 2,
                                 write 5 (combines with the others but naive)
+    FOLDER:zero-start           c_0, h_0^enc, h_0^dec at zero, not learned (section 2.2), as
+                                every tree from before 2026-12-06 has them: compare such a
+                                tree with this one's zero-start model (combines with the others)
     FOLDER:ddp                  the batch split across 2 processes, each with half the threads,
                                 through DDP (gloo), as `torchrun --nproc_per_node=2` trains;
                                 a step's time is the slower rank's (combines with the others
@@ -50,7 +53,8 @@ import time
 from pathlib import Path
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-OPTIONS = ("compile", "bf16-mixed", "naive", "ddp", "matmul-medium", "no-attention")
+OPTIONS = ("compile", "bf16-mixed", "naive", "ddp", "matmul-medium", "no-attention",
+           "zero-start")
 DDP_RANKS = 2
 
 
@@ -99,7 +103,9 @@ def worker(T: int, clock: str, threads: int, options: list[str]) -> None:
         dist, _ = init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
     attention = {} if "no-attention" in options else {"read_N": 2, "write_N": 5}
-    model = DrawModel.from_config(DrawConfig(n_iter=T, **attention))
+    # trees from before 2026-12-06 know no learned_initial_state: theirs is always zero
+    start = {"learned_initial_state": False} if "zero-start" in options else {}
+    model = DrawModel.from_config(DrawConfig(n_iter=T, **attention, **start))
     if attention:
         narrow_windows(model, 1.0)
     # bench.py of this script's folder, imported only on the paths that use it: it imports

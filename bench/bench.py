@@ -224,7 +224,8 @@ LABELS = {"32": "fp32", "bf16-mixed": "bf16", "medium": "bf32"}
 
 def bench_one(T: int, args, device: torch.device) -> dict:
     cfg = DrawConfig(n_iter=T, read_N=args.read_N, write_N=args.write_N, enc_dim=args.enc_dim,
-                     dec_dim=args.dec_dim, z_dim=args.z_dim)
+                     dec_dim=args.dec_dim, z_dim=args.z_dim,
+                     learned_initial_state=args.learned_initial_state)
     clock = CLOCKS[args.clock]
 
     def model():
@@ -284,7 +285,8 @@ def bench_one(T: int, args, device: torch.device) -> dict:
 def main(quick: bool, niters: str, batch_size: int, threads: int | None, device: str,
          repeats: int | None, warmup: int | None, compile: bool, bf16: bool, clock: str,
          sigma: float,
-         read_N: int, write_N: int, enc_dim: int, dec_dim: int, z_dim: int, seed: int):
+         read_N: int, write_N: int, enc_dim: int, dec_dim: int, z_dim: int, seed: int,
+         learned_initial_state: bool = True):
     args = argparse.Namespace(**locals())
     args.repeats = repeats or (3 if quick else 7)
     args.warmup = warmup or (1 if quick else 2)
@@ -372,6 +374,9 @@ if __name__ == "__main__":
     p.add_argument("--dec-dim", type=int, default=256, help="decoder LSTM size")
     p.add_argument("--z-dim", type=int, default=100, help="latent size")
     p.add_argument("--seed", type=int, default=0, help="initial weights")
+    p.add_argument("--no-learned-initial-state", dest="learned_initial_state",
+                   action="store_false",
+                   help="c_0, h_0^enc, h_0^dec at zero, as the models timed before 2026-12-06")
     args = vars(p.parse_args())
     # imported here, not above, as draw.precision in `main`
     from draw.errors import DrawError

@@ -60,10 +60,12 @@ class NaiveDraw(nn.Module):
         Read and write grid sizes, at least 2 (eq. 24 divides by N - 1).
     enc_dim, dec_dim, z_dim : int
         Encoder and decoder LSTM sizes and the latent size.
+    learned_initial_state : bool
+        c_0, h_0^enc, h_0^dec learned (section 2.2), or zero.
     """
 
     def __init__(self, T: int, A: int, B: int, read_N: int, write_N: int, enc_dim: int,
-                 dec_dim: int, z_dim: int):
+                 dec_dim: int, z_dim: int, learned_initial_state: bool = True):
         super().__init__()
         if min(read_N, write_N) < 2:
             raise ValueError(f"read_N and write_N must be at least 2, got {read_N}, {write_N}")
@@ -76,10 +78,13 @@ class NaiveDraw(nn.Module):
         self.read_attention = nn.Linear(dec_dim, 5)                           # eq. 21
         self.write_attention = nn.Linear(dec_dim, 5)                          # eq. 21, write's own
         self.write_patch = nn.Linear(dec_dim, write_N ** 2)                   # eq. 28
-        # section 2.2: "c_0, h_0^enc, h_0^dec are initialised to learned biases"
-        self.c_0 = nn.Parameter(torch.zeros(A * B))
-        self.h_0_enc = nn.Parameter(torch.zeros(enc_dim))
-        self.h_0_dec = nn.Parameter(torch.zeros(dec_dim))
+        # section 2.2: "c_0, h_0^enc, h_0^dec are initialised to learned biases"; or zeros that
+        # do not train, as DrawModel's learned_initial_state=False
+        for name, size in (("c_0", A * B), ("h_0_enc", enc_dim), ("h_0_dec", dec_dim)):
+            if learned_initial_state:
+                setattr(self, name, nn.Parameter(torch.zeros(size)))
+            else:
+                self.register_buffer(name, torch.zeros(size))
 
     @classmethod
     def from_config(cls, cfg) -> "NaiveDraw":
@@ -89,7 +94,8 @@ class NaiveDraw(nn.Module):
                              f"channels={cfg.channels}, read_N={cfg.read_N}, "
                              f"write_N={cfg.write_N}")
         return cls(cfg.n_iter, cfg.width, cfg.height, cfg.read_N, cfg.write_N, cfg.enc_dim,
-                   cfg.dec_dim, cfg.z_dim)
+                   # a config from before the field (an older tree's) had a zero start
+                   cfg.dec_dim, cfg.z_dim, getattr(cfg, "learned_initial_state", False))
 
     def attention_parameters(self, linear: nn.Linear, h_dec: Tensor, N: int):
         """Eqs. 21-24: the grid centre, stride, variance and intensity, each (batch, 1)."""

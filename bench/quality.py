@@ -133,15 +133,16 @@ def train_and_validate(cfg: DrawConfig, data, *, steps: int, batch_size: int, lr
 def main(data_dir: str | None, runs: list[str], precision: list[str], steps: int,
          batch_size: int, n_iter: int, attention: tuple[int, int], lr: float, seed: int,
          device: str, threads: int | None, out: str | None,
-         matmul: tuple[str, ...] = ("highest",)):
+         matmul: tuple[str, ...] = ("highest",), learned_initial_state: bool = True):
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                           else "cpu" if device == "auto" else device)
     data = get_data("bmnist", data_dir, download=False)    # a benchmark never downloads
     read_N, write_N = attention
-    configs = {"attention": DrawConfig(n_iter=n_iter, read_N=read_N, write_N=write_N),
-               "plain": DrawConfig(n_iter=n_iter)}
+    start = dict(learned_initial_state=learned_initial_state)
+    configs = {"attention": DrawConfig(n_iter=n_iter, read_N=read_N, write_N=write_N, **start),
+               "plain": DrawConfig(n_iter=n_iter, **start)}
     results = []
     for label, p, m in ((r, p, m) for r in runs for p in precision for m in matmul):
         # the classic labels when only float32 runs, the precisions beside them otherwise
@@ -192,4 +193,8 @@ if __name__ == "__main__":
                              "when other jobs share the cores")
     parser.add_argument("--out", type=output_file, default=None,
                         help="also write the results as JSON to this file (default: none)")
+    parser.add_argument("--no-learned-initial-state", dest="learned_initial_state",
+                        action="store_false",
+                        help="c_0, h_0^enc, h_0^dec at zero, as the models measured before "
+                             "2026-12-06 had them (default: learned, section 2.2)")
     run(main, parser.parse_args())

@@ -120,12 +120,12 @@ class DrawModel(nn.Module):
     decoder : nn.LSTMCell
         RNN^dec, input size z_dim.
     writer : Writer or AttentionWriter
-    learned_initial_state : bool
+    learned_initial_state : bool, keyword only
         c_0, h_0^enc and h_0^dec are parameters (section 2.2), zero at first; else zero.
     """
 
     def __init__(self, n_iter: int, reader: nn.Module, encoder: nn.LSTMCell, sampler: Qsampler,
-                 decoder: nn.LSTMCell, writer: nn.Module, learned_initial_state: bool = False):
+                 decoder: nn.LSTMCell, writer: nn.Module, *, learned_initial_state: bool):
         super().__init__()
         self.n_iter = n_iter
         self.reader = reader
@@ -133,15 +133,11 @@ class DrawModel(nn.Module):
         self.sampler = sampler
         self.decoder = decoder
         self.writer = writer
-        if learned_initial_state:
-            # zero at first: the model starts as one without them, so a model file without
-            # them continues into one with them unchanged (`with_learned_initial_state`)
-            self.c_0 = nn.Parameter(torch.zeros(writer.x_dim))                 # (x_dim,)
-            self.h_0_enc = nn.Parameter(torch.zeros(encoder.hidden_size))     # (enc_dim,)
-            self.h_0_dec = nn.Parameter(torch.zeros(decoder.hidden_size))     # (dec_dim,)
-        self.learned_initial_state = learned_initial_state
         self.config: DrawConfig | None = None
         self.glimpses_per_call: int | None = None     # None: all T in one call of `glimpses`
+        self.learned_initial_state = False
+        if learned_initial_state:
+            self.learn_initial_state()
         self.apply(self._init_weights)
 
     @classmethod
@@ -159,25 +155,23 @@ class DrawModel(nn.Module):
                     nn.LSTMCell(reader.read_dim + cfg.dec_dim, cfg.enc_dim),
                     Qsampler(cfg.enc_dim, cfg.z_dim),
                     nn.LSTMCell(cfg.z_dim, cfg.dec_dim),
-                    writer, cfg.learned_initial_state)
+                    writer, learned_initial_state=cfg.learned_initial_state)
         model.config = cfg
         return model
 
-    def with_learned_initial_state(self) -> "DrawModel":
-        """This model (built by `from_config`) with c_0, h_0^enc and h_0^dec as parameters at
-        zero, the values its zero initial state had: the same function, which training then
-        moves on from (train-draw.py --oldmodel with a file written without them)."""
-        if self.learned_initial_state:
-            return self
-        cfg = dataclasses.replace(self.config, learned_initial_state=True)
-        like = next(self.parameters())
-        model = DrawModel.from_config(cfg).to(like.device, like.dtype)
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        assert sorted(missing) == ["c_0", "h_0_dec", "h_0_enc"] and not unexpected
-        with torch.no_grad():
-            for p in (model.c_0, model.h_0_enc, model.h_0_dec):
-                p.zero_()
-        return model
+    def learn_initial_state(self) -> Self:
+        """Make c_0, h_0^enc and h_0^dec parameters (section 2.2), in place, at zero: the values
+        a zero initial state has, so the model computes what it did, and training moves them
+        on (train-draw.py --oldmodel with a file written without them). Returns the model."""
+        if not self.learned_initial_state:
+            like = next(self.parameters())
+            for name, size in (("c_0", self.writer.x_dim), ("h_0_enc", self.encoder.hidden_size),
+                               ("h_0_dec", self.decoder.hidden_size)):
+                setattr(self, name, nn.Parameter(like.new_zeros(size)))     # (size,) each
+            self.learned_initial_state = True
+            if self.config is not None:
+                self.config = dataclasses.replace(self.config, learned_initial_state=True)
+        return self
 
     @staticmethod
     def _init_weights(module: nn.Module):
@@ -232,7 +226,7 @@ class DrawModel(nn.Module):
         if not self.learned_initial_state:
             return DrawState(like.new_zeros(batch, self.writer.x_dim), torch.zeros_like(cell_enc),
                              cell_enc, torch.zeros_like(cell_dec), cell_dec)
-        # contiguous, as every later state is: compiled glimpses keep one graph for all calls
+        # contiguous, as every later state is, so that compiled glimpses do not add a graph
         c, h_enc, h_dec = (p.to(like.dtype).expand(batch, -1).contiguous()
                            for p in (self.c_0, self.h_0_enc, self.h_0_dec))
         return DrawState(c, h_enc, cell_enc, h_dec, cell_dec)

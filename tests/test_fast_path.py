@@ -191,11 +191,13 @@ def test_benchmark_runs_and_reports_every_path(capsys, bench_script):
 
 
 def test_ab_times_two_trees_in_turn(tmp_path):
-    """bench/ab.py: the same tree twice, two steps each; the reference's ratio to itself is 1."""
+    """bench/ab.py: the same tree twice, two steps each (the second with the zero initial
+    state of trees from before section 2.2's learned one); the reference's ratio to itself is 1."""
     root = Path(__file__).resolve().parents[1]
     script = root / "bench" / "ab.py"
-    run = subprocess.run([sys.executable, str(script), str(root), str(root), "--niters", "1",
-                          "--steps", "2"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(script), str(root), f"{root}:zero-start",
+                          "--niters", "1", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines()]
     assert [row[0] for row in rows] == ["T=1", "T=1"] and len(rows) == 2

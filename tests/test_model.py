@@ -1,4 +1,5 @@
 """The DRAW model: the bound (eqs. 9-12), reproducibility, gradients, parameter count, round trips."""
+import copy
 import dataclasses
 import math
 
@@ -211,7 +212,7 @@ def test_only_the_plain_reader_has_its_x_part_computed_once():
     cfg = CONFIGS["no-attention"]
     model = make("no-attention")
     half = DrawModel(cfg.n_iter, HalfErrorReader(cfg.x_dim), model.encoder, model.sampler,
-                     model.decoder, model.writer).double()
+                     model.decoder, model.writer, learned_initial_state=True).double()
     x, u = batch(cfg)
     assert half.encoder_x_gates(x) is None
     assert not torch.equal(half(x, u)[0], model(x, u)[0])
@@ -443,11 +444,15 @@ def test_the_learned_initial_state_starts_the_canvas_and_both_lstms():
     the model is the one without them (a file from before them continues unchanged); the
     decoder never sees the canvas, so c_0 shifts every sampled canvas by itself exactly."""
     cfg = CONFIGS["attention"]
+    torch.manual_seed(0)
     zero_start = DrawModel.from_config(dataclasses.replace(cfg, learned_initial_state=False))
     zero_start = zero_start.double()
     assert not hasattr(zero_start, "c_0")
-    model = zero_start.with_learned_initial_state()
-    assert model.config == cfg and model.with_learned_initial_state() is model
+    model = copy.deepcopy(zero_start)
+    rng = torch.get_rng_state()
+    assert model.learn_initial_state() is model and model.learn_initial_state() is model
+    assert torch.equal(torch.get_rng_state(), rng)          # draws nothing: in place
+    assert model.config == cfg and model.c_0.dtype == torch.float64
     x, u = batch(cfg)
     for a, b in zip(model(x, u), zero_start(x, u)):
         assert torch.equal(a, b)

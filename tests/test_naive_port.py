@@ -1,6 +1,8 @@
 """bench/naive.py, the naive port that the package's speed is measured against, is the same model
 as DrawModel: with a DrawModel's parameters copied in and the same noise, the same bound and the
 same gradients (bench/naive.py's docstring says where the two compute differently)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -77,6 +79,21 @@ def test_naive_port_gives_draw_models_loss_and_gradients(bench_script, monkeypat
         else:                                   # c_0, h_0_enc, h_0_dec: the same names
             reference = grads[name]
         assert relative_difference(g, reference) < tol, name
+
+
+def test_a_zero_start_is_ported_as_zeros_that_do_not_train(bench_script):
+    """DrawModel's learned_initial_state=False: the port's c_0, h_0^enc, h_0^dec are zero
+    buffers, not parameters, and the two give the same bound."""
+    naive = bench_script("naive")
+    cfg = dataclasses.replace(CFG, learned_initial_state=False)
+    torch.manual_seed(0)
+    model = DrawModel.from_config(cfg).double()
+    port = naive.NaiveDraw.from_config(cfg).double()
+    naive.load_draw_state(port, model.state_dict())
+    assert {"c_0", "h_0_enc", "h_0_dec"} <= set(dict(port.named_buffers()))
+    assert not {"c_0", "h_0_enc", "h_0_dec"} & set(dict(port.named_parameters()))
+    x, u = batch(torch.float64)
+    assert relative_difference(port(x, u), draw_loss(model, x, u)) < 1e-12
 
 
 def test_the_agreement_needs_the_attention_columns_mapped(bench_script):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from draw.checkpoint import load_checkpoint, load_log, load_model, save_checkpoint
 from draw.datasets import batches, get_data
+from draw.errors import DrawError
 from draw.likelihood import bound_statistics
 from draw.model import DrawConfig, DrawModel
 from draw.training.draw_job import main
@@ -55,6 +56,11 @@ def wait_for(condition, process):
 
 def the_run_dir(parent: Path) -> Path:
     (run_dir,) = [p for p in parent.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def the_run_dir_named(parent: Path, name: str) -> Path:
+    (run_dir,) = parent.glob(f"{name}-*")
     return run_dir
 
 
@@ -237,15 +243,21 @@ def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(referenc
     flags = dict(dataset="sample", subset=100, batch_size=100, n_iter=2, enc_dim=8, dec_dim=8,
                  z_dim=3, attention="2,3", oldmodel="zero_model.pkl")
     main(**flags, epochs=1, learning_rate=1e-9, name="tiny")
-    new, _ = load_model(the_run_dir(tmp_path) / "tiny_model.pkl")
+    new, _ = load_model(the_run_dir_named(tmp_path, "tiny") / "tiny_model.pkl")
     assert new.config.learned_initial_state
     for name, p in zero.state_dict().items():
         torch.testing.assert_close(new.state_dict()[name], p, rtol=0, atol=1e-6)
     assert all(0 < p.abs().max() < 1e-6 for p in (new.c_0, new.h_0_enc, new.h_0_dec))
     # and where the run keeps a zero initial state, the file is its own configuration
     main(**flags, epochs=1, learning_rate=1e-9, learned_initial_state=False, name="kept")
-    kept, _ = load_model(next(tmp_path.glob("kept-*")) / "kept_model.pkl")
+    kept, _ = load_model(the_run_dir_named(tmp_path, "kept") / "kept_model.pkl")
     assert not kept.config.learned_initial_state and not hasattr(kept, "c_0")
+    # a learned one does not shrink back: the flag to leave out is named
+    grown = str(the_run_dir_named(tmp_path, "tiny") / "tiny_model.pkl")
+    with pytest.raises(DrawError, match=r"^--oldmodel \S+ has another configuration: "
+                                        r"learned_initial_state True there, False here \(leave "
+                                        r"out --no-learned-initial-state\)$"):
+        main(**{**flags, "oldmodel": grown}, epochs=1, learned_initial_state=False)
 
 
 def test_lr_tag_is_the_classic_one():

@@ -68,13 +68,16 @@ class DrawJob(Job):
                      and dataclasses.replace(old_cfg, learned_initial_state=True) == cfg)
             if old_cfg != cfg and not grows:
                 here = cfg.to_dict()
-                diffs = ", ".join(f"{k} {v} there, {here[k]} here"
-                                  for k, v in old_cfg.to_dict().items() if here[k] != v)
+                diffs = ", ".join(
+                    f"{k} {v} there, {here[k]} here" + (" (leave out --no-learned-initial-state)"
+                                                        if k == "learned_initial_state" else "")
+                    for k, v in old_cfg.to_dict().items()
+                    if here[k] != v and (k, v) != ("learned_initial_state", False))
                 raise DrawError(f"--oldmodel {s.oldmodel} has another configuration: {diffs}")
             # the run's own model, whose training make_plan checks; built here, before that
             check_inference(cfg, 1, f"the model of --oldmodel {s.oldmodel}", device)
             model = build_model(ckpt, s.oldmodel)
-            return model.with_learned_initial_state() if grows else model, \
+            return model.learn_initial_state() if grows else model, \
                 training_history(ckpt, s.oldmodel)
         except CheckpointError as e:
             raise DrawError(f"--oldmodel: {e}") from e
