@@ -230,7 +230,7 @@ def test_oldmodel_starts_from_its_parameters(reference, tmp_path, monkeypatch):
 
 
 def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(reference, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, capsys):
     """A model file from before section 2.2's learned c_0, h_0^enc, h_0^dec (a zero initial
     state) starts a run that learns them from zero: at first the same model, then they move."""
     monkeypatch.chdir(tmp_path)
@@ -243,6 +243,7 @@ def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(referenc
     flags = dict(dataset="sample", subset=100, batch_size=100, n_iter=2, enc_dim=8, dec_dim=8,
                  z_dim=3, attention="2,3", oldmodel="zero_model.pkl")
     main(**flags, epochs=1, learning_rate=1e-9, name="tiny")
+    assert "initial state: c_0, h_0^enc, h_0^dec learned (section 2.2)" in capsys.readouterr().out
     new, _ = load_model(the_run_dir_named(tmp_path, "tiny") / "tiny_model.pkl")
     assert new.config.learned_initial_state
     for name, p in zero.state_dict().items():
@@ -250,6 +251,7 @@ def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(referenc
     assert all(0 < p.abs().max() < 1e-6 for p in (new.c_0, new.h_0_enc, new.h_0_dec))
     # and where the run keeps a zero initial state, the file is its own configuration
     main(**flags, epochs=1, learning_rate=1e-9, learned_initial_state=False, name="kept")
+    assert "initial state: zero (--no-learned-initial-state)" in capsys.readouterr().out
     kept, _ = load_model(the_run_dir_named(tmp_path, "kept") / "kept_model.pkl")
     assert not kept.config.learned_initial_state and not hasattr(kept, "c_0")
     # a learned one does not shrink back: the flag to leave out is named
