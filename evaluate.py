@@ -33,6 +33,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", type=str, default="auto",
                         help="cpu, cuda, cuda:N, or auto: CUDA when available "
                              "(default: %(default)s)")
+    parser.add_argument("--threads", type=positive, default=None,
+                        help="CPU threads (default: torch's choice); 1 is fastest when other "
+                             "jobs share the cores")
     parser.add_argument("--data-dir", type=str, default=None,
                         help="where datasets live (default: $DRAW_DATA_PATH, $FUEL_DATA_PATH, "
                              "or a cache directory)")

@@ -104,8 +104,13 @@ def evaluate_py(*args, monkeypatch) -> int:
 
 
 def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatch):
-    assert evaluate_py(trained, "--samples", 3, "--subset", 40, "--bs", 20,
-                       monkeypatch=monkeypatch) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert evaluate_py(trained, "--samples", 3, "--subset", 40, "--bs", 20, "--threads", 1,
+                           monkeypatch=monkeypatch) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "40 images" in out and "importance-sampled, K=3:" in out
     huge = trained.parent / "huge_model.pkl"
@@ -118,6 +123,7 @@ def test_script_prints_numbers_and_fails_in_one_line(trained, capsys, monkeypatc
                                  ([trained, "--samples", 0], 2, "--samples"),
                                  ([trained, "-k", -1], 2, "--samples"),
                                  ([trained, "--subset", 0], 2, "--subset"),
+                                 ([trained, "--threads", 0], 2, "--threads"),
                                  ([trained, "--seed", -1], 2, "--seed"),
                                  ([trained, "--dataset", "nope"], 1, "unknown dataset"),
                                  ([trained, "--device", "abc"], 1, "--device"),

@@ -154,13 +154,18 @@ def _report(model_file: str, ckpt: dict, dataset: str, split: str, binary: bool,
 
 def main(model_file: str, dataset: str | None = None, split: str = "test",
          samples: int = DEFAULT_SAMPLES, batch_size: int = 100, subset: int | None = None,
-         seed: int = 0, device: str = "auto", data_dir: str | None = None) -> dict:
+         seed: int = 0, device: str = "auto", data_dir: str | None = None,
+         threads: int | None = None) -> dict:
     """evaluate.py: load a model file, evaluate it on a split, print and return the numbers:
     "nll_bound" (eq. 12, analytic KL), "is_nll" (importance-sampled, K = samples), "is_bound"
-    (the K-sample estimate of the bound), "images", "samples"; for a classifier "test_error"."""
-    for flag, value in (("--samples", samples), ("--bs", batch_size), ("--subset", subset)):
+    (the K-sample estimate of the bound), "images", "samples"; for a classifier "test_error".
+    `threads`: torch's CPU threads for this process (None: torch's choice)."""
+    for flag, value in (("--samples", samples), ("--bs", batch_size), ("--subset", subset),
+                        ("--threads", threads)):
         if value is not None and value < 1:
             raise DrawError(f"{flag} must be a positive integer, got {value}")
+    if threads is not None:
+        torch.set_num_threads(threads)
     if split not in ("train", "valid", "test"):
         raise DrawError(f"--split must be train, valid or test, got {split!r}")
     dev = resolve_device(device)
