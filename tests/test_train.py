@@ -145,6 +145,10 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
     code, out, err = finish(launch(["--resume", str(run_dir)], tmp_path))
     assert code == 0, err
     assert f"Resuming experiment {LONGNAME}" in out
+    # where it goes on from, in the words of the Ctrl-C line: the killed run's last save
+    where = (f"in epoch {killed['epoch'] + 1} after batch {killed['batch']}" if killed["batch"]
+             else f"after epoch {killed['epoch']}")
+    assert f"resumed at: {where}; learning rate now" in out
     assert_same_run(run_dir, reference.run_dir)
     assert (run_dir / "args.txt").read_text().count("# resumed") == 2
 
@@ -375,7 +379,7 @@ def test_a_resumed_run_may_stop_its_decay_and_hold_a_rate(tmp_path, capsys):
     capsys.readouterr()
     main(resume=str(run_dir), epochs=4, learning_rate=2e-4, lr_decay=1.0)
     # the header says the rate the resume takes at once
-    assert "resumed at: epoch 2; learning rate now 0.0002" in capsys.readouterr().out
+    assert "resumed at: after epoch 2; learning rate now 0.0002" in capsys.readouterr().out
     ckpt = load_checkpoint(run_dir / "sample_model.pkl")
     assert [row.get("learning_rate") for row in ckpt["log"]] == [None, 1e-3, 5e-4, 2e-4, 2e-4]
     assert ckpt["run"]["lr_decay"] == 1.0 and ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-4

@@ -277,8 +277,17 @@ def _resume(plan: Plan, loop: MainLoop) -> str:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], plan.device)
     # the rate of the next step: a resume may change --lr and --lr-decay, which act at once
     (schedule,) = [e for e in loop.extensions if isinstance(e, LearningRateSchedule)]
-    return (f"epoch {ckpt['epoch']}" + (f", batch {ckpt['batch']}" if ckpt["batch"] else "")
-            + f"; learning rate now {schedule.rate(loop.status['iteration']):.3g}")
+    return (f"{position(ckpt['epoch'], ckpt['batch'])}; learning rate now "
+            f"{schedule.rate(loop.status['iteration']):.3g}")
+
+
+def position(epochs_done: int, batch: int, batches: int | None = None) -> str:
+    """Where a run stands, as its progress bar counts: epoch E is the one in progress, batch B
+    of its `batches`; the Ctrl-C message and a resumed run's header say it alike."""
+    if not batch:
+        return f"after epoch {epochs_done}"
+    return f"in epoch {epochs_done + 1} after batch {batch}" + (f" of {batches}" if batches
+                                                                 else "")
 
 
 def _header(plan: Plan, parts: Parts, longname: str, resumed_at: str | None) -> str:
@@ -334,10 +343,7 @@ def _train(plan: Plan) -> None:
     if loop.status["interrupted"]:
         launcher = "torchrun --nproc_per_node=K" if plan.dist.enabled else "python"
         status = loop.status
-        # the progress bar's numbers: epoch E is the one in progress, batch B of its total
-        where = (f"in epoch {status['epoch'] + 1} after batch {status['batch']} of "
-                 f"{plan.batches_per_epoch}" if status["batch"] else
-                 f"after epoch {status['epoch']}")
+        where = position(status["epoch"], status["batch"], plan.batches_per_epoch)
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
         raise Interrupted(f"stopped by Ctrl-C {where}; saved. Continue with: {launcher} "
                           f"{plan.job.script} --resume {plan.run_path}")
