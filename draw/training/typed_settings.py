@@ -159,18 +159,16 @@ class Settings:
             raise DrawError(f"--resume: {where} has settings this version does not know: "
                             f"{unknown}")
         # SESSION settings an older version stored (compile, say) are this session's to choose
-        stored = {k: v for k, v in stored.items() if fields[k].metadata["on_resume"] != SESSION}
-        stored = {**{name: f.metadata["absent"] for name, f in fields.items()
-                     if f.metadata["on_resume"] != SESSION}, **stored}
+        stored = {name: stored.get(name, f.metadata["absent"]) for name, f in fields.items()
+                  if f.metadata["on_resume"] != SESSION}
         for name, value in given.items():
             rule = fields[name].metadata["on_resume"]
             if rule == FRESH:
                 raise DrawError(f"--resume and {cls.flag(name)} cannot be combined: a resumed "
                                 f"run continues from its own state")
-            before = stored.get(name, fields[name].metadata["absent"])
-            if rule == KEEP and value != before:
+            if rule == KEEP and value != stored[name]:
                 raise DrawError(f"--resume keeps the run's settings: {cls.flag(name)} is "
-                                f"{before!r} there, not {value!r} (leave the flag out)")
+                                f"{stored[name]!r} there, not {value!r} (leave the flag out)")
         return cls(**{**stored, **given})
 
     # --- the command line ------------------------------------------------------------------
