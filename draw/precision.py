@@ -12,10 +12,11 @@ entered), so a run's bounds are its float32 parameters', comparable across preci
 
 Apart from that, `--matmul-precision` is PyTorch's `torch.set_float32_matmul_precision` for the
 training step's float32 products (forward and backward): "highest" computes them in float32.
-On a CPU with AMX or AVX512-BF16, "medium" lets oneDNN round their inputs to bfloat16 inside
-the product kernel ("bf32"), with float32 sums and everything else float32, so no cast runs
-between operations as under autocast. On CUDA, "high" and "medium" both allow TF32; on most
-CPUs "high" is float32.
+On a CPU with AMX, "medium" lets oneDNN round their inputs to bfloat16 inside the product
+kernel ("bf32"), with float32 sums and everything else float32, so no cast runs between
+operations as under autocast. Not every CPU that computes bfloat16 does it: an AMD EPYC with
+AVX512-BF16 and no AMX keeps float32 products at "medium" (`medium_rounds` asks the CPU). On
+CUDA, "high" and "medium" both allow TF32; on most CPUs "high" is float32.
 """
 import contextlib
 from collections.abc import Iterator
@@ -69,14 +70,23 @@ def matmul_choice(name: str, device: torch.device) -> str:
     """`--matmul-precision` in words for a run's header."""
     if name == "highest":
         return "highest (float32 products)"
-    hardware = bf16_hardware(device)
     if name == "medium" and device.type == "cpu":
-        return (f"medium: the training step's float32 products take bfloat16 inputs on "
-                f"{hardware}, float32 sums; evaluation float32" if hardware else
-                "medium, but this CPU has no native bfloat16: float32 products")
+        return ("medium: the training step's float32 products take bfloat16 inputs, float32 "
+                "sums; evaluation float32" if medium_rounds() else
+                "medium, but this CPU's float32 products stay float32 at it")
     if device.type == "cuda":
         return f"{name}: TF32 products in the training step where the GPU has them"
     return f"{name} (torch.set_float32_matmul_precision) in the training step"
+
+
+def medium_rounds() -> bool:
+    """Whether float32 products on the CPU take bfloat16 inputs at "medium": asked of the CPU
+    by a product whose inputs bfloat16 cannot hold (1 + 2^-10, exact in float32, is 1 in
+    bfloat16), 64 x 64 x 64, large enough for oneDNN's kernels."""
+    a = torch.full((64, 64), 1 + 2 ** -10)
+    with _matmul_at("medium"):
+        product = a @ torch.eye(64)
+    return not torch.equal(product, a)
 
 
 def bf16_hardware(device: torch.device) -> str | None:

@@ -16,7 +16,8 @@ from draw.errors import DrawError
 from draw.fast_path import compile_glimpses
 from draw.likelihood import bound_statistics
 from draw.model import DrawConfig, DrawModel
-from draw.precision import PRECISIONS, autocast, bf16_hardware, precision_choice
+from draw.precision import (PRECISIONS, autocast, bf16_hardware, medium_rounds,
+                            precision_choice)
 from draw.training.classify import ClassifyTask
 from draw.training.draw_job import main
 from draw.training.main_loop import MainLoop, adam
@@ -221,9 +222,19 @@ def test_the_quality_bench_trains_each_precision_from_the_same_seed(capsys, benc
     assert "attention bf16-mixed: valid bound" in capsys.readouterr().out
 
 
+def test_the_probe_of_medium_leaves_the_setting_and_needs_bfloat16_hardware():
+    """medium_rounds asks the CPU with products at "medium" and restores the global setting;
+    a CPU without native bfloat16 cannot round at it."""
+    before = torch.get_float32_matmul_precision()
+    rounds = medium_rounds()
+    assert torch.get_float32_matmul_precision() == before
+    if bf16_hardware(CPU) is None:
+        assert rounds is False
+
+
 def test_medium_matmul_precision_rounds_the_training_step_only(monkeypatch):
     """--matmul-precision medium: the training step's float32 products take bfloat16 inputs
-    where the CPU computes bfloat16 natively (a loss within bfloat16's rounding of float32's,
+    where the CPU rounds them at "medium" (a loss within bfloat16's rounding of float32's,
     not equal to it), and the global setting is as before after the step, so evaluation
     stays float32; a name torch does not know is a ValueError before any step."""
     x, u = batch()
@@ -238,7 +249,7 @@ def test_medium_matmul_precision_rounds_the_training_step_only(monkeypatch):
         losses[name] = loop.last_batch["loss"]
         assert torch.get_float32_matmul_precision() == before
     torch.testing.assert_close(losses["medium"], losses["highest"], rtol=2e-2, atol=0)
-    if bf16_hardware(CPU) is not None:
+    if medium_rounds():
         assert losses["medium"] != losses["highest"]
     with pytest.raises(ValueError, match="matmul_precision must be one of highest, high, "
                                          "medium, got 'low'"):
