@@ -1,8 +1,9 @@
-"""Where a learning curve is going: fit a run's bound at one held rate and say when the fit
-reaches a target (issue 21, item 5: "the curve and the projection that say so").
+"""Where a learning curve is going: two fits of a run's bound, and when each reaches a target.
 
-    python bench/projection.py doc/curves/t64-hold-1.3e-4.csv --target 80.97 --anneal 0.65 \
-        --epoch-minutes 5.7 --out doc/projection.png
+For issue 21, item 5: "the curve and the projection that say so".
+
+    python bench/projection.py doc/curves/t64-hold-1.3e-4.csv --age 32 --target 80.97 \
+        --anneal 0.65 --epoch-minutes 5.7 --out doc/projection-attention.png
     python bench/projection.py RUNS/noattn2-20261206-031725 --column valid --from 14
 
 CURVE is a run directory, its `<name>_log.pkl` or `<name>_log.csv`, or a CSV file with the
@@ -10,17 +11,19 @@ log's columns (`epoch`, `train_nll_bound`, ...; lines starting with # are commen
 the curves of doc/curves/ transcribed from runs whose directories are lost. Only the rows from
 --from on are fitted: a run held at one rate, after the transient of its last change of rate.
 
-Two shapes, fitted by least squares (bounds in nats, t the epoch plus --age):
+Two shapes, fitted by least squares (bounds in nats, t the epoch plus --age, t0 the first
+point's t):
 
-    log-linear   y = a + b ln t          the same gain each time the epochs grow e-fold; no
-                                         floor, so the optimistic one
-    saturating   y = a + b exp(-t / k)   a floor at a, which it never crosses
+    log-linear   y = a + b ln t                 the same gain each time the epochs grow e-fold;
+                                                no floor, so the optimistic one
+    saturating   y = a + c exp(-(t - t0) / k)   a floor at a, which it never crosses
 
 A held rate leaves the bound above where an anneal at the end takes it (doc/recipes.md: 0.65
 nat for the attention model held at 1.3e-4), so with --anneal G the curve must reach
 target + G. Whether both shapes fit the points alike is in their rms residuals: when they do,
 the points cannot choose between them, and the truth is taken to lie between the two answers.
 """
+import argparse
 import csv
 import math
 from dataclasses import dataclass
@@ -52,8 +55,12 @@ def read_curve(path: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
         except CheckpointError as e:
             raise DrawError(str(e)) from e
     else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        except UnicodeDecodeError:
+            raise DrawError(f"{path}: not a text file (expected a CSV of the log's columns)"
+                            ) from None
     rows = [r for r in rows if r.get(key) not in ("", None)]     # the log's row 0 has none
     if not rows or "epoch" not in rows[0]:
         raise DrawError(f"{path}: no columns 'epoch' and '{key}'")
@@ -61,58 +68,72 @@ def read_curve(path: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
         points = [(float(r["epoch"]), float(r[key])) for r in rows]
     except ValueError as e:
         raise DrawError(f"{path}: {e}") from e
-    epochs, bounds = np.array(points).reshape(-1, 2).T
+    epochs, bounds = np.array(sorted(points)).reshape(-1, 2).T
+    if not np.isfinite(epochs).all() or not np.isfinite(bounds).all():
+        raise DrawError(f"{path}: an epoch or a {key} that is not a finite number")
+    if len(np.unique(epochs)) < len(epochs):
+        raise DrawError(f"{path}: an epoch appears twice")
     return epochs, bounds
 
 
 @dataclass(frozen=True)
 class Fit:
-    """One shape fitted to the points: its name, formula, parameters and rms residual."""
+    """One shape fitted to the points: its name, parameters ((a, b) log-linear, (a, c, k, t0)
+    saturating) and rms residual."""
     name: str
     params: tuple[float, ...]
-    rms: float
+    rms: float = 0.0
 
     def __call__(self, t):
-        a, b, *k = self.params
         t = np.asarray(t, dtype=float)
-        return a + b * (np.log(t) if self.name == "log-linear" else np.exp(-t / k[0]))
+        if self.name == "log-linear":
+            a, b = self.params
+            return a + b * np.log(t)
+        a, c, k, t0 = self.params
+        return a + c * np.exp(-(t - t0) / k)
 
     def formula(self) -> str:
-        a, b, *k = self.params
         if self.name == "log-linear":
+            a, b = self.params
             return f"y = {a:.2f} {b:+.3f} ln t"
-        return f"y = {a:.2f} {b:+.2f} exp(-t / {k[0]:.1f})"
+        a, c, k, t0 = self.params
+        return f"y = {a:.2f} {c:+.2f} exp(-(t - {t0:g}) / {k:.1f})"
 
     def reaches(self, level: float) -> float:
-        """The epoch t at which the fit falls to `level`, inf if it never does (a floor above
-        it, or a curve that rises)."""
-        a, b, *k = self.params
+        """The epoch t at which the fit falls to `level`; inf if it never does (a floor at or
+        above it, a curve that rises) or only past e^700 epochs."""
         if self.name == "log-linear":
-            return math.exp((level - a) / b) if b < 0 else math.inf
-        if b <= 0 or level <= a:
+            a, b = self.params
+            exponent = (level - a) / b if b < 0 else math.inf
+            return math.exp(exponent) if exponent < 700 else math.inf
+        a, c, k, t0 = self.params                      # k > 0: fit_saturating bounds it
+        if c <= 0 or level <= a:
             return math.inf
-        return -k[0] * math.log((level - a) / b)
+        return t0 - k * math.log((level - a) / c)
+
+
+def _with_rms(fit: Fit, t: np.ndarray, y: np.ndarray) -> Fit:
+    return Fit(fit.name, fit.params, float(np.sqrt(np.mean((y - fit(t)) ** 2))))
 
 
 def fit_log_linear(t: np.ndarray, y: np.ndarray) -> Fit:
     b, a = np.polyfit(np.log(t), y, 1)
-    fit = Fit("log-linear", (float(a), float(b)), 0.0)
-    return Fit(fit.name, fit.params, float(np.sqrt(np.mean((y - fit(t)) ** 2))))
+    return _with_rms(Fit("log-linear", (float(a), float(b))), t, y)
 
 
 def fit_saturating(t: np.ndarray, y: np.ndarray) -> Fit:
-    """a + b exp(-t/k), least squares started from a floor a nat below the lowest point and
-    a time constant of the points' span, through the first point."""
-    span = float(t[-1] - t[0]) or 1.0
+    """a + c exp(-(t - t0)/k) with k > 0, least squares started from a floor a nat below the
+    lowest point, through the first point, with the points' span as the time constant."""
+    t0, span = float(t[0]), float(t[-1] - t[0])
     floor = float(y.min()) - 1.0
-    start = (floor, (float(y[0]) - floor) * math.exp(t[0] / span), span)
     try:
-        params, _ = curve_fit(lambda t, a, b, k: a + b * np.exp(-t / k), t, y, p0=start,
-                              maxfev=20000)
+        (a, c, k), _ = curve_fit(lambda t, a, c, k: a + c * np.exp(-(t - t0) / k), t, y,
+                                 p0=(floor, float(y[0]) - floor, span),
+                                 bounds=([-np.inf, -np.inf, 1e-6 * span], np.inf),
+                                 max_nfev=20000)
     except RuntimeError as e:            # least squares did not converge
         raise DrawError(f"the saturating fit failed: {e}") from e
-    fit = Fit("saturating", tuple(float(p) for p in params), 0.0)
-    return Fit(fit.name, fit.params, float(np.sqrt(np.mean((y - fit(t)) ** 2))))
+    return _with_rms(Fit("saturating", (float(a), float(c), float(k), t0)), t, y)
 
 
 def project(epochs: np.ndarray, bounds: np.ndarray, first: float, age: float
@@ -127,25 +148,32 @@ def project(epochs: np.ndarray, bounds: np.ndarray, first: float, age: float
     return t, y, [fit_log_linear(t, y), fit_saturating(t, y)]
 
 
+def _epochs(t: float) -> str:
+    return f"{t:.0f}" if t < 1e7 else f"{t:.1e}"
+
+
 def main(curve: str, column: str, first: float, age: float, target: float | None,
          anneal: float, epoch_minutes: float | None, out: str | None) -> None:
+    if out is not None and Path(out).suffix.lower() != ".png":
+        raise DrawError(f"--out {out}: the picture is a PNG file (name it *.png)")
     epochs, bounds = read_curve(Path(curve), column)
     t, y, fits = project(epochs, bounds, first, age)
     print(f"{curve}: {column} bound, {len(t)} points, t = epoch + {age:g} from {t[0]:g} to "
           f"{t[-1]:g}; last {y[-1]:.2f}")
     level = None if target is None else target + anneal
     for fit in fits:
-        line = f"  {fit.name:<11} {fit.formula():<34} rms {fit.rms:.3f}"
+        line = f"  {fit.name:<11} {fit.formula():<40} rms {fit.rms:.3f}"
         if level is not None:
             when = fit.reaches(level)
             if math.isinf(when):
                 line += f": never reaches {level:.2f}"
             elif when <= t[-1]:
-                line += f": at {level:.2f} by t = {when:.0f}, within the points"
+                line += f": at {level:.2f} by t = {_epochs(when)}, within the points"
             else:
-                line += f": reaches {level:.2f} at t = {when:.0f}, {when - t[-1]:.0f} epochs on"
+                line += (f": reaches {level:.2f} at t = {_epochs(when)}, "
+                         f"{_epochs(when - t[-1])} epochs on")
                 if epoch_minutes:
-                    line += f" ({(when - t[-1]) * epoch_minutes / 60:.0f} h)"
+                    line += f" ({_epochs((when - t[-1]) * epoch_minutes / 60)} h)"
         print(line)
     if out:
         plot(t, y, fits, column, level, anneal, out)
@@ -153,9 +181,11 @@ def main(curve: str, column: str, first: float, age: float, target: float | None
 
 def plot(t, y, fits: list[Fit], column: str, level: float | None, anneal: float,
          out: str) -> None:
+    """The points and both fits on a log time axis, drawn on to where a fit reaches `level`
+    (at most 100 times the last point's t)."""
     ahead = [f.reaches(level) for f in fits] if level is not None else []
-    end = max([t[-1] * 3] + [w * 1.1 for w in ahead if math.isfinite(w)])
-    grid = np.linspace(t[0], end, 400)
+    end = min(t[-1] * 100, max([t[-1] * 3] + [w * 1.1 for w in ahead if math.isfinite(w)]))
+    grid = np.geomspace(t[0], end, 400)
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ax.plot(t, y, "o", markersize=3, label=f"{column} bound")
@@ -172,19 +202,35 @@ def plot(t, y, fits: list[Fit], column: str, level: float | None, anneal: float,
     print(f"wrote {out}")
 
 
+def finite(text: str) -> float:
+    """An argparse type: a finite number."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
 if __name__ == "__main__":
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("curve", help="run directory, log (.pkl, .csv) or CSV of its columns")
     parser.add_argument("--column", choices=COLUMNS, default="train",
                         help="which bound to fit (default: train, the epoch's mean)")
-    parser.add_argument("--from", dest="first", type=float, default=-math.inf,
+    parser.add_argument("--from", dest="first", type=finite, default=-math.inf,
                         help="fit the rows from this epoch on (default: all)")
-    parser.add_argument("--age", type=float, default=0.0,
+    parser.add_argument("--age", type=finite, default=0.0,
                         help="epochs the model trained before the curve's epoch 0 (default 0)")
-    parser.add_argument("--target", type=float, default=None, help="the bound to reach")
-    parser.add_argument("--anneal", type=float, default=0.0,
+    parser.add_argument("--target", type=finite, default=None, help="the bound to reach")
+    parser.add_argument("--anneal", type=finite, default=0.0,
                         help="what an anneal at the end takes off the held curve (default 0)")
-    parser.add_argument("--epoch-minutes", type=float, default=None,
+    parser.add_argument("--epoch-minutes", type=positive, default=None,
                         help="minutes an epoch takes, to turn epochs into hours")
     parser.add_argument("--out", default=None, help="draw the points and fits to this PNG")
     run(main, parser.parse_args())

@@ -17,7 +17,10 @@ def atomic_path(path: str | os.PathLike):
             torch.save(state, tmp)
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:        # a missing or read-only folder: name the file asked for
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from None
     os.close(fd)
     # mkstemp makes the file private (0600); give it open()'s permissions, as the umask intends
     umask = os.umask(0)

@@ -12,6 +12,7 @@ with `torch.load(weights_only=True)`: reading a file cannot run code. Anything e
 program's pickle, a truncated download, a later version) is a one-line CheckpointError.
 """
 import csv
+import errno
 import io
 import os
 import pickle
@@ -61,7 +62,10 @@ def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+        if e.errno != errno.EINVAL:      # torch's zip reader says EINVAL for a truncated file
+            raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+        raise CheckpointError(f"{path} is not a readable {fmt} file (damaged, or another "
+                              f"program's file)") from e
     except pickle.UnpicklingError as e:
         # torch's message, not passed on, advises weights_only=False: the one thing not to do.
         # "Unsupported global: GLOBAL m.f" (or "unsupported GLOBAL ... is blocked"): a pickled
@@ -73,9 +77,11 @@ def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
         raise CheckpointError(f"{path} is not a readable {fmt} file (damaged, or another "
                               f"program's pickle)") from None
     # foreign or damaged bytes raise a zoo of types (UnpicklingError, RuntimeError from the zip
-    # reader, EOFError, ValueError, ...): all of them mean the same thing to the user
+    # reader, EOFError, a bare KeyError such as "101" for a text file, ...): all of them mean
+    # the same thing to the user, and their texts say nothing to them
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable {fmt} file ({_first_line(e)})") from e
+        raise CheckpointError(f"{path} is not a readable {fmt} file (damaged, or another "
+                              f"program's file)") from e
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is not a {fmt} file (found {found!r})")

@@ -33,3 +33,11 @@ def test_permissions_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_unwritable_place_is_an_error_naming_the_file_asked_for(tmp_path):
+    target = tmp_path / "missing" / "x.html"
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_write_bytes(target, b"new")
+    assert info.value.filename == str(target)
+    assert str(target) in str(info.value) and ".tmp" not in str(info.value)

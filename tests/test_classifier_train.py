@@ -247,3 +247,8 @@ def test_evaluate_checks_a_classifier_file_as_a_draw_one(tmp_path):
         export_model(tmp_path / "enc_dim_model.pkl", tmp_path / "exported_model.pkl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc_dim_model.pkl",
                                                            "n_iter_model.pkl"]
+    # DRAW's flags are refused, not ignored: the error is always the whole test split's
+    good = tmp_path / "good_model.pkl"
+    torch.save(ckpt, good)
+    with pytest.raises(DrawError, match="^--dataset, --subset: not for a classifier's model"):
+        evaluate(str(good), dataset="sample", subset=20, device="cpu")

@@ -99,6 +99,8 @@ def test_missing_files(small_bmnist, tmp_path, capsys):
     assert_untouched(root)
     with pytest.raises(DatasetError, match="no such directory"):
         convert("bmnist", tmp_path / "nowhere", root)
+    with pytest.raises(DatasetError, match="a file: --from takes the folder that holds the files"):
+        convert("bmnist", source / "binarized_mnist_train.amat.gz", root)
 
 
 def test_wrong_checksum(small_bmnist, tmp_path, capsys):
@@ -216,8 +218,9 @@ def test_corrupt_and_foreign_converted_files(small_bmnist, tmp_path):
     ]
     for content, message in cases:
         path.write_bytes(content)
-        with pytest.raises(DatasetError, match=f"{path}: {message}; {fix}"):
+        with pytest.raises(DatasetError, match=f"{path}: {message}; {fix}") as info:
             get_data("bmnist", tmp_path)
+        assert "allow_pickle" not in str(info.value)      # numpy's advice is not passed on
     np.save(path.with_suffix(".npy"), np.zeros(3))
     path.write_bytes(path.with_suffix(".npy").read_bytes())       # one .npy array, not an archive
     with pytest.raises(DatasetError, match="unreadable"):

@@ -124,3 +124,21 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path):
         assert result.stderr.startswith("error: ") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out_model.pkl").exists()
+
+
+def test_an_export_replaces_an_exported_file_and_nothing_else(run_dir, tmp_path):
+    shipped = tmp_path / "shipped_model.pkl"
+    export_model(run_dir, shipped)
+    export_model(run_dir, shipped)                 # a shipped model replaced by its successor
+    assert load_checkpoint(shipped)["optimizer"] is None
+    log = run_dir / "tiny_log.pkl"
+    other_run = tmp_path / "other_model.pkl"
+    other_run.write_bytes((run_dir / "tiny_model.pkl").read_bytes())
+    for kept, message in ((log, "exists and is not a model file"),
+                          (tmp_path, "exists and is not a model file"),
+                          (other_run, "is a run's model file")):
+        before = kept.read_bytes() if kept.is_file() else None
+        with pytest.raises(DrawError, match=message):
+            export_model(run_dir, kept)
+        if before is not None:
+            assert kept.read_bytes() == before

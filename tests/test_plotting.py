@@ -6,9 +6,12 @@ from PIL import Image
 
 import draw.outputs.plotting
 from draw.model import DrawConfig, DrawModel
+from draw.errors import DrawError
+from draw.outputs.attention_demo import main as attention_main
 from draw.outputs.plotting import (BOX_COLOR, MAX_PIXELS, MAX_SIDE, SEPARATOR, PictureSizeError,
-                                   check_picture_size, draw_box, grid_size, grid_shape, image_grid,
-                                   sampling_frames, save_gif, save_png, window_box)
+                                   check_output_dir, check_picture_size, draw_box, grid_size,
+                                   grid_shape, image_grid, sampling_frames, save_gif, save_png,
+                                   window_box)
 
 SEP = round(SEPARATOR * 255)
 
@@ -263,3 +266,16 @@ def test_save_gif_shows_progress_when_slow(tmp_path, monkeypatch, capsys, termin
     assert "writing slow.gif" in capsys.readouterr().err
     with Image.open(tmp_path / "slow.gif") as gif:
         assert gif.n_frames == 4                              # every frame went through the bar
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    check_output_dir(tmp_path)
+    check_output_dir(tmp_path / "new" / "deeper")       # folders still to be made
+    for bad in (taken, taken / "sub"):
+        with pytest.raises(DrawError, match=f"{taken} is a file, not a folder"):
+            check_output_dir(bad)
+    with pytest.raises(DrawError, match="is a file, not a folder"):
+        attention_main(output_dir=str(taken))
+    assert taken.read_text() == "x"

@@ -31,14 +31,36 @@ def test_a_rising_log_linear_curve_never_reaches_a_lower_level(projection):
 
 def test_saturating_fit_recovers_floor_scale_and_time_constant(projection):
     t = np.arange(67.0, 128.0)
-    y = 83.66 + 6.02 * np.exp(-t / 72.7)
+    y = 83.66 + 2.37 * np.exp(-(t - 67) / 72.7)
     fit = projection.fit_saturating(t, y)
-    assert fit.params == pytest.approx((83.66, 6.02, 72.7), rel=1e-4)
+    assert fit.params == pytest.approx((83.66, 2.37, 72.7, 67), rel=1e-4)
     assert fit.rms < 1e-6
     assert fit.reaches(81.62) == math.inf              # below the floor
     assert fit.reaches(83.66) == math.inf              # the floor itself is never reached
-    when = fit.reaches(84.0)                           # 83.66 + 6.02 exp(-t/72.7) = 84
-    assert when == pytest.approx(-72.7 * math.log(0.34 / 6.02), rel=1e-4)
+    when = fit.reaches(84.0)                           # 83.66 + 2.37 exp(-(t-67)/72.7) = 84
+    assert when == pytest.approx(67 - 72.7 * math.log(0.34 / 2.37), rel=1e-4)
+
+
+def test_a_late_curve_fits_without_overflow(projection):
+    """t0 = 5,000 epochs and a time constant of 20: exp(t0 / k) alone would overflow."""
+    t = np.arange(5000.0, 5040.0)
+    fit = projection.fit_saturating(t, 90 + 3 * np.exp(-(t - 5000) / 20))
+    assert fit.params == pytest.approx((90, 3, 20, 5000), rel=1e-4)
+
+
+def test_the_saturating_time_constant_stays_positive(projection):
+    """An accelerating fall fits best with k < 0; the fit keeps k > 0, so `reaches` never reads
+    a rising exponential as a floor."""
+    t = np.arange(1.0, 30.0)
+    fit = projection.fit_saturating(t, 90 - 0.01 * np.exp(t / 10))
+    assert fit.params[2] > 0
+
+
+def test_a_nearly_flat_log_linear_curve_never_reaches_a_far_level(projection):
+    t = np.arange(10.0, 60.0)
+    fit = projection.fit_log_linear(t, 85 - 0.001 * np.log(t))
+    assert fit.reaches(80) == math.inf                 # e^5000 epochs: no number
+    assert fit.reaches(84.99) == pytest.approx(math.exp(0.01 / 0.001), rel=1e-6)
 
 
 def test_noisy_points_of_either_shape_fit_alike_and_the_answers_differ(projection):
@@ -68,9 +90,9 @@ def test_curves_read_from_a_run_log_its_csv_and_a_commented_csv(projection, tmp_
         assert train.tolist() == [89, 88, 87, 86, 85]
         assert projection.read_curve(source, "valid")[1].tolist() == [90, 90, 89, 88, 87, 86]
     commented = tmp_path / "curve.csv"
-    commented.write_text("# transcribed\n# from a table\nepoch,train_nll_bound\n35,86.08\n36,86.03\n")
+    commented.write_text("# transcribed\n# from a table\nepoch,train_nll_bound\n36,86.03\n35,86.08\n")
     epochs, train = projection.read_curve(commented, "train")
-    assert epochs.tolist() == [35, 36] and train.tolist() == [86.08, 86.03]
+    assert epochs.tolist() == [35, 36] and train.tolist() == [86.08, 86.03]     # in epoch order
 
 
 def test_bad_curves_are_one_line_errors(projection, tmp_path):
@@ -80,6 +102,18 @@ def test_bad_curves_are_one_line_errors(projection, tmp_path):
     (tmp_path / "b.csv").write_text("epoch,train_nll_bound\n1,nan?\n")
     with pytest.raises(DrawError, match="b.csv"):
         projection.read_curve(tmp_path / "b.csv", "train")
+    (tmp_path / "c.csv").write_text("epoch,train_nll_bound\n1,85\n2,nan\n")
+    with pytest.raises(DrawError, match="not a finite number"):
+        projection.read_curve(tmp_path / "c.csv", "train")
+    (tmp_path / "d.csv").write_text("epoch,train_nll_bound\n1,85\n2,84\n1,84.5\n")
+    with pytest.raises(DrawError, match="an epoch appears twice"):
+        projection.read_curve(tmp_path / "d.csv", "train")
+    (tmp_path / "e.csv").write_bytes(bytes(range(256)))
+    with pytest.raises(DrawError, match="not a text file"):
+        projection.read_curve(tmp_path / "e.csv", "train")
+    with pytest.raises(DrawError, match="PNG"):
+        projection.main(str(tmp_path / "d.csv"), "train", first=0, age=0, target=None,
+                        anneal=0, epoch_minutes=None, out=str(tmp_path / "p.txt"))
     with pytest.raises(DrawError, match="expected one \\*_log.pkl"):
         projection.read_curve(tmp_path, "train")
     with pytest.raises(DrawError, match="a fit needs at least 4"):

@@ -99,7 +99,11 @@ def load_converted(path: Path, spec: DatasetSpec) -> Data:
             raise ValueError("a single array, not an archive")
         with archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except ValueError as e:
+        # numpy's text for random bytes advises allow_pickle=True, the one thing not to do
+        raise DatasetError(f"{path}: unreadable (damaged, or another program's file); "
+                           f"{fix}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e}); {fix}") from None
     if arrays.get("format", np.array("")).item() != FORMAT:
         raise DatasetError(f"{path}: not a converted dataset of this project; {fix}")

@@ -200,7 +200,9 @@ def convert(name: str, source: str | os.PathLike | None = None,
     found = {f.name: locate(f, source) for f in spec.files}
     missing = [_accepted(f) for f in spec.files if found[f.name] is None]
     if missing:
-        where = source if source.is_dir() else f"{source} (no such directory)"
+        where = (source if source.is_dir() else
+                 f"{source} (a file: --from takes the folder that holds the files)"
+                 if source.exists() else f"{source} (no such directory)")
         raise DatasetError(f"{name}: {', '.join(missing)}: not found in {where}")
     originals = {}
     for f in spec.files:

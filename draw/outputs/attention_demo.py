@@ -23,8 +23,8 @@ from draw.attention import ZoomableAttentionWindow
 from draw.errors import DrawError
 from draw.memory import check_memory
 from draw.outputs.display import pyplot_or_warn
-from draw.outputs.plotting import (MAX_PIXELS, check_picture_size, draw_box, image_grid, save_png,
-                                   window_box)
+from draw.outputs.plotting import (MAX_PIXELS, check_output_dir, check_picture_size, draw_box,
+                                   image_grid, save_png, window_box)
 
 # bytes per channel and pixel of the input while the demonstration runs: the float32 image, its
 # float64 copy for the filterbanks, the written float64 image and its normalised copy, the
@@ -149,6 +149,7 @@ def main(image: str | None = None, N: int = 16, center: tuple[float, float] | No
          read_scale: int = 8, show: bool = False) -> list[Path]:
     """attention.py: read and write one window on a picture; original.png, read.png and
     write.png in `output_dir`, and on screen with `show`. Returns the files written."""
+    check_output_dir(output_dir)
     glimpse = read_and_write(load_image(image), N, center, delta, sigma)
     paths = save_glimpse(glimpse, output_dir, read_scale)
     center_y, center_x, delta, sigma = glimpse.window

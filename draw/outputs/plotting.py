@@ -100,6 +100,16 @@ def image_grid(images, rows: int, cols: int) -> Image.Image:
     return Image.fromarray(grid.transpose(1, 2, 0), mode="RGB")
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """Refuse, before any work, an --output-dir that names something other than a folder (or a
+    folder still to be made); `save_png` and `save_gif` would fail only after it."""
+    for folder in (Path(output_dir), *Path(output_dir).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise DrawError(f"--output-dir {output_dir}: {folder} is a file, not a folder")
+            return
+
+
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     """Write `image` as a PNG file, atomically; missing parent directories are created."""
     path = Path(path)

@@ -18,9 +18,9 @@ from draw.checkpoint import build_model, file_config, load_checkpoint, resolve_d
 from draw.errors import DrawError
 from draw.memory import check_inference
 from draw.model import DrawConfig, DrawModel
-from draw.outputs.plotting import (BAR_DELAY, check_gif_duration, check_picture_size, grid_shape,
-                                   grid_size, image_grid, sampling_frames, save_gif, save_png,
-                                   sequence_strip)
+from draw.outputs.plotting import (BAR_DELAY, check_gif_duration, check_output_dir,
+                                   check_picture_size, grid_shape, grid_size, image_grid,
+                                   sampling_frames, save_gif, save_png, sequence_strip)
 
 # samples drawn at once: large enough for efficient matrix products, small enough that the
 # progress bar moves every few seconds even for big models on a CPU
@@ -190,6 +190,7 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
          device: str = "auto") -> list[Path]:
     """sample.py: sample a model file into `output_dir`; every request is checked against the
     file's config before the model is built. Returns the files written."""
+    check_output_dir(output_dir)
     dev = resolve_device(device)
     ckpt = load_checkpoint(model_file)
     cfg = file_config(ckpt, model_file)

@@ -172,6 +172,13 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
     ckpt = load_checkpoint(model_file)
     cfg = file_config(ckpt, model_file, classifier=True)
     if isinstance(cfg, ClassifierConfig):
+        given = [flag for flag, value, default in (
+            ("--dataset", dataset, None), ("--split", split, "test"),
+            ("--samples", samples, DEFAULT_SAMPLES), ("--bs", batch_size, 100),
+            ("--subset", subset, None), ("--seed", seed, 0)) if value != default]
+        if given:
+            raise DrawError(f"{', '.join(given)}: not for a classifier's model file, whose error "
+                            f"is on the whole test split of its own dataset")
         return classifier_main(model_file, ckpt, cfg, data_dir, dev)
     # the model alone first, before it is built; the passes once the data say how many images
     check_inference(cfg, 1, f"the model of {model_file}", dev)

@@ -9,8 +9,8 @@ empty). Every reader of model files reads it; `--resume` refuses it in one line.
 import os
 from pathlib import Path
 
-from draw.checkpoint import (build_classifier, build_model, describe_history, file_config,
-                             load_checkpoint, save_model_dict)
+from draw.checkpoint import (CheckpointError, build_classifier, build_model, describe_history,
+                             file_config, load_checkpoint, save_model_dict)
 from draw.classifier import ClassifierConfig
 from draw.errors import DrawError
 from draw.memory import check_inference
@@ -32,6 +32,7 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
     if destination.exists() and destination.resolve() == path.resolve():
         raise DrawError(f"{destination} is the model file being exported: writing over it would "
                         f"lose its training state; name another file")
+    _check_replaceable(destination)
     # built once, so that parameters that do not fit the config are refused here, not by
     # whoever downloads the export; the config's sizes are checked first
     ckpt = load_checkpoint(path)
@@ -42,6 +43,22 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> d
     exported.update(optimizer=None, rng=None)
     save_model_dict(destination, exported)
     return exported
+
+
+def _check_replaceable(destination: Path) -> None:
+    """An existing `destination` may be replaced only where it is an exported model file, as a
+    shipped model is by its successor: not a log, another program's file, or a run's model file,
+    whose training state would be lost. DrawError otherwise."""
+    if not destination.exists():
+        return
+    try:
+        old = load_checkpoint(destination)
+    except CheckpointError:
+        raise DrawError(f"{destination} exists and is not a model file: not replaced (remove it "
+                        f"or name another file)") from None
+    if old.get("optimizer") is not None:
+        raise DrawError(f"{destination} is a run's model file: writing over it would lose its "
+                        f"training state; name another file")
 
 
 def main(source: str, destination: str) -> None:
