@@ -200,3 +200,32 @@ def test_two_digit_mnist_is_a_stored_generation_dataset(root, monkeypatch):
             assert np.array_equal(images[i].ravel(), compose(digits, recipe, [i])[0])
     x = next(iter(torch.utils.data.DataLoader(data.train, batch_size=8)))
     assert x.shape == (8, 3600)
+
+
+def test_binarized_pixels_are_drawn_with_their_grey_level_as_probability():
+    grey = np.tile(np.array([0, 255, 64, 128, 191], dtype=np.uint8), (40_000, 1))
+    drawn = scenes.binarized(grey, np.random.default_rng(5), chunk=7000)
+    assert drawn.dtype == np.uint8 and set(np.unique(drawn)) == {0, 255}
+    assert (drawn[:, 0] == 0).all() and (drawn[:, 1] == 255).all()
+    # 40,000 draws each: the shares within 0.01 (about four standard errors) of grey / 255
+    np.testing.assert_allclose((drawn[:, 2:] == 255).mean(axis=0), [64 / 255, 128 / 255,
+                                                                    191 / 255], atol=0.01)
+    assert np.array_equal(drawn, scenes.binarized(grey, np.random.default_rng(5), chunk=7000))
+
+
+def test_two_digit_bmnist_is_two_digit_mnist_binarized(root, monkeypatch):
+    for split, n in (("train", 200), ("valid", 30), ("test", 20)):
+        monkeypatch.setitem(scenes.TWO_DIGIT_SIZES, split, n)
+    grey = get_data("two-digit-mnist", root, download=False)
+    binary = get_data("two-digit-bmnist", root, download=False)
+    assert (binary.shape, binary.binary) == ((1, 60, 60), True)
+    for split in ("train", "valid", "test"):
+        g, b = getattr(grey, split).numpy(), getattr(binary, split).numpy()
+        assert g.shape == b.shape and set(np.unique(b)) <= {0, 255}
+        # the same canvases: no ink where there was none, ink wherever the grey level was full
+        assert (b[g == 0] == 0).all() and (b[g == 255] == 255).all()
+        middle = (g > 0) & (g < 255)
+        assert 0.3 < (b[middle] == 255).mean() < 0.7
+    # fixed: converted again, the same bits
+    again = scenes.two_digit_binarized_splits(get_data("mnist", root, download=False))
+    assert np.array_equal(again["valid"], binary.valid.numpy())

@@ -26,7 +26,7 @@ from draw.datasets.errors import DatasetError
 from draw.datasets.files import FileSpec, Original
 from draw.datasets.formats import (load_mat, parse_amat, parse_idx_images, parse_idx_labels,
                                    read_cifar_archive)
-from draw.datasets.scenes import two_digit_splits
+from draw.datasets.scenes import two_digit_binarized_splits, two_digit_splits
 from draw.datasets.svhn import PATCH, SIDE, svhn_multi_splits
 
 # "train" / "valid" / "test" -> (N, C*H*W) uint8; "<split>_labels" -> (N,) uint8 if labelled
@@ -268,6 +268,12 @@ REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
         "from mnist when converted",
         "60,000 / 10,000 / 10,000 composed from mnist's train / valid / test digits (fixed seed)",
         base="mnist", derive=two_digit_splits),
+    DatasetSpec(
+        "two-digit-bmnist", (1, 60, 60), True, (), None,
+        "two-digit-mnist binarized (not in the paper): each pixel drawn once as 0 or 1 with its "
+        "grey level as the probability, as binarized MNIST's were; composed from mnist",
+        "the same 60,000 / 10,000 / 10,000 canvases as two-digit-mnist, binarized (fixed seed)",
+        base="mnist", derive=two_digit_binarized_splits),
     DatasetSpec(
         "sample", (1, 28, 28), False, (), None,
         "5,000 real MNIST training digits shipped in the package (draw/data/mnist_5k.md)",

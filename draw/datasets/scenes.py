@@ -117,3 +117,22 @@ def two_digit_splits(mnist) -> dict[str, np.ndarray]:
                 bar.update(len(chunks[-1]))
             splits[split] = np.concatenate(chunks)                       # (N, 3600)
     return splits
+
+
+def binarized(images: np.ndarray, rng: np.random.Generator, chunk: int = 5000) -> np.ndarray:
+    """Each pixel of uint8 `images` (N, D) drawn once as 0 or 255, 255 with probability
+    grey / 255: the stochastic binarization of binarized MNIST (Salakhutdinov & Murray, 2008),
+    fixed by `rng`. In chunks of images, so that the draws never take more than their size."""
+    out = np.empty_like(images)
+    for start in range(0, len(images), chunk):
+        grey = images[start:start + chunk]
+        u = rng.integers(0, 255, size=grey.shape, dtype=np.uint8)   # uniform on 0 .. 254
+        out[start:start + chunk] = np.where(u < grey, 255, 0)       # P = grey / 255
+    return out
+
+
+def two_digit_binarized_splits(mnist) -> dict[str, np.ndarray]:
+    """two-digit-bmnist's splits: two-digit-mnist's canvases, each binarized once."""
+    return {split: binarized(images, np.random.default_rng([TWO_DIGIT_SEED, SPLITS.index(split),
+                                                           1]))
+            for split, images in two_digit_splits(mnist).items()}
