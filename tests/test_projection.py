@@ -96,21 +96,15 @@ def test_curves_read_from_a_run_log_its_csv_and_a_commented_csv(projection, tmp_
 
 
 def test_bad_curves_are_one_line_errors(projection, tmp_path):
-    (tmp_path / "a.csv").write_text("epoch,loss\n1,2\n")
-    with pytest.raises(DrawError, match="no columns 'epoch' and 'train_nll_bound'"):
-        projection.read_curve(tmp_path / "a.csv", "train")
-    (tmp_path / "b.csv").write_text("epoch,train_nll_bound\n1,nan?\n")
-    with pytest.raises(DrawError, match="b.csv"):
-        projection.read_curve(tmp_path / "b.csv", "train")
-    (tmp_path / "c.csv").write_text("epoch,train_nll_bound\n1,85\n2,nan\n")
-    with pytest.raises(DrawError, match="not a finite number"):
-        projection.read_curve(tmp_path / "c.csv", "train")
-    (tmp_path / "d.csv").write_text("epoch,train_nll_bound\n1,85\n2,84\n1,84.5\n")
-    with pytest.raises(DrawError, match="an epoch appears twice"):
-        projection.read_curve(tmp_path / "d.csv", "train")
-    (tmp_path / "e.csv").write_bytes(bytes(range(256)))
-    with pytest.raises(DrawError, match="not a text file"):
-        projection.read_curve(tmp_path / "e.csv", "train")
+    for name, content, message in (
+            ("a.csv", b"epoch,loss\n1,2\n", "no columns 'epoch' and 'train_nll_bound'"),
+            ("b.csv", b"epoch,train_nll_bound\n1,nan?\n", "b.csv: could not convert"),
+            ("c.csv", b"epoch,train_nll_bound\n1,85\n2,nan\n", "not a finite number"),
+            ("d.csv", b"epoch,train_nll_bound\n1,85\n2,84\n1,84.5\n", "an epoch appears twice"),
+            ("e.csv", bytes(range(256)), "not a text file")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DrawError, match=message):
+            projection.read_curve(tmp_path / name, "train")
     with pytest.raises(DrawError, match="PNG"):
         projection.main(str(tmp_path / "d.csv"), "train", first=0, age=0, target=None,
                         anneal=0, epoch_minutes=None, out=str(tmp_path / "p.txt"))
