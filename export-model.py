@@ -15,7 +15,8 @@ def parse_args():
     parser.add_argument("source", help="a run directory, or a <name>_model.pkl file written by "
                                        "train-draw.py or train-classifier.py")
     parser.add_argument("destination", help="the file to write, e.g. "
-                                            "pretrained/<name>_model.pkl")
+                                            "pretrained/<name>_model.pkl; an existing file is "
+                                            "replaced only where it is an exported model file")
     return parser.parse_args()
 
 
