@@ -140,7 +140,7 @@ def test_resume_rules():
                            ({"grad_clip": 5.0}, "--grad-clip is 10.0 there")):
         with pytest.raises(DrawError, match=message):
             DrawSettings.resumed(OLD_RUN, given, "m.pkl")
-    with pytest.raises(DrawError, match="m.pkl has settings this version does not know"):
+    with pytest.raises(DrawError, match="m.pkl has settings that train-draw.py \\(this version\\) does not know"):
         DrawSettings.resumed({**OLD_RUN, "future": 1}, {}, "m.pkl")
     # runs of before stored compile, now this session's choice: their False is not kept
     assert DrawSettings.resumed({**OLD_RUN, "compile": False}, {}, "m.pkl").compile is None

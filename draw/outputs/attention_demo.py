@@ -59,10 +59,10 @@ def load_image(path: str | os.PathLike | None = None) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 W, H = image.size
-                C = 1 if image.mode in GREY_MODES else 3
+                C = 1 if image.mode in GREY_MODES or image.mode.startswith("I;16") else 3
                 check_memory(BYTES_PER_VALUE * C * H * W, f"reading the {W:,}x{H:,} image {path}")
-                image = image.convert("L" if C == 1 else "RGB")
-                pixels = np.asarray(image, dtype=np.float32) / 255.0
+                pixels = (_grey_levels(image) if C == 1 else
+                          np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     except FileNotFoundError as e:
         raise AttentionDemoError(f"cannot read {path}: no such file") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -70,11 +70,26 @@ def load_image(path: str | os.PathLike | None = None) -> torch.Tensor:
                                  f"{MAX_PIXELS:,} pixels, the most this program reads") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise AttentionDemoError(f"cannot read {path} as an image ({e})") from e
+    if not np.isfinite(pixels).all():
+        raise AttentionDemoError(f"cannot read {path}: it holds values that are not numbers")
     if pixels.ndim == 2:
         pixels = pixels[None]                                                 # (1, H, W)
     else:
         pixels = pixels.transpose(2, 0, 1)                                    # (3, H, W)
     return torch.from_numpy(np.ascontiguousarray(pixels))
+
+
+def _grey_levels(image: Image.Image) -> np.ndarray:
+    """A one-channel `image`'s pixels in [0, 1], each mode by its own range: 16-bit ones (I;16*,
+    and I, the mode Pillow gives 16-bit PNGs) over 65535, floats (F) as they are, the rest
+    through 8 bits; converting all to L would clip 16-bit pixels to white and floats to black."""
+    if image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float32)
+    elif image.mode == "I" or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float32) / 65535.0
+    else:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return np.clip(pixels, 0.0, 1.0)          # NaN stays, for load_image to refuse
 
 
 def read_and_write(image: torch.Tensor, N: int, center: tuple[float, float] | None = None,

@@ -34,6 +34,7 @@ from draw.training.typed_settings import setting
 @dataclass(frozen=True)
 class ClassifierSettings(RunSettings):
     """A classifier training run (train-classifier.py): the run's settings and the model's."""
+    script = "train-classifier.py"
     datasets = tuple(labelled_datasets)
     dataset: str = setting("cluttered-mnist", "labelled dataset to classify")
     attention: int = setting(12, "read window size N: each glimpse is N x N (the paper: 12)",

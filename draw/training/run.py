@@ -345,5 +345,8 @@ def _train(plan: Plan) -> None:
         status = loop.status
         where = position(status["epoch"], status["batch"], plan.batches_per_epoch)
         # the caller (a script, a notebook) stops as for any Ctrl-C, but nothing is lost
+        if status["finish_requested"]:      # it came while the last epoch was saved
+            raise Interrupted(f"Ctrl-C {where}, the last: the run is complete and saved in "
+                              f"{plan.run_path}")
         raise Interrupted(f"stopped by Ctrl-C {where}; saved. Continue with: {launcher} "
                           f"{plan.job.script} --resume {plan.run_path}")

@@ -17,6 +17,11 @@ def find_checkpoint(resume: str, flag: str = "--resume") -> tuple[Path, Path | N
     its config.json holds nothing to continue: the error gives its args.txt's command."""
     path = Path(resume)
     if path.is_file():
+        # its name gives the run's file names (NAME_model.pkl, NAME_log.pkl): another name
+        # would make a second, unnamed set of files beside the run's own
+        if not path.name.endswith("_model.pkl") or path.name == "_model.pkl":
+            raise DrawError(f"{flag} {resume}: a run's model file is named NAME_model.pkl; "
+                            f"give the run's directory or that file")
         return path.parent, path
     if path.is_dir():
         found = sorted(path.glob("*_model.pkl"))
@@ -98,9 +103,10 @@ def make_run_dir(planned: Path) -> Path:
                     f"{planned.name}")
 
 
+# args.txt holds command lines, whose paths may be any bytes: kept as they are, not refused
 def read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         return ""
     except OSError as e:
@@ -109,7 +115,7 @@ def read_text(path: Path) -> str:
 
 def write_text(path: Path, text: str) -> None:
     try:
-        atomic_write_bytes(path, text.encode())
+        atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
     except OSError as e:
         raise DrawError(f"cannot write {path}: {e.strerror or e}") from e
 

@@ -170,6 +170,7 @@ def parse_attention(attention: str) -> tuple[int | None, int | None]:
 @dataclass(frozen=True)
 class DrawSettings(RunSettings):
     """A DRAW training run (train-draw.py): the run's settings and the model's."""
+    script = "train-draw.py"
     attention: str = setting("", "read and write window sizes READ,WRITE, e.g. 2,5; empty for "
                                  "no attention (default: none)", aliases=("-a",))
     n_iter: int = setting(10, "number of glimpses T", flag="--niter")

@@ -45,7 +45,9 @@ def setting(default, help: str, flag: str | None = None, aliases: tuple[str, ...
 
 class Settings:
     """Subclass with `@dataclass(frozen=True)`, declare fields with `setting(...)`, extend
-    `check`."""
+    `check`, name the `script` that reads them."""
+
+    script = "this script"
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -106,9 +108,7 @@ class Settings:
         if unknown:
             raise DrawError(f"unknown settings {unknown}; known: {sorted(cls._fields())}")
         given = {**(cls.read_config(config) if config is not None else {}), **flags}
-        hints = typing.get_type_hints(cls)      # a config file's `lr = 1` is --lr 1, a float
-        return {k: float(v) if hints[k] is float and type(v) is int else v
-                for k, v in given.items()}
+        return {k: cls._as_field_type(k, v) for k, v in given.items()}
 
     @classmethod
     def read_config(cls, path: str) -> dict:
@@ -127,7 +127,7 @@ class Settings:
         if not isinstance(table, dict):
             raise DrawError(f"--config {path}: expected a table of settings, got "
                             f"{type(table).__name__}")
-        keys = cls._config_keys()
+        keys, hints = cls._config_keys(), typing.get_type_hints(cls)
         out = {}
         for key, value in table.items():
             if key not in keys:
@@ -135,8 +135,18 @@ class Settings:
                                 f"{', '.join(sorted(cls._fields()))}")
             if keys[key] in out:
                 raise DrawError(f"--config {path}: {key!r} sets {keys[key]} a second time")
-            out[keys[key]] = value
+            out[keys[key]] = cls._as_field_type(keys[key], value)
+            try:
+                cls._check_type(keys[key], out[keys[key]], hints[keys[key]])
+            except DrawError as e:
+                raise DrawError(f"--config {path}: {e}") from e
         return out
+
+    @classmethod
+    def _as_field_type(cls, name: str, value):
+        """A config file's `lr = 1` is --lr 1, a float."""
+        return float(value) if typing.get_type_hints(cls)[name] is float and \
+            type(value) is int else value
 
     @classmethod
     def _config_keys(cls) -> dict[str, str]:
@@ -156,8 +166,9 @@ class Settings:
         fields = cls._fields()
         unknown = sorted(set(stored) - set(fields))
         if unknown:
-            raise DrawError(f"--resume: {where} has settings this version does not know: "
-                            f"{unknown}")
+            raise DrawError(f"--resume: {where} has settings that {cls.script} (this version) "
+                            f"does not know: {unknown}; a run of another script, or of a "
+                            f"newer version")
         # SESSION settings an older version stored (compile, say) are this session's to choose
         stored = {name: stored.get(name, f.metadata["absent"]) for name, f in fields.items()
                   if f.metadata["on_resume"] != SESSION}
@@ -200,3 +211,4 @@ class Settings:
                 parser.add_argument(*spellings, dest=name, type=kind, help=text,
                                     metavar=f.metadata["metavar"])
         return parser
+
