@@ -9,7 +9,9 @@ its rows also written as `<name>_log.csv` for other programs.
 
 Neither holds a pickled module, class or function (Equinox's "Why not pickle?"), so both load
 with `torch.load(weights_only=True)`: reading a file cannot run code. Anything else (another
-program's pickle, a truncated download, a later version) is a one-line CheckpointError.
+program's pickle, a truncated download, a later version) is a one-line CheckpointError. Both
+are zip archives whose members carry CRC-32s, checked before loading: damaged bytes inside a
+tensor still unpickle, as numbers (NaN, or finite and wrong) that only training would reveal.
 """
 import csv
 import errno
@@ -18,6 +20,8 @@ import os
 import pickle
 import random
 import warnings
+import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -53,8 +57,29 @@ def _save(path: str | os.PathLike, obj: dict) -> None:
         raise CheckpointError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from e
 
 
+def _check_crcs(path: str) -> None:
+    """CheckpointError if a member of the zip archive at `path` fails its CRC-32. Reading every
+    byte once costs about what loading does (tens of ms for the shipped pretrained files). A
+    file that is no zip archive (missing, truncated, foreign) is left to torch.load's errors."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile):
+        return
+    try:
+        with archive:
+            bad = archive.testzip()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from e
+    # a broken local header or compressed stream: the archive's own structure is damaged
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise CheckpointError(f"{path} is damaged: {_first_line(e)}") from e
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged: its member {bad} fails its CRC-32 check")
+
+
 def _load(path: str | os.PathLike, fmt: str, map_location) -> dict:
     path = os.fspath(path)
+    _check_crcs(path)
     try:
         with warnings.catch_warnings():
             # a foreign pickle makes torch warn about its protocol before it fails: the
@@ -212,14 +237,22 @@ def load_classifier(path: str | os.PathLike,
     return build_classifier(ckpt, path, map_location), ckpt
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """The device a `--device` flag names; "auto" is CUDA when available, else the CPU."""
+    """The device a `--device` flag names: auto (CUDA when available, else the CPU), cpu, cuda
+    or cuda:N; DrawError, one line, for anything else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
         raise DrawError(f"--device {name!r} is not a device name (cpu, cuda, cuda:N, auto)") from e
+    # torch names devices this project never runs on (meta, mps, xla, ...): they fail later,
+    # in a traceback from deep inside a model or the data pipeline
+    if device.type not in DEVICE_TYPES:
+        raise DrawError(f"--device {name} is not supported (auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DrawError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

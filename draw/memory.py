@@ -23,12 +23,30 @@ class ResourceError(DrawError):
     """A request that needs more memory than the machine has."""
 
 
+def describe_sizes(cfg: ModelConfig) -> str:
+    """The sizes of `cfg` that make a model large, in words."""
+    image = f"{cfg.channels}x{cfg.height}x{cfg.width} images"
+    if isinstance(cfg, ClassifierConfig):
+        return f"{image}, read {cfg.read_N}x{cfg.read_N}, LSTM {cfg.enc_dim}"
+    windows = "".join(f", {which}_N {N}" for which, N in (("read", cfg.read_N),
+                                                           ("write", cfg.write_N))
+                      if N is not None)
+    return f"{image}, enc {cfg.enc_dim}, dec {cfg.dec_dim}, z {cfg.z_dim}{windows}"
+
+
 def parameter_count(cfg: ModelConfig) -> int:
     """The exact number of parameters of the model of `cfg`, built on the meta device (shapes
-    without memory, so a config of any size is counted at once)."""
+    without memory, so a config of any size is counted at once). ResourceError where a weight
+    has more entries than torch can address (about 2^63 bytes)."""
     build = (AttentionClassifier if isinstance(cfg, ClassifierConfig) else DrawModel).from_config
-    with torch.device("meta"):
-        model = build(cfg)
+    try:
+        with torch.device("meta"):
+            model = build(cfg)
+    # a size past 64 bits is a TypeError ("Overflow when unpacking long long"), a weight
+    # whose byte count is past them a RuntimeError ("Storage size calculation overflowed")
+    except (RuntimeError, TypeError, OverflowError) as e:
+        raise ResourceError(f"a model of these sizes ({describe_sizes(cfg)}) is too large to "
+                            f"build: no machine has the memory for its weights") from e
     return sum(p.numel() for p in model.parameters())
 
 

@@ -17,6 +17,7 @@ from draw.checkpoint import (CheckpointError, build_classifier, build_model, fil
                              load_checkpoint, load_classifier, resolve_device)
 from draw.classifier import ClassifierConfig, errors
 from draw.datasets import batches, get_data, get_labelled, labelled_batches, supported_datasets
+from draw.datasets.store import dataset_spec
 from draw.errors import DrawError
 from draw.likelihood import MAX_ROWS, bound_statistics, importance_sampled_nll
 from draw.memory import check_inference
@@ -84,19 +85,28 @@ def classifier_main(model_file: str, ckpt: dict, cfg: ClassifierConfig, data_dir
     return {"test_error": error}
 
 
-def model_images(model_file: str, cfg, dataset: str | None, run: dict, split: str,
-                 subset: int | None, seed: int, data_dir: str | None):
-    """The split's images (a random --subset of them), and whether the data are binary."""
+def model_dataset(model_file: str, cfg, dataset: str | None, run: dict) -> str:
+    """The dataset to evaluate on: `dataset` (--dataset), else the one the model was trained
+    on. Its image shape is the registry's, checked against the model's before a file is read
+    or downloaded (a mismatch found after loading cost the download or the load)."""
     dataset = dataset or run.get("dataset")
     if dataset is None:
         raise DrawError(f"{model_file} does not say which dataset it was trained on; pass "
                         f"--dataset")
     if dataset not in supported_datasets:
         raise DrawError(f"unknown dataset {dataset!r}; choose from {', '.join(supported_datasets)}")
-    data = get_data(dataset, root=data_dir)
-    if tuple(data.shape) != (cfg.channels, cfg.height, cfg.width):
+    shape = dataset_spec(dataset).shape
+    if tuple(shape) != (cfg.channels, cfg.height, cfg.width):
         raise DrawError(f"{model_file} models {cfg.channels}x{cfg.height}x{cfg.width} images, but "
-                        f"{dataset} has {'x'.join(map(str, data.shape))}")
+                        f"{dataset} has {'x'.join(map(str, shape))}")
+    return dataset
+
+
+def model_images(model_file: str, cfg, dataset: str | None, run: dict, split: str,
+                 subset: int | None, seed: int, data_dir: str | None):
+    """The split's images (a random --subset of them), and whether the data are binary."""
+    dataset = model_dataset(model_file, cfg, dataset, run)
+    data = get_data(dataset, root=data_dir)
     images = getattr(data, split)
     if subset is not None and subset < images.shape[0]:
         # a random subset: some splits are sorted by class (binarized MNIST's test set)
@@ -180,7 +190,9 @@ def main(model_file: str, dataset: str | None = None, split: str = "test",
             raise DrawError(f"{', '.join(given)}: not for a classifier's model file, whose error "
                             f"is on the whole test split of its own dataset")
         return classifier_main(model_file, ckpt, cfg, data_dir, dev)
-    # the model alone first, before it is built; the passes once the data say how many images
+    # the dataset's shape and the model alone first, before either is loaded or built; the
+    # passes once the data say how many images
+    model_dataset(model_file, cfg, dataset, ckpt.get("run") or {})
     check_inference(cfg, 1, f"the model of {model_file}", dev)
     net = build_model(ckpt, model_file, dev)
     dataset, images, binary = model_images(model_file, cfg, dataset, ckpt.get("run") or {}, split,

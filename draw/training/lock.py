@@ -41,7 +41,8 @@ def _alive(holder: dict) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    # a PID past pid_t's range (a hand-edited lock) names no process: damaged, so stale
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         pass                        # someone else's process: it exists
