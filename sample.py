@@ -46,7 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=seed, default=None,
                         help="seed of the prior noise, for repeatable samples (default: random)")
     parser.add_argument("--output-dir", type=str, default="samples",
-                        help="directory for sample.png, time-NNN.png, sequence.gif and strip.png")
+                        help="directory for sample.png, time-NNN.png, sequence.gif and strip.png "
+                             "(the time-NNN.png past this model's steps, left by an earlier "
+                             "call, are removed)")
     parser.add_argument("--boxes", action="store_true",
                         help="outline each step's write-attention window on its frame "
                              "(time-NNN.png, sequence.gif, strip.png)")

@@ -27,7 +27,7 @@ from draw.checkpoint import build_model, load_checkpoint
 from draw.cli import ArgumentParser, positive, run, seed as seed_type
 from draw.datasets import batches
 from draw.model import DrawModel, reconstruction_loss
-from draw.outputs.plotting import image_grid, save_png
+from draw.outputs.plotting import check_output_files, image_grid, save_png
 from draw.outputs.scores import model_images
 
 
@@ -79,6 +79,7 @@ def pairs_grid(images: Tensor, recon: Tensor, samples: Tensor, cols: int) -> Ima
 def main(model_file: str, out: str, dataset: str | None = None, split: str = "valid",
          n: int = 50, cols: int = 5, seed: int = 0, data_dir: str | None = None,
          temperatures: tuple[float, ...] = (1.0,)) -> None:
+    check_output_files([("--out", out)], inputs=[model_file])      # before the work, not after
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config

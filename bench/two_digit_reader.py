@@ -40,7 +40,7 @@ from draw.datasets.scenes import (DIGIT, TWO_DIGIT_CANVAS, Recipe, compose,
                                   two_digit_split_recipe)
 from draw.errors import DrawError
 from draw.model import DrawModel
-from draw.outputs.plotting import BOX_COLOR, draw_box, image_grid, save_png
+from draw.outputs.plotting import BOX_COLOR, check_output_files, draw_box, image_grid, save_png
 
 NOT_A_DIGIT = 10            # the reader's eleventh class
 JITTER = 2                  # a digit's crops are shifted by up to this, as the locator errs
@@ -237,7 +237,9 @@ def main(model_files: list[str], n: int = 1000, reader_canvases: int = 60_000,
     """Train the reader, read the first `n` valid canvases, the same with their first digit only
     (the measure's false reads), and each model's reconstructions of them and `n` samples; print
     and return each row's share of canvases read as two digits."""
-    models = {path: two_digit_model(path) for path in model_files}     # refused before training
+    # both refused before the minutes of training, not after
+    check_output_files([] if out is None else [("--out", out)], inputs=model_files)
+    models = {path: two_digit_model(path) for path in model_files}
     mnist = get_data("mnist", root=data_dir)
     if mnist.train_labels is None:
         raise DrawError("mnist was converted without labels (by an earlier version): run "

@@ -14,6 +14,7 @@ Log rows are the dicts of draw/checkpoint.py: "epoch", "iteration", "train_nll_b
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 from bokeh.embed import file_html
@@ -29,11 +30,13 @@ from draw.atomic import atomic_path, atomic_write_bytes
 from draw.checkpoint import load_log
 from draw.errors import DrawError
 from draw.outputs.display import pyplot_or_warn
-from draw.outputs.plotting import MAX_PIXELS, check_picture_size
+from draw.outputs.plotting import MAX_PIXELS, check_output_files, check_picture_size
 
 NLL_KEYS = ("train_nll_bound", "valid_nll_bound", "test_nll_bound")
 NORM_KEYS = ("train_total_gradient_norm", "train_total_step_norm")
 SPLITS = ("train", "valid", "test")
+# what train-classifier.py logs instead of nll bounds and KL terms (draw/training/classify.py)
+CLASSIFIER_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("error", "cross_entropy"))
 FIGSIZE = (8, 6)            # inches; times --dpi gives the PNG's pixels
 MAX_DPI = math.isqrt(MAX_PIXELS // (FIGSIZE[0] * FIGSIZE[1]))
 
@@ -118,10 +121,11 @@ def plot_kl_heatmap(fig: Figure, x: np.ndarray, kl: np.ndarray, x_label: str = "
 
 def save_figure(draw, path: str | os.PathLike, *args, figsize=FIGSIZE, dpi: int = 100) -> None:
     """Draw a figure headlessly (matplotlib's Agg, no pyplot) with draw(fig, *args), e.g.
-    `plot_kl_surface`, and save it as a PNG, atomically."""
+    `plot_kl_surface`, and save it as a PNG, atomically; a missing folder is created."""
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     draw(fig, *args)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
@@ -192,12 +196,13 @@ def log_figures(sources: dict[str, ColumnDataSource], x_label: str = "epoch") ->
 def save_html(rows: list[dict], path: str | os.PathLike, split: str = "train",
               title: str = "DRAW training log") -> None:
     """A self-contained interactive HTML page of the log (Bokeh, scripts inlined so that it
-    opens without a network), written atomically."""
+    opens without a network), written atomically; a missing folder is created."""
     columns, x_label = log_columns(rows, split)
     if not columns["curves"]["x"] and not columns["kl_steps"]["step"]:
         raise LogPlotError("the log has no rows with nll bounds, norms or KL terms to plot")
     sources = {name: ColumnDataSource(data, name=name) for name, data in columns.items()}
     layout = gridplot(log_figures(sources, x_label), ncols=2)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, file_html(layout, INLINE, title).encode("utf-8"))
 
 
@@ -218,6 +223,11 @@ def choose_split(rows: list[dict], split: str | None) -> str:
     if split in have:
         return split
     if not have:
+        if any(k in CLASSIFIER_KEYS for r in rows for k in r):
+            raise LogPlotError("the log is a classifier's (train-classifier.py: error rates and "
+                               "cross-entropy, no KL terms); plot-kl.py plots the per-step KL "
+                               "terms (*_kl_term_t) of a DRAW log, the <name>_log.pkl of "
+                               "train-draw.py")
         raise LogPlotError("the log has no rows with per-step KL values (*_kl_term_0..) to plot "
                            "yet: no epoch has been evaluated")
     options = " or ".join(f"--split {s}" for s in have)
@@ -229,15 +239,17 @@ def main(log_file: str, split: str | None = None, surface: str | None = None,
          heatmap: str | None = None, html: str | None = None, dpi: int = 100,
          show: bool = False) -> list[str]:
     """plot-kl.py: the KL surface and heat map (PNG) and the HTML page of a log file, beside it
-    unless named. Everything is checked before the first file is written. Returns the files."""
+    unless named. Everything is checked before the first file is written: the outputs (none
+    may be the log, a folder or another output) before the log is read. Returns the files."""
     check_picture_size(round(FIGSIZE[0] * dpi), round(FIGSIZE[1] * dpi),
                        f"a {FIGSIZE[0]}x{FIGSIZE[1]} inch figure at --dpi {dpi}")
-    rows = load_log(log_file)
-    split = choose_split(rows, split)
-    x, kl, x_label = kl_terms(rows, split)
     stem = output_stem(log_file)
     written = [surface or f"{stem}_kl.png", heatmap or f"{stem}_kl_heatmap.png",
                html or f"{stem}_log.html"]
+    check_output_files(zip(("--surface", "--heatmap", "--html"), written), inputs=[log_file])
+    rows = load_log(log_file)
+    split = choose_split(rows, split)
+    x, kl, x_label = kl_terms(rows, split)
     save_figure(plot_kl_surface, written[0], x, kl, x_label, dpi=dpi)
     save_figure(plot_kl_heatmap, written[1], x, kl, x_label, dpi=dpi)
     save_html(rows, written[2], split)

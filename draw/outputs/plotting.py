@@ -11,6 +11,8 @@ are 0-based and vertical comes first, as in draw/attention.py.
 """
 import math
 import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,67 @@ def check_output_dir(output_dir: str | os.PathLike) -> None:
             if not folder.is_dir():
                 raise DrawError(f"--output-dir {output_dir}: {folder} is a file, not a folder")
             return
+
+
+class OutputPathError(DrawError):
+    """An output file that cannot be written, or whose writing would destroy another file."""
+
+
+def check_output_files(outputs: Iterable[tuple[str, str | os.PathLike]],
+                       inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, output files that the command could not write or whose writing
+    would destroy a file it needs: a path that is a folder, that is one of the files it reads
+    (`inputs`, however spelled: a link or a relative path too), that repeats an earlier output
+    (one picture would replace the other) or lies in a folder another output names as its file,
+    or whose folder is neither there nor creatable (a file in the way) or not writable. A
+    missing folder is fine: `save_png` and the other writers create it.
+
+    `outputs` are (flag, path) pairs; the flag, which set the path, leads the message.
+    """
+    inputs = [source for source in inputs if os.path.exists(source)]
+    files, folders, probed = {}, {}, set()      # outputs' real paths, and their folders: flags
+    for flag, given in outputs:
+        path, what = Path(given), f"{flag} {os.fspath(given)}"     # the message: as spelled
+        if path.is_dir():
+            raise OutputPathError(f"{what} is a folder; name a file to write")
+        if path.exists():
+            for source in inputs:
+                if os.path.samefile(path, source):
+                    raise OutputPathError(f"{what} is {os.fspath(source)}, a file this command "
+                                          f"reads; writing it would replace it")
+        # hard links are one file under two names: compare those by inode, the rest by path
+        real = Path(os.path.realpath(path))
+        key = (real.stat().st_dev, real.stat().st_ino) if real.exists() else real
+        if key in files:
+            raise OutputPathError(f"{what} is also the file of {files[key]}; each output needs "
+                                  f"its own file")
+        if real in folders:
+            raise OutputPathError(f"{what} is the folder that the file of {folders[real]} "
+                                  f"goes into")
+        for folder in real.parents:
+            if folder in files:
+                raise OutputPathError(f"{what}: its folder {folder} is the file of "
+                                      f"{files[folder]}")
+        files[key] = flag
+        folders.update(dict.fromkeys(real.parents, flag))
+        _check_folder(what, path.parent, probed)
+
+
+def _check_folder(what: str, folder: Path, probed: set[Path]) -> None:
+    """Refuse `folder` unless its nearest existing ancestor is a folder that takes a new file,
+    which a real file tells best: it knows read-only mounts, ACLs and root's rights alike."""
+    ancestor = next((a for a in (folder, *folder.parents) if a.exists()), folder)
+    if ancestor in probed:
+        return
+    if not ancestor.is_dir():
+        raise OutputPathError(f"{what}: {os.fspath(ancestor)} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):      # nameless (O_TMPFILE) where Linux can
+            pass
+    except OSError as e:
+        raise OutputPathError(f"{what}: cannot write into {os.fspath(ancestor)} "
+                              f"({e.strerror or e})") from None
+    probed.add(ancestor)
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:

@@ -6,8 +6,12 @@ and written onto the canvas step by step. The files are those of the classic rep
 and `sequence.gif` (the drawing process, last frame held), optionally with every step's write
 window boxed as in the paper's video; and `strip.png`, a few samples at evenly spaced steps side
 by side, as in the paper's figures of digits being drawn.
+
+A folder holds one call's frames: `sample.py` removes the time-NNN.png of an earlier call with
+more steps, which would otherwise pass for frames of this model.
 """
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +23,15 @@ from draw.errors import DrawError
 from draw.memory import check_inference
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import (BAR_DELAY, check_gif_duration, check_output_dir,
-                                   check_picture_size, grid_shape, grid_size, image_grid,
-                                   sampling_frames, save_gif, save_png, sequence_strip)
+                                   check_output_files, check_picture_size, grid_shape, grid_size,
+                                   image_grid, sampling_frames, save_gif, save_png,
+                                   sequence_strip)
 
 # samples drawn at once: large enough for efficient matrix products, small enough that the
 # progress bar moves every few seconds even for big models on a CPU
 CHUNK = 1000
 STRIP_ROWS, STRIP_STEPS = 8, 16    # strip.png: the first 8 samples at 16 steps
+FRAME = re.compile(r"time-(\d{3,})\.png")
 
 
 class SamplingError(DrawError):
@@ -145,9 +151,38 @@ def _write_frames(canvases: torch.Tensor, attention: dict | None, cfg: DrawConfi
         step = None if attention is None else {k: v[t:t + 1] for k, v in attention.items()}
         frames += sampling_frames(canvases[t:t + 1], shape, rows, cols, attention=step,
                                   N=cfg.write_N, scale=scale)
-        written.append(directory / f"time-{t:03d}.png")
+        written.append(directory / frame_name(t))
         save_png(frames[-1], written[-1])
     return frames
+
+
+def frame_name(t: int) -> str:
+    """The file of the canvases after step t (0-based): time-000.png, time-001.png, ..."""
+    return f"time-{t:03d}.png"
+
+
+def output_files(directory: str | os.PathLike, n_iter: int) -> list[Path]:
+    """The files `write_samples` writes into `directory` for a model of n_iter steps, in its
+    order: sample.png, the frames, sequence.gif, strip.png."""
+    directory = Path(directory)
+    return [directory / name for name in ("sample.png", *map(frame_name, range(n_iter)),
+                                          "sequence.gif", "strip.png")]
+
+
+def remove_stale_frames(directory: str | os.PathLike, n_iter: int) -> list[Path]:
+    """Delete the frames time-NNN.png, NNN >= n_iter, in `directory`: those of an earlier call
+    with more steps, which this call's n_iter frames did not replace. Only files named exactly
+    as `frame_name` names them go; returns them, in step order."""
+    stale = []
+    for path in Path(directory).iterdir():
+        match = FRAME.fullmatch(path.name)
+        t = int(match[1]) if match else -1
+        if t >= n_iter and path.name == frame_name(t) and path.is_file():
+            stale.append((t, path))
+    stale = [path for _, path in sorted(stale)]
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def _strip(canvases: torch.Tensor, attention: dict | None, cfg: DrawConfig, scale: int):
@@ -188,8 +223,9 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
          seed: int | None = None, output_dir: str = "samples", boxes: bool = False,
          scale: int = 1, duration_ms: int = 100, hold_last_ms: int = 1000,
          device: str = "auto") -> list[Path]:
-    """sample.py: sample a model file into `output_dir`; every request is checked against the
-    file's config before the model is built. Returns the files written."""
+    """sample.py: sample a model file into `output_dir`; every request, and every file to write,
+    is checked against the file's config before the model is built. Frames of an earlier call
+    with more steps are removed (`remove_stale_frames`). Returns the files written."""
     check_output_dir(output_dir)
     dev = resolve_device(device)
     ckpt = load_checkpoint(model_file)
@@ -200,9 +236,17 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
         grid = grid_shape(n_samples)
     check_request(cfg, *grid, n=n_samples or grid[0] * grid[1], boxes=boxes, scale=scale,
                   device=dev, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    check_output_files((("--output-dir", path) for path in output_files(output_dir, cfg.n_iter)),
+                       inputs=[model_file])
     model = build_model(ckpt, model_file, dev)
     written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
                             scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    # only once this call's files are complete: an interrupted call loses no earlier frames
+    stale = remove_stale_frames(output_dir, cfg.n_iter)
     print(f"wrote {written[0]}, {written[1].name} .. {written[-3].name}, {written[-2].name} "
           f"and {written[-1].name}")
+    if stale:
+        names = " .. ".join(dict.fromkeys((stale[0].name, stale[-1].name)))
+        print(f"removed {len(stale)} frame{'s' * (len(stale) > 1)} ({names}) left by an earlier "
+              f"call with more steps")
     return written
