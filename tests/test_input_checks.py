@@ -1,11 +1,9 @@
 """Bad input refused in one line before any work: damaged model files, devices the project does
 not run on, model sizes past what torch can address, a dataset whose images do not fit the
 model, a hand-edited lock."""
-import runpy
 import shutil
 import socket
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
@@ -21,22 +19,12 @@ from draw.memory import ResourceError, parameter_count
 from draw.model import DrawConfig, DrawModel
 from draw.training.draw_job import main as train
 from draw.training.lock import LOCK_NAME, RunLock, check_unlocked
+from inline import ROOT, run_inline
 
-ROOT = Path(__file__).resolve().parents[1]
 CFG = DrawConfig(channels=1, height=28, width=28, n_iter=2, enc_dim=6, dec_dim=5, z_dim=3)
 TINY = dict(dataset="sample", subset=100, batch_size=50, n_iter=2, enc_dim=8, dec_dim=8,
             z_dim=3, seed=3)
 HUGE = [2 ** 63 - 1, 10 ** 20, 10 ** 16]      # past int64; a weight past 2^63 bytes
-
-
-def script(name: str, *args, monkeypatch) -> int:
-    """Run the script `name` in this process as `python name args`; its exit status."""
-    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
-    try:
-        runpy.run_path(str(ROOT / name), run_name="__main__")
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def one_error_line(capsys) -> str:
@@ -139,10 +127,10 @@ def test_evaluate_and_resume_refuse_a_damaged_file_in_one_line(run_dir, tmp_path
     model = run / "sample_model.pkl"
     damage(model, b"\xff" * 64)
     before = snapshot(run)
-    assert script("evaluate.py", model, monkeypatch=monkeypatch) == 1
+    assert run_inline("evaluate.py", model, monkeypatch=monkeypatch) == 1
     assert one_error_line(capsys) == (f"error: {model} is damaged: its member "
                                       f"{member_start(model)[0]} fails its CRC-32 check")
-    assert script("train-draw.py", "--resume", run, "--epochs", 2,
+    assert run_inline("train-draw.py", "--resume", run, "--epochs", 2,
                   monkeypatch=monkeypatch) == 1
     assert one_error_line(capsys).startswith(f"error: --resume: {model} is damaged")
     assert snapshot(run) == before
@@ -165,7 +153,7 @@ def test_cpu_and_auto_are_accepted():
 def test_train_draw_refuses_a_device_before_making_a_run_directory(tmp_path, capsys,
                                                                    monkeypatch):
     runs = tmp_path / "runs"
-    assert script("train-draw.py", "--dataset", "sample", "--subset", 100, "--epochs", 1,
+    assert run_inline("train-draw.py", "--dataset", "sample", "--subset", 100, "--epochs", 1,
                   "--niter", 2, "--device", "meta", "--run-dir", runs,
                   monkeypatch=monkeypatch) == 1
     assert one_error_line(capsys) == ("error: --device meta is not supported "
@@ -176,7 +164,7 @@ def test_train_draw_refuses_a_device_before_making_a_run_directory(tmp_path, cap
 def test_train_classifier_refuses_a_device_before_making_a_run_directory(tmp_path, capsys,
                                                                         monkeypatch):
     runs = tmp_path / "runs"
-    assert script("train-classifier.py", "--device", "meta", "--run-dir", runs,
+    assert run_inline("train-classifier.py", "--device", "meta", "--run-dir", runs,
                   "--data-dir", tmp_path / "no-data", monkeypatch=monkeypatch) == 1
     assert one_error_line(capsys) == ("error: --device meta is not supported "
                                       "(auto, cpu, cuda, cuda:N)")
@@ -190,7 +178,7 @@ def test_evaluate_and_sample_refuse_a_device_in_one_line(name, device, tmp_path,
     model = model_file(tmp_path / "m_model.pkl")
     out = tmp_path / "samples"
     extra = ["--output-dir", out] if name == "sample.py" else []
-    assert script(name, model, "--device", device, *extra, monkeypatch=monkeypatch) == 1
+    assert run_inline(name, model, "--device", device, *extra, monkeypatch=monkeypatch) == 1
     assert one_error_line(capsys) == (f"error: --device {device} is not supported "
                                       f"(auto, cpu, cuda, cuda:N)")
     assert not out.exists()
@@ -218,7 +206,7 @@ def test_the_largest_buildable_sizes_still_say_how_much_memory(tmp_path, capsys,
     runs = tmp_path / "runs"
     for z_dim, expected in ((10 ** 14, "needs about"), (2 ** 63 - 1, "is too large to build"),
                             (10 ** 20, "is too large to build")):
-        assert script("train-draw.py", "--dataset", "sample", "--subset", 100, "--niter", 2,
+        assert run_inline("train-draw.py", "--dataset", "sample", "--subset", 100, "--niter", 2,
                       "--z-dim", z_dim, "--device", "cpu", "--run-dir", runs,
                       monkeypatch=monkeypatch) == 1
         line = one_error_line(capsys)
@@ -236,7 +224,7 @@ def test_evaluate_checks_the_shape_before_loading_the_data(dataset, shape, tmp_p
     loaded = []
     monkeypatch.setattr(draw.outputs.scores, "get_data", lambda *a, **k: loaded.append(a))
     monkeypatch.setenv("DRAW_DATA_PATH", str(tmp_path / "no-data"))
-    assert script("evaluate.py", model, "--dataset", dataset, "--device", "cpu",
+    assert run_inline("evaluate.py", model, "--dataset", dataset, "--device", "cpu",
                   monkeypatch=monkeypatch) == 1
     assert one_error_line(capsys) == (f"error: {model} models 1x28x28 images, but {dataset} "
                                       f"has {shape}")

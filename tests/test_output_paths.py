@@ -6,10 +6,8 @@ The scripts run in-process (runpy), as tests/test_scripts.py runs them; a step t
 reached ("work") is replaced by one that fails the test if it is.
 """
 import os
-import runpy
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,18 +19,8 @@ import draw.outputs.sampling
 from draw.checkpoint import save_checkpoint, save_log
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import OutputPathError, check_output_files
+from inline import run_inline
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_inline(script: str, *args, monkeypatch) -> int:
-    """Run a script in this process as `python script args`; its exit status."""
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def refused(capsys, code: int, *names) -> str:

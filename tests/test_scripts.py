@@ -5,7 +5,6 @@ bad-input cases run the same scripts in-process (runpy), which checks the same c
 (argument parsing, `draw.cli.run`) without paying for a new interpreter each time.
 """
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +20,8 @@ from draw.checkpoint import load_model, save_checkpoint, save_log
 from draw.model import DrawConfig, DrawModel
 from draw.outputs.plotting import BOX_COLOR, image_grid
 from draw.outputs.sampling import write_samples
+from inline import ROOT, run_inline
 
-ROOT = Path(__file__).resolve().parents[1]
 T = 4
 CFG = DrawConfig(channels=1, height=12, width=10, n_iter=T, enc_dim=8, dec_dim=8, z_dim=4,
                  read_N=2, write_N=3)
@@ -70,16 +69,6 @@ def run_script(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
                                                             "MPLBACKEND")}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
-
-
-def run_inline(script: str, *args, monkeypatch) -> int:
-    """Run a script in this process as `python script args`; its exit status."""
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 def gif_frames(path: Path) -> tuple[list[np.ndarray], list[int]]:
