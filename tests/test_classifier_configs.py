@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DRAW_CONFIGS = {
     "bmnist-attention.toml": ("bmnist", 64, 256, 100, 2, 5),
     "bmnist-no-attention.toml": ("bmnist", 64, 256, 100, None, None),
-    "two-digit-mnist.toml": ("two-digit-mnist", 64, 256, 100, 2, 5),
+    "two-digit-mnist.toml": ("two-digit-mnist", 64, 400, 200, 5, 5),
     "svhn.toml": ("svhn-multi", 32, 800, 100, 12, 12),
     "cifar10.toml": ("cifar10", 64, 400, 200, 5, 5),
 }
