@@ -5,6 +5,7 @@ optimiser and random states a resume needs (a third of the size).
 Example:
 
     python export-model.py runs/paper-20261201-152946 pretrained/bmnist-r2-w5-t64_model.pkl
+    python export-model.py runs/RUN pretrained/NAME_model.pkl --half    # half the size again
 """
 from draw.cli import ArgumentParser, run
 from draw.training.export import main
@@ -17,6 +18,9 @@ def parse_args():
     parser.add_argument("destination", help="the file to write, e.g. "
                                             "pretrained/<name>_model.pkl; an existing file is "
                                             "replaced only where it is an exported model file")
+    parser.add_argument("--half", action="store_true",
+                        help="store the parameters as float16: half the size; they load as "
+                             "float32, each rounded to 11 significant bits")
     return parser.parse_args()
 
 
