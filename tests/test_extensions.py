@@ -368,16 +368,26 @@ def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch(terminal):
     assert progress.bar is None
 
 
-def test_no_progress_bar_where_stderr_is_not_a_terminal(capsys):
+def test_plain_progress_lines_where_stderr_is_not_a_terminal(capsys):
     loop = MockMainLoop()
-    (progress,) = loop.attach(ProgressBar(batches_per_epoch=4))
+    (progress,) = loop.attach(ProgressBar(batches_per_epoch=25))
     loop.last_batch = {"loss": torch.tensor(3.0)}
+    loop.status.update(epoch=4, batch=13)     # resumed after 13 batches of the fifth epoch
     progress.before_epoch()
     assert progress.bar is None
-    for _ in range(4):
+    for _ in range(12):
+        loop.status["batch"] += 1
         progress.after_batch()
     progress.after_epoch()
-    assert capsys.readouterr().err == ""
+    progress.after_batch()                    # outside an epoch: nothing
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    # every tenth of the epoch (every 2nd batch of 25), none at its end: the epoch line is there
+    lines = captured.out.splitlines()
+    assert [line.split(" | ")[0] for line in lines] == [
+        f"  epoch 5: batch {b}/25" for b in (14, 16, 18, 20, 22, 24)]
+    assert all(line.split(" | ")[1] == "loss 3.00" for line in lines)
+    assert all(line.endswith(" s") for line in lines)
 
 
 def test_plot_feeds_the_live_page_and_survives_a_failed_start(tmp_path, monkeypatch):

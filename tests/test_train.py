@@ -155,13 +155,18 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
 
 def test_output_to_a_pipe_is_the_header_and_one_line_per_epoch(reference):
     """Where output is not a terminal (a cluster job's log file, `| tee`), no progress bar
-    writes its carriage-return frames: stdout holds the header and one line per epoch."""
+    writes its carriage-return frames: stdout holds the header, one line per epoch and, within
+    each epoch, indented plain lines of progress."""
     code, out, err = reference.result()       # both stdout and stderr were pipes
     assert "\r" not in out and "\r" not in err
     header, epochs = out.strip().split("\n\n")
     assert header.startswith(f"Running experiment {LONGNAME}")
-    assert [line.split("|")[0].split() for line in epochs.splitlines()] == [
+    lines = epochs.splitlines()
+    assert [line.split("|")[0].split() for line in lines if not line.startswith("  ")] == [
         ["epoch", str(k)] for k in range(4)]
+    progress = [line for line in lines if line.startswith("  ")]
+    assert progress and all(re.fullmatch(r"  epoch [123]: batch \d+/\d+ \| loss \d+\.\d\d \| \d+ s",
+                                         line) for line in progress)
 
 
 def test_resuming_a_finished_run_does_nothing(reference, capsys):

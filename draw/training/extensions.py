@@ -221,7 +221,10 @@ class SampleCheckpoint(SimpleExtension):
 
 class ProgressBar(SimpleExtension):
     """A tqdm bar over each epoch's batches with the latest loss, only where stderr is a
-    terminal: in a file or a pipe its frames would bury Printing's lines."""
+    terminal: in a file or a pipe its frames would bury Printing's lines. There, a plain line
+    every tenth of the epoch instead, so that a run under nohup still shows where it is."""
+
+    PLAIN_LINES = 10      # per epoch, where there is no bar
 
     default_triggers = ("before_epoch", "after_batch", "after_epoch", "after_training",
                         "on_error")
@@ -229,7 +232,9 @@ class ProgressBar(SimpleExtension):
     def __init__(self, batches_per_epoch: int, **kwargs):
         super().__init__(**kwargs)
         self.total = batches_per_epoch
+        self.plain_every = max(1, batches_per_epoch // self.PLAIN_LINES)
         self.bar = None
+        self.plain_since = None    # when the epoch (or its rest) began, where there is no bar
 
     def do(self, which_callback: str, *args) -> None:
         status = self.main_loop.status
@@ -237,15 +242,24 @@ class ProgressBar(SimpleExtension):
             bar = tqdm(total=self.total, initial=status["batch"], leave=False, disable=None,
                        desc=f"epoch {status['epoch'] + 1}", unit="batch", dynamic_ncols=True)
             self.bar = None if bar.disable else bar
+            self.plain_since = time.perf_counter() if bar.disable else None
+        elif which_callback == "after_batch" and self.plain_since is not None:
+            if status["batch"] % self.plain_every == 0 and status["batch"] < self.total:
+                loss = self.main_loop.last_batch["loss"].item()    # synced already: free
+                seconds = time.perf_counter() - self.plain_since
+                print(f"  epoch {status['epoch'] + 1}: batch {status['batch']}/{self.total} | "
+                      f"loss {loss:.2f} | {seconds:.0f} s", flush=True)
         elif which_callback == "after_batch" and self.bar is not None:
             self.bar.update(1)
             if self.bar.n % 10 == 0:
                 # the loop already synced the loss for its finiteness check: .item() is free
                 loss = self.main_loop.last_batch["loss"].item()
                 self.bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
-        elif self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        elif which_callback != "after_batch":
+            self.plain_since = None
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
 
 class Printing(SimpleExtension):
