@@ -153,7 +153,7 @@ def test_interrupted_runs_resume_bit_identically(reference, tmp_path):
     assert (run_dir / "args.txt").read_text().count("# resumed") == 2
 
 
-def test_output_to_a_pipe_is_the_header_and_one_line_per_epoch(reference):
+def test_output_to_a_pipe_is_the_header_epoch_lines_and_plain_progress(reference):
     """Where output is not a terminal (a cluster job's log file, `| tee`), no progress bar
     writes its carriage-return frames: stdout holds the header, one line per epoch and, within
     each epoch, indented plain lines of progress."""
