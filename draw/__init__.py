@@ -1,6 +1,19 @@
-"""DRAW: a recurrent neural network for image generation (Gregor et al., 2015, arXiv:1502.04623)."""
-from draw.attention import ZoomableAttentionWindow
-from draw.model import DrawConfig, DrawModel, nll_bound
+"""DRAW: a recurrent neural network for image generation (Gregor et al., 2015, arXiv:1502.04623).
 
-__all__ = ["ZoomableAttentionWindow", "DrawConfig", "DrawModel", "nll_bound"]
+The names below load on first use (PEP 562), so that `import draw.cli`, the first import of every
+script, does not load torch: a Ctrl-C during the seconds torch takes to load then finds the
+scripts' handler in place (draw/cli.py) instead of printing a traceback.
+"""
+import importlib
+
+_EXPORTS = {"ZoomableAttentionWindow": "draw.attention", "DrawConfig": "draw.model",
+            "DrawModel": "draw.model", "nll_bound": "draw.model"}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'draw' has no attribute {name!r}")

@@ -2,13 +2,29 @@
 
 `run(main, args)` calls `main(**vars(args))`. A malformed flag (exit 2), a DrawError or an
 OSError such as a full disk (exit 1) print one line, `error: ...`, not a traceback; Ctrl-C
-(exit 130) one plain line, since every write is atomic (draw/atomic.py).
+(exit 130) one plain line, since every write is atomic (draw/atomic.py), also before `run`.
 """
 import argparse
 import sys
 from typing import Callable
 
 from draw.errors import DrawError, Interrupted
+
+
+def interrupted_before_run(hook: Callable) -> Callable:
+    """A sys.excepthook: a Ctrl-C that comes before `run` (while torch and a script's other
+    modules load, the first seconds) prints one line instead of a traceback, as `run` does for
+    one within `main`; nothing has been written yet. Every other error goes on to `hook`."""
+    def excepthook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted while starting; nothing was written", file=sys.stderr)
+        else:
+            hook(kind, value, traceback)
+    return excepthook
+
+
+# every script imports this module first, and it loads before torch (draw/__init__.py)
+sys.excepthook = interrupted_before_run(sys.excepthook)
 
 
 def positive(text: str) -> int:
