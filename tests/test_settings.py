@@ -123,7 +123,7 @@ def test_resume_rules():
     assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
                                               "lr_warmup", "lr_decay", "precision",
                                               "window_lr", "matmul_precision",
-                                              "learned_initial_state"}
+                                              "learned_initial_state", "keep_every"}
     assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
     # a zero initial state, as they had, though a new run learns it (section 2.2)
     assert s.learned_initial_state is False and DrawSettings().learned_initial_state is True

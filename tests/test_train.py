@@ -322,6 +322,8 @@ BAD = {
     "name_is_a_path": (["--name", "../escaped"], "--name must be a name"),
     "name_is_dots": (["--name", ".."], "--name must be a name"),
     "bad_plot_port": (["--plot-port", "0"], "--plot-port"),
+    "negative_keep_every": (["--keep-every", "-1"],
+                            "--keep-every must be 0 (only the last) or a positive integer"),
     "missing_config": (["--config", "nope.toml"], "nope.toml"),
     "config_not_toml": (["--config", "bad.toml"], "bad.toml is not valid TOML"),
     "config_unknown_key": (["--config", "unknown.toml"], "unknown setting 'nither'"),
@@ -388,6 +390,32 @@ def test_a_resumed_run_may_stop_its_decay_and_hold_a_rate(tmp_path, capsys):
     ckpt = load_checkpoint(run_dir / "sample_model.pkl")
     assert [row.get("learning_rate") for row in ckpt["log"]] == [None, 1e-3, 5e-4, 2e-4, 2e-4]
     assert ckpt["run"]["lr_decay"] == 1.0 and ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-4
+
+
+def test_keep_every_keeps_those_epochs_model_files_beside_the_run(tmp_path, monkeypatch,
+                                                                  capsys):
+    main(**{**TINY, "epochs": 3}, run_dir=str(tmp_path / "a"), keep_every=2)
+    (run_dir,) = (tmp_path / "a").iterdir()
+    assert f"kept model files: every 2 epoch(s), in {run_dir / 'epochs'}" in capsys.readouterr().out
+    kept = run_dir / "epochs"
+    assert [p.name for p in kept.iterdir()] == ["sample_epoch-002_model.pkl"]
+    # epoch 2's own state: a run of 2 epochs ends with the same parameters
+    main(**{**TINY, "epochs": 2}, run_dir=str(tmp_path / "b"))
+    (two,) = (tmp_path / "b").iterdir()
+    second, last = (load_checkpoint(path) for path in (kept / "sample_epoch-002_model.pkl",
+                                                      run_dir / "sample_model.pkl"))
+    assert (second["epoch"], last["epoch"]) == (2, 3)
+    reference = load_checkpoint(two / "sample_model.pkl")["model"]
+    assert all(torch.equal(second["model"][k], reference[k]) for k in reference)
+    assert not all(torch.equal(last["model"][k], reference[k]) for k in reference)
+    # --resume still finds the run's one model file, and may change the setting; where the disk
+    # has no hard links the file is copied
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no links")))
+    main(resume=str(run_dir), epochs=4, keep_every=1)
+    assert sorted(p.name for p in kept.iterdir()) == ["sample_epoch-002_model.pkl",
+                                                      "sample_epoch-004_model.pkl"]
+    assert ((kept / "sample_epoch-004_model.pkl").read_bytes()
+            == (run_dir / "sample_model.pkl").read_bytes())
 
 
 def test_flush_denormal_is_a_setting_the_run_applies(tmp_path, monkeypatch, capsys):

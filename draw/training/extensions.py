@@ -4,12 +4,15 @@ Each is a SimpleExtension (draw/training/simple_extension.py); the monitoring on
 draw/training/monitoring.py and are importable from here too.
 """
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from draw.atomic import atomic_path
 from draw.checkpoint import rng_state, save_checkpoint, save_log, save_log_csv
 from draw.errors import DrawError
 from draw.outputs.plotting import (check_gif_duration, image_grid, sampling_frames, save_gif,
@@ -110,14 +113,20 @@ class Checkpoint(SimpleExtension):
 
     The model file is an epoch's commit point: written first, with a copy of the log, so a kill
     leaves the log and the pictures behind it, never ahead; a resumed run rewrites the log.
+    With `keep_every` N, the model file of every Nth epoch also stays, as
+    `epochs/<name>_epoch-NNN_model.pkl`: a hard link to it, which keeps its bytes when the next
+    save replaces `<name>_model.pkl` (a copy where the disk has no links). The subfolder keeps
+    the run directory to the one `*_model.pkl` that --resume looks for.
     """
 
     default_triggers = ("before_training", "before_first_epoch", "after_epoch", "after_training")
 
     def __init__(self, run_dir, name: str, run: dict, started_from: dict | None = None,
-                 **kwargs):
+                 keep_every: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.started_from = started_from      # the --oldmodel's training, where there is one
+        self.keep_every = keep_every
+        self.name = name
         self.model_path = Path(run_dir) / f"{name}_model.pkl"
         self.log_path = Path(run_dir) / f"{name}_log.pkl"
         self.csv_path = Path(run_dir) / f"{name}_log.csv"
@@ -139,6 +148,21 @@ class Checkpoint(SimpleExtension):
                         **loop.state_dict())
         self._save_log(loop.log)
         self.saved_at = position
+        epoch = loop.status["epoch"]
+        if which_callback == "after_epoch" and self.keep_every and epoch % self.keep_every == 0:
+            self._keep(epoch)
+
+    def _keep(self, epoch: int) -> None:
+        """epochs/<name>_epoch-NNN_model.pkl: this epoch's model file, linked (or copied) under
+        a temporary name and renamed, so that it too is whole or absent."""
+        kept = self.model_path.parent / "epochs" / f"{self.name}_epoch-{epoch:03d}_model.pkl"
+        kept.parent.mkdir(exist_ok=True)
+        with atomic_path(kept) as tmp:
+            tmp.unlink()
+            try:
+                os.link(self.model_path, tmp)
+            except OSError:
+                shutil.copyfile(self.model_path, tmp)
 
     def _save_log(self, rows: list[dict]) -> None:
         save_log(self.log_path, rows)

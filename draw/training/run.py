@@ -226,7 +226,8 @@ def _build_loop(plan: Plan, parts: Parts) -> MainLoop:
         # the model file commits an epoch; the log and the pictures follow it
         extensions += [plan.job.printing(),
                        Checkpoint(run_path, plan.checked.files, s.stored(),
-                                  started_from=plan.checked.started_from),
+                                  started_from=plan.checked.started_from,
+                                  keep_every=s.keep_every),
                        *parts.pictures]
         if s.tensorboard:
             extensions.append(TensorBoard(run_path, *plan.job.picture))
@@ -314,6 +315,8 @@ def _header(plan: Plan, parts: Parts, longname: str, resumed_at: str | None) -> 
             ("evaluation", f"every {s.eval_every} epoch(s) on {len(data.valid_subset)} valid "
                            f"and {len(data.test_subset)} test images; the whole splits after "
                            f"the last"),
+            ("kept model files", f"every {s.keep_every} epoch(s), in "
+                                 f"{plan.run_path / 'epochs'}" if s.keep_every else None),
             ("parameters", f"{n_params:,}"),
             ("starts from", plan.checked.started_from and describe_history(
                 plan.checked.started_from)),

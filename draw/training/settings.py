@@ -58,6 +58,10 @@ class RunSettings(Settings):
               "every time) before training and after each epoch but the last, which always "
               "uses the whole splits; 0 for the whole splits every time", on_resume=CHANGE,
         metavar="N")
+    keep_every: int = setting(0, "also keep the model file of every Nth epoch, as "
+                                 "epochs/NAME_epoch-NNN_model.pkl in the run directory (each "
+                                 "takes a model file's disk); 0: only the last", metavar="N",
+                              on_resume=CHANGE)
     flush_denormal: bool = setting(
         True, "flush denormal floats to zero on the CPU (torch.set_flush_denormal), which "
               "keeps tiny gradients from slowing arithmetic down; process-wide",
@@ -121,6 +125,7 @@ class RunSettings(Settings):
         self.require("lr_decay", 0 < self.lr_decay <= 1, "a number in (0, 1]")
         self.require("eval_subset", self.eval_subset is None or self.eval_subset >= 0,
                      "0 (whole splits) or a positive integer")
+        self.require("keep_every", self.keep_every >= 0, "0 (only the last) or a positive integer")
         self.require("seed", 0 <= self.seed <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
         self.require("plot_port", 0 < self.plot_port < 65536, "a TCP port (1-65535)")
         self.require("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
