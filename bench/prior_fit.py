@@ -1,0 +1,165 @@
+"""Whether a model's prior P(Z_t) = N(0, I) matches what its posterior gives at each step, in the
+ways a refit of the prior could use: where the samples are poor and the reconstructions good
+(bench/reconstructions.py), is the gap in the moments of z_t, or in how z_t depends on the
+decoder's state, or beyond both?
+
+    python bench/prior_fit.py runs/RUN/NAME_model.pkl [--n 8000] [--read]
+
+Over N training images (a random subset, one posterior draw of z each) it prints, for steps in
+groups of 8:
+
+- L^z: the mean KL(Q(Z_t|h_t^enc) || N(0, I)), eq. 10 before the sum over t.
+- fit KL: KL(N(mu_t, S_t) || N(0, I)), where mu_t and S_t are the mean and covariance of the
+  aggregate posterior (the mixture over images of Q(Z_t|h_t^enc)). Near 0, a Gaussian prior
+  refitted at each step would be the one the model has.
+- R^2: how much of the posterior mean of z_t a linear map of h_{t-1}^dec, the decoder's state
+  before z_t, predicts. It is fitted on three quarters of the images and measured on the rest.
+  The floor is the same fit with the states shuffled between images: what 1 + dec_dim
+  coefficients find in noise. Near the floor, no prior that is linear in the state would do better.
+
+With --read (two-digit MNIST models), bench/two_digit_reader.py's reader reads --samples
+samples from N(0, I) and as many from the refitted Gaussians, made from the same noise.
+"""
+
+import torch
+from torch import Tensor
+
+from draw.checkpoint import build_model, load_checkpoint
+from draw.cli import ArgumentParser, positive, run, seed as seed_type
+from draw.datasets import batches, get_data
+from draw.errors import DrawError
+from draw.model import DrawModel
+from draw.outputs.scores import model_images
+
+GROUP = 8                   # steps per printed row
+
+
+@torch.no_grad()
+def posterior_path(model: DrawModel, x: Tensor, generator: torch.Generator, batch: int = 500
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """One posterior draw through all T glimpses of x (N, x_dim): the posterior means and
+    variances, (T, N, z_dim) each, and the decoder state h_{t-1}^dec before each z_t, (T, N,
+    dec_dim), all float64."""
+    means, variances, states = [], [], []
+    for part in x.split(batch):
+        u = model.noise(len(part), part, generator)
+        state = model.initial_state(len(part), part)
+        path = []
+        for u_t in u:
+            h_dec = state.h_dec
+            state, _, mean, log_sigma = model.step(state, part, u_t)
+            path.append((mean, torch.exp(2 * log_sigma), h_dec))
+        for store, value in zip((means, variances, states), zip(*path)):
+            store.append(torch.stack(value).double())
+    return tuple(torch.cat(store, dim=1) for store in (means, variances, states))
+
+
+def aggregate_gaussian(means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean (T, Z) and covariance (T, Z, Z) of each step's mixture over N images of
+    N(mean_i, diag(variance_i)), given (T, N, Z) each."""
+    mu = means.mean(dim=1)
+    centred = means - mu[:, None]
+    cov = centred.transpose(1, 2) @ centred / means.shape[1]
+    return mu, cov + torch.diag_embed(variances.mean(dim=1))
+
+
+def kl_to_standard_normal(mu: Tensor, cov: Tensor) -> Tensor:
+    """KL(N(mu, cov) || N(0, I)) of each row, (T,), for mu (T, Z) and cov (T, Z, Z)."""
+    z = mu.shape[-1]
+    trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return 0.5 * (trace + (mu ** 2).sum(-1) - z - torch.logdet(cov))
+
+
+def held_out_r2(features: Tensor, targets: Tensor, fit: int) -> float:
+    """R^2, on rows fit: of `targets` (N, Z), of the least-squares affine map of `features` (N,
+    D) fitted on rows :fit; 1 - residual / total sum of squares, the total about the fitted
+    rows' mean."""
+    design = torch.cat([features, features.new_ones(len(features), 1)], dim=1)
+    weights = torch.linalg.lstsq(design[:fit], targets[:fit]).solution
+    residual = ((targets[fit:] - design[fit:] @ weights) ** 2).sum()
+    total = ((targets[fit:] - targets[:fit].mean(dim=0)) ** 2).sum()
+    return (1 - residual / total).item()
+
+
+def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000,
+         seed: int = 0, dataset: str | None = None, data_dir: str | None = None
+         ) -> dict[str, Tensor]:
+    """Print the three measures per group of steps (and with `read`, the two shares); return
+    them per step."""
+    ckpt = load_checkpoint(model_file)
+    model = build_model(ckpt, model_file).eval()
+    cfg = model.config
+    if read and (cfg.channels, cfg.height, cfg.width) != (1, 60, 60):
+        raise DrawError(f"--read reads two-digit MNIST samples; {model_file} models "
+                        f"{cfg.channels}x{cfg.height}x{cfg.width} images")
+    _, images, _ = model_images(model_file, cfg, dataset, ckpt.get("run") or {}, "train", n,
+                                seed, data_dir)
+    x = next(batches(images, len(images)))                                   # (n, x_dim)
+    generator = torch.Generator().manual_seed(seed)
+    means, variances, states = posterior_path(model, x, generator)
+    T, n = means.shape[:2]
+    fit = 3 * n // 4
+    shuffled = torch.randperm(n, generator=generator)
+    lz = (0.5 * (variances + means ** 2 - 1 - variances.log()).sum(-1)).mean(-1)   # (T,)
+    mu, cov = aggregate_gaussian(means, variances)
+    fit_kl = kl_to_standard_normal(mu, cov)
+    # z_1 has no decoder state before it but the (learned) initial one, the same for all
+    r2 = torch.tensor([float("nan")] + [held_out_r2(states[t], means[t], fit)
+                                        for t in range(1, T)])
+    floor = torch.tensor([float("nan")] + [held_out_r2(states[t][shuffled], means[t], fit)
+                                           for t in range(1, T)])
+    print(f"{model_file}: {n} training images, one posterior draw each; R^2 fitted on {fit}, "
+          f"measured on {n - fit}")
+    print(f"{'steps':>9}{'L^z':>9}{'fit KL':>9}{'R^2':>9}{'floor':>9}")
+    for start in range(0, T, GROUP):
+        part = slice(start, min(start + GROUP, T))
+        print(f"{start + 1:>4}-{part.stop:<4}{lz[part].sum():>9.2f}{fit_kl[part].sum():>9.2f}"
+              f"{r2[part].nanmean():>9.3f}{floor[part].nanmean():>9.3f}")
+    print(f"{'all':>9}{lz.sum():>9.2f}{fit_kl.sum():>9.2f}{r2.nanmean():>9.3f}"
+          f"{floor.nanmean():>9.3f}   (L^z and fit KL summed, R^2 averaged over the steps)")
+    result = {"lz": lz, "fit_kl": fit_kl, "r2": r2, "floor": floor}
+    if read:
+        result.update(read_both(model, mu, cov, samples, seed, data_dir))
+    return result
+
+
+def read_both(model: DrawModel, mu: Tensor, cov: Tensor, samples: int, seed: int,
+              data_dir: str | None) -> dict[str, float]:
+    """The reader's share of two-digit canvases among samples from N(0, I) and from the
+    refitted N(mu_t, cov_t), z_t = mu_t + L_t u_t with the same u (L_t L_t^T = cov_t)."""
+    import two_digit_reader as reader_script          # a sibling script; only --read needs it
+    u = torch.randn(model.noise_shape(samples), generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)                                     # (T, n, Z)
+    refitted = mu[:, None] + u @ torch.linalg.cholesky(cov).transpose(1, 2)
+    canvases = {"N(0, I)": model.sample(samples, u.float())[-1].clone(),
+                "refitted": model.sample(samples, refitted.float())[-1].clone()}
+    mnist = get_data("mnist", root=data_dir)
+    if mnist.train_labels is None:
+        raise DrawError("mnist was converted without labels (by an earlier version): run "
+                        "`python -m draw.datasets convert mnist`")
+    with torch.enable_grad():
+        reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
+                                            mnist.train_labels.long(), 60_000, 3, seed)
+    shares = {}
+    for name, c in canvases.items():
+        _, classes, probabilities = reader_script.read_two(reader, c.view(-1, 60, 60))
+        read = reader_script.read_as_digits(classes, probabilities, 0.7).all(dim=1)
+        shares[name] = read.float().mean().item()
+        print(f"samples from {name}: {shares[name]:.1%} of {samples} read as two digits")
+    return shares
+
+
+if __name__ == "__main__":
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_file", metavar="MODEL", help="a <name>_model.pkl")
+    parser.add_argument("--n", type=positive, default=8000, help="training images to encode")
+    parser.add_argument("--read", action="store_true",
+                        help="read samples of both priors (two-digit MNIST models)")
+    parser.add_argument("--samples", type=positive, default=1000,
+                        help="samples of each prior to read")
+    parser.add_argument("--seed", type=seed_type, default=0,
+                        help="seed of the subset, the noise and the reader")
+    parser.add_argument("--dataset", default=None,
+                        help="the images to encode (default: the model's training set)")
+    parser.add_argument("--data-dir", default=None, help="where the converted datasets are")
+    run(main, parser.parse_args())

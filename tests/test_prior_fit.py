@@ -1,0 +1,91 @@
+"""bench/prior_fit.py: the posterior's path against the model's own KL, the aggregate Gaussian's
+moments, its KL against torch.distributions, the held-out R^2 on known cases, and a whole run on
+the shipped sample data."""
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, kl_divergence
+
+from draw.checkpoint import save_checkpoint
+from draw.datasets import batches, get_data
+from draw.errors import DrawError
+from draw.model import DrawConfig, DrawModel
+
+
+@pytest.fixture
+def fit(bench_script):
+    return bench_script("prior_fit")
+
+
+def small_model() -> DrawModel:
+    torch.manual_seed(0)
+    return DrawModel.from_config(DrawConfig(n_iter=5, enc_dim=12, dec_dim=10, z_dim=3,
+                                            read_N=2, write_N=3))
+
+
+def test_the_posterior_path_gives_the_models_own_kl_and_decoder_states(fit):
+    model = small_model().eval()
+    x = next(batches(get_data("sample").train[:7], 7))
+    means, variances, states = fit.posterior_path(model, x, torch.Generator().manual_seed(3),
+                                                  batch=4)
+    assert means.shape == variances.shape == (5, 7, 3) and states.shape == (5, 7, 10)
+    # the same noise, drawn batch by batch as posterior_path draws it
+    generator = torch.Generator().manual_seed(3)
+    u = torch.cat([model.noise(len(part), part, generator) for part in x.split(4)], dim=1)
+    with torch.no_grad():
+        _, kl = model(x, u)                                                  # (T, B)
+    ours = 0.5 * (variances + means ** 2 - 1 - variances.log()).sum(-1)
+    torch.testing.assert_close(ours, kl.double(), rtol=1e-5, atol=1e-5)
+    # h_0^dec, the learned initial state, comes before z_1, the same for every image
+    torch.testing.assert_close(states[0], model.h_0_dec.double().expand(7, -1))
+
+
+def test_the_aggregate_gaussian_has_the_mixtures_moments(fit):
+    means = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]], [[2.0, 1.0], [2.0, 1.0]]],
+                         dtype=torch.float64)                                # (T=2, N=2, Z=2)
+    variances = torch.full_like(means, 0.5)
+    mu, cov = fit.aggregate_gaussian(means, variances)
+    torch.testing.assert_close(mu, torch.tensor([[0.0, 0.0], [2.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(cov, torch.tensor([[[1.5, 0.0], [0.0, 0.5]],
+                                                  [[0.5, 0.0], [0.0, 0.5]]], dtype=torch.float64))
+
+
+def test_the_kl_to_the_standard_normal_is_torchs(fit):
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2) + 0.1 * torch.eye(4, dtype=torch.float64)
+    expected = kl_divergence(MultivariateNormal(mu, cov),
+                             MultivariateNormal(torch.zeros(4, dtype=torch.float64),
+                                                torch.eye(4, dtype=torch.float64)))
+    torch.testing.assert_close(fit.kl_to_standard_normal(mu, cov), expected)
+    assert fit.kl_to_standard_normal(mu[:1] * 0, torch.eye(4, dtype=torch.float64)[None]) == 0
+
+
+def test_held_out_r2_is_one_for_an_affine_map_and_near_zero_for_noise(fit):
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(4000, 20, generator=g, dtype=torch.float64)
+    affine = features @ torch.randn(20, 3, generator=g, dtype=torch.float64) + 5.0
+    assert fit.held_out_r2(features, affine, 3000) == pytest.approx(1.0, abs=1e-9)
+    noisy = affine + torch.randn(4000, 3, generator=g, dtype=torch.float64) * affine.std()
+    assert fit.held_out_r2(features, noisy, 3000) == pytest.approx(0.5, abs=0.05)
+    noise = torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    assert -0.03 < fit.held_out_r2(features, noise, 3000) < 0.01
+
+
+def test_a_whole_run_on_the_sample_data(fit, tmp_path, capsys):
+    path = tmp_path / "m_model.pkl"
+    save_checkpoint(path, small_model(), run={"dataset": "sample"})
+    result = fit.main(str(path), n=300)
+    out = capsys.readouterr().out
+    assert "300 training images, one posterior draw each; R^2 fitted on 225, measured on 75" in out
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["1-5", "all"]
+    assert result["lz"].shape == result["fit_kl"].shape == (5,)
+    assert torch.isnan(result["r2"][0]) and not torch.isnan(result["r2"][1:]).any()
+    # the last row: L^z and fit KL summed over the steps, R^2 and its floor averaged
+    lz, fit_kl, r2, floor = map(float, out.splitlines()[-1].split()[1:5])
+    assert lz == pytest.approx(result["lz"].sum().item(), abs=0.006)
+    assert fit_kl == pytest.approx(result["fit_kl"].sum().item(), abs=0.006)
+    assert r2 == pytest.approx(result["r2"][1:].mean().item(), abs=6e-4)
+    assert floor == pytest.approx(result["floor"][1:].mean().item(), abs=6e-4)
+    with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
+        fit.main(str(path), n=300, read=True)
