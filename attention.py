@@ -5,6 +5,8 @@ Writes original.png (the read window outlined in red), read.png and write.png; w
 opens them in windows, as the classic attention.py did. Without IMAGE it uses a picture shipped
 with the package (a public-domain portrait of Grace Hopper).
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 import argparse
 
 from draw.cli import ArgumentParser, positive, run

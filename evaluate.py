@@ -4,6 +4,8 @@ error (draw/outputs/scores.py).
 
     python evaluate.py bmnist-20250101-120000/bmnist-r2-w5-t64-enc256-dec256-z100-lr34_model.pkl
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 import argparse
 
 from draw.cli import ArgumentParser, positive, run, seed

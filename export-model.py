@@ -7,6 +7,8 @@ Example:
     python export-model.py runs/paper-20261201-152946 pretrained/bmnist-r2-w5-t64_model.pkl
     python export-model.py runs/RUN pretrained/NAME_model.pkl --half    # half the size again
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 from draw.cli import ArgumentParser, run
 from draw.training.export import main
 

@@ -6,6 +6,8 @@ Example:
 
     python plot-kl.py runs/my-mnist_log.pkl     # -> runs/my-mnist_kl.png, _kl_heatmap.png, _log.html
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 import argparse
 
 from draw.cli import ArgumentParser, positive, run

@@ -5,6 +5,8 @@ Example (the classic command line):
 
     python sample.py svhn_model.pkl --channels 3 --size 32
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 import argparse
 
 from draw.cli import ArgumentParser, positive, run, seed

@@ -13,6 +13,8 @@ Checkpoints, log, resume and torchrun work as in train-draw.py; the log holds tr
 valid_error and test_error in percent, and glimpses.png shows every glimpse's read window over
 test images (the paper's Figure 4).
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 from draw.cli import run
 from draw.training.classify import ClassifierSettings, main
 

@@ -14,6 +14,8 @@ Under torchrun, --bs is the global batch size: the processes split every batch b
 A resumed run keeps its settings; it may change --epochs (the total to reach), the device,
 directories, live plotting and the number of processes.
 """
+import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one line)
+
 from draw.cli import run
 from draw.training.draw_job import main
 from draw.training.settings import DrawSettings

@@ -2,7 +2,8 @@
 
 `run(main, args)` calls `main(**vars(args))`. A malformed flag (exit 2), a DrawError or an
 OSError such as a full disk (exit 1) print one line, `error: ...`, not a traceback; Ctrl-C
-(exit 130) one plain line, since every write is atomic (draw/atomic.py), also before `run`.
+(exit 130) one plain line, since every write is atomic (draw/atomic.py), and before `run` too
+(draw/startup.py).
 """
 import argparse
 import sys
@@ -11,20 +12,20 @@ from typing import Callable
 from draw.errors import DrawError, Interrupted
 
 
-def interrupted_before_run(hook: Callable) -> Callable:
-    """A sys.excepthook: a Ctrl-C that comes before `run` (while torch and a script's other
-    modules load, the first seconds) prints one line instead of a traceback, as `run` does for
-    one within `main`; nothing has been written yet. Every other error goes on to `hook`."""
-    def excepthook(kind, value, traceback):
+class StartupHook:
+    """sys.excepthook while a script starts (draw/startup.py installs it): a Ctrl-C before `run`
+    calls `main` prints one line instead of a traceback, as `run` does for one within `main`;
+    nothing has been written yet. Every other error goes on to the hook it replaced, which
+    `run` puts back."""
+
+    def __init__(self, previous: Callable):
+        self.previous = previous
+
+    def __call__(self, kind, value, traceback) -> None:
         if issubclass(kind, KeyboardInterrupt):
             print("interrupted while starting; nothing was written", file=sys.stderr)
         else:
-            hook(kind, value, traceback)
-    return excepthook
-
-
-# every script imports this module first, and it loads before torch (draw/__init__.py)
-sys.excepthook = interrupted_before_run(sys.excepthook)
+            self.previous(kind, value, traceback)
 
 
 def positive(text: str) -> int:
@@ -53,6 +54,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def run(main: Callable, args: argparse.Namespace) -> None:
     """Call main(**vars(args)) (the classic hand-off) and turn user-fixable failures into one
     line on stderr and a non-zero exit status."""
+    if isinstance(sys.excepthook, StartupHook):
+        sys.excepthook = sys.excepthook.previous     # started: what happens now is main's
     try:
         main(**vars(args))
     except (DrawError, OSError) as e:
