@@ -408,12 +408,19 @@ def test_keep_every_keeps_those_epochs_model_files_beside_the_run(tmp_path, monk
     reference = load_checkpoint(two / "sample_model.pkl")["model"]
     assert all(torch.equal(second["model"][k], reference[k]) for k in reference)
     assert not all(torch.equal(last["model"][k], reference[k]) for k in reference)
-    # --resume still finds the run's one model file, and may change the setting; where the disk
-    # has no hard links the file is copied
+    # a kept file is not a run to resume: the run would go on in epochs/ and overwrite it
+    with pytest.raises(DrawError, match="a file --keep-every kept; resume the run"):
+        main(resume=str(kept / "sample_epoch-002_model.pkl"), epochs=4)
+    # --resume still finds the run's one model file, and may change the setting; the epoch it
+    # resumes after is kept first (a kill between its save and its keep lost it); where the
+    # disk has no hard links the file is copied
+    epoch_3 = (run_dir / "sample_model.pkl").read_bytes()
     monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no links")))
     main(resume=str(run_dir), epochs=4, keep_every=1)
     assert sorted(p.name for p in kept.iterdir()) == ["sample_epoch-002_model.pkl",
+                                                      "sample_epoch-003_model.pkl",
                                                       "sample_epoch-004_model.pkl"]
+    assert (kept / "sample_epoch-003_model.pkl").read_bytes() == epoch_3
     assert ((kept / "sample_epoch-004_model.pkl").read_bytes()
             == (run_dir / "sample_model.pkl").read_bytes())
 

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -19,6 +20,7 @@ from draw.outputs.plotting import (check_gif_duration, image_grid, sampling_fram
                                    save_png)
 from draw.outputs.sampling import prior_noise, sampling_bytes
 from draw.training.monitoring import DataStreamMonitoring, TrainingDataMonitoring  # noqa: F401
+from draw.training.rundir import kept_path
 from draw.training.simple_extension import SimpleExtension
 
 
@@ -114,9 +116,8 @@ class Checkpoint(SimpleExtension):
     The model file is an epoch's commit point: written first, with a copy of the log, so a kill
     leaves the log and the pictures behind it, never ahead; a resumed run rewrites the log.
     With `keep_every` N, the model file of every Nth epoch also stays, as
-    `epochs/<name>_epoch-NNN_model.pkl`: a hard link to it, which keeps its bytes when the next
-    save replaces `<name>_model.pkl` (a copy where the disk has no links). The subfolder keeps
-    the run directory to the one `*_model.pkl` that --resume looks for.
+    `epochs/<name>_epoch-NNN_model.pkl` (rundir.kept_path): a hard link to it, which keeps its
+    bytes when the next save replaces `<name>_model.pkl` (a copy where the disk has no links).
     """
 
     default_triggers = ("before_training", "before_first_epoch", "after_epoch", "after_training")
@@ -126,7 +127,7 @@ class Checkpoint(SimpleExtension):
         super().__init__(**kwargs)
         self.started_from = started_from      # the --oldmodel's training, where there is one
         self.keep_every = keep_every
-        self.name = name
+        self.kept = partial(kept_path, Path(run_dir), name)       # epoch -> its kept file
         self.model_path = Path(run_dir) / f"{name}_model.pkl"
         self.log_path = Path(run_dir) / f"{name}_log.pkl"
         self.csv_path = Path(run_dir) / f"{name}_log.csv"
@@ -141,6 +142,10 @@ class Checkpoint(SimpleExtension):
         if which_callback == "before_training":
             if not loop.fresh:
                 self._save_log(loop.log)            # resumed: the log the model file holds
+                # killed between an epoch's save and its keep: the model file is still that
+                # epoch's, and the resumed run will not end that epoch again
+                if loop.status["batch"] == 0 and not self.kept(loop.status["epoch"]).exists():
+                    self._keep_if_due(loop.status["epoch"])
             return
         history = {"started_from": self.started_from} if self.started_from else {}
         save_checkpoint(self.model_path, loop.model, loop.optimizer,
@@ -148,14 +153,15 @@ class Checkpoint(SimpleExtension):
                         **loop.state_dict())
         self._save_log(loop.log)
         self.saved_at = position
-        epoch = loop.status["epoch"]
-        if which_callback == "after_epoch" and self.keep_every and epoch % self.keep_every == 0:
-            self._keep(epoch)
+        if which_callback == "after_epoch":
+            self._keep_if_due(loop.status["epoch"])
 
-    def _keep(self, epoch: int) -> None:
-        """epochs/<name>_epoch-NNN_model.pkl: this epoch's model file, linked (or copied) under
-        a temporary name and renamed, so that it too is whole or absent."""
-        kept = self.model_path.parent / "epochs" / f"{self.name}_epoch-{epoch:03d}_model.pkl"
+    def _keep_if_due(self, epoch: int) -> None:
+        """Keep the model file, as it is now, as that of `epoch` where --keep-every asks: linked
+        (or copied) under a temporary name and renamed, so that it too is whole or absent."""
+        if not self.keep_every or epoch == 0 or epoch % self.keep_every:
+            return
+        kept = self.kept(epoch)
         kept.parent.mkdir(exist_ok=True)
         with atomic_path(kept) as tmp:
             tmp.unlink()

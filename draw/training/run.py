@@ -46,8 +46,9 @@ from draw.training.extensions import (Checkpoint, DataStreamMonitoring, FinishAf
 from draw.training.job import Data, Job, Parts
 from draw.training.lock import RunLock, check_unlocked
 from draw.training.main_loop import MainLoop, load_adam_state
-from draw.training.rundir import (experiment_name, find_checkpoint, make_run_dir, new_run_path,
-                                  nothing_to_do, read_text, stored_in_config, write_text)
+from draw.training.rundir import (KEPT, experiment_name, find_checkpoint, make_run_dir,
+                                  new_run_path, nothing_to_do, read_text, stored_in_config,
+                                  write_text)
 from draw.training.settings import RunSettings
 from draw.training.tensorboard import TensorBoard
 
@@ -95,6 +96,11 @@ class Plan:
 
 def _resumed(job: Job, given: dict) -> tuple[RunSettings, Path, dict | None, Path | None]:
     run_path, model_file = find_checkpoint(given["resume"])
+    if run_path.name == KEPT and any(run_path.parent.glob("*_model.pkl")):
+        # resumed there, the run would go on in epochs/ and overwrite the kept file
+        raise DrawError(f"--resume {given['resume']}: a file --keep-every kept; resume the "
+                        f"run ({run_path.parent}), or start a new one from this file with "
+                        f"--oldmodel")
     check_unlocked(run_path)
     if model_file is None:      # killed before its first save: its config.json restarts it
         stored = stored_in_config(run_path)

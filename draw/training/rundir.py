@@ -11,6 +11,15 @@ from draw.errors import DrawError
 from draw.training.lock import LOCK_NAME, check_unlocked
 
 
+KEPT = "epochs"      # --keep-every's folder of epoch model files inside a run directory
+
+
+def kept_path(run_path: Path, name: str, epoch: int) -> Path:
+    """Where --keep-every keeps the model file of an epoch: outside the run directory's top, so
+    that --resume still finds one *_model.pkl there."""
+    return run_path / KEPT / f"{name}_epoch-{epoch:03d}_model.pkl"
+
+
 def find_checkpoint(resume: str, flag: str = "--resume") -> tuple[Path, Path | None]:
     """The run directory and its model file, None for a run killed before its first one (its
     config.json restarts it); `flag` names the argument in errors. A run killed before even
