@@ -26,10 +26,12 @@ from torch import Tensor
 
 from draw.checkpoint import build_model, load_checkpoint
 from draw.cli import ArgumentParser, positive, run, seed as seed_type
-from draw.datasets import batches, get_data
+from draw.datasets import batches
 from draw.errors import DrawError
 from draw.model import DrawModel
 from draw.outputs.scores import model_images
+
+import two_digit_reader as reader_script        # a sibling script: its reader, for --read
 
 GROUP = 8                   # steps per printed row
 
@@ -37,10 +39,11 @@ GROUP = 8                   # steps per printed row
 @torch.no_grad()
 def posterior_path(model: DrawModel, x: Tensor, generator: torch.Generator, batch: int = 500
                    ) -> tuple[Tensor, Tensor, Tensor]:
-    """One posterior draw through all T glimpses of x (N, x_dim): the posterior means and
-    variances, (T, N, z_dim) each, and the decoder state h_{t-1}^dec before each z_t, (T, N,
-    dec_dim), all float64."""
-    means, variances, states = [], [], []
+    """One posterior draw through all T glimpses of x (N, x_dim): the posterior's means and log
+    sigmas, (T, N, z_dim) each in float64, and the decoder state h_{t-1}^dec before each z_t,
+    (T, N, dec_dim) in the model's float32 (T N dec_dim doubles would be 164 MB at T = 64, N =
+    8,000)."""
+    means, log_sigmas, states = [], [], []
     for part in x.split(batch):
         u = model.noise(len(part), part, generator)
         state = model.initial_state(len(part), part)
@@ -48,10 +51,10 @@ def posterior_path(model: DrawModel, x: Tensor, generator: torch.Generator, batc
         for u_t in u:
             h_dec = state.h_dec
             state, _, mean, log_sigma = model.step(state, part, u_t)
-            path.append((mean, torch.exp(2 * log_sigma), h_dec))
-        for store, value in zip((means, variances, states), zip(*path)):
-            store.append(torch.stack(value).double())
-    return tuple(torch.cat(store, dim=1) for store in (means, variances, states))
+            path.append((mean.double(), log_sigma.double(), h_dec))
+        for store, value in zip((means, log_sigmas, states), zip(*path)):
+            store.append(torch.stack(value))
+    return tuple(torch.cat(store, dim=1) for store in (means, log_sigmas, states))
 
 
 def aggregate_gaussian(means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,7 +76,8 @@ def kl_to_standard_normal(mu: Tensor, cov: Tensor) -> Tensor:
 def held_out_r2(features: Tensor, targets: Tensor, fit: int) -> float:
     """R^2, on rows fit: of `targets` (N, Z), of the least-squares affine map of `features` (N,
     D) fitted on rows :fit; 1 - residual / total sum of squares, the total about the fitted
-    rows' mean."""
+    rows' mean. In float64."""
+    features, targets = features.double(), targets.double()
     design = torch.cat([features, features.new_ones(len(features), 1)], dim=1)
     weights = torch.linalg.lstsq(design[:fit], targets[:fit]).solution
     residual = ((targets[fit:] - design[fit:] @ weights) ** 2).sum()
@@ -94,22 +98,23 @@ def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000
                         f"{cfg.channels}x{cfg.height}x{cfg.width} images")
     _, images, _ = model_images(model_file, cfg, dataset, ckpt.get("run") or {}, "train", n,
                                 seed, data_dir)
-    x = next(batches(images, len(images)))                                   # (n, x_dim)
+    mnist = reader_script.labelled_mnist(data_dir) if read else None    # before the work
+    x = next(batches(images, len(images)))                                   # (N, x_dim)
     generator = torch.Generator().manual_seed(seed)
-    means, variances, states = posterior_path(model, x, generator)
-    T, n = means.shape[:2]
-    fit = 3 * n // 4
-    shuffled = torch.randperm(n, generator=generator)
-    lz = (0.5 * (variances + means ** 2 - 1 - variances.log()).sum(-1)).mean(-1)   # (T,)
-    mu, cov = aggregate_gaussian(means, variances)
+    means, log_sigmas, states = posterior_path(model, x, generator)
+    T, count = means.shape[:2]
+    fit = 3 * count // 4
+    shuffled = torch.randperm(count, generator=generator)
+    lz = model.sampler.kl(means, log_sigmas).mean(dim=1)                     # eq. 10: (T,)
+    mu, cov = aggregate_gaussian(means, torch.exp(2 * log_sigmas))
     fit_kl = kl_to_standard_normal(mu, cov)
     # z_1 has no decoder state before it but the (learned) initial one, the same for all
     r2 = torch.tensor([float("nan")] + [held_out_r2(states[t], means[t], fit)
                                         for t in range(1, T)])
     floor = torch.tensor([float("nan")] + [held_out_r2(states[t][shuffled], means[t], fit)
                                            for t in range(1, T)])
-    print(f"{model_file}: {n} training images, one posterior draw each; R^2 fitted on {fit}, "
-          f"measured on {n - fit}")
+    print(f"{model_file}: {count} training images, one posterior draw each; R^2 fitted on "
+          f"{fit}, measured on {count - fit}")
     print(f"{'steps':>9}{'L^z':>9}{'fit KL':>9}{'R^2':>9}{'floor':>9}")
     for start in range(0, T, GROUP):
         part = slice(start, min(start + GROUP, T))
@@ -119,31 +124,30 @@ def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000
           f"{floor.nanmean():>9.3f}   (L^z and fit KL summed, R^2 averaged over the steps)")
     result = {"lz": lz, "fit_kl": fit_kl, "r2": r2, "floor": floor}
     if read:
-        result.update(read_both(model, mu, cov, samples, seed, data_dir))
+        result.update(read_both(model, mu, cov, samples, seed, mnist))
     return result
 
 
 def read_both(model: DrawModel, mu: Tensor, cov: Tensor, samples: int, seed: int,
-              data_dir: str | None) -> dict[str, float]:
+              mnist) -> dict[str, float]:
     """The reader's share of two-digit canvases among samples from N(0, I) and from the
-    refitted N(mu_t, cov_t), z_t = mu_t + L_t u_t with the same u (L_t L_t^T = cov_t)."""
-    import two_digit_reader as reader_script          # a sibling script; only --read needs it
+    refitted N(mu_t, cov_t), z_t = mu_t + L_t u_t with the same u (L_t L_t^T = cov_t); the
+    reader as bench/two_digit_reader.py trains it by default, on `mnist`."""
     u = torch.randn(model.noise_shape(samples), generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)                                     # (T, n, Z)
     refitted = mu[:, None] + u @ torch.linalg.cholesky(cov).transpose(1, 2)
     canvases = {"N(0, I)": model.sample(samples, u.float())[-1].clone(),
                 "refitted": model.sample(samples, refitted.float())[-1].clone()}
-    mnist = get_data("mnist", root=data_dir)
-    if mnist.train_labels is None:
-        raise DrawError("mnist was converted without labels (by an earlier version): run "
-                        "`python -m draw.datasets convert mnist`")
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
-                                            mnist.train_labels.long(), 60_000, 3, seed)
+                                            mnist.train_labels.long(),
+                                            reader_script.READER_CANVASES,
+                                            reader_script.READER_EPOCHS, seed)
     shares = {}
     for name, c in canvases.items():
         _, classes, probabilities = reader_script.read_two(reader, c.view(-1, 60, 60))
-        read = reader_script.read_as_digits(classes, probabilities, 0.7).all(dim=1)
+        read = reader_script.read_as_digits(classes, probabilities,
+                                            reader_script.CONFIDENCE).all(dim=1)
         shares[name] = read.float().mean().item()
         print(f"samples from {name}: {shares[name]:.1%} of {samples} read as two digits")
     return shares

@@ -5,12 +5,15 @@ judges does not know which canvas is which.
     python bench/two_digit_by_eye.py sheets MODEL --n 60 --out DIR    # DIR/sheet-*.png, key.json
     python bench/two_digit_by_eye.py score DIR ANSWERS                # the shares of each kind
 
-`sheets` takes the first N valid canvases, the model's reconstructions of them (z from Q) and N
-samples of its prior, shuffles the 3N by the seed and numbers them from 1 on sheets of 30. The
-judge lists, in the file ANSWERS, the numbers of the canvases that show two digits one can name
-(any separators); `score` reads it against DIR/key.json and prints each kind's share. Hand the
-judge the sheets only: the key says which canvas is which. bench/two_digit_reader.py is the
-same count by a classifier; this one is the eye it stands in for.
+`sheets` takes the first N valid canvases, the model's reconstructions of the next N (z from Q:
+other canvases, so that no canvas has a twin on the sheets to give its kind away) and N samples
+of its prior, shuffles the 3N by the seed and numbers them from 1 on sheets of 30. The judge
+lists, in the file ANSWERS, the numbers of the canvases that show two digits one can name (any
+separators); `score` reads it against DIR/key.json and prints each kind's share. Hand the judge
+the sheets only: the key says which canvas is which. What stays visible: the data are crisp,
+the reconstructions and samples sigmoid(c_T)'s faint haze, so the blind is between those two.
+bench/two_digit_reader.py is the same count by a classifier; this one is the eye it stands in
+for.
 """
 import argparse
 import json
@@ -52,26 +55,28 @@ def numbered_sheet(canvases: torch.Tensor, first: int) -> Image.Image:
 @torch.no_grad()
 def sheets(model_file: str, out: str, n: int = 60, seed: int = 0,
            data_dir: str | None = None) -> list[str]:
-    """Write the shuffled, numbered sheets of n data canvases, n reconstructions and n samples
-    to `out`, and key.json (the kind and index of each number); returns the kinds in numbered
-    order."""
+    """Write the shuffled, numbered sheets of n data canvases (valid 0 to n-1), n
+    reconstructions (of valid n to 2n-1) and n samples to `out`, and key.json (the kind and
+    index of each number: the valid canvas shown or reconstructed, the sample's place); returns
+    the kinds in numbered order."""
     folder = Path(out)
     # a folder of earlier sheets keeps them: a new key beside old sheets would misread them
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise DrawError(f"--out {out} is not an empty folder")
     model = two_digit_model(model_file)
     valid = get_data("two-digit-mnist", root=data_dir).valid
-    if n > len(valid):
-        raise DrawError(f"--n {n} is more than the {len(valid)} valid canvases")
-    images = next(batches(valid[:n], n))                                    # (n, 3600) in [0, 1]
+    if 2 * n > len(valid):
+        raise DrawError(f"--n {n} needs {2 * n} of the {len(valid)} valid canvases")
+    images = next(batches(valid[:2 * n], 2 * n))                          # (2n, 3600) in [0, 1]
     generator = torch.Generator().manual_seed(seed)
-    recon = torch.sigmoid(model(images, model.noise(n, images, generator))[0])
+    recon = torch.sigmoid(model(images[n:], model.noise(n, images, generator))[0])
     samples = model.sample(n, model.noise(n, images, generator))[-1]
-    canvases = torch.cat([images, recon, samples]).view(3 * n, 60, 60)
+    canvases = torch.cat([images[:n], recon, samples]).view(3 * n, 60, 60)
     order = torch.randperm(3 * n, generator=generator).numpy()
     canvases = canvases[order]
-    # the k-th number shows `kinds[k]` of the `index[k]`-th valid image (or the k-th sample)
-    kinds, index = np.repeat(KINDS, n)[order].tolist(), (order % n).tolist()
+    # the k-th number shows `kinds[k]`: valid canvas `index[k]`, its reconstruction, or sample
+    kinds = np.repeat(KINDS, n)[order].tolist()
+    index = np.where(order < 2 * n, order, order - 2 * n).tolist()
     folder.mkdir(parents=True, exist_ok=True)
     for first in range(0, 3 * n, PER_SHEET):
         path = folder / f"sheet-{first // PER_SHEET + 1}.png"

@@ -48,6 +48,9 @@ OFF = JITTER + 1            # class 10's crops are this far or more off, in rows
 NEAR = DIGIT // 2           # and at most this far off the digit they are cut near
 LAST = TWO_DIGIT_CANVAS - DIGIT                 # the largest top-left corner of a crop: 32
 SHOWN = 30                  # canvases of each kind in --out's picture
+READER_CANVASES = 60_000    # the training canvases whose crops train the reader, by default
+READER_EPOCHS = 3           # its passes over them
+CONFIDENCE = 0.7            # the probability each crop's digit must reach (the docstring's 3.)
 
 
 def crops(canvases: Tensor, corners: Tensor) -> Tensor:
@@ -230,9 +233,19 @@ def two_digit_model(model_file: str) -> DrawModel:
     return model
 
 
+def labelled_mnist(data_dir: str | None):
+    """mnist's converted splits with their labels, which the reader learns from; DrawError
+    where it was converted without them."""
+    mnist = get_data("mnist", root=data_dir)
+    if mnist.train_labels is None:
+        raise DrawError("mnist was converted without labels (by an earlier version): run "
+                        "`python -m draw.datasets convert mnist`")
+    return mnist
+
+
 @torch.no_grad()
-def main(model_files: list[str], n: int = 1000, reader_canvases: int = 60_000,
-         reader_epochs: int = 3, confidence: float = 0.7, seed: int = 0,
+def main(model_files: list[str], n: int = 1000, reader_canvases: int = READER_CANVASES,
+         reader_epochs: int = READER_EPOCHS, confidence: float = CONFIDENCE, seed: int = 0,
          data_dir: str | None = None, out: str | None = None) -> dict[str, float]:
     """Train the reader, read the first `n` valid canvases, the same with their first digit only
     (the measure's false reads), and each model's reconstructions of them and `n` samples; print
@@ -240,10 +253,7 @@ def main(model_files: list[str], n: int = 1000, reader_canvases: int = 60_000,
     # both refused before the minutes of training, not after
     check_output_files([] if out is None else [("--out", out)], inputs=model_files)
     models = {path: two_digit_model(path) for path in model_files}
-    mnist = get_data("mnist", root=data_dir)
-    if mnist.train_labels is None:
-        raise DrawError("mnist was converted without labels (by an earlier version): run "
-                        "`python -m draw.datasets convert mnist`")
+    mnist = labelled_mnist(data_dir)
 
     def digits_of(split: str) -> np.ndarray:
         return getattr(mnist, split).numpy().reshape(-1, DIGIT, DIGIT)
@@ -305,11 +315,11 @@ if __name__ == "__main__":
                              "same reader")
     parser.add_argument("--n", type=positive, default=1000,
                         help="valid canvases, reconstructions and samples to read")
-    parser.add_argument("--reader-canvases", type=positive, default=60_000,
+    parser.add_argument("--reader-canvases", type=positive, default=READER_CANVASES,
                         help="training canvases whose crops train the reader")
-    parser.add_argument("--reader-epochs", type=positive, default=3,
+    parser.add_argument("--reader-epochs", type=positive, default=READER_EPOCHS,
                         help="passes of the reader's training over them")
-    parser.add_argument("--confidence", type=confidence_type, default=0.7,
+    parser.add_argument("--confidence", type=confidence_type, default=CONFIDENCE,
                         help="the probability each crop's digit must reach")
     parser.add_argument("--seed", type=seed_type, default=0, help="seed of the reader and of z")
     parser.add_argument("--data-dir", default=None, help="where the converted datasets are")

@@ -25,18 +25,20 @@ def small_model() -> DrawModel:
 def test_the_posterior_path_gives_the_models_own_kl_and_decoder_states(fit):
     model = small_model().eval()
     x = next(batches(get_data("sample").train[:7], 7))
-    means, variances, states = fit.posterior_path(model, x, torch.Generator().manual_seed(3),
-                                                  batch=4)
-    assert means.shape == variances.shape == (5, 7, 3) and states.shape == (5, 7, 10)
+    means, log_sigmas, states = fit.posterior_path(model, x, torch.Generator().manual_seed(3),
+                                                   batch=4)
+    assert means.shape == log_sigmas.shape == (5, 7, 3) and states.shape == (5, 7, 10)
     # the same noise, drawn batch by batch as posterior_path draws it
     generator = torch.Generator().manual_seed(3)
     u = torch.cat([model.noise(len(part), part, generator) for part in x.split(4)], dim=1)
     with torch.no_grad():
         _, kl = model(x, u)                                                  # (T, B)
+    # the KL by hand, not by the sampler's own formula
+    variances = torch.exp(2 * log_sigmas)
     ours = 0.5 * (variances + means ** 2 - 1 - variances.log()).sum(-1)
     torch.testing.assert_close(ours, kl.double(), rtol=1e-5, atol=1e-5)
     # h_0^dec, the learned initial state, comes before z_1, the same for every image
-    torch.testing.assert_close(states[0], model.h_0_dec.double().expand(7, -1))
+    torch.testing.assert_close(states[0], model.h_0_dec.expand(7, -1))
 
 
 def test_the_aggregate_gaussian_has_the_mixtures_moments(fit):
@@ -47,6 +49,22 @@ def test_the_aggregate_gaussian_has_the_mixtures_moments(fit):
     torch.testing.assert_close(mu, torch.tensor([[0.0, 0.0], [2.0, 1.0]], dtype=torch.float64))
     torch.testing.assert_close(cov, torch.tensor([[[1.5, 0.0], [0.0, 0.5]],
                                                   [[0.5, 0.0], [0.0, 0.5]]], dtype=torch.float64))
+    # correlated means and unequal variances: the law of total covariance, image by image,
+    # E_i[diag(v_i)] + E_i[(m_i - mu)(m_i - mu)^T], against the moments of a large draw
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(3, 6, 4, generator=g, dtype=torch.float64) @ torch.randn(
+        4, 4, generator=g, dtype=torch.float64)
+    variances = torch.rand(3, 6, 4, generator=g, dtype=torch.float64) + 0.1
+    mu, cov = fit.aggregate_gaussian(means, variances)
+    for t in range(3):
+        by_hand = sum(torch.diag(v) + torch.outer(m - mu[t], m - mu[t])
+                      for m, v in zip(means[t], variances[t])) / 6
+        torch.testing.assert_close(cov[t], by_hand)
+        torch.testing.assert_close(mu[t], means[t].mean(0))
+    pick = torch.randint(0, 6, (400_000,), generator=g)                      # the mixture
+    draws = means[1, pick] + variances[1, pick].sqrt() * torch.randn(
+        400_000, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.cov(draws.T), cov[1], atol=0.05, rtol=0.02)
 
 
 def test_the_kl_to_the_standard_normal_is_torchs(fit):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from draw.checkpoint import save_checkpoint
+from draw.checkpoint import load_model, save_checkpoint
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
 
@@ -30,8 +30,8 @@ def model_file(tmp_path):
 
 @pytest.fixture
 def valid(eye, monkeypatch):
-    """25 valid canvases of grey levels 0-255, each its own pattern, as get_data hands them."""
-    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (25, 3600), np.uint8))
+    """45 valid canvases of grey levels 0-255, each its own pattern, as get_data hands them."""
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (45, 3600), np.uint8))
     monkeypatch.setattr(eye, "get_data", lambda name, root=None: SimpleNamespace(valid=images))
     return images
 
@@ -54,12 +54,24 @@ def test_each_number_shows_the_canvas_its_key_names(eye, model_file, valid, tmp_
     sheets = [np.array(Image.open(out / f"sheet-{s}.png")) for s in (1, 2)]
     assert sheets[0].shape == ((5 * 61 - 1) * 3, (6 * 61 - 1) * 3, 3)
     assert not (out / "sheet-3.png").exists()
-    # each data number shows the valid image the key names, below the number's rows
-    assert sorted(i for i, kind in zip(key["index"], kinds) if kind == "data") == list(range(20))
-    images = valid.view(25, 60, 60).numpy()
+    # each number shows what the key names, below the number's rows: valid canvases 0-19, the
+    # reconstructions of 20-39 (no canvas and its reconstruction both), samples 0-19
+    indices = {kind: sorted(i for i, k in zip(key["index"], kinds) if k == kind)
+               for kind in ("data", "reconstruction", "sample")}
+    assert indices == {"data": list(range(20)), "reconstruction": list(range(20, 40)),
+                       "sample": list(range(20))}
+    model, _ = load_model(model_file)
+    model.eval()
+    x = valid[:40].float() / 255
+    generator = torch.Generator().manual_seed(3)                  # z as sheets() draws it
+    with torch.no_grad():
+        recon = torch.sigmoid(model(x[20:], model.noise(20, x, generator))[0])
+        samples = model.sample(20, model.noise(20, x, generator))[-1]
+    expected = {"data": x, "reconstruction": torch.cat([x[:20], recon]), "sample": samples}
     for k, (kind, i) in enumerate(zip(kinds, key["index"])):
         shown = cell(sheets[k // 30], k % 30)
-        assert np.array_equal(shown[10:], images[i][10:]) == (kind == "data")
+        pixels = np.rint(expected[kind][i].view(60, 60).clamp(0, 1).numpy() * 255)
+        assert np.array_equal(shown[10:], pixels[10:].astype(np.uint8)), (k, kind, i)
     # the same seed deals the same order; another seed another
     assert eye.sheets(model_file, str(tmp_path / "again"), n=20, seed=3) == kinds
     assert eye.sheets(model_file, str(tmp_path / "other"), n=20, seed=4) != kinds
@@ -67,8 +79,8 @@ def test_each_number_shows_the_canvas_its_key_names(eye, model_file, valid, tmp_
 
 def test_more_canvases_than_the_split_or_a_used_folder_are_refused(eye, model_file, valid,
                                                                     tmp_path):
-    with pytest.raises(DrawError, match="--n 26 is more than the 25 valid canvases"):
-        eye.sheets(model_file, str(tmp_path / "eye"), n=26)
+    with pytest.raises(DrawError, match="--n 23 needs 46 of the 45 valid canvases"):
+        eye.sheets(model_file, str(tmp_path / "eye"), n=23)
     eye.sheets(model_file, str(tmp_path / "eye"), n=20)
     key = (tmp_path / "eye" / "key.json").read_bytes()
     with pytest.raises(DrawError, match="is not an empty folder"):
