@@ -238,6 +238,28 @@ def test_oldmodel_starts_from_its_parameters(reference, tmp_path, monkeypatch):
         assert torch.allclose(a, b, atol=1e-6)        # one step of a negligible learning rate
 
 
+def test_oldmodel_goes_on_with_another_number_of_glimpses(reference, tmp_path, monkeypatch):
+    """No parameter depends on T: a file trained with 2 glimpses starts a run with 3, whose
+    model is the file's parameters unrolled one step further. Other sizes stay refused."""
+    monkeypatch.chdir(tmp_path)
+    old = reference.run_dir / f"{FILES}_model.pkl"
+    old_model, _ = load_model(old)
+    flags = dict(dataset="sample", subset=100, batch_size=100, epochs=1, enc_dim=8, dec_dim=8,
+                 z_dim=3, attention="2,3", oldmodel=str(old), learning_rate=1e-9)
+    main(**flags, n_iter=3)
+    new, _ = load_model(the_run_dir(tmp_path) / f"{FILES}_model.pkl")
+    assert new.config == dataclasses.replace(old_model.config, n_iter=3)
+    for name, p in old_model.state_dict().items():
+        torch.testing.assert_close(new.state_dict()[name], p, rtol=0, atol=1e-6)
+    # the file's first two steps are the new model's: the same canvases from the same noise
+    u = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(new.sample(5, u)[:2], old_model.sample(5, u[:2]), rtol=0,
+                               atol=1e-5)
+    with pytest.raises(DrawError, match=r"^--oldmodel \S+ has another configuration: "
+                                        r"z_dim 3 there, 4 here$"):
+        main(**{**flags, "z_dim": 4}, n_iter=3)
+
+
 def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(reference, tmp_path,
                                                                          monkeypatch, capsys):
     """A model file from before section 2.2's learned c_0, h_0^enc, h_0^dec (a zero initial
@@ -315,7 +337,7 @@ BAD = {
     "bad_device": (["--device", "tpu9"], "--device"),
     "missing_oldmodel": (["--oldmodel", "missing_model.pkl"], "missing_model.pkl"),
     "garbage_oldmodel": (["--oldmodel", "garbage.pkl"], "garbage.pkl"),
-    "oldmodel_of_another_config": (["--oldmodel", "other_model.pkl"], "n_iter 4 there"),
+    "oldmodel_of_another_config": (["--oldmodel", "other_model.pkl"], "z_dim 3 there, 100 here"),
     "resume_missing": (["--resume", "no-such-run"], "no-such-run"),
     "negative_seed": (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
     "huge_seed": (["--seed", "1099511627776"], "--seed"),

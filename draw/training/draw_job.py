@@ -57,12 +57,14 @@ class DrawJob(Job):
 
     def start_from(self, s: DrawSettings, cfg: DrawConfig, device
                    ) -> tuple[DrawModel, dict] | None:
-        """The --oldmodel, whose config must be the run's, and what it was trained for."""
+        """The --oldmodel, whose config must be the run's but for T, and what it was trained
+        for."""
         if s.oldmodel is None:
             return None
         try:
             ckpt = load_checkpoint(s.oldmodel)
-            old_cfg = file_config(ckpt, s.oldmodel)
+            # no parameter depends on T: a file goes on with more or fewer glimpses (--niter)
+            old_cfg = dataclasses.replace(file_config(ckpt, s.oldmodel), n_iter=cfg.n_iter)
             # a file with a zero initial state goes on as one with the learned biases, at zero
             grows = (not old_cfg.learned_initial_state and cfg.learned_initial_state
                      and dataclasses.replace(old_cfg, learned_initial_state=True) == cfg)
