@@ -9,7 +9,7 @@ import draw.startup  # noqa: F401  (first: a Ctrl-C while torch loads is one lin
 
 import argparse
 
-from draw.cli import ArgumentParser, positive, run, seed
+from draw.cli import ArgumentParser, positive, run, seed, temperature
 from draw.outputs.sampling import main
 
 
@@ -47,6 +47,9 @@ def parse_args() -> argparse.Namespace:
                         help="grid shape ROWSxCOLS (default: the squarest grid for --n-samples)")
     parser.add_argument("--seed", type=seed, default=None,
                         help="seed of the prior noise, for repeatable samples (default: random)")
+    parser.add_argument("--temperature", type=temperature, default=1.0,
+                        help="scale of the prior noise, z_t ~ N(0, TEMPERATURE^2 I): below 1 the samples "
+                             "are likelier and less varied; 1 samples the model (default: 1)")
     parser.add_argument("--output-dir", type=str, default="samples",
                         help="directory for sample.png, time-NNN.png, sequence.gif and strip.png "
                              "(the time-NNN.png past this model's steps, left by an earlier "

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from draw.atomic import atomic_write_bytes
-from draw.cli import ArgumentParser, positive, run, seed as seed_type
+from draw.cli import ArgumentParser, positive, run, seed as seed_type, temperature
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.outputs.plotting import image_grid, save_png
@@ -53,12 +53,13 @@ def numbered_sheet(canvases: torch.Tensor, first: int) -> Image.Image:
 
 
 @torch.no_grad()
-def sheets(model_file: str, out: str, n: int = 60, seed: int = 0,
+def sheets(model_file: str, out: str, n: int = 60, seed: int = 0, temperature: float = 1.0,
            data_dir: str | None = None) -> list[str]:
     """Write the shuffled, numbered sheets of n data canvases (valid 0 to n-1), n
-    reconstructions (of valid n to 2n-1) and n samples to `out`, and key.json (the kind and
-    index of each number: the valid canvas shown or reconstructed, the sample's place); returns
-    the kinds in numbered order."""
+    reconstructions (of valid n to 2n-1) and n samples (z_t ~ N(0, temperature^2 I)) to `out`,
+    and key.json (the kind and index of each number: the valid canvas shown or reconstructed,
+    the sample's place); returns the kinds in numbered order. One seed deals the same order and
+    draws at every temperature."""
     folder = Path(out)
     # a folder of earlier sheets keeps them: a new key beside old sheets would misread them
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -70,7 +71,7 @@ def sheets(model_file: str, out: str, n: int = 60, seed: int = 0,
     images = next(batches(valid[:2 * n], 2 * n))                          # (2n, 3600) in [0, 1]
     generator = torch.Generator().manual_seed(seed)
     recon = torch.sigmoid(model(images[n:], model.noise(n, images, generator))[0])
-    samples = model.sample(n, model.noise(n, images, generator))[-1]
+    samples = model.sample(n, temperature * model.noise(n, images, generator))[-1]
     canvases = torch.cat([images[:n], recon, samples]).view(3 * n, 60, 60)
     order = torch.randperm(3 * n, generator=generator).numpy()
     canvases = canvases[order]
@@ -81,7 +82,8 @@ def sheets(model_file: str, out: str, n: int = 60, seed: int = 0,
     for first in range(0, 3 * n, PER_SHEET):
         path = folder / f"sheet-{first // PER_SHEET + 1}.png"
         save_png(numbered_sheet(canvases[first:first + PER_SHEET], first + 1), path)
-    key = {"model": model_file, "n": n, "seed": seed, "kinds": kinds, "index": index}
+    key = {"model": model_file, "n": n, "seed": seed, "temperature": temperature, "kinds": kinds,
+           "index": index}
     atomic_write_bytes(folder / "key.json", json.dumps(key).encode())
     print(f"{out}: {-(-3 * n // PER_SHEET)} sheets of {3 * n} canvases numbered 1 to {3 * n} "
           f"({n} each of {', '.join(KINDS)}, shuffled; key.json says which)")
@@ -121,6 +123,9 @@ if __name__ == "__main__":
     make.add_argument("--n", type=positive, default=60, help="canvases of each kind")
     make.add_argument("--out", required=True, help="the folder of the sheets and key.json")
     make.add_argument("--seed", type=seed_type, default=0, help="seed of z and of the order")
+    make.add_argument("--temperature", type=temperature, default=1.0,
+                      help="draw the samples from N(0, TEMPERATURE^2 I) (sample.py "
+                           "--temperature); 1 is the model's")
     make.add_argument("--data-dir", default=None, help="where the converted datasets are")
     judge = commands.add_parser("score", help="each kind's share of the judged canvases")
     judge.add_argument("folder", metavar="DIR", help="the folder `sheets` wrote")

@@ -21,7 +21,9 @@ digit only (the measure's floor: one digit read as two), each model's reconstruc
 valid images (z from Q, so the right labels are known too), and N samples from its prior. The
 data's share is what a model drawing as the data do would score (canvases whose digits overlap
 read as two digits less often); the reconstructions are the fairer yardstick for the samples:
-both are sigmoid(c_T), the same faint haze.
+both are sigmoid(c_T), the same faint haze. `--temperatures 1 0.7` also reads the samples of
+the same draws of z scaled by 0.7 (sample.py --temperature), where the decoder meets z nearer
+the prior's mode.
 """
 import argparse
 import math
@@ -34,7 +36,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from draw.checkpoint import build_model, load_checkpoint
-from draw.cli import ArgumentParser, positive, run, seed as seed_type
+from draw.cli import ArgumentParser, positive, run, seed as seed_type, temperature
 from draw.datasets import get_data
 from draw.datasets.scenes import (DIGIT, TWO_DIGIT_CANVAS, Recipe, compose,
                                   two_digit_split_recipe)
@@ -246,10 +248,12 @@ def labelled_mnist(data_dir: str | None):
 @torch.no_grad()
 def main(model_files: list[str], n: int = 1000, reader_canvases: int = READER_CANVASES,
          reader_epochs: int = READER_EPOCHS, confidence: float = CONFIDENCE, seed: int = 0,
-         data_dir: str | None = None, out: str | None = None) -> dict[str, float]:
+         temperatures: tuple[float, ...] = (1.0,), data_dir: str | None = None,
+         out: str | None = None) -> dict[str, float]:
     """Train the reader, read the first `n` valid canvases, the same with their first digit only
-    (the measure's false reads), and each model's reconstructions of them and `n` samples; print
-    and return each row's share of canvases read as two digits."""
+    (the measure's false reads), and each model's reconstructions of them and `n` samples at
+    each of `temperatures` (the same draws scaled); print and return each row's share of
+    canvases read as two digits."""
     # both refused before the minutes of training, not after
     check_output_files([] if out is None else [("--out", out)], inputs=model_files)
     models = {path: two_digit_model(path) for path in model_files}
@@ -283,9 +287,13 @@ def main(model_files: list[str], n: int = 1000, reader_canvases: int = READER_CA
         generator = torch.Generator().manual_seed(seed)
         u = model.noise(len(index), images, generator)
         recon = torch.sigmoid(model(images, u)[0])                                # (n, 3600)
-        # a copy of the last canvas, so that the other T - 1 are freed
-        samples = model.sample(len(index), model.noise(len(index), images, generator))[-1].clone()
-        rows += [(f"{path}: reconstructions", recon, labels), (f"{path}: samples", samples, None)]
+        rows.append((f"{path}: reconstructions", recon, labels))
+        u = model.noise(len(index), images, generator)
+        for temperature in temperatures:
+            # a copy of the last canvas, so that the other T - 1 are freed
+            samples = model.sample(len(index), temperature * u)[-1].clone()
+            at = "" if temperature == 1 else f" at temperature {temperature:g}"
+            rows.append((f"{path}: samples{at}", samples, None))
     width = max(len(name) for name, _, _ in rows) + 2
     print(f"{'':<{width}}{'canvases':>10}{'two digits':>12}{'and right':>12}")
     result, shown = {}, []
@@ -322,6 +330,10 @@ if __name__ == "__main__":
     parser.add_argument("--confidence", type=confidence_type, default=CONFIDENCE,
                         help="the probability each crop's digit must reach")
     parser.add_argument("--seed", type=seed_type, default=0, help="seed of the reader and of z")
+    parser.add_argument("--temperatures", type=temperature, nargs="+", default=(1.0,),
+                        metavar="TEMPERATURE",
+                        help="read the samples drawn from N(0, TEMPERATURE^2 I) at each: the "
+                             "same draws scaled (sample.py --temperature); 1 is the model's")
     parser.add_argument("--data-dir", default=None, help="where the converted datasets are")
     parser.add_argument("--out", default=None,
                         help="a PNG of the first canvases of each kind, their readings boxed")

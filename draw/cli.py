@@ -6,6 +6,7 @@ OSError such as a full disk (exit 1) print one line, `error: ...`, not a traceba
 (draw/startup.py).
 """
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -41,6 +42,14 @@ def seed(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2 ** 64:
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """An argparse type: the temperature of prior samples, a finite number above 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text!r}")
     return value
 
 

@@ -142,6 +142,26 @@ def test_write_samples_default_grid_and_no_boxes(tmp_path):
                                           cell.permute(1, 2, 0).numpy())
 
 
+def test_temperature_scales_the_prior_noise_of_one_seed(tmp_path, model_file, monkeypatch):
+    """--temperature 0.5 draws z_t ~ N(0, 0.25 I): the seed's own draws halved, so both sets of
+    samples pair up; 1 is the model's P(Z_t), the default."""
+    model, _ = load_model(model_file)
+    u = draw.outputs.sampling.prior_noise(model, 6, seed=4)
+    assert torch.equal(draw.outputs.sampling.prior_noise(model, 6, seed=4, temperature=1), u)
+    torch.testing.assert_close(draw.outputs.sampling.prior_noise(model, 6, seed=4,
+                                                                 temperature=0.5), 0.5 * u,
+                               rtol=0, atol=0)
+    assert run_inline("sample.py", model_file, "--n-samples", 6, "--seed", 4, "--temperature",
+                      0.5, "--output-dir", tmp_path / "cool", monkeypatch=monkeypatch) == 0
+    want = image_grid(model.sample(6, 0.5 * u)[-1].view(6, 1, 12, 10), 2, 3)
+    with Image.open(tmp_path / "cool" / "sample.png") as got:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # and the pictures do differ from the model's own samples of the same seed
+    write_samples(model, tmp_path / "warm", 2, 3, seed=4)
+    with Image.open(tmp_path / "warm" / "sample.png") as warm:
+        assert not np.array_equal(np.asarray(warm), np.asarray(want))
+
+
 def test_plot_kl_script_writes_nontrivial_pictures_and_html(tmp_path, log_file):
     result = run_script("plot-kl.py", log_file, "--show", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -205,6 +225,8 @@ def test_sample_bad_inputs_one_line(tmp_path, model_file, capsys, monkeypatch):
     run(model_file, "--size", "3x", *out, expected_code=2, contains="--size")
     run(model_file, "--grid", "2x2", "--n-samples", 5, *out, contains="do not fit")
     run(model_file, "--duration-ms", 5, *out, expected_code=2, contains="at least 10")
+    for bad in (0, -0.5, "nan", "inf", "warm"):
+        run(model_file, "--temperature", bad, *out, expected_code=2, contains="--temperature")
     # GIF's 16-bit delays: an OverflowError after sample.png and the frames had been written
     run(model_file, "--duration-ms", 10 ** 12, *out, contains="sequence.gif of 4 steps "
         "(--duration-ms, --hold-last-ms) would last 3,000,000,001,000 ms; a GIF holds at most "

@@ -75,6 +75,18 @@ def test_each_number_shows_the_canvas_its_key_names(eye, model_file, valid, tmp_
     # the same seed deals the same order; another seed another
     assert eye.sheets(model_file, str(tmp_path / "again"), n=20, seed=3) == kinds
     assert eye.sheets(model_file, str(tmp_path / "other"), n=20, seed=4) != kinds
+    # at temperature 0.5 the same order and the seed's draws halved: only the samples change
+    assert eye.sheets(model_file, str(tmp_path / "cool"), n=20, seed=3, temperature=0.5) == kinds
+    assert json.loads((tmp_path / "cool" / "key.json").read_text())["temperature"] == 0.5
+    generator = torch.Generator().manual_seed(3)
+    model.noise(20, x, generator)
+    with torch.no_grad():
+        expected["sample"] = model.sample(20, 0.5 * model.noise(20, x, generator))[-1]
+    cool = [np.array(Image.open(tmp_path / "cool" / f"sheet-{s}.png")) for s in (1, 2)]
+    for k, (kind, i) in enumerate(zip(kinds, key["index"])):
+        pixels = np.rint(expected[kind][i].view(60, 60).clamp(0, 1).numpy() * 255)
+        assert np.array_equal(cell(cool[k // 30], k % 30)[10:], pixels[10:].astype(np.uint8))
+    assert not np.array_equal(cool[0], sheets[0]) or not np.array_equal(cool[1], sheets[1])
 
 
 def test_more_canvases_than_the_split_or_a_used_folder_are_refused(eye, model_file, valid,

@@ -158,19 +158,21 @@ def test_the_whole_measurement_on_real_mnist(reader, tmp_path, capsys):
     save_checkpoint(tmp_path / "m_model.pkl", model)
     out = tmp_path / "read.png"
     model_file = str(tmp_path / "m_model.pkl")
-    result = reader.main([model_file], n=100, reader_canvases=15000,
-                         reader_epochs=1, confidence=0.5, data_dir=str(root), out=str(out))
+    result = reader.main([model_file], n=100, reader_canvases=15000, reader_epochs=1,
+                         confidence=0.5, temperatures=(1.0, 0.5), data_dir=str(root),
+                         out=str(out))
     text = capsys.readouterr().out
     share = float(text.split("the reader reads ")[1].split("%")[0]) / 100
     assert share > 0.7                                               # chance: 1 in 10
     assert list(result) == ["valid images", "valid images, first digit only",
-                            f"{model_file}: reconstructions", f"{model_file}: samples"]
+                            f"{model_file}: reconstructions", f"{model_file}: samples",
+                            f"{model_file}: samples at temperature 0.5"]
     # one digit reads as two far less often than two do
     assert result["valid images, first digit only"] < result["valid images"] / 4
     # most of the data's canvases read as two digits, even with a reader trained this briefly
     assert result["valid images"] > 0.5
-    # four blocks of 30 canvases, 10 a row, 3 times enlarged
-    assert Image.open(out).size == ((10 * 61 - 1) * 3, 4 * (3 * 61 - 1) * 3)
+    # five blocks of 30 canvases, 10 a row, 3 times enlarged
+    assert Image.open(out).size == ((10 * 61 - 1) * 3, 5 * (3 * 61 - 1) * 3)
 
     small = DrawModel.from_config(DrawConfig(n_iter=1, enc_dim=4, dec_dim=4, z_dim=2))
     save_checkpoint(tmp_path / "s_model.pkl", small)

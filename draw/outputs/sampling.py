@@ -64,11 +64,14 @@ def sampling_bytes(cfg: DrawConfig, n: int, scale: int = 1) -> int:
     return 4 * T * n * (cfg.z_dim + x_dim) + 4 * (1 + scale) * frame + 3 * T * frame
 
 
-def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tensor:
-    """Standard normal z_1..z_T for n samples, shape (n_iter, n, z_dim), on the model's device.
+def prior_noise(model: DrawModel, n: int, seed: int | None = None,
+                temperature: float = 1.0) -> torch.Tensor:
+    """Standard normal z_1..z_T for n samples, shape (n_iter, n, z_dim), on the model's device,
+    times `temperature`: z_t ~ N(0, temperature^2 I), the paper's P(Z_t) at 1.
 
     Drawn on the CPU from its own generator so that a seed gives the same samples on every
-    device and leaves the global random state alone.
+    device and leaves the global random state alone; one seed at two temperatures gives the
+    same draws scaled, so the two sets of samples pair up.
     """
     generator = torch.Generator()
     if seed is None:
@@ -77,6 +80,8 @@ def prior_noise(model: DrawModel, n: int, seed: int | None = None) -> torch.Tens
         generator.manual_seed(seed)
     p = next(model.parameters())
     u = model.noise(n, like=torch.empty(0), generator=generator)             # (T, n, Z)
+    if temperature != 1:
+        u *= temperature
     return u.to(device=p.device, dtype=p.dtype)
 
 
@@ -102,8 +107,8 @@ def draw_samples(model: DrawModel, u: torch.Tensor, attention: bool = False):
 
 def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, cols: int,
                   n: int | None = None, seed: int | None = None, boxes: bool = False,
-                  scale: int = 1, duration_ms: int = 100,
-                  hold_last_ms: int = 1000) -> list[Path]:
+                  scale: int = 1, duration_ms: int = 100, hold_last_ms: int = 1000,
+                  temperature: float = 1.0) -> list[Path]:
     """Sample n images (at most, and by default, rows * cols) in eval mode, and write
     sample.png, time-NNN.png, sequence.gif and strip.png into `directory` (created if missing),
     replacing files of the same names atomically. Returns the files written, sample.png first.
@@ -112,6 +117,8 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
     ----------
     seed : int, optional
         Seed of the prior noise; a fresh one when omitted.
+    temperature : float
+        Scale of the prior noise (`prior_noise`); 1 samples the model.
     boxes : bool
         Outline each step's write window on its frame (time-NNN.png, sequence.gif and
         strip.png); needs write attention. sample.png always shows the bare final canvases.
@@ -126,7 +133,8 @@ def write_samples(model: DrawModel, directory: str | os.PathLike, rows: int, col
                   duration_ms=duration_ms, hold_last_ms=hold_last_ms)
     shape = (cfg.channels, cfg.height, cfg.width)
     model.eval()
-    canvases, attention = draw_samples(model, prior_noise(model, n, seed), attention=boxes)
+    canvases, attention = draw_samples(model, prior_noise(model, n, seed, temperature),
+                                       attention=boxes)
     directory = Path(directory)
     final = canvases[-1].view(n, *shape)                                      # (n, C, H, W)
     final = final.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
@@ -222,7 +230,7 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
          n_samples: int | None = None, grid: tuple[int, int] | None = None,
          seed: int | None = None, output_dir: str = "samples", boxes: bool = False,
          scale: int = 1, duration_ms: int = 100, hold_last_ms: int = 1000,
-         device: str = "auto") -> list[Path]:
+         temperature: float = 1.0, device: str = "auto") -> list[Path]:
     """sample.py: sample a model file into `output_dir`; every request, and every file to write,
     is checked against the file's config before the model is built. Frames of an earlier call
     with more steps are removed (`remove_stale_frames`). Returns the files written."""
@@ -240,7 +248,8 @@ def main(model_file: str, channels: int | None = None, size: tuple[int, int] | N
                        inputs=[model_file])
     model = build_model(ckpt, model_file, dev)
     written = write_samples(model, output_dir, *grid, n=n_samples, seed=seed, boxes=boxes,
-                            scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+                            scale=scale, duration_ms=duration_ms, hold_last_ms=hold_last_ms,
+                            temperature=temperature)
     # only once this call's files are complete: an interrupted call loses no earlier frames
     stale = remove_stale_frames(output_dir, cfg.n_iter)
     print(f"wrote {written[0]}, {written[1].name} .. {written[-3].name}, {written[-2].name} "
