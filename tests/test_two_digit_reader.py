@@ -134,6 +134,17 @@ def test_a_canvas_reads_as_two_digits_only_when_both_crops_do(reader):
     assert read.all(dim=1).tolist() == [True, False, False, True]
 
 
+def test_digit_shares_count_only_the_crops_read_as_digits(reader):
+    classes = torch.tensor([[3, 5], [3, 10], [7, 7], [3, 4]])
+    read = torch.tensor([[True, True], [True, False], [False, True], [True, False]])
+    shares = reader.digit_shares(classes, read)
+    expected = torch.zeros(10, dtype=torch.float64)
+    expected[[3, 5, 7]] = torch.tensor([3, 1, 1], dtype=torch.float64) / 5
+    torch.testing.assert_close(shares, expected, rtol=0, atol=0)
+    # nothing read: no shares, not a division by zero
+    assert reader.digit_shares(classes, torch.zeros_like(read)).sum() == 0
+
+
 def test_read_right_takes_the_labels_in_either_order(reader):
     classes = torch.tensor([[3, 5], [5, 3], [3, 3], [3, 10], [1, 1]])
     labels = torch.tensor([[5, 3], [5, 3], [3, 5], [3, 5], [1, 1]])
@@ -164,9 +175,11 @@ def test_the_whole_measurement_on_real_mnist(reader, tmp_path, capsys):
     text = capsys.readouterr().out
     share = float(text.split("the reader reads ")[1].split("%")[0]) / 100
     assert share > 0.7                                               # chance: 1 in 10
-    assert list(result) == ["valid images", "valid images, first digit only",
-                            f"{model_file}: reconstructions", f"{model_file}: samples",
-                            f"{model_file}: samples at temperature 0.5"]
+    rows = ["valid images", "valid images, first digit only", f"{model_file}: reconstructions",
+            f"{model_file}: samples", f"{model_file}: samples at temperature 0.5"]
+    assert list(result) == [key for row in rows for key in (row, f"{row}: digits off")]
+    assert result["valid images: digits off"] == 0
+    assert all(0 <= result[f"{row}: digits off"] <= 1 for row in rows)
     # one digit reads as two far less often than two do
     assert result["valid images, first digit only"] < result["valid images"] / 4
     # most of the data's canvases read as two digits, even with a reader trained this briefly
