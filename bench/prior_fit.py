@@ -17,8 +17,14 @@ groups of 8:
   The floor is the same fit with the states shuffled between images: what 1 + dec_dim
   coefficients find in noise. Near the floor, no prior that is linear in the state would do better.
 
+Then, for all steps together, over the dimensions of z_{1:T} whose posterior means vary between
+images (a variance above ACTIVE; the others the decoder mostly ignores): the KL of one joint
+Gaussian fit against N(0, I), beside that of the fit's per-step blocks alone. Their difference
+is the dependence between the steps' z that a joint Gaussian prior would model.
+
 With --read (two-digit MNIST models), bench/two_digit_reader.py's reader reads --samples
-samples from N(0, I) and as many from the refitted Gaussians, made from the same noise.
+samples from N(0, I) and as many from the refitted per-step Gaussians and from the joint one,
+all made from the same noise.
 """
 
 import torch
@@ -34,6 +40,7 @@ from draw.outputs.scores import model_images
 import two_digit_reader as reader_script        # a sibling script: its reader, for --read
 
 GROUP = 8                   # steps per printed row
+ACTIVE = 0.1                # a dimension is active where its posterior means' variance is above
 
 
 @torch.no_grad()
@@ -66,6 +73,21 @@ def aggregate_gaussian(means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor
     return mu, cov + torch.diag_embed(variances.mean(dim=1))
 
 
+def joint_gaussian(means: Tensor, variances: Tensor, threshold: float = ACTIVE
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The aggregate Gaussian of z_{1:T} as one vector, over its active dimensions: those whose
+    posterior means (T, N, Z) vary between the N images by a variance above `threshold`.
+    Returns their indices into the flattened t * Z + z (D,), the mean (D,), the covariance
+    (D, D), and the same covariance with its entries between different steps zeroed."""
+    T, N, Z = means.shape
+    flat = means.permute(1, 0, 2).reshape(N, T * Z)                         # (N, T Z)
+    active = (flat.var(dim=0) > threshold).nonzero().squeeze(1)             # (D,)
+    pick = lambda v: v.permute(1, 0, 2).reshape(1, N, T * Z)[:, :, active]   # (1, N, D)
+    mu, cov = aggregate_gaussian(pick(means), pick(variances))
+    step = active // Z
+    return active, mu[0], cov[0], cov[0] * (step[:, None] == step[None, :])
+
+
 def kl_to_standard_normal(mu: Tensor, cov: Tensor) -> Tensor:
     """KL(N(mu, cov) || N(0, I)) of each row, (T,), for mu (T, Z) and cov (T, Z, Z)."""
     z = mu.shape[-1]
@@ -88,8 +110,8 @@ def held_out_r2(features: Tensor, targets: Tensor, fit: int) -> float:
 def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000,
          seed: int = 0, dataset: str | None = None, data_dir: str | None = None
          ) -> dict[str, Tensor]:
-    """Print the three measures per group of steps (and with `read`, the two shares); return
-    them per step."""
+    """Print the three measures per group of steps (and with `read`, the three shares); return
+    them per step, and the joint fit's two KLs and active dimensions."""
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config
@@ -122,22 +144,36 @@ def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000
               f"{r2[part].nanmean():>9.3f}{floor[part].nanmean():>9.3f}")
     print(f"{'all':>9}{lz.sum():>9.2f}{fit_kl.sum():>9.2f}{r2.nanmean():>9.3f}"
           f"{floor.nanmean():>9.3f}   (L^z and fit KL summed, R^2 averaged over the steps)")
-    result = {"lz": lz, "fit_kl": fit_kl, "r2": r2, "floor": floor}
+    joint = joint_gaussian(means, torch.exp(2 * log_sigmas))
+    active, joint_mu, joint_cov, blocks = joint
+    joint_kl = kl_to_standard_normal(joint_mu[None], joint_cov[None]).item()
+    block_kl = kl_to_standard_normal(joint_mu[None], blocks[None]).item()
+    print(f"all steps together, the {len(active)} of {T * cfg.z_dim} dimensions of z_1..z_T "
+          f"whose posterior means vary by a variance above {ACTIVE}: fit KL {joint_kl:.2f} "
+          f"jointly, {block_kl:.2f} step by step")
+    result = {"lz": lz, "fit_kl": fit_kl, "r2": r2, "floor": floor, "joint_kl": joint_kl,
+              "block_kl": block_kl, "active": active}
     if read:
-        result.update(read_both(model, mu, cov, samples, seed, mnist))
+        result.update(read_all(model, mu, cov, joint, samples, seed, mnist))
     return result
 
 
-def read_both(model: DrawModel, mu: Tensor, cov: Tensor, samples: int, seed: int,
-              mnist) -> dict[str, float]:
-    """The reader's share of two-digit canvases among samples from N(0, I) and from the
-    refitted N(mu_t, cov_t), z_t = mu_t + L_t u_t with the same u (L_t L_t^T = cov_t); the
-    reader as bench/two_digit_reader.py trains it by default, on `mnist`."""
+def read_all(model: DrawModel, mu: Tensor, cov: Tensor, joint: tuple, samples: int, seed: int,
+             mnist) -> dict[str, float]:
+    """The reader's share of two-digit canvases among samples from N(0, I), from the refitted
+    N(mu_t, cov_t), z_t = mu_t + L_t u_t (L_t L_t^T = cov_t), and from the joint Gaussian over
+    the active dimensions (`joint_gaussian`; the others N(0, 1) as before), all with the same u;
+    the reader as bench/two_digit_reader.py trains it by default, on `mnist`."""
     u = torch.randn(model.noise_shape(samples), generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)                                     # (T, n, Z)
     refitted = mu[:, None] + u @ torch.linalg.cholesky(cov).transpose(1, 2)
-    canvases = {"N(0, I)": model.sample(samples, u.float())[-1].clone(),
-                "refitted": model.sample(samples, refitted.float())[-1].clone()}
+    active, joint_mu, joint_cov, _ = joint
+    T, n, Z = u.shape
+    flat = u.permute(1, 0, 2).reshape(n, T * Z).clone()                     # (n, T Z)
+    flat[:, active] = joint_mu + flat[:, active] @ torch.linalg.cholesky(joint_cov).T
+    together = flat.view(n, T, Z).permute(1, 0, 2)                          # (T, n, Z)
+    canvases = {name: model.sample(samples, z.float())[-1].clone()
+                for name, z in (("N(0, I)", u), ("refitted", refitted), ("joint", together))}
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
                                             mnist.train_labels.long(),
@@ -158,7 +194,7 @@ if __name__ == "__main__":
     parser.add_argument("model_file", metavar="MODEL", help="a <name>_model.pkl")
     parser.add_argument("--n", type=positive, default=8000, help="training images to encode")
     parser.add_argument("--read", action="store_true",
-                        help="read samples of both priors (two-digit MNIST models)")
+                        help="read samples of the three priors (two-digit MNIST models)")
     parser.add_argument("--samples", type=positive, default=1000,
                         help="samples of each prior to read")
     parser.add_argument("--seed", type=seed_type, default=0,

@@ -1,6 +1,8 @@
 """bench/prior_fit.py: the posterior's path against the model's own KL, the aggregate Gaussian's
 moments, its KL against torch.distributions, the held-out R^2 on known cases, and a whole run on
 the shipped sample data."""
+import math
+
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
@@ -67,6 +69,33 @@ def test_the_aggregate_gaussian_has_the_mixtures_moments(fit):
     torch.testing.assert_close(torch.cov(draws.T), cov[1], atol=0.05, rtol=0.02)
 
 
+def test_the_joint_gaussian_keeps_the_varying_dimensions_and_the_steps_dependence(fit):
+    """z_1..z_3 of 2 dimensions; the first varies between images and z_2's repeats z_1's, the
+    second is the prior's own at every step: the active dimensions are the first of each step,
+    and only their joint fit sees that z_1 and z_2 are one draw."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(4000, generator=g, dtype=torch.float64) for _ in range(2))
+    means = torch.zeros(3, 4000, 2, dtype=torch.float64)
+    means[0, :, 0], means[1, :, 0], means[2, :, 0] = a, a, b
+    variances = torch.full_like(means, 0.01)
+    variances[:, :, 1] = 1.0
+    active, mu, cov, blocks = fit.joint_gaussian(means, variances)
+    assert active.tolist() == [0, 2, 4]                                     # t * Z + z
+    # the moments are aggregate_gaussian's over the flattened active dimensions
+    _, whole = fit.aggregate_gaussian(means.permute(1, 0, 2).reshape(1, 4000, 6),
+                                      variances.permute(1, 0, 2).reshape(1, 4000, 6))
+    torch.testing.assert_close(cov, whole[0][active][:, active])
+    torch.testing.assert_close(mu, means[:, :, 0].mean(dim=1))
+    assert cov[0, 1] == pytest.approx(1.0, abs=0.1) and abs(cov[0, 2]) < 0.1
+    torch.testing.assert_close(blocks, torch.diag(cov.diagonal()))       # one dimension a step
+    # jointly, z_2 = z_1 (up to the posterior's variance 0.01) is worth about
+    # 1/2 log(1 / (1 - rho^2)) = 1/2 log(1.01^2 / 0.0201) = 1.96 nats; step by step nothing
+    joint = fit.kl_to_standard_normal(mu[None], cov[None]).item()
+    alone = fit.kl_to_standard_normal(mu[None], blocks[None]).item()
+    assert joint - alone == pytest.approx(0.5 * math.log(1.01 ** 2 / 0.0201), abs=0.05)
+    assert alone < 0.01
+
+
 def test_the_kl_to_the_standard_normal_is_torchs(fit):
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(3, 4, generator=g, dtype=torch.float64)
@@ -96,14 +125,18 @@ def test_a_whole_run_on_the_sample_data(fit, tmp_path, capsys):
     result = fit.main(str(path), n=300)
     out = capsys.readouterr().out
     assert "300 training images, one posterior draw each; R^2 fitted on 225, measured on 75" in out
-    assert [line.split()[0] for line in out.splitlines()[2:]] == ["1-5", "all"]
+    assert [line.split()[0] for line in out.splitlines()[2:-1]] == ["1-5", "all"]
     assert result["lz"].shape == result["fit_kl"].shape == (5,)
     assert torch.isnan(result["r2"][0]) and not torch.isnan(result["r2"][1:]).any()
     # the last row: L^z and fit KL summed over the steps, R^2 and its floor averaged
-    lz, fit_kl, r2, floor = map(float, out.splitlines()[-1].split()[1:5])
+    lz, fit_kl, r2, floor = map(float, out.splitlines()[-2].split()[1:5])
     assert lz == pytest.approx(result["lz"].sum().item(), abs=0.006)
     assert fit_kl == pytest.approx(result["fit_kl"].sum().item(), abs=0.006)
     assert r2 == pytest.approx(result["r2"][1:].mean().item(), abs=6e-4)
     assert floor == pytest.approx(result["floor"][1:].mean().item(), abs=6e-4)
+    joint = out.splitlines()[-1]
+    assert joint.startswith(f"all steps together, the {len(result['active'])} of 15 dimensions")
+    assert joint.endswith(f"fit KL {result['joint_kl']:.2f} jointly, "
+                          f"{result['block_kl']:.2f} step by step")
     with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
         fit.main(str(path), n=300, read=True)
