@@ -371,11 +371,11 @@ def test_progress_bar_counts_the_epoch_and_resumes_mid_epoch(terminal):
 def test_plain_progress_lines_where_stderr_is_not_a_terminal(capsys):
     loop = MockMainLoop()
     (progress,) = loop.attach(ProgressBar(batches_per_epoch=25))
-    loop.last_batch = {"loss": torch.tensor(3.0)}
     loop.status.update(epoch=4, batch=13)     # resumed after 13 batches of the fifth epoch
     progress.before_epoch()
     assert progress.bar is None
-    for _ in range(12):
+    for loss in range(1, 13):                 # batch 14's loss is 1, batch 15's 2, ...
+        loop.last_batch = {"loss": torch.tensor(float(loss))}
         loop.status["batch"] += 1
         progress.after_batch()
     progress.after_epoch()
@@ -386,8 +386,20 @@ def test_plain_progress_lines_where_stderr_is_not_a_terminal(capsys):
     lines = captured.out.splitlines()
     assert [line.split(" | ")[0] for line in lines] == [
         f"  epoch 5: batch {b}/25" for b in (14, 16, 18, 20, 22, 24)]
-    assert all(line.split(" | ")[1] == "loss 3.00" for line in lines)
+    # the last batch's loss, and the mean of the rest of the epoch's so far: 1..k averages
+    # (k + 1) / 2
+    assert [line.split(" | ")[1] for line in lines] == [
+        f"loss {k:.2f}, mean {(k + 1) / 2:.2f}" for k in (1, 3, 5, 7, 9, 11)]
     assert all(line.endswith(" s") for line in lines)
+    # the next epoch's mean starts afresh
+    loop.status.update(epoch=5, batch=0)
+    progress.before_epoch()
+    for _ in range(2):
+        loop.last_batch = {"loss": torch.tensor(40.0)}
+        loop.status["batch"] += 1
+        progress.after_batch()
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("  epoch 6: batch 2/25 | loss 40.00, mean 40.00 | ")
 
 
 def test_plot_feeds_the_live_page_and_survives_a_failed_start(tmp_path, monkeypatch):

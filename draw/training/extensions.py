@@ -252,7 +252,9 @@ class SampleCheckpoint(SimpleExtension):
 class ProgressBar(SimpleExtension):
     """A tqdm bar over each epoch's batches with the latest loss, only where stderr is a
     terminal: in a file or a pipe its frames would bury Printing's lines. There, a plain line
-    every tenth of the epoch instead, so that a run under nohup still shows where it is."""
+    every tenth of the epoch instead, so that a run under nohup still shows where it is: the
+    last batch's loss, and the mean of the epoch's batches so far (of its rest, on a resume),
+    since one batch's varies by several nats."""
 
     PLAIN_LINES = 10      # per epoch, where there is no bar
 
@@ -265,6 +267,7 @@ class ProgressBar(SimpleExtension):
         self.plain_every = max(1, batches_per_epoch // self.PLAIN_LINES)
         self.bar = None
         self.plain_since = None    # when the epoch (or its rest) began, where there is no bar
+        self.plain_losses = []     # its batches' losses since then: one batch's is noisy
 
     def do(self, which_callback: str, *args) -> None:
         status = self.main_loop.status
@@ -273,12 +276,15 @@ class ProgressBar(SimpleExtension):
                        desc=f"epoch {status['epoch'] + 1}", unit="batch", dynamic_ncols=True)
             self.bar = None if bar.disable else bar
             self.plain_since = time.perf_counter() if bar.disable else None
+            self.plain_losses = []
         elif which_callback == "after_batch" and self.plain_since is not None:
+            self.plain_losses.append(self.main_loop.last_batch["loss"].item())  # synced: free
             if status["batch"] % self.plain_every == 0 and status["batch"] < self.total:
-                loss = self.main_loop.last_batch["loss"].item()    # synced already: free
                 seconds = time.perf_counter() - self.plain_since
+                mean = sum(self.plain_losses) / len(self.plain_losses)
                 print(f"  epoch {status['epoch'] + 1}: batch {status['batch']}/{self.total} | "
-                      f"loss {loss:.2f} | {seconds:.0f} s", flush=True)
+                      f"loss {self.plain_losses[-1]:.2f}, mean {mean:.2f} | {seconds:.0f} s",
+                      flush=True)
         elif which_callback == "after_batch" and self.bar is not None:
             self.bar.update(1)
             if self.bar.n % 10 == 0:
