@@ -20,11 +20,13 @@ groups of 8:
 Then, for all steps together, over the dimensions of z_{1:T} whose posterior means vary between
 images (a variance above ACTIVE; the others the decoder mostly ignores): the KL of one joint
 Gaussian fit against N(0, I), beside that of the fit's per-step blocks alone. Their difference
-is the dependence between the steps' z that a joint Gaussian prior would model.
+is the dependence between the steps' z that a joint Gaussian prior would model; its floor is
+the same difference with each step's images shuffled apart, what the fit finds by chance.
 
 With --read (two-digit MNIST models), bench/two_digit_reader.py's reader reads --samples
-samples from N(0, I) and as many from the refitted per-step Gaussians and from the joint one,
-all made from the same noise.
+samples from N(0, I), from the refitted per-step Gaussians, and from the joint Gaussian over
+the active dimensions with and without its entries between steps (the rest N(0, 1)), all made
+from the same noise.
 """
 
 import torch
@@ -73,19 +75,32 @@ def aggregate_gaussian(means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor
     return mu, cov + torch.diag_embed(variances.mean(dim=1))
 
 
-def joint_gaussian(means: Tensor, variances: Tensor, threshold: float = ACTIVE
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The aggregate Gaussian of z_{1:T} as one vector, over its active dimensions: those whose
-    posterior means (T, N, Z) vary between the N images by a variance above `threshold`.
-    Returns their indices into the flattened t * Z + z (D,), the mean (D,), the covariance
-    (D, D), and the same covariance with its entries between different steps zeroed."""
-    T, N, Z = means.shape
-    flat = means.permute(1, 0, 2).reshape(N, T * Z)                         # (N, T Z)
-    active = (flat.var(dim=0) > threshold).nonzero().squeeze(1)             # (D,)
-    pick = lambda v: v.permute(1, 0, 2).reshape(1, N, T * Z)[:, :, active]   # (1, N, D)
-    mu, cov = aggregate_gaussian(pick(means), pick(variances))
-    step = active // Z
-    return active, mu[0], cov[0], cov[0] * (step[:, None] == step[None, :])
+def flatten(v: Tensor) -> Tensor:
+    """(T, N, Z) -> (N, T Z): each image's z_1..z_T as one vector, z_t's dimension z at t Z + z."""
+    return v.permute(1, 0, 2).reshape(v.shape[1], -1)
+
+
+def active_dimensions(means: Tensor, threshold: float = ACTIVE) -> Tensor:
+    """The indices into `flatten` (D,) of the dimensions whose posterior means (T, N, Z) vary
+    between the N images by a variance above `threshold`."""
+    return (flatten(means).var(dim=0) > threshold).nonzero().squeeze(1)
+
+
+def joint_gaussian(means: Tensor, variances: Tensor, active: Tensor,
+                   apart: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The aggregate Gaussian of z_{1:T} as one vector, over the `active` dimensions (D,), of
+    the posterior means and variances (T, N, Z): its mean (D,), its covariance (D, D), and the
+    same covariance with its entries between different steps zeroed. With `apart`, each step's
+    images are first put in an order of their own: every step's fit stays as it was, the
+    dependence between the steps is gone, and what the joint fit still finds is chance."""
+    m, v = flatten(means)[:, active], flatten(variances)[:, active]         # (N, D) copies
+    step = active // means.shape[2]
+    if apart is not None:
+        for t in step.unique():
+            order, cols = torch.randperm(len(m), generator=apart), step == t
+            m[:, cols], v[:, cols] = m[order][:, cols], v[order][:, cols]
+    mu, cov = aggregate_gaussian(m[None], v[None])
+    return mu[0], cov[0], cov[0] * (step[:, None] == step[None, :])
 
 
 def kl_to_standard_normal(mu: Tensor, cov: Tensor) -> Tensor:
@@ -93,6 +108,11 @@ def kl_to_standard_normal(mu: Tensor, cov: Tensor) -> Tensor:
     z = mu.shape[-1]
     trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
     return 0.5 * (trace + (mu ** 2).sum(-1) - z - torch.logdet(cov))
+
+
+def both_kls(mu: Tensor, cov: Tensor, blocks: Tensor) -> tuple[float, float]:
+    """`kl_to_standard_normal` of a joint fit (`joint_gaussian`) and of its per-step blocks."""
+    return tuple(kl_to_standard_normal(mu[None], c[None]).item() for c in (cov, blocks))
 
 
 def held_out_r2(features: Tensor, targets: Tensor, fit: int) -> float:
@@ -109,7 +129,7 @@ def held_out_r2(features: Tensor, targets: Tensor, fit: int) -> float:
 
 def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000,
          seed: int = 0, dataset: str | None = None, data_dir: str | None = None
-         ) -> dict[str, Tensor]:
+         ) -> dict[str, Tensor | float]:
     """Print the three measures per group of steps (and with `read`, the three shares); return
     them per step, and the joint fit's two KLs and active dimensions."""
     ckpt = load_checkpoint(model_file)
@@ -144,36 +164,43 @@ def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000
               f"{r2[part].nanmean():>9.3f}{floor[part].nanmean():>9.3f}")
     print(f"{'all':>9}{lz.sum():>9.2f}{fit_kl.sum():>9.2f}{r2.nanmean():>9.3f}"
           f"{floor.nanmean():>9.3f}   (L^z and fit KL summed, R^2 averaged over the steps)")
-    joint = joint_gaussian(means, torch.exp(2 * log_sigmas))
-    active, joint_mu, joint_cov, blocks = joint
-    joint_kl = kl_to_standard_normal(joint_mu[None], joint_cov[None]).item()
-    block_kl = kl_to_standard_normal(joint_mu[None], blocks[None]).item()
+    variances = torch.exp(2 * log_sigmas)
+    active = active_dimensions(means)
+    joint = joint_gaussian(means, variances, active)
+    joint_kl, block_kl = both_kls(*joint)
+    apart_kl, apart_block_kl = both_kls(*joint_gaussian(means, variances, active, generator))
     print(f"all steps together, the {len(active)} of {T * cfg.z_dim} dimensions of z_1..z_T "
           f"whose posterior means vary by a variance above {ACTIVE}: fit KL {joint_kl:.2f} "
-          f"jointly, {block_kl:.2f} step by step")
+          f"jointly, {block_kl:.2f} step by step; with each step's images shuffled apart "
+          f"{apart_kl:.2f} and {apart_block_kl:.2f}")
     result = {"lz": lz, "fit_kl": fit_kl, "r2": r2, "floor": floor, "joint_kl": joint_kl,
-              "block_kl": block_kl, "active": active}
+              "block_kl": block_kl, "apart_kl": apart_kl, "apart_block_kl": apart_block_kl,
+              "active": active}
     if read:
-        result.update(read_all(model, mu, cov, joint, samples, seed, mnist))
+        result.update(read_all(model, mu, cov, active, joint, samples, seed, mnist))
     return result
 
 
-def read_all(model: DrawModel, mu: Tensor, cov: Tensor, joint: tuple, samples: int, seed: int,
-             mnist) -> dict[str, float]:
+def read_all(model: DrawModel, mu: Tensor, cov: Tensor, active: Tensor, joint: tuple,
+             samples: int, seed: int, mnist) -> dict[str, float]:
     """The reader's share of two-digit canvases among samples from N(0, I), from the refitted
     N(mu_t, cov_t), z_t = mu_t + L_t u_t (L_t L_t^T = cov_t), and from the joint Gaussian over
-    the active dimensions (`joint_gaussian`; the others N(0, 1) as before), all with the same u;
-    the reader as bench/two_digit_reader.py trains it by default, on `mnist`."""
+    the active dimensions (`joint_gaussian`; the others N(0, 1) as before), with and without
+    its entries between steps, all with the same u; the reader as bench/two_digit_reader.py
+    trains it by default, on `mnist`."""
     u = torch.randn(model.noise_shape(samples), generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)                                     # (T, n, Z)
     refitted = mu[:, None] + u @ torch.linalg.cholesky(cov).transpose(1, 2)
-    active, joint_mu, joint_cov, _ = joint
+    joint_mu, *covariances = joint
     T, n, Z = u.shape
-    flat = u.permute(1, 0, 2).reshape(n, T * Z).clone()                     # (n, T Z)
-    flat[:, active] = joint_mu + flat[:, active] @ torch.linalg.cholesky(joint_cov).T
-    together = flat.view(n, T, Z).permute(1, 0, 2)                          # (T, n, Z)
+    drawn = []
+    for c in covariances:
+        flat = flatten(u).clone()                                           # (n, T Z)
+        flat[:, active] = joint_mu + flat[:, active] @ torch.linalg.cholesky(c).T
+        drawn.append(flat.view(n, T, Z).permute(1, 0, 2))                   # (T, n, Z)
     canvases = {name: model.sample(samples, z.float())[-1].clone()
-                for name, z in (("N(0, I)", u), ("refitted", refitted), ("joint", together))}
+                for name, z in (("N(0, I)", u), ("refitted", refitted), ("joint", drawn[0]),
+                                ("joint, steps apart", drawn[1]))}
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
                                             mnist.train_labels.long(),

@@ -16,30 +16,17 @@ temperature: on two-digit MNIST, samples that put both digits in one place have 
 spread than the data. Compare the samples with the reconstructions, both sigmoid(c_T) with its
 faint haze, more than with the images.
 """
-import argparse
-import math
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from draw.checkpoint import build_model, load_checkpoint
-from draw.cli import ArgumentParser, positive, run, seed as seed_type
+from draw.cli import ArgumentParser, positive, run, seed as seed_type, temperature_list
 from draw.datasets import batches
 from draw.model import DrawModel, reconstruction_loss
 from draw.outputs.plotting import check_output_files, image_grid, save_png
 from draw.outputs.scores import model_images
-
-
-def temperature_list(text: str) -> tuple[float, ...]:
-    """An argparse type: comma-separated temperatures, each a finite number above 0."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers above 0, comma-separated, got {text!r}")
-    return values
 
 
 def ink_spread(images: Tensor) -> Tensor:

@@ -26,7 +26,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from draw.atomic import atomic_write_bytes
-from draw.cli import ArgumentParser, positive, run, seed as seed_type, temperature
+from draw.cli import ArgumentParser, positive, run, seed as seed_type
+from draw.cli import temperature as temperature_type
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.outputs.plotting import image_grid, save_png
@@ -104,7 +105,9 @@ def score(folder: str, answers: str) -> dict[str, float]:
     if outside:
         raise DrawError(f"{answers} lists numbers that are on no sheet: {outside[:5]}")
     result = {}
-    print(f"{key['model']}: canvases judged to show two recognisable digits")
+    at = key.get("temperature", 1.0)
+    print(f"{key['model']}: canvases judged to show two recognisable digits"
+          + ("" if at == 1 else f" (samples at temperature {at:g})"))
     for kind in KINDS:
         numbers = [k + 1 for k, name in enumerate(kinds) if name == kind]
         share = sum(k in chosen for k in numbers) / len(numbers)
@@ -123,7 +126,7 @@ if __name__ == "__main__":
     make.add_argument("--n", type=positive, default=60, help="canvases of each kind")
     make.add_argument("--out", required=True, help="the folder of the sheets and key.json")
     make.add_argument("--seed", type=seed_type, default=0, help="seed of z and of the order")
-    make.add_argument("--temperature", type=temperature, default=1.0,
+    make.add_argument("--temperature", type=temperature_type, default=1.0,
                       help="draw the samples from N(0, TEMPERATURE^2 I) (sample.py "
                            "--temperature); 1 is the model's")
     make.add_argument("--data-dir", default=None, help="where the converted datasets are")

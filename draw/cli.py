@@ -53,6 +53,19 @@ def temperature(text: str) -> float:
     return value
 
 
+def temperature_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated temperatures, each a finite number above 0, each once
+    (the rows they name would collide)."""
+    try:
+        values = tuple(temperature(part) for part in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        values = ()
+    if not values or len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"expected numbers above 0, comma-separated, each "
+                                         f"once, got {text!r}")
+    return values
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (`error: ...`, exit status 2) instead of the usage text."""
 

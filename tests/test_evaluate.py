@@ -237,7 +237,7 @@ def test_reconstructions_rows_of_samples_at_lower_temperatures_scale_one_draw(tr
         for j in range(4):
             cell = grid[r * 29:r * 29 + 28, j * 29:j * 29 + 28].reshape(-1)
             assert np.abs(cell - samples[j].numpy()).max() <= 0.5 / 255 + 1e-6
-    for bad in ("0", "1,-1", "nan", "a", ""):
+    for bad in ("0", "1,-1", "nan", "a", "", "1,0.5,0.50"):
         with pytest.raises(argparse.ArgumentTypeError, match="numbers above 0"):
             script.temperature_list(bad)
     assert script.temperature_list("1,0.6") == (1.0, 0.6)

@@ -70,30 +70,39 @@ def test_the_aggregate_gaussian_has_the_mixtures_moments(fit):
 
 
 def test_the_joint_gaussian_keeps_the_varying_dimensions_and_the_steps_dependence(fit):
-    """z_1..z_3 of 2 dimensions; the first varies between images and z_2's repeats z_1's, the
-    second is the prior's own at every step: the active dimensions are the first of each step,
-    and only their joint fit sees that z_1 and z_2 are one draw."""
+    """z_1..z_3 of 3 dimensions. The first varies between images, and z_2's repeats z_1's; z_3's
+    second is z_3's first plus noise; the third is the prior's own at every step. The active
+    dimensions are the first of each step and z_3's second; only the joint fit sees that z_1
+    and z_2 are one draw, and shuffling the steps apart takes that away and nothing else."""
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(4000, generator=g, dtype=torch.float64) for _ in range(2))
-    means = torch.zeros(3, 4000, 2, dtype=torch.float64)
-    means[0, :, 0], means[1, :, 0], means[2, :, 0] = a, a, b
+    a, b, c = (torch.randn(4000, generator=g, dtype=torch.float64) for _ in range(3))
+    means = torch.zeros(3, 4000, 3, dtype=torch.float64)
+    means[0, :, 0], means[1, :, 0], means[2, :, 0], means[2, :, 1] = a, a, b, b + c
     variances = torch.full_like(means, 0.01)
-    variances[:, :, 1] = 1.0
-    active, mu, cov, blocks = fit.joint_gaussian(means, variances)
-    assert active.tolist() == [0, 2, 4]                                     # t * Z + z
+    variances[:, :, 2] = 1.0
+    active = fit.active_dimensions(means)
+    assert active.tolist() == [0, 3, 6, 7]                                  # t * Z + z
+    mu, cov, blocks = fit.joint_gaussian(means, variances, active)
     # the moments are aggregate_gaussian's over the flattened active dimensions
-    _, whole = fit.aggregate_gaussian(means.permute(1, 0, 2).reshape(1, 4000, 6),
-                                      variances.permute(1, 0, 2).reshape(1, 4000, 6))
+    _, whole = fit.aggregate_gaussian(fit.flatten(means)[None], fit.flatten(variances)[None])
     torch.testing.assert_close(cov, whole[0][active][:, active])
-    torch.testing.assert_close(mu, means[:, :, 0].mean(dim=1))
+    torch.testing.assert_close(mu, fit.flatten(means)[:, active].mean(dim=0))
     assert cov[0, 1] == pytest.approx(1.0, abs=0.1) and abs(cov[0, 2]) < 0.1
-    torch.testing.assert_close(blocks, torch.diag(cov.diagonal()))       # one dimension a step
+    # the blocks keep the entries within a step (z_3's two) and zero those between steps
+    expected = torch.diag(cov.diagonal())
+    expected[2, 3] = expected[3, 2] = cov[2, 3]
+    torch.testing.assert_close(blocks, expected)
+    assert cov[2, 3] == pytest.approx(1.0, abs=0.1)
     # jointly, z_2 = z_1 (up to the posterior's variance 0.01) is worth about
-    # 1/2 log(1 / (1 - rho^2)) = 1/2 log(1.01^2 / 0.0201) = 1.96 nats; step by step nothing
-    joint = fit.kl_to_standard_normal(mu[None], cov[None]).item()
-    alone = fit.kl_to_standard_normal(mu[None], blocks[None]).item()
+    # 1/2 log(1 / (1 - rho^2)) = 1/2 log(1.01^2 / 0.0201) = 1.96 nats more than step by step
+    joint, alone = fit.both_kls(mu, cov, blocks)
     assert joint - alone == pytest.approx(0.5 * math.log(1.01 ** 2 / 0.0201), abs=0.05)
-    assert alone < 0.01
+    # shuffled apart: the same blocks, and the 1.96 nats gone, to what 4,000 images find by chance
+    apart = fit.joint_gaussian(means, variances, active, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(apart[2], blocks)
+    apart_joint, apart_alone = fit.both_kls(*apart)
+    assert apart_alone == pytest.approx(alone, abs=1e-9)
+    assert 0 <= apart_joint - apart_alone < 0.01
 
 
 def test_the_kl_to_the_standard_normal_is_torchs(fit):
@@ -121,7 +130,12 @@ def test_held_out_r2_is_one_for_an_affine_map_and_near_zero_for_noise(fit):
 
 def test_a_whole_run_on_the_sample_data(fit, tmp_path, capsys):
     path = tmp_path / "m_model.pkl"
-    save_checkpoint(path, small_model(), run={"dataset": "sample"})
+    model = small_model()
+    with torch.no_grad():
+        # an untrained Q's means barely vary between images: made to, so that some are active
+        model.encoder.weight_ih.mul_(100)
+        model.sampler.mean_transform.weight.mul_(100)
+    save_checkpoint(path, model, run={"dataset": "sample"})
     result = fit.main(str(path), n=300)
     out = capsys.readouterr().out
     assert "300 training images, one posterior draw each; R^2 fitted on 225, measured on 75" in out
@@ -137,6 +151,13 @@ def test_a_whole_run_on_the_sample_data(fit, tmp_path, capsys):
     joint = out.splitlines()[-1]
     assert joint.startswith(f"all steps together, the {len(result['active'])} of 15 dimensions")
     assert joint.endswith(f"fit KL {result['joint_kl']:.2f} jointly, "
-                          f"{result['block_kl']:.2f} step by step")
+                          f"{result['block_kl']:.2f} step by step; with each step's images "
+                          f"shuffled apart {result['apart_kl']:.2f} and "
+                          f"{result['apart_block_kl']:.2f}")
+    # a joint fit never has less KL than its blocks (Fischer's inequality: det <= the product
+    # of the blocks' dets), and shuffling apart leaves the blocks as they were
+    assert len(result["active"]) > 1
+    assert result["joint_kl"] >= result["block_kl"] - 1e-9
+    assert result["apart_block_kl"] == pytest.approx(result["block_kl"], abs=1e-9)
     with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
         fit.main(str(path), n=300, read=True)

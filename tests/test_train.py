@@ -165,7 +165,8 @@ def test_output_to_a_pipe_is_the_header_epoch_lines_and_plain_progress(reference
     assert [line.split("|")[0].split() for line in lines if not line.startswith("  ")] == [
         ["epoch", str(k)] for k in range(4)]
     progress = [line for line in lines if line.startswith("  ")]
-    assert progress and all(re.fullmatch(r"  epoch [123]: batch \d+/\d+ \| loss \d+\.\d\d \| \d+ s",
+    assert progress and all(re.fullmatch(r"  epoch [123]: batch \d+/\d+ \| loss \d+\.\d\d, "
+                                         r"mean \d+\.\d\d \| \d+ s",
                                          line) for line in progress)
 
 

@@ -110,7 +110,15 @@ def test_score_counts_the_judged_numbers_of_each_kind(eye, tmp_path, capsys):
     answers.write_text("2, 4\n5")                                   # both data, one sample
     assert eye.score(str(tmp_path), str(answers)) == {"data": 1.0, "reconstruction": 0.0,
                                                       "sample": 0.5}
-    assert "sample             1 of 2     50.0% (standard error 35.4%)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sample             1 of 2     50.0% (standard error 35.4%)" in out
+    # a key from before --temperature is at 1; another temperature is said with the score
+    assert out.startswith("m.pkl: canvases judged to show two recognisable digits\n")
+    (tmp_path / "key.json").write_text(json.dumps({"model": "m.pkl", "n": 2, "seed": 0,
+                                                   "temperature": 0.7, "kinds": kinds}))
+    eye.score(str(tmp_path), str(answers))
+    assert capsys.readouterr().out.startswith("m.pkl: canvases judged to show two recognisable "
+                                              "digits (samples at temperature 0.7)\n")
     answers.write_text("2 7")
     with pytest.raises(DrawError, match=r"lists numbers that are on no sheet: \[7\]"):
         eye.score(str(tmp_path), str(answers))

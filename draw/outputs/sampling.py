@@ -80,9 +80,7 @@ def prior_noise(model: DrawModel, n: int, seed: int | None = None,
         generator.manual_seed(seed)
     p = next(model.parameters())
     u = model.noise(n, like=torch.empty(0), generator=generator)             # (T, n, Z)
-    if temperature != 1:
-        u *= temperature
-    return u.to(device=p.device, dtype=p.dtype)
+    return (temperature * u).to(device=p.device, dtype=p.dtype)
 
 
 def draw_samples(model: DrawModel, u: torch.Tensor, attention: bool = False):

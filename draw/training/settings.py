@@ -183,8 +183,8 @@ class DrawSettings(RunSettings):
     dec_dim: int = setting(256, "decoder LSTM state dimension")
     z_dim: int = setting(100, "latent z dimension")
     oldmodel: str | None = setting(None, "start from the parameters of a *_model.pkl file of "
-                                         "the same configuration (--niter may differ)", on_resume=FRESH,
-                                   metavar="FILE")
+                                         "the same configuration (--niter may differ)",
+                                   on_resume=FRESH, metavar="FILE")
     # runs and model files from before 2026-12-06 had c_0, h_0^enc, h_0^dec at zero
     learned_initial_state: bool = setting(
         True, "learn c_0, h_0^enc and h_0^dec as biases, as the paper does (section 2.2); "
