@@ -259,6 +259,16 @@ def test_oldmodel_goes_on_with_another_number_of_glimpses(reference, tmp_path, m
     with pytest.raises(DrawError, match=r"^--oldmodel \S+ has another configuration: "
                                         r"z_dim 3 there, 4 here$"):
         main(**{**flags, "z_dim": 4}, n_iter=3)
+    # a file with a zero initial state both grows its learned biases and changes T
+    zero = DrawModel.from_config(dataclasses.replace(old_model.config,
+                                                     learned_initial_state=False))
+    zero.load_state_dict({k: v for k, v in old_model.state_dict().items()
+                          if k not in ("c_0", "h_0_enc", "h_0_dec")})
+    save_checkpoint(tmp_path / "zero_model.pkl", zero)
+    main(**{**flags, "oldmodel": "zero_model.pkl"}, n_iter=4, name="grown")
+    grown, _ = load_model(the_run_dir_named(tmp_path, "grown") / "grown_model.pkl")
+    assert grown.config == dataclasses.replace(old_model.config, n_iter=4)
+    assert all(0 < p.abs().max() < 1e-6 for p in (grown.c_0, grown.h_0_enc, grown.h_0_dec))
 
 
 def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(reference, tmp_path,
