@@ -1,0 +1,134 @@
+"""bench/second_stage.py: the mixture prior's density against torch.distributions, its draws'
+moments, a fit that must find a known conditional dependence, the posterior paths against the
+model's own unroll, the paths with kept coordinates at both extremes, and a whole run on the
+shipped sample data."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from draw.checkpoint import save_checkpoint
+from draw.datasets import batches, get_data
+from draw.errors import DrawError
+from draw.model import DrawConfig, DrawModel
+
+
+@pytest.fixture
+def stage(bench_script):
+    return bench_script("second_stage")
+
+
+def small_model() -> DrawModel:
+    torch.manual_seed(0)
+    return DrawModel.from_config(DrawConfig(n_iter=5, enc_dim=12, dec_dim=10, z_dim=3,
+                                            read_N=2, write_N=3)).eval()
+
+
+def fixed_mixture(stage, mean: float, log_scale: float, z_dim: int = 3):
+    """A one-component prior whose output ignores its input: N(mean, exp(log_scale)^2 I)."""
+    prior = stage.MixturePrior(10, z_dim, hidden=8, components=1)
+    last = prior.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0] + [mean] * z_dim + [log_scale] * z_dim))
+    return prior
+
+
+def test_the_mixtures_density_is_torchs(stage):
+    torch.manual_seed(1)
+    prior = stage.MixturePrior(6, 4, hidden=16, components=3)
+    h, z = torch.randn(50, 6), torch.randn(50, 4) * 2
+    log_weight, mean, log_scale = prior.mixture(h)
+    assert log_weight.shape == (50, 3) and mean.shape == log_scale.shape == (50, 3, 4)
+    reference = MixtureSameFamily(Categorical(logits=log_weight),
+                                  Independent(Normal(mean, log_scale.exp()), 1))
+    torch.testing.assert_close(prior.log_prob(h, z), reference.log_prob(z))
+
+
+def test_the_mixtures_draws_have_its_moments(stage):
+    prior = fixed_mixture(stage, mean=2.0, log_scale=math.log(0.5))
+    z = prior.sample(torch.randn(20000, 10), torch.Generator().manual_seed(0))
+    assert z.shape == (20000, 3)
+    torch.testing.assert_close(z.mean(dim=0), torch.full((3,), 2.0), atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(dim=0), torch.full((3,), 0.5), atol=0.02, rtol=0)
+
+
+def test_the_fit_finds_a_conditional_dependence_that_no_gaussian_has(stage):
+    # z's first coordinate is +-2 by the sign of h's first, plus N(0, 0.3^2): a bimodal
+    # aggregate whose conditional is sharp. Against N(0, 1) the conditional gains
+    # E[-log N(z; 0, 1)] - H(N(0, 0.3^2)) = (log 2 pi + 4.09) / 2 - log(2 pi e 0.09) / 2 = 2.75
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 6000, 4, generator=g)
+    z = torch.randn(1, 6000, 2, generator=g)
+    z[..., 0] = 2 * torch.sign(h[..., 0]) + 0.3 * z[..., 0]
+    torch.manual_seed(0)
+    prior = stage.MixturePrior(4, 2, hidden=32, components=2)
+    curve = stage.fit(prior, (h[:, :5000], z[:, :5000]), (h[:, 5000:], z[:, 5000:]),
+                      epochs=15, lr=3e-3, batch=100, generator=g)
+    normal = stage.standard_normal_log_prob(z[:, 5000:]).sum(dim=0).mean().item()
+    assert max(curve) - normal == pytest.approx(2.75, abs=0.15)
+    # the parameters kept are the best pass's
+    assert stage.path_log_prob(prior, h[:, 5000:], z[:, 5000:]) == pytest.approx(max(curve))
+
+
+def test_the_posterior_pairs_are_the_models_own_path(stage):
+    model = small_model()
+    images = get_data("sample").train[:7]
+    states, draws, variance = stage.posterior_pairs(model, images, torch.Generator()
+                                                    .manual_seed(3), batch=4)
+    assert states.shape == (5, 7, 10) and draws.shape == (5, 7, 3) and variance.shape == (15,)
+    x = next(batches(images, 7))
+    generator = torch.Generator().manual_seed(3)       # the noise as posterior_pairs draws it
+    u = torch.cat([model.noise(len(part), part, generator) for part in x.split(4)], dim=1)
+    with torch.no_grad():
+        _, z, mean, _ = model.unroll(x, u)
+    torch.testing.assert_close(draws, z)
+    torch.testing.assert_close(variance, mean.permute(1, 0, 2).reshape(7, 15).double()
+                               .var(dim=0))
+    # h_0^dec before z_1; h_1^dec, the decoder's state after z_1, before z_2
+    torch.testing.assert_close(states[0], model.h_0_dec.expand(7, -1))
+    h_1, _ = model.decoder(z[0], (states[0], torch.zeros(7, 10)))
+    torch.testing.assert_close(states[1], h_1)
+
+
+def test_kept_paths_are_the_reconstructions_or_the_samples_at_the_extremes(stage):
+    model = small_model()
+    sampler = model.sampler
+    x = next(batches(get_data("sample").train[:6], 6))
+    u = model.noise(6, x, torch.Generator().manual_seed(0))
+    everything, nothing = torch.ones(5, 3, dtype=torch.bool), torch.zeros(5, 3, dtype=torch.bool)
+    with torch.no_grad():
+        c, *_ = model.unroll(x, u)
+    torch.testing.assert_close(stage.kept_paths(model, x, everything, u), torch.sigmoid(c))
+    torch.testing.assert_close(stage.kept_paths(model, x, nothing, u), model.sample(6, u)[-1])
+    assert model.sampler is sampler
+    # one coordinate of one step from Q: z_3's, where the posterior's mean is not 0
+    one = nothing.clone()
+    one[2, 1] = True
+    assert not torch.equal(stage.kept_paths(model, x, one, u), model.sample(6, u)[-1])
+
+
+def test_prior_samples_decode_the_priors_draws(stage):
+    model = small_model()
+    prior = fixed_mixture(stage, mean=0.7, log_scale=-6.0)          # z_t = 0.7 +- 0.0025
+    canvases = stage.prior_samples(model, prior, 4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(canvases, model.sample(4, torch.full((5, 4, 3), 0.7))[-1],
+                               atol=1e-3, rtol=0)
+
+
+def test_a_whole_run_on_the_sample_data(stage, tmp_path, capsys):
+    path = tmp_path / "m_model.pkl"
+    save_checkpoint(path, small_model(), run={"dataset": "sample"})
+    result = stage.main(str(path), n=200, held_out=50, hidden=16, components=2, epochs=2)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("posterior paths of 200 training and 50 valid images, one draw each")
+    assert [line.split(":")[0] for line in out[1:3]] == ["prior pass 1", "prior pass 2"]
+    assert out[3] == (f"held-out log p(z_1..z_T): N(0, I) {result['normal']:.2f}, the fitted "
+                      f"prior {max(result['curve']):.2f} nats (pass "
+                      f"{result['curve'].index(max(result['curve'])) + 1})")
+    # the sample data's 50 valid images, 15 coordinates each: N(0, 1)'s log density of z
+    # drawn from near N(0, 1) is near -15 (log 2 pi + 1) / 2
+    assert result["normal"] == pytest.approx(-15 * (math.log(2 * math.pi) + 1) / 2, rel=0.1)
+    with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
+        stage.main(str(path), n=200, read=True)
