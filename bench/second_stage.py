@@ -10,7 +10,9 @@ measures, after training, with the model fixed:
    as they were (the kept coordinates were chosen for canvases that the noise now changes), and
    in paths along which the encoder sees the canvases that the noise makes and chooses the kept
    coordinates for them. The second is what a prior over those coordinates could give the
-   samples if it knew, as Q does, what the noise drew so far.
+   samples if it knew, as Q does, what the noise drew so far. Then paths whose z_1..z_k all come
+   from Q and the rest from N(0, I), for k in HANDOVERS: at which steps the prior's draws lose
+   what the posterior's keep.
 2. **A conditional prior fitted after training.** p(z_t | h_{t-1}^dec), a mixture of
    --components Gaussians with diagonal covariances whose weights, means and scales an MLP
    computes from the decoder's state before z_t, is fitted by maximum likelihood to the pairs
@@ -40,6 +42,7 @@ import prior_fit                                # sibling scripts: ACTIVE and fl
 import two_digit_reader as reader_script        # and the reader, for --read
 
 LOG_2PI = math.log(2 * math.pi)
+HANDOVERS = (16, 32, 48)    # with --read, paths with z_1..z_k from Q and the rest from N(0, I)
 
 
 @torch.no_grad()
@@ -224,22 +227,33 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
              ) -> dict[str, float]:
     """The reader's share of two-digit canvases, and how far the mix of digits it reads is from
     the valid images' (bench/two_digit_reader.py's "digits off"), of: the valid images valid_x
-    (N, x_dim); the held-out posterior draws (T, N, z_dim) decoded whole (reconstructions) and
-    with only the `active` coordinates kept, the rest the noise u; N(0, I) samples, the same u;
-    and samples of the fitted prior."""
+    (N, x_dim); the held-out posterior draws (T, N, z_dim) decoded whole (reconstructions), and
+    with only the `active` coordinates kept and the rest the noise u; the paths of `kept_paths`
+    through valid_x with the same coordinates and noise, and with all coordinates of the first
+    k steps (HANDOVERS); N(0, I) samples, the same u; and samples of the fitted prior."""
     u = torch.randn(model.noise_shape(samples), generator=generator)           # (T, n, Z)
     T, count, Z = u.shape
     kept = prior_fit.flatten(u).clone()
     kept[:, active] = prior_fit.flatten(held_draws[:, :count])[:, active]
+    keep = torch.zeros(T * Z, dtype=torch.bool)
+    keep[active] = True
+    x = valid_x[:count]
     with torch.no_grad():
         canvases = {
-            "valid images": valid_x[:count],
+            "valid images": x,
             "posterior draws (reconstructions)": model.sample(count, held_draws[:, :count])[-1],
-            f"posterior draws, {len(active)} active coordinates kept":
+            f"the same, only {len(active)} active coordinates kept":
                 model.sample(count, kept.view(count, T, Z).permute(1, 0, 2))[-1],
-            "N(0, I)": model.sample(count, u)[-1],
-            "the fitted prior": prior_samples(model, prior, count, generator),
+            "paths with those coordinates from Q, the encoder reacting":
+                kept_paths(model, x, keep.view(T, Z), u),
         }
+        for k in (k for k in HANDOVERS if k < T):
+            first = torch.zeros(T, Z, dtype=torch.bool)
+            first[:k] = True
+            canvases[f"paths with z_1..z_{k} from Q, the rest N(0, I)"] = kept_paths(
+                model, x, first, u)
+        canvases["N(0, I)"] = model.sample(count, u)[-1]
+        canvases["the fitted prior"] = prior_samples(model, prior, count, generator)
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
                                             mnist.train_labels.long(),
