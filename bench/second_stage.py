@@ -1,7 +1,7 @@
 """Is the gap between a model's samples and its reconstructions the shape of its prior? Two
 measures, after training, with the model fixed:
 
-    python bench/second_stage.py runs/RUN/NAME_model.pkl [--n 20000] [--read]
+    python bench/second_stage.py runs/RUN/NAME_model.pkl [--n 10000] [--read]
 
 1. **Where the decoder's information lies.** The reconstructions decode the posterior's draws of
    z_1..z_T. With --read, the reader reads them whole, and with all but the coordinates whose
@@ -15,7 +15,8 @@ measures, after training, with the model fixed:
    what the posterior's keep.
 2. **A conditional prior fitted after training.** p(z_t | h_{t-1}^dec), a mixture of
    --components Gaussians with diagonal covariances whose weights, means and scales an MLP
-   computes from the decoder's state before z_t, is fitted by maximum likelihood to the pairs
+   computes from the decoder's state before z_t (--condition cell: and its LSTM's cell;
+   canvas: and the canvas so far, pooled), is fitted by maximum likelihood to the pairs
    (h_{t-1}^dec, z_t) of posterior paths of --n training images, one draw each, for --epochs
    passes; the pass whose log-likelihood on --held-out valid images' paths is best is kept. Its
    held-out log p(z_1..z_T) is printed beside N(0, I)'s. With --read, samples drawn from it (z_t
@@ -43,21 +44,46 @@ import two_digit_reader as reader_script        # and the reader, for --read
 
 LOG_2PI = math.log(2 * math.pi)
 HANDOVERS = (16, 32, 48)    # with --read, paths with z_1..z_k from Q and the rest from N(0, I)
+POOL = 3                    # --condition canvas: the canvas averaged over POOL x POOL pixels
+CONDITIONS = ("state", "cell", "canvas")
+
+
+def condition_size(cfg, condition: str) -> int:
+    """The size of what the prior sees (`prior_input`) for a model of config cfg."""
+    if condition == "state":
+        return cfg.dec_dim
+    if condition == "cell":
+        return 2 * cfg.dec_dim
+    return cfg.dec_dim + cfg.channels * (cfg.height // POOL) * (cfg.width // POOL)
+
+
+def prior_input(state, condition: str, shape: tuple[int, int, int]) -> Tensor:
+    """What the prior of z_t sees of the generation so far, (B, condition_size): the decoder's
+    state h_{t-1}^dec ("state"); with its LSTM's cell ("cell"); or with the canvas
+    sigma(c_{t-1}) of shape (C, H, W), averaged over POOL x POOL pixels ("canvas")."""
+    if condition == "state":
+        return state.h_dec
+    if condition == "cell":
+        return torch.cat([state.h_dec, state.cell_dec], dim=1)
+    canvas = torch.sigmoid(state.c).view(-1, *shape)
+    return torch.cat([state.h_dec, F.avg_pool2d(canvas, POOL).flatten(1)], dim=1)
 
 
 @torch.no_grad()
 def posterior_pairs(model: DrawModel, images: Tensor, generator: torch.Generator,
-                    batch: int = 500) -> tuple[Tensor, Tensor, Tensor]:
-    """One posterior path through all T glimpses of each image (N, x_dim uint8): the decoder
-    states h_{t-1}^dec before each z_t and the draws z_t, (T, N, dec_dim) and (T, N, z_dim), and
-    the posterior means' variance between the images in prior_fit.flatten's order (T z_dim,)."""
+                    condition: str = "state", batch: int = 500) -> tuple[Tensor, Tensor, Tensor]:
+    """One posterior path through all T glimpses of each image (N, x_dim uint8): what the prior
+    sees before each z_t (`prior_input`) and the draws z_t, (T, N, condition_size) and (T, N,
+    z_dim), and the posterior means' variance between the images in prior_fit.flatten's order
+    (T z_dim,)."""
+    cfg = model.config
     states, draws, means = [], [], []
     for x in tqdm(batches(images, batch), total=math.ceil(len(images) / batch),
                   desc="posterior paths", unit="batch", leave=False):
         state = model.initial_state(len(x), x)
         path = []
         for u_t in model.noise(len(x), x, generator):
-            h_dec = state.h_dec
+            h_dec = prior_input(state, condition, (cfg.channels, cfg.height, cfg.width))
             state, z, mean, _ = model.step(state, x, u_t)
             path.append((h_dec, z, mean))
         for store, value in zip((states, draws, means), zip(*path)):
@@ -97,18 +123,19 @@ def kept_paths(model: DrawModel, x: Tensor, keep: Tensor, u: Tensor) -> Tensor:
 
 
 class MixturePrior(nn.Module):
-    """p(z_t | h_{t-1}^dec): a mixture of K Gaussians with diagonal covariances, whose log
-    weights (K,), means and log scales (K, z_dim) an MLP of the decoder's state computes."""
+    """p(z_t | h): a mixture of K Gaussians with diagonal covariances, whose log weights (K,),
+    means and log scales (K, z_dim) an MLP computes from what it sees of the generation so far,
+    h (`prior_input`: the decoder's state h_{t-1}^dec, by default)."""
 
-    def __init__(self, dec_dim: int, z_dim: int, hidden: int, components: int):
+    def __init__(self, input_dim: int, z_dim: int, hidden: int, components: int):
         super().__init__()
         self.z_dim, self.components = z_dim, components
-        self.net = nn.Sequential(nn.Linear(dec_dim, hidden), nn.ReLU(),
+        self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, components * (1 + 2 * z_dim)))
 
     def mixture(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log weights (B, K), means and log scales (B, K, z_dim) given h (B, dec_dim)."""
+        """Log weights (B, K), means and log scales (B, K, z_dim) given h (B, input_dim)."""
         out = self.net(h)
         logits, rest = out.split([self.components, 2 * self.components * self.z_dim], dim=1)
         mean, log_scale = rest.view(len(h), self.components, 2, self.z_dim).unbind(2)
@@ -122,7 +149,7 @@ class MixturePrior(nn.Module):
         return torch.logsumexp(log_weight + log_normal, dim=1)
 
     def sample(self, h: Tensor, generator: torch.Generator) -> Tensor:
-        """One draw z (B, z_dim) given h (B, dec_dim)."""
+        """One draw z (B, z_dim) given h (B, input_dim)."""
         log_weight, mean, log_scale = self.mixture(h)
         k = torch.multinomial(log_weight.exp(), 1, generator=generator)       # (B, 1)
         pick = k[:, :, None].expand(-1, 1, self.z_dim)
@@ -138,7 +165,7 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
 def path_log_prob(prior: MixturePrior, states: Tensor, draws: Tensor, batch: int = 4096
                   ) -> float:
     """The mean over images of log p(z_1..z_T) = sum_t log p(z_t | h_{t-1}^dec), given the
-    paths' states (T, N, dec_dim) and draws (T, N, z_dim)."""
+    paths' inputs (T, N, input_dim) and draws (T, N, z_dim)."""
     T, N, _ = draws.shape
     with torch.no_grad():
         parts = [prior.log_prob(h, z) for h, z in zip(states.flatten(0, 1).split(batch),
@@ -171,18 +198,20 @@ def fit(prior: MixturePrior, train: tuple[Tensor, Tensor], held_out: tuple[Tenso
 
 
 @torch.no_grad()
-def prior_samples(model: DrawModel, prior: MixturePrior, n: int, generator: torch.Generator
-                  ) -> Tensor:
+def prior_samples(model: DrawModel, prior: MixturePrior, n: int, generator: torch.Generator,
+                  condition: str = "state") -> Tensor:
     """sigma(c_T) of n samples (n, x_dim), z_t drawn from the prior given the decoder's state."""
+    cfg = model.config
     state = model.initial_state(n, next(model.parameters()))
     for _ in range(model.n_iter):
-        state = model.decode(state, prior.sample(state.h_dec, generator))   # eqs. 7-8
+        h = prior_input(state, condition, (cfg.channels, cfg.height, cfg.width))
+        state = model.decode(state, prior.sample(h, generator))               # eqs. 7-8
     return torch.sigmoid(state.c)
 
 
-def main(model_file: str, n: int = 20000, held_out: int = 2000, hidden: int = 1024,
-         components: int = 10, epochs: int = 10, lr: float = 1e-3, batch: int = 1024,
-         read: bool = False, samples: int = 2000, seed: int = 0, data_dir: str | None = None
+def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 512,
+         components: int = 5, epochs: int = 6, condition: str = "state", lr: float = 1e-3,
+         batch: int = 1024, read: bool = False, samples: int = 2000, seed: int = 0, data_dir: str | None = None
          ) -> dict[str, float | list[float]]:
     """Measures 1 and 2 of the docstring; return the held-out log-likelihoods and, with read,
     the reader's shares."""
@@ -203,12 +232,12 @@ def main(model_file: str, n: int = 20000, held_out: int = 2000, hidden: int = 10
     mnist = reader_script.labelled_mnist(data_dir) if read else None     # before the work
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)                                                  # the MLP's start
-    states, draws, variance = posterior_pairs(model, train_images, generator)
-    held_states, held_draws, _ = posterior_pairs(model, valid_images, generator)
+    states, draws, variance = posterior_pairs(model, train_images, generator, condition)
+    held_states, held_draws, _ = posterior_pairs(model, valid_images, generator, condition)
     T, count, Z = draws.shape
     print(f"{model_file}: posterior paths of {count} training and {held_draws.shape[1]} valid "
           f"images, one draw each")
-    prior = MixturePrior(cfg.dec_dim, Z, hidden, components)
+    prior = MixturePrior(condition_size(cfg, condition), Z, hidden, components)
     curve = fit(prior, (states, draws), (held_states, held_draws), epochs, lr, batch, generator)
     normal = standard_normal_log_prob(held_draws).sum(dim=0).mean().item()
     print(f"held-out log p(z_1..z_T): N(0, I) {normal:.2f}, the fitted prior {max(curve):.2f} "
@@ -218,13 +247,13 @@ def main(model_file: str, n: int = 20000, held_out: int = 2000, hidden: int = 10
         active = (variance > prior_fit.ACTIVE).nonzero().squeeze(1)
         valid_x = next(batches(valid_images, len(valid_images)))
         result.update(read_all(model, prior, held_draws, active, valid_x, samples, generator,
-                               seed, mnist))
+                               seed, mnist, condition))
     return result
 
 
 def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: Tensor,
-             valid_x: Tensor, samples: int, generator: torch.Generator, seed: int, mnist
-             ) -> dict[str, float]:
+             valid_x: Tensor, samples: int, generator: torch.Generator, seed: int, mnist,
+             condition: str) -> dict[str, float]:
     """The reader's share of two-digit canvases, and how far the mix of digits it reads is from
     the valid images' (bench/two_digit_reader.py's "digits off"), of: the valid images valid_x
     (N, x_dim); the held-out posterior draws (T, N, z_dim) decoded whole (reconstructions), and
@@ -253,7 +282,7 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
             canvases[f"paths with z_1..z_{k} from Q, the rest N(0, I)"] = kept_paths(
                 model, x, first, u)
         canvases["N(0, I)"] = model.sample(count, u)[-1]
-        canvases["the fitted prior"] = prior_samples(model, prior, count, generator)
+        canvases["the fitted prior"] = prior_samples(model, prior, count, generator, condition)
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
                                             mnist.train_labels.long(),
@@ -274,14 +303,17 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
 if __name__ == "__main__":
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_file", metavar="MODEL", help="a <name>_model.pkl")
-    parser.add_argument("--n", type=positive, default=20000,
+    parser.add_argument("--n", type=positive, default=10000,
                         help="training images whose posterior paths the prior is fitted to")
     parser.add_argument("--held-out", type=positive, default=2000,
                         help="valid images whose paths score the fit (and are read)")
-    parser.add_argument("--hidden", type=positive, default=1024, help="the MLP's hidden units")
-    parser.add_argument("--components", type=positive, default=10,
+    parser.add_argument("--hidden", type=positive, default=512, help="the MLP's hidden units")
+    parser.add_argument("--components", type=positive, default=5,
                         help="Gaussians in the mixture")
-    parser.add_argument("--epochs", type=positive, default=10, help="passes over the pairs")
+    parser.add_argument("--epochs", type=positive, default=6, help="passes over the pairs")
+    parser.add_argument("--condition", choices=CONDITIONS, default="state",
+                        help="what the prior sees: h_{t-1}^dec, with its cell, or with the "
+                             "canvas (pooled)")
     parser.add_argument("--read", action="store_true",
                         help="read the samples (two-digit MNIST models)")
     parser.add_argument("--samples", type=positive, default=2000, help="canvases of each kind")

@@ -25,9 +25,9 @@ def small_model() -> DrawModel:
                                             read_N=2, write_N=3)).eval()
 
 
-def fixed_mixture(stage, mean: float, log_scale: float, z_dim: int = 3):
+def fixed_mixture(stage, mean: float, log_scale: float, z_dim: int = 3, input_dim: int = 10):
     """A one-component prior whose output ignores its input: N(mean, exp(log_scale)^2 I)."""
-    prior = stage.MixturePrior(10, z_dim, hidden=8, components=1)
+    prior = stage.MixturePrior(input_dim, z_dim, hidden=8, components=1)
     last = prior.net[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -92,6 +92,22 @@ def test_the_posterior_pairs_are_the_models_own_path(stage):
     torch.testing.assert_close(states[1], h_1)
 
 
+def test_the_prior_sees_the_state_its_cell_or_the_pooled_canvas(stage):
+    model = small_model()
+    state = model.initial_state(2, next(model.parameters()))
+    state = state._replace(c=torch.randn(2, 28 * 28), cell_dec=torch.randn(2, 10))
+    assert stage.prior_input(state, "state", (1, 28, 28)) is state.h_dec
+    torch.testing.assert_close(stage.prior_input(state, "cell", (1, 28, 28)),
+                               torch.cat([state.h_dec, state.cell_dec], dim=1))
+    seen = stage.prior_input(state, "canvas", (1, 28, 28))
+    assert seen.shape == (2, stage.condition_size(model.config, "canvas")) == (2, 10 + 81)
+    # the pooled canvas's first and last cells: the means of sigma(c)'s first and last 3x3
+    # blocks of the 27x27 that pooling covers
+    canvas = torch.sigmoid(state.c).view(2, 28, 28)
+    torch.testing.assert_close(seen[:, 10], canvas[:, :3, :3].mean(dim=(1, 2)))
+    torch.testing.assert_close(seen[:, -1], canvas[:, 24:27, 24:27].mean(dim=(1, 2)))
+
+
 def test_kept_paths_are_the_reconstructions_or_the_samples_at_the_extremes(stage):
     model = small_model()
     sampler = model.sampler
@@ -109,10 +125,12 @@ def test_kept_paths_are_the_reconstructions_or_the_samples_at_the_extremes(stage
     assert not torch.equal(stage.kept_paths(model, x, one, u), model.sample(6, u)[-1])
 
 
-def test_prior_samples_decode_the_priors_draws(stage):
+@pytest.mark.parametrize("condition", ["state", "cell", "canvas"])
+def test_prior_samples_decode_the_priors_draws(stage, condition):
     model = small_model()
-    prior = fixed_mixture(stage, mean=0.7, log_scale=-6.0)          # z_t = 0.7 +- 0.0025
-    canvases = stage.prior_samples(model, prior, 4, torch.Generator().manual_seed(0))
+    prior = fixed_mixture(stage, mean=0.7, log_scale=-6.0,                # z_t = 0.7 +- 0.0025
+                          input_dim=stage.condition_size(model.config, condition))
+    canvases = stage.prior_samples(model, prior, 4, torch.Generator().manual_seed(0), condition)
     torch.testing.assert_close(canvases, model.sample(4, torch.full((5, 4, 3), 0.7))[-1],
                                atol=1e-3, rtol=0)
 
@@ -132,3 +150,7 @@ def test_a_whole_run_on_the_sample_data(stage, tmp_path, capsys):
     assert result["normal"] == pytest.approx(-15 * (math.log(2 * math.pi) + 1) / 2, rel=0.1)
     with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
         stage.main(str(path), n=200, read=True)
+    # a prior that sees the canvas too: fitted and scored on the same paths' draws
+    canvas = stage.main(str(path), n=200, held_out=50, hidden=16, components=2, epochs=1,
+                        condition="canvas")
+    assert canvas["normal"] == result["normal"]
