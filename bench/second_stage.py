@@ -12,7 +12,8 @@ measures, after training, with the model fixed:
    coordinates for them. The second is what a prior over those coordinates could give the
    samples if it knew, as Q does, what the noise drew so far. Then paths whose z_1..z_k all come
    from Q and the rest from N(0, I), for k in HANDOVERS: at which steps the prior's draws lose
-   what the posterior's keep.
+   what the posterior's keep. And samples whose coordinates other than the active ones are 0:
+   whether the noise there spoils them.
 2. **A conditional prior fitted after training.** p(z_t | h_{t-1}^dec), a mixture of
    --components Gaussians with diagonal covariances whose weights, means and scales an MLP
    computes from the decoder's state before z_t (--condition cell: and its LSTM's cell;
@@ -34,9 +35,9 @@ from tqdm import tqdm
 
 from draw.checkpoint import build_model, load_checkpoint
 from draw.cli import ArgumentParser, positive, run, seed as seed_type
-from draw.datasets import batches
+from draw.datasets import Data, batches
 from draw.errors import DrawError
-from draw.model import DrawModel
+from draw.model import DrawConfig, DrawModel, DrawState
 from draw.outputs.scores import model_images
 
 import prior_fit                                # sibling scripts: ACTIVE and flatten
@@ -48,8 +49,14 @@ POOL = 3                    # --condition canvas: the canvas averaged over POOL 
 CONDITIONS = ("state", "cell", "canvas")
 
 
-def condition_size(cfg, condition: str) -> int:
+def check_condition(condition: str) -> None:
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+
+
+def condition_size(cfg: DrawConfig, condition: str) -> int:
     """The size of what the prior sees (`prior_input`) for a model of config cfg."""
+    check_condition(condition)
     if condition == "state":
         return cfg.dec_dim
     if condition == "cell":
@@ -57,10 +64,11 @@ def condition_size(cfg, condition: str) -> int:
     return cfg.dec_dim + cfg.channels * (cfg.height // POOL) * (cfg.width // POOL)
 
 
-def prior_input(state, condition: str, shape: tuple[int, int, int]) -> Tensor:
+def prior_input(state: DrawState, condition: str, shape: tuple[int, int, int]) -> Tensor:
     """What the prior of z_t sees of the generation so far, (B, condition_size): the decoder's
     state h_{t-1}^dec ("state"); with its LSTM's cell ("cell"); or with the canvas
     sigma(c_{t-1}) of shape (C, H, W), averaged over POOL x POOL pixels ("canvas")."""
+    check_condition(condition)
     if condition == "state":
         return state.h_dec
     if condition == "cell":
@@ -83,9 +91,9 @@ def posterior_pairs(model: DrawModel, images: Tensor, generator: torch.Generator
         state = model.initial_state(len(x), x)
         path = []
         for u_t in model.noise(len(x), x, generator):
-            h_dec = prior_input(state, condition, (cfg.channels, cfg.height, cfg.width))
+            seen = prior_input(state, condition, (cfg.channels, cfg.height, cfg.width))
             state, z, mean, _ = model.step(state, x, u_t)
-            path.append((h_dec, z, mean))
+            path.append((seen, z, mean))
         for store, value in zip((states, draws, means), zip(*path)):
             store.append(torch.stack(value))
     means = prior_fit.flatten(torch.cat(means, dim=1)).double()
@@ -193,6 +201,8 @@ def fit(prior: MixturePrior, train: tuple[Tensor, Tensor], held_out: tuple[Tenso
         print(f"prior pass {epoch + 1}: held-out log p(z_1..z_T) {curve[-1]:.2f} nats")
         if curve[-1] > best:
             best, best_state = curve[-1], {k: v.clone() for k, v in prior.state_dict().items()}
+    if best_state is None:
+        raise DrawError("the prior's fit gave no finite held-out log-likelihood")
     prior.load_state_dict(best_state)
     return curve
 
@@ -211,8 +221,8 @@ def prior_samples(model: DrawModel, prior: MixturePrior, n: int, generator: torc
 
 def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 512,
          components: int = 5, epochs: int = 6, condition: str = "state", lr: float = 1e-3,
-         batch: int = 1024, read: bool = False, samples: int = 2000, seed: int = 0, data_dir: str | None = None
-         ) -> dict[str, float | list[float]]:
+         batch: int = 1024, read: bool = False, samples: int = 2000, seed: int = 0,
+         data_dir: str | None = None) -> dict[str, float | list[float]]:
     """Measures 1 and 2 of the docstring; return the held-out log-likelihoods and, with read,
     the reader's shares."""
     ckpt = load_checkpoint(model_file)
@@ -252,14 +262,15 @@ def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 51
 
 
 def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: Tensor,
-             valid_x: Tensor, samples: int, generator: torch.Generator, seed: int, mnist,
+             valid_x: Tensor, samples: int, generator: torch.Generator, seed: int, mnist: Data,
              condition: str) -> dict[str, float]:
     """The reader's share of two-digit canvases, and how far the mix of digits it reads is from
     the valid images' (bench/two_digit_reader.py's "digits off"), of: the valid images valid_x
     (N, x_dim); the held-out posterior draws (T, N, z_dim) decoded whole (reconstructions), and
     with only the `active` coordinates kept and the rest the noise u; the paths of `kept_paths`
     through valid_x with the same coordinates and noise, and with all coordinates of the first
-    k steps (HANDOVERS); N(0, I) samples, the same u; and samples of the fitted prior."""
+    k steps (HANDOVERS); N(0, I) samples, the same u, and the same with u's coordinates other
+    than the active ones at 0; and samples of the fitted prior."""
     u = torch.randn(model.noise_shape(samples), generator=generator)           # (T, n, Z)
     T, count, Z = u.shape
     kept = prior_fit.flatten(u).clone()
@@ -276,12 +287,16 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
             "paths with those coordinates from Q, the encoder reacting":
                 kept_paths(model, x, keep.view(T, Z), u),
         }
-        for k in (k for k in HANDOVERS if k < T):
+        for k in HANDOVERS:
+            if k >= T:
+                continue
             first = torch.zeros(T, Z, dtype=torch.bool)
             first[:k] = True
             canvases[f"paths with z_1..z_{k} from Q, the rest N(0, I)"] = kept_paths(
                 model, x, first, u)
         canvases["N(0, I)"] = model.sample(count, u)[-1]
+        canvases["N(0, I) on the active coordinates, 0 on the rest"] = model.sample(
+            count, (prior_fit.flatten(u) * keep).view(count, T, Z).permute(1, 0, 2))[-1]
         canvases["the fitted prior"] = prior_samples(model, prior, count, generator, condition)
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),

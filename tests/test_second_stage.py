@@ -54,6 +54,24 @@ def test_the_mixtures_draws_have_its_moments(stage):
     torch.testing.assert_close(z.std(dim=0), torch.full((3,), 0.5), atol=0.02, rtol=0)
 
 
+def test_the_mixtures_draws_pick_components_by_their_weights(stage):
+    # two components: weight 1/4 at -3 with scale 0.5, weight 3/4 at +3 with scale 1
+    prior = stage.MixturePrior(10, 1, hidden=8, components=2)
+    last = prior.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        # the logits, then each component's mean and log scale
+        last.bias.copy_(torch.tensor([math.log(0.25), math.log(0.75), -3.0, math.log(0.5),
+                                      3.0, 0.0]))
+    z = prior.sample(torch.randn(40000, 10), torch.Generator().manual_seed(0))[:, 0]
+    assert (z > 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+    # each side mostly one component's (the other's share there is 1e-3 or less)
+    assert z[z < -1].mean().item() == pytest.approx(-3.0, abs=0.02)
+    assert z[z < -1].std().item() == pytest.approx(0.5, abs=0.02)
+    assert z[z > 0].mean().item() == pytest.approx(3.0, abs=0.03)
+    assert z[z > 0].std().item() == pytest.approx(1.0, abs=0.03)
+
+
 def test_the_fit_finds_a_conditional_dependence_that_no_gaussian_has(stage):
     # z's first coordinate is +-2 by the sign of h's first, plus N(0, 0.3^2): a bimodal
     # aggregate whose conditional is sharp. Against N(0, 1) the conditional gains
@@ -123,6 +141,41 @@ def test_kept_paths_are_the_reconstructions_or_the_samples_at_the_extremes(stage
     one = nothing.clone()
     one[2, 1] = True
     assert not torch.equal(stage.kept_paths(model, x, one, u), model.sample(6, u)[-1])
+    # z_1, z_2 from Q, the rest u itself: by hand, step by step
+    first = nothing.clone()
+    first[:2] = True
+    with torch.no_grad():
+        state = model.initial_state(6, x)
+        for t in range(5):
+            if t < 2:
+                state, *_ = model.step(state, x, u[t])
+            else:
+                state = model.decode(state, u[t])
+    torch.testing.assert_close(stage.kept_paths(model, x, first, u), torch.sigmoid(state.c))
+
+
+class Recording:
+    """A prior that draws z_t = 0 and keeps what it was shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def sample(self, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        self.seen.append(h.clone())
+        return torch.zeros(len(h), 3)
+
+
+def test_prior_samples_show_the_prior_the_state_before_each_draw(stage):
+    model = small_model()
+    with torch.no_grad():
+        model.h_0_dec.normal_()                    # so that h_0^dec is not the zero of a bug
+    prior = Recording()
+    stage.prior_samples(model, prior, 4, torch.Generator().manual_seed(0))
+    state = model.initial_state(4, next(model.parameters()))
+    for seen in prior.seen:
+        torch.testing.assert_close(seen, state.h_dec)
+        state = model.decode(state, torch.zeros(4, 3))
+    assert len(prior.seen) == 5
 
 
 @pytest.mark.parametrize("condition", ["state", "cell", "canvas"])
@@ -150,6 +203,8 @@ def test_a_whole_run_on_the_sample_data(stage, tmp_path, capsys):
     assert result["normal"] == pytest.approx(-15 * (math.log(2 * math.pi) + 1) / 2, rel=0.1)
     with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
         stage.main(str(path), n=200, read=True)
+    with pytest.raises(ValueError, match="condition must be one of"):
+        stage.condition_size(small_model().config, "canvass")
     # a prior that sees the canvas too: fitted and scored on the same paths' draws
     canvas = stage.main(str(path), n=200, held_out=50, hidden=16, components=2, epochs=1,
                         condition="canvas")
