@@ -35,7 +35,6 @@ from torch import Tensor
 from draw.checkpoint import build_model, load_checkpoint
 from draw.cli import ArgumentParser, positive, run, seed as seed_type
 from draw.datasets import batches
-from draw.errors import DrawError
 from draw.model import DrawModel
 from draw.outputs.scores import model_images
 
@@ -135,9 +134,8 @@ def main(model_file: str, n: int = 8000, read: bool = False, samples: int = 1000
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config
-    if read and (cfg.channels, cfg.height, cfg.width) != (1, 60, 60):
-        raise DrawError(f"--read reads two-digit MNIST samples; {model_file} models "
-                        f"{cfg.channels}x{cfg.height}x{cfg.width} images")
+    if read:
+        reader_script.check_two_digit(model, model_file)
     _, images, _ = model_images(model_file, cfg, dataset, ckpt.get("run") or {}, "train", n,
                                 seed, data_dir)
     mnist = reader_script.labelled_mnist(data_dir) if read else None    # before the work

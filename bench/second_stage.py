@@ -228,9 +228,8 @@ def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 51
     ckpt = load_checkpoint(model_file)
     model = build_model(ckpt, model_file).eval()
     cfg = model.config
-    if read and (cfg.channels, cfg.height, cfg.width) != (1, 60, 60):
-        raise DrawError(f"--read reads two-digit MNIST samples; {model_file} models "
-                        f"{cfg.channels}x{cfg.height}x{cfg.width} images")
+    if read:
+        reader_script.check_two_digit(model, model_file)
     if read and held_out < samples:
         raise DrawError(f"--read decodes --held-out's draws as samples: give at least "
                         f"--samples {samples} of them")

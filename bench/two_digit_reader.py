@@ -243,7 +243,12 @@ def confidence_type(text: str) -> float:
 
 def two_digit_model(model_file: str) -> DrawModel:
     """The model of `model_file`, in eval mode; DrawError unless it draws 1x60x60 canvases."""
-    model = build_model(load_checkpoint(model_file), model_file).eval()
+    return check_two_digit(build_model(load_checkpoint(model_file), model_file).eval(),
+                           model_file)
+
+
+def check_two_digit(model: DrawModel, model_file: str) -> DrawModel:
+    """`model` (of `model_file`), once it is known to draw 1x60x60 canvases; DrawError else."""
     cfg = model.config
     if (cfg.channels, cfg.height, cfg.width) != (1, TWO_DIGIT_CANVAS, TWO_DIGIT_CANVAS):
         raise DrawError(f"{model_file} models {cfg.channels}x{cfg.height}x{cfg.width} images, "

@@ -159,5 +159,5 @@ def test_a_whole_run_on_the_sample_data(fit, tmp_path, capsys):
     assert len(result["active"]) > 1
     assert result["joint_kl"] >= result["block_kl"] - 1e-9
     assert result["apart_block_kl"] == pytest.approx(result["block_kl"], abs=1e-9)
-    with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
+    with pytest.raises(DrawError, match="not two-digit MNIST's 1x60x60"):
         fit.main(str(path), n=300, read=True)

@@ -201,7 +201,7 @@ def test_a_whole_run_on_the_sample_data(stage, tmp_path, capsys):
     # the sample data's 50 valid images, 15 coordinates each: N(0, 1)'s log density of z
     # drawn from near N(0, 1) is near -15 (log 2 pi + 1) / 2
     assert result["normal"] == pytest.approx(-15 * (math.log(2 * math.pi) + 1) / 2, rel=0.1)
-    with pytest.raises(DrawError, match="--read reads two-digit MNIST samples"):
+    with pytest.raises(DrawError, match="not two-digit MNIST's 1x60x60"):
         stage.main(str(path), n=200, read=True)
     with pytest.raises(ValueError, match="condition must be one of"):
         stage.condition_size(small_model().config, "canvass")
