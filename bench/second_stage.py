@@ -22,8 +22,10 @@ measures, after training, with the model fixed:
    passes; the pass whose log-likelihood on --held-out valid images' paths is best is kept. Its
    held-out log p(z_1..z_T) is printed beside N(0, I)'s. With --read, samples drawn from it (z_t
    from the mixture given the state its own earlier draws made) are read beside N(0, I)'s.
-   It is the learned prior of Gregor et al.'s convolutional DRAW (2016) in a weaker form: fitted
-   to a decoder trained for N(0, I), not trained with it.
+   With --active-only the mixture models only the active coordinates of each z_t (the others
+   are N(0, 1)'s), so that the thousands of others do not swamp its fit. It is the learned
+   prior of Gregor et al.'s convolutional DRAW (2016) in a weaker form: fitted to a decoder
+   trained for N(0, I), not trained with it.
 """
 
 import math
@@ -149,20 +151,27 @@ class MixturePrior(nn.Module):
         mean, log_scale = rest.view(len(h), self.components, 2, self.z_dim).unbind(2)
         return F.log_softmax(logits, dim=1), mean, log_scale.clamp(-6, 2)
 
-    def log_prob(self, h: Tensor, z: Tensor) -> Tensor:
-        """log p(z | h) of each row (B,), z (B, z_dim)."""
+    def log_prob(self, h: Tensor, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log p(z | h) of each row (B,), z (B, z_dim). With `mask` (B, z_dim), the mixture
+        models only the coordinates it marks, and the others are N(0, 1)'s."""
         log_weight, mean, log_scale = self.mixture(h)
         u = (z[:, None] - mean) * torch.exp(-log_scale)                       # (B, K, Z)
-        log_normal = (-0.5 * (u ** 2 + LOG_2PI) - log_scale).sum(dim=2)       # (B, K)
-        return torch.logsumexp(log_weight + log_normal, dim=1)
+        log_normal = -0.5 * (u ** 2 + LOG_2PI) - log_scale                    # (B, K, Z)
+        if mask is None:
+            return torch.logsumexp(log_weight + log_normal.sum(dim=2), dim=1)
+        mixed = torch.logsumexp(log_weight + (log_normal * mask[:, None]).sum(dim=2), dim=1)
+        return mixed + standard_normal_log_prob(z * ~mask) + 0.5 * LOG_2PI * mask.sum(dim=1)
 
-    def sample(self, h: Tensor, generator: torch.Generator) -> Tensor:
-        """One draw z (B, z_dim) given h (B, input_dim)."""
+    def sample(self, h: Tensor, generator: torch.Generator, mask: Tensor | None = None
+               ) -> Tensor:
+        """One draw z (B, z_dim) given h (B, input_dim); with `mask` (B, z_dim), only the
+        coordinates it marks from the mixture, the others from N(0, 1)."""
         log_weight, mean, log_scale = self.mixture(h)
         k = torch.multinomial(log_weight.exp(), 1, generator=generator)       # (B, 1)
         pick = k[:, :, None].expand(-1, 1, self.z_dim)
         noise = torch.randn(len(h), self.z_dim, generator=generator)
-        return (mean.gather(1, pick) + log_scale.gather(1, pick).exp() * noise[:, None])[:, 0]
+        z = (mean.gather(1, pick) + log_scale.gather(1, pick).exp() * noise[:, None])[:, 0]
+        return z if mask is None else torch.where(mask, z, noise)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -170,34 +179,46 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z ** 2 + LOG_2PI).sum(dim=-1)
 
 
-def path_log_prob(prior: MixturePrior, states: Tensor, draws: Tensor, batch: int = 4096
-                  ) -> float:
+def step_masks(keep: Tensor | None, images: int) -> Tensor | None:
+    """keep (T, z_dim), the coordinates the mixture models at each step, for pairs flattened
+    from (T, images, .): row t images + i is step t's: (T images, z_dim); None for None."""
+    return None if keep is None else keep.repeat_interleave(images, dim=0)
+
+
+def path_log_prob(prior: MixturePrior, states: Tensor, draws: Tensor,
+                  keep: Tensor | None = None, batch: int = 4096) -> float:
     """The mean over images of log p(z_1..z_T) = sum_t log p(z_t | h_{t-1}^dec), given the
-    paths' inputs (T, N, input_dim) and draws (T, N, z_dim)."""
+    paths' inputs (T, N, input_dim) and draws (T, N, z_dim); with keep (T, z_dim), the
+    mixture models those coordinates and N(0, 1) the others."""
     T, N, _ = draws.shape
+    h, z = states.flatten(0, 1), draws.flatten(0, 1)
+    mask = step_masks(keep, N)
     with torch.no_grad():
-        parts = [prior.log_prob(h, z) for h, z in zip(states.flatten(0, 1).split(batch),
-                                                      draws.flatten(0, 1).split(batch))]
+        parts = [prior.log_prob(h[rows], z[rows], None if mask is None else mask[rows])
+                 for rows in torch.arange(len(z)).split(batch)]
     return torch.cat(parts).sum().item() / N
 
 
 def fit(prior: MixturePrior, train: tuple[Tensor, Tensor], held_out: tuple[Tensor, Tensor],
-        epochs: int, lr: float, batch: int, generator: torch.Generator) -> list[float]:
-    """Maximum likelihood by Adam over the pairs of all steps, shuffled together; keep the
-    parameters of the pass whose held-out log p(z_1..z_T) is best. Return each pass's."""
+        epochs: int, lr: float, batch: int, generator: torch.Generator,
+        keep: Tensor | None = None) -> list[float]:
+    """Maximum likelihood by Adam over the pairs of all steps, shuffled together (with keep
+    (T, z_dim): of the coordinates it marks at each step); keep the parameters of the pass
+    whose held-out log p(z_1..z_T) is best. Return each pass's."""
     h, z = (v.flatten(0, 1) for v in train)                                 # (T N, .) each
+    mask = step_masks(keep, train[1].shape[1])
     optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
     best, best_state, curve = -math.inf, None, []
     for epoch in range(epochs):
         prior.train()
         for part in tqdm(torch.randperm(len(z), generator=generator).split(batch),
                          desc=f"prior pass {epoch + 1}", leave=False):
-            loss = -prior.log_prob(h[part], z[part]).mean()
+            loss = -prior.log_prob(h[part], z[part], None if mask is None else mask[part]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         prior.eval()
-        curve.append(path_log_prob(prior, *held_out))
+        curve.append(path_log_prob(prior, *held_out, keep))
         print(f"prior pass {epoch + 1}: held-out log p(z_1..z_T) {curve[-1]:.2f} nats")
         if curve[-1] > best:
             best, best_state = curve[-1], {k: v.clone() for k, v in prior.state_dict().items()}
@@ -209,20 +230,22 @@ def fit(prior: MixturePrior, train: tuple[Tensor, Tensor], held_out: tuple[Tenso
 
 @torch.no_grad()
 def prior_samples(model: DrawModel, prior: MixturePrior, n: int, generator: torch.Generator,
-                  condition: str = "state") -> Tensor:
-    """sigma(c_T) of n samples (n, x_dim), z_t drawn from the prior given the decoder's state."""
+                  condition: str = "state", keep: Tensor | None = None) -> Tensor:
+    """sigma(c_T) of n samples (n, x_dim), z_t drawn from the prior given the decoder's state
+    (with keep (T, z_dim): the coordinates it marks; the others from N(0, 1))."""
     cfg = model.config
     state = model.initial_state(n, next(model.parameters()))
-    for _ in range(model.n_iter):
+    for t in range(model.n_iter):
         h = prior_input(state, condition, (cfg.channels, cfg.height, cfg.width))
-        state = model.decode(state, prior.sample(h, generator))               # eqs. 7-8
+        mask = None if keep is None else keep[t].expand(n, -1)
+        state = model.decode(state, prior.sample(h, generator, mask))         # eqs. 7-8
     return torch.sigmoid(state.c)
 
 
 def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 512,
-         components: int = 5, epochs: int = 6, condition: str = "state", lr: float = 1e-3,
-         batch: int = 1024, read: bool = False, samples: int = 2000, seed: int = 0,
-         data_dir: str | None = None) -> dict[str, float | list[float]]:
+         components: int = 5, epochs: int = 6, condition: str = "state",
+         active_only: bool = False, lr: float = 1e-3, batch: int = 1024, read: bool = False,
+         samples: int = 2000, seed: int = 0, data_dir: str | None = None) -> dict[str, float | list[float]]:
     """Measures 1 and 2 of the docstring; return the held-out log-likelihoods and, with read,
     the reader's shares."""
     ckpt = load_checkpoint(model_file)
@@ -246,8 +269,10 @@ def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 51
     T, count, Z = draws.shape
     print(f"{model_file}: posterior paths of {count} training and {held_draws.shape[1]} valid "
           f"images, one draw each")
+    keep = (variance > prior_fit.ACTIVE).view(T, Z) if active_only else None
     prior = MixturePrior(condition_size(cfg, condition), Z, hidden, components)
-    curve = fit(prior, (states, draws), (held_states, held_draws), epochs, lr, batch, generator)
+    curve = fit(prior, (states, draws), (held_states, held_draws), epochs, lr, batch, generator,
+                keep)
     normal = standard_normal_log_prob(held_draws).sum(dim=0).mean().item()
     print(f"held-out log p(z_1..z_T): N(0, I) {normal:.2f}, the fitted prior {max(curve):.2f} "
           f"nats (pass {curve.index(max(curve)) + 1})")
@@ -256,13 +281,13 @@ def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 51
         active = (variance > prior_fit.ACTIVE).nonzero().squeeze(1)
         valid_x = next(batches(valid_images, len(valid_images)))
         result.update(read_all(model, prior, held_draws, active, valid_x, samples, generator,
-                               seed, mnist, condition))
+                               seed, mnist, condition, keep))
     return result
 
 
 def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: Tensor,
              valid_x: Tensor, samples: int, generator: torch.Generator, seed: int, mnist: Data,
-             condition: str) -> dict[str, float]:
+             condition: str, keep: Tensor | None) -> dict[str, float]:
     """The reader's share of two-digit canvases, and how far the mix of digits it reads is from
     the valid images' (bench/two_digit_reader.py's "digits off"), of: the valid images valid_x
     (N, x_dim); the held-out posterior draws (T, N, z_dim) decoded whole (reconstructions), and
@@ -296,7 +321,8 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
         canvases["N(0, I)"] = model.sample(count, u)[-1]
         canvases["N(0, I) on the active coordinates, 0 on the rest"] = model.sample(
             count, (prior_fit.flatten(u) * keep).view(count, T, Z).permute(1, 0, 2))[-1]
-        canvases["the fitted prior"] = prior_samples(model, prior, count, generator, condition)
+        canvases["the fitted prior"] = prior_samples(model, prior, count, generator, condition,
+                                                     keep)
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
                                             mnist.train_labels.long(),
@@ -328,6 +354,8 @@ if __name__ == "__main__":
     parser.add_argument("--condition", choices=CONDITIONS, default="state",
                         help="what the prior sees: h_{t-1}^dec, with its cell, or with the "
                              "canvas (pooled)")
+    parser.add_argument("--active-only", action="store_true",
+                        help="the mixture models the active coordinates only, N(0, 1) the rest")
     parser.add_argument("--read", action="store_true",
                         help="read the samples (two-digit MNIST models)")
     parser.add_argument("--samples", type=positive, default=2000, help="canvases of each kind")

@@ -46,6 +46,34 @@ def test_the_mixtures_density_is_torchs(stage):
     torch.testing.assert_close(prior.log_prob(h, z), reference.log_prob(z))
 
 
+def test_a_masked_mixture_models_its_coordinates_and_n01_the_rest(stage):
+    torch.manual_seed(2)
+    prior = stage.MixturePrior(6, 4, hidden=16, components=3)
+    h, z = torch.randn(50, 6), torch.randn(50, 4) * 2
+    mask = torch.tensor([True, False, True, False]).expand(50, -1)
+    log_weight, mean, log_scale = prior.mixture(h)
+    modelled = MixtureSameFamily(Categorical(logits=log_weight),
+                                 Independent(Normal(mean[..., ::2], log_scale[..., ::2].exp()), 1))
+    rest = Normal(0.0, 1.0).log_prob(z[:, 1::2]).sum(dim=1)
+    torch.testing.assert_close(prior.log_prob(h, z, mask), modelled.log_prob(z[:, ::2]) + rest)
+    # its draws: the marked coordinates from the mixture, the others N(0, 1)
+    fixed = fixed_mixture(stage, mean=0.7, log_scale=-6.0)
+    drawn = fixed.sample(torch.randn(20000, 10), torch.Generator().manual_seed(0),
+                         torch.tensor([True, False, True]).expand(20000, -1))
+    torch.testing.assert_close(drawn[:, ::2], torch.full((20000, 2), 0.7), atol=0.02, rtol=0)
+    assert drawn[:, 1].mean().item() == pytest.approx(0.0, abs=0.02)
+    assert drawn[:, 1].std().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_step_masks_follow_the_flattened_pairs(stage):
+    keep = torch.tensor([[True, False], [False, True], [True, True]])          # (T=3, Z=2)
+    masks = stage.step_masks(keep, 4)                                           # 4 images
+    assert masks.shape == (12, 2)
+    for row in range(12):
+        assert torch.equal(masks[row], keep[row // 4])
+    assert stage.step_masks(None, 4) is None
+
+
 def test_the_mixtures_draws_have_its_moments(stage):
     prior = fixed_mixture(stage, mean=2.0, log_scale=math.log(0.5))
     z = prior.sample(torch.randn(20000, 10), torch.Generator().manual_seed(0))
@@ -88,6 +116,14 @@ def test_the_fit_finds_a_conditional_dependence_that_no_gaussian_has(stage):
     assert max(curve) - normal == pytest.approx(2.75, abs=0.15)
     # the parameters kept are the best pass's
     assert stage.path_log_prob(prior, h[:, 5000:], z[:, 5000:]) == pytest.approx(max(curve))
+    # the same with the mixture on the first coordinate only: the second, N(0, 1) in the data,
+    # is N(0, 1)'s in the prior too, so the gain is the same
+    torch.manual_seed(0)
+    masked = stage.MixturePrior(4, 2, hidden=32, components=2)
+    keep = torch.tensor([[True, False]])
+    curve = stage.fit(masked, (h[:, :5000], z[:, :5000]), (h[:, 5000:], z[:, 5000:]),
+                      epochs=15, lr=3e-3, batch=100, generator=g, keep=keep)
+    assert max(curve) - normal == pytest.approx(2.75, abs=0.15)
 
 
 def test_the_posterior_pairs_are_the_models_own_path(stage):
@@ -160,7 +196,8 @@ class Recording:
     def __init__(self):
         self.seen = []
 
-    def sample(self, h: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, h: torch.Tensor, generator: torch.Generator,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
         self.seen.append(h.clone())
         return torch.zeros(len(h), 3)
 
@@ -209,3 +246,8 @@ def test_a_whole_run_on_the_sample_data(stage, tmp_path, capsys):
     canvas = stage.main(str(path), n=200, held_out=50, hidden=16, components=2, epochs=1,
                         condition="canvas")
     assert canvas["normal"] == result["normal"]
+    # the untrained model's posterior means barely vary: no coordinate is active, and a mixture
+    # of none of them is N(0, I) itself
+    active = stage.main(str(path), n=200, held_out=50, hidden=16, components=2, epochs=1,
+                        active_only=True)
+    assert active["fitted"] == pytest.approx(result["normal"], abs=1e-4)
