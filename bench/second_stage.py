@@ -287,20 +287,21 @@ def main(model_file: str, n: int = 10000, held_out: int = 2000, hidden: int = 51
 
 def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: Tensor,
              valid_x: Tensor, samples: int, generator: torch.Generator, seed: int, mnist: Data,
-             condition: str, keep: Tensor | None) -> dict[str, float]:
+             condition: str, modelled: Tensor | None) -> dict[str, float]:
     """The reader's share of two-digit canvases, and how far the mix of digits it reads is from
     the valid images' (bench/two_digit_reader.py's "digits off"), of: the valid images valid_x
     (N, x_dim); the held-out posterior draws (T, N, z_dim) decoded whole (reconstructions), and
     with only the `active` coordinates kept and the rest the noise u; the paths of `kept_paths`
     through valid_x with the same coordinates and noise, and with all coordinates of the first
     k steps (HANDOVERS); N(0, I) samples, the same u, and the same with u's coordinates other
-    than the active ones at 0; and samples of the fitted prior."""
+    than the active ones at 0; and samples of the fitted prior (of the coordinates `modelled`
+    (T, z_dim) marks, or all where None)."""
     u = torch.randn(model.noise_shape(samples), generator=generator)           # (T, n, Z)
     T, count, Z = u.shape
     kept = prior_fit.flatten(u).clone()
     kept[:, active] = prior_fit.flatten(held_draws[:, :count])[:, active]
-    keep = torch.zeros(T * Z, dtype=torch.bool)
-    keep[active] = True
+    is_active = torch.zeros(T * Z, dtype=torch.bool)                        # (T Z,)
+    is_active[active] = True
     x = valid_x[:count]
     with torch.no_grad():
         canvases = {
@@ -309,7 +310,7 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
             f"the same, only {len(active)} active coordinates kept":
                 model.sample(count, kept.view(count, T, Z).permute(1, 0, 2))[-1],
             "paths with those coordinates from Q, the encoder reacting":
-                kept_paths(model, x, keep.view(T, Z), u),
+                kept_paths(model, x, is_active.view(T, Z), u),
         }
         for k in HANDOVERS:
             if k >= T:
@@ -320,9 +321,9 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
                 model, x, first, u)
         canvases["N(0, I)"] = model.sample(count, u)[-1]
         canvases["N(0, I) on the active coordinates, 0 on the rest"] = model.sample(
-            count, (prior_fit.flatten(u) * keep).view(count, T, Z).permute(1, 0, 2))[-1]
+            count, (prior_fit.flatten(u) * is_active).view(count, T, Z).permute(1, 0, 2))[-1]
         canvases["the fitted prior"] = prior_samples(model, prior, count, generator, condition,
-                                                     keep)
+                                                     modelled)
     with torch.enable_grad():
         reader = reader_script.train_reader(mnist.train.numpy().reshape(-1, 28, 28),
                                             mnist.train_labels.long(),

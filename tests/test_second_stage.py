@@ -3,6 +3,9 @@ moments, a fit that must find a known conditional dependence, the posterior path
 model's own unroll, the paths with kept coordinates at both extremes, and a whole run on the
 shipped sample data."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from draw.checkpoint import save_checkpoint
 from draw.datasets import batches, get_data
 from draw.errors import DrawError
 from draw.model import DrawConfig, DrawModel
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 @pytest.fixture
@@ -251,3 +256,33 @@ def test_a_whole_run_on_the_sample_data(stage, tmp_path, capsys):
     active = stage.main(str(path), n=200, held_out=50, hidden=16, components=2, epochs=1,
                         active_only=True)
     assert active["fitted"] == pytest.approx(result["normal"], abs=1e-4)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not found at {SHARED_MNIST}")
+def test_every_reading_runs_on_a_two_digit_model(stage, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "draw.datasets", "convert", "mnist", "--from",
+                    str(SHARED_MNIST), "--root", str(root)], check=True, capture_output=True)
+    monkeypatch.setattr(stage.reader_script, "READER_CANVASES", 1000)      # a brief reader
+    monkeypatch.setattr(stage.reader_script, "READER_EPOCHS", 1)
+    torch.manual_seed(0)
+    model = DrawModel.from_config(DrawConfig(height=60, width=60, n_iter=2, enc_dim=8,
+                                             dec_dim=8, z_dim=2, read_N=2, write_N=5)).eval()
+    g = torch.Generator().manual_seed(0)
+    held_draws = torch.randn(2, 40, 2, generator=g)
+    valid_x = torch.rand(40, 3600, generator=g)
+    active = torch.tensor([0, 3])                                # z_1's first, z_2's second
+    mnist = stage.reader_script.labelled_mnist(str(root))
+    rows = ["valid images", "posterior draws (reconstructions)",
+            "the same, only 2 active coordinates kept",
+            "paths with those coordinates from Q, the encoder reacting", "N(0, I)",
+            "N(0, I) on the active coordinates, 0 on the rest", "the fitted prior"]
+    for modelled in (None, torch.tensor([[True, False], [False, True]])):
+        prior = stage.MixturePrior(8, 2, hidden=8, components=2)
+        shares = stage.read_all(model, prior, held_draws, active, valid_x, 40, g, 0, mnist,
+                                "state", modelled)
+        # T = 2 is below every handover: those rows are left out
+        assert list(shares) == rows
+        assert all(0 <= share <= 1 for share in shares.values())
+        printed = capsys.readouterr().out.splitlines()[-len(rows):]
+        assert [line.split(":")[0] for line in printed] == rows
