@@ -79,6 +79,11 @@ def flatten(v: Tensor) -> Tensor:
     return v.permute(1, 0, 2).reshape(v.shape[1], -1)
 
 
+def unflatten(flat: Tensor, steps: int) -> Tensor:
+    """`flatten`'s inverse: (N, T Z) -> (T, N, Z), for T = steps."""
+    return flat.view(len(flat), steps, -1).permute(1, 0, 2)
+
+
 def active_dimensions(means: Tensor, threshold: float = ACTIVE) -> Tensor:
     """The indices into `flatten` (D,) of the dimensions whose posterior means (T, N, Z) vary
     between the N images by a variance above `threshold`."""
@@ -190,12 +195,12 @@ def read_all(model: DrawModel, mu: Tensor, cov: Tensor, active: Tensor, joint: t
                     dtype=torch.float64)                                     # (T, n, Z)
     refitted = mu[:, None] + u @ torch.linalg.cholesky(cov).transpose(1, 2)
     joint_mu, *covariances = joint
-    T, n, Z = u.shape
+    T = u.shape[0]
     drawn = []
     for c in covariances:
         flat = flatten(u).clone()                                           # (n, T Z)
         flat[:, active] = joint_mu + flat[:, active] @ torch.linalg.cholesky(c).T
-        drawn.append(flat.view(n, T, Z).permute(1, 0, 2))                   # (T, n, Z)
+        drawn.append(unflatten(flat, T))                                     # (T, n, Z)
     canvases = {name: model.sample(samples, z.float())[-1].clone()
                 for name, z in (("N(0, I)", u), ("refitted", refitted), ("joint", drawn[0]),
                                 ("joint, steps apart", drawn[1]))}

@@ -298,17 +298,17 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
     (T, z_dim) marks, or all where None)."""
     u = torch.randn(model.noise_shape(samples), generator=generator)           # (T, n, Z)
     T, count, Z = u.shape
-    kept = prior_fit.flatten(u).clone()
-    kept[:, active] = prior_fit.flatten(held_draws[:, :count])[:, active]
     is_active = torch.zeros(T * Z, dtype=torch.bool)                        # (T Z,)
     is_active[active] = True
+    noise = prior_fit.flatten(u)                                             # (n, T Z)
+    kept = torch.where(is_active, prior_fit.flatten(held_draws[:, :count]), noise)
     x = valid_x[:count]
     with torch.no_grad():
         canvases = {
             "valid images": x,
             "posterior draws (reconstructions)": model.sample(count, held_draws[:, :count])[-1],
             f"the same, only {len(active)} active coordinates kept":
-                model.sample(count, kept.view(count, T, Z).permute(1, 0, 2))[-1],
+                model.sample(count, prior_fit.unflatten(kept, T))[-1],
             "paths with those coordinates from Q, the encoder reacting":
                 kept_paths(model, x, is_active.view(T, Z), u),
         }
@@ -321,7 +321,7 @@ def read_all(model: DrawModel, prior: MixturePrior, held_draws: Tensor, active: 
                 model, x, first, u)
         canvases["N(0, I)"] = model.sample(count, u)[-1]
         canvases["N(0, I) on the active coordinates, 0 on the rest"] = model.sample(
-            count, (prior_fit.flatten(u) * is_active).view(count, T, Z).permute(1, 0, 2))[-1]
+            count, prior_fit.unflatten(noise * is_active, T))[-1]
         canvases["the fitted prior"] = prior_samples(model, prior, count, generator, condition,
                                                      modelled)
     with torch.enable_grad():
