@@ -1,5 +1,6 @@
 """DRAW's bricks: read (eqs. 17, 27), the approximate posterior (eqs. 1-2, 11), write (eqs. 18,
-28-29), and the bias that starts an attention head with a window tiling the image.
+28-29), the bias that starts an attention head with a window tiling the image, and a learned
+prior, an option beyond the paper.
 
 Each brick is an `nn.Module` with explicit scalar arguments; `DrawModel` (draw/model.py) takes
 them as parts, so a researcher can replace one (any module with the same call signature).
@@ -169,3 +170,35 @@ class Qsampler(nn.Module):
         """log Q(z) - log P(z) at z = mu + sigma u, summed over the last axis: (..., Z) -> (...)."""
         # log N(z; mu, sigma) - log N(z; 0, 1) with (z - mu) / sigma = u; the 2 pi terms cancel
         return (0.5 * (z ** 2 - u ** 2) - log_sigma).sum(dim=-1)
+
+
+class LearnedPrior(nn.Module):
+    """A learned prior P(Z_t | h_{t-1}^dec) = N(m_t, diag(s_t^2)), not the paper's N(0, I): the
+    map z_t = m_t + s_t z'_t of a standard normal z'_t, m_t and log s_t linear in h_{t-1}^dec.
+
+    The rest of DRAW stays in z': Qsampler's N(mu_t, sigma_t) is z'_t's posterior, so z_t's is
+    N(m_t + s_t mu_t, s_t^2 sigma_t^2), the posterior written relative to the prior (the
+    "residual normal" of Vahdat & Kautz, NVAE, 2020). The KL of eq. 11 and log Q - log P are
+    the same for z and z' (one invertible map of both distributions), and a sample's z'_t is
+    N(0, I) noise, so only the decoder's input changes: `forward` maps z' to z. Conditioning
+    the prior on h_{t-1}^dec is convolutional DRAW's (Gregor et al., "Towards Conceptual
+    Compression", 2016).
+    """
+
+    def __init__(self, dec_dim: int, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+        # uninitialised, then zero: growing a trained model draws nothing from the seed's stream
+        self.mean_transform = nn.utils.skip_init(nn.Linear, dec_dim, z_dim)
+        self.log_sigma_transform = nn.utils.skip_init(nn.Linear, dec_dim, z_dim)
+        self.reset()
+
+    def reset(self) -> None:
+        """m_t = 0 and s_t = 1 for every h_{t-1}^dec: the paper's N(0, I), so a model with this
+        prior computes what it did without it until training moves it."""
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, h_dec: Tensor, z: Tensor) -> Tensor:
+        """z_t = m_t + s_t z'_t from h_{t-1}^dec (B, dec_dim) and z'_t (B, Z): (B, Z)."""
+        return self.mean_transform(h_dec) + torch.exp(self.log_sigma_transform(h_dec)) * z

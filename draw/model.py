@@ -14,6 +14,8 @@ Choices the paper leaves open, made as in the classic Theano/Blocks repository u
   the classic repository and model files written before 2026-12-06 have them at zero). The
   LSTMs' cells start at zero: the paper does not name them.
 - One write window is shared by all channels, as is the read window.
+- P(Z_t) is N(0, I), as in the paper; `learned_prior` makes it N(m_t, s_t) given h_{t-1}^dec
+  (draw/bricks.py, LearnedPrior), an option beyond the paper, off by default.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from draw.bricks import AttentionReader, AttentionWriter, Qsampler, Reader, Writer
+from draw.bricks import (AttentionReader, AttentionWriter, LearnedPrior, Qsampler, Reader,
+                         Writer)
 
 
 class ConfigError(ValueError):
@@ -89,6 +92,8 @@ class DrawConfig(ModelConfigBase):
     write_N: int | None = None    # None: write the whole image (no attention)
     # c_0, h_0^enc, h_0^dec learned (section 2.2); False: zero, as every file before this field
     learned_initial_state: bool = dataclasses.field(default=True, metadata={ABSENT: False})
+    # P(Z_t | h_{t-1}^dec) learned (LearnedPrior), beyond the paper; False: N(0, I), the paper's
+    learned_prior: bool = dataclasses.field(default=False, metadata={ABSENT: False})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,10 +127,14 @@ class DrawModel(nn.Module):
     writer : Writer or AttentionWriter
     learned_initial_state : bool, keyword only
         c_0, h_0^enc and h_0^dec are parameters (section 2.2), zero at first; else zero.
+    prior : LearnedPrior, optional, keyword only
+        P(Z_t | h_{t-1}^dec), which maps z'_t to the decoder's input z_t; None: N(0, I), the
+        paper's prior, and z_t = z'_t.
     """
 
     def __init__(self, n_iter: int, reader: nn.Module, encoder: nn.LSTMCell, sampler: Qsampler,
-                 decoder: nn.LSTMCell, writer: nn.Module, *, learned_initial_state: bool):
+                 decoder: nn.LSTMCell, writer: nn.Module, *, learned_initial_state: bool,
+                 prior: LearnedPrior | None = None):
         super().__init__()
         self.n_iter = n_iter
         self.reader = reader
@@ -133,6 +142,7 @@ class DrawModel(nn.Module):
         self.sampler = sampler
         self.decoder = decoder
         self.writer = writer
+        self.prior = prior
         self.config: DrawConfig | None = None
         self.glimpses_per_call: int | None = None     # None: all T in one call of `glimpses`
         self.learned_initial_state = False
@@ -155,7 +165,8 @@ class DrawModel(nn.Module):
                     nn.LSTMCell(reader.read_dim + cfg.dec_dim, cfg.enc_dim),
                     Qsampler(cfg.enc_dim, cfg.z_dim),
                     nn.LSTMCell(cfg.z_dim, cfg.dec_dim),
-                    writer, learned_initial_state=cfg.learned_initial_state)
+                    writer, learned_initial_state=cfg.learned_initial_state,
+                    prior=LearnedPrior(cfg.dec_dim, cfg.z_dim) if cfg.learned_prior else None)
         model.config = cfg
         return model
 
@@ -171,6 +182,17 @@ class DrawModel(nn.Module):
             self.learned_initial_state = True
             if self.config is not None:
                 self.config = dataclasses.replace(self.config, learned_initial_state=True)
+        return self
+
+    def learn_prior(self) -> Self:
+        """Give the model a LearnedPrior, in place, at N(0, I): the model computes what it did,
+        and training moves the prior on (train-draw.py --oldmodel with a file written without
+        one, --learned-prior). Returns the model."""
+        if self.prior is None:
+            like = next(self.parameters())
+            self.prior = LearnedPrior(self.decoder.hidden_size, self.sampler.z_dim).to(like)
+            if self.config is not None:
+                self.config = dataclasses.replace(self.config, learned_prior=True)
         return self
 
     @staticmethod
@@ -191,6 +213,8 @@ class DrawModel(nn.Module):
                 module.bias_ih[H:2 * H] = 1.0                 # gates are ordered (i, f, g, o)
             elif isinstance(module, (AttentionReader, AttentionWriter)):
                 module.reset_window()         # the bricks own their first windows
+            elif isinstance(module, LearnedPrior):
+                module.reset()                # N(0, I) at first
 
     def window_parameters(self) -> list[nn.Parameter]:
         """The parameters of the attention heads that choose the windows (eq. 21): the read
@@ -248,7 +272,8 @@ class DrawModel(nn.Module):
         -------
         state : DrawState, the quantities of step t
         z, mean, log_sigma : Tensor, each (B, z_dim)
-            The sample z_t and the posterior Q(Z_t | h_t^enc) it came from.
+            The sample z_t and the posterior Q(Z_t | h_t^enc) it came from (with a learned
+            prior, z'_t and its posterior).
         """
         x_hat = x - torch.sigmoid(state.c)                                    # eq. 3
         if x_gates is None:
@@ -268,7 +293,10 @@ class DrawModel(nn.Module):
 
     def decode(self, state: DrawState, z: Tensor) -> DrawState:
         """The generative half of a glimpse (eqs. 7-8), which is all that sampling runs: z (B,
-        z_dim) into the decoder, its output written onto the canvas."""
+        z_dim) into the decoder, its output written onto the canvas. With a learned prior, z is
+        z'_t, and the decoder's input is the prior's m_t + s_t z'_t."""
+        if self.prior is not None:
+            z = self.prior(state.h_dec, z)                  # P(Z_t | h_{t-1}^dec), LearnedPrior
         h_dec, cell_dec = self.decoder(z, (state.h_dec, state.cell_dec))      # eq. 7
         c = state.c + self.writer(h_dec)                                      # eq. 8
         return state._replace(c=c, h_dec=h_dec, cell_dec=cell_dec)
@@ -350,7 +378,8 @@ class DrawModel(nn.Module):
         ----------
         n : int
         u : Tensor, shape (n_iter, n, z_dim), optional
-            The prior samples z_t themselves; drawn when omitted.
+            The prior samples z_t themselves (with a learned prior, its standard normal z'_t);
+            drawn when omitted.
         return_attention : bool
             Also return the write window of every step (attention writers only).
 

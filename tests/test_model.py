@@ -17,6 +17,8 @@ CONFIGS = {
     "no-attention": DrawConfig(**TINY),
     "attention": DrawConfig(**TINY, read_N=2, write_N=3),
     "colour-attention": DrawConfig(**(TINY | dict(channels=3)), read_N=3, write_N=4),
+    # beyond the paper: P(Z_t | h_{t-1}^dec) learned (bricks.LearnedPrior)
+    "learned-prior": DrawConfig(**TINY, read_N=2, write_N=3, learned_prior=True),
 }
 
 
@@ -47,7 +49,8 @@ def test_shapes_and_bricks(name):
 def reference_forward(model, x, u):
     """c_T and the KL terms (eqs. 3-11) written out from the paper for a model's parameters:
     the LSTM equations by hand, the filterbanks as exp and normalise (eqs. 19-26), the KL in the
-    paper's form (eq. 11). Independent of the bricks' code; float64."""
+    paper's form (eq. 11). Independent of the bricks' code; float64. With a learned prior, the
+    decoder's input is z_t = m_t + s_t z'_t and the KL is torch's, of z_t's two Gaussians."""
     cfg, P = model.config, dict(model.named_parameters())
     B, C, H, W = x.shape[0], cfg.channels, cfg.height, cfg.width
 
@@ -93,7 +96,14 @@ def reference_forward(model, x, u):
         mean = linear("sampler.mean_transform", h_enc)                          # eq. 1
         log_sigma = linear("sampler.log_sigma_transform", h_enc)                # eq. 2
         z = mean + torch.exp(log_sigma) * u[t]                                  # eq. 6
-        kl.append(0.5 * (mean ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(1))
+        if cfg.learned_prior:           # P(Z_t | h_{t-1}^dec) = N(m_t, s_t); z was z'_t
+            m = linear("prior.mean_transform", h_dec)
+            s = torch.exp(linear("prior.log_sigma_transform", h_dec))
+            z = m + s * z
+            kl.append(kl_divergence(Normal(m + s * mean, s * torch.exp(log_sigma)),
+                                    Normal(m, s)).sum(1))
+        else:
+            kl.append(0.5 * (mean ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(1))
         h_dec, cell_dec = lstm("decoder", z, h_dec, cell_dec)                   # eq. 7
         if cfg.write_N:                                                         # eqs. 28-29
             N = cfg.write_N
@@ -470,6 +480,58 @@ def test_the_learned_initial_state_starts_the_canvas_and_both_lstms():
     old = {k: v for k, v in cfg.to_dict().items() if k != "learned_initial_state"}
     assert DrawConfig.from_dict(old) == dataclasses.replace(cfg, learned_initial_state=False)
     assert DrawConfig.from_dict(cfg.to_dict()) == cfg and cfg.learned_initial_state
+
+
+def test_the_learned_prior_starts_at_the_papers_and_is_the_prior_of_samples_and_weights():
+    """Beyond the paper: P(Z_t | h_{t-1}^dec) = N(m_t, s_t). Grown onto a model it starts at
+    N(0, I), so the model computes what it did; moved, samples decode m_t + s_t u_t, and the
+    importance weight is log D(x | c_T) + log P(z) - log Q(z) in z_t's own Gaussians."""
+    cfg = CONFIGS["learned-prior"]
+    torch.manual_seed(0)
+    paper = DrawModel.from_config(dataclasses.replace(cfg, learned_prior=False)).double()
+    assert paper.prior is None
+    model = copy.deepcopy(paper)
+    rng = torch.get_rng_state()
+    assert model.learn_prior() is model and model.learn_prior() is model
+    assert torch.equal(torch.get_rng_state(), rng)          # draws nothing: in place
+    assert model.config == cfg and model.prior.mean_transform.weight.dtype == torch.float64
+    x, u = batch(cfg)
+    for a, b in zip((*model(x, u), model.log_weight(x, u), model.sample(4, u)),
+                    (*paper(x, u), paper.log_weight(x, u), paper.sample(4, u))):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        for p in model.prior.parameters():
+            p.normal_(std=0.3)
+    # samples: z_t = m_t + s_t u_t from the decoder's last state, by hand with the bricks
+    state = model.initial_state(4, x)
+    for t in range(cfg.n_iter):
+        h = state.h_dec
+        z = model.prior.mean_transform(h) + torch.exp(model.prior.log_sigma_transform(h)) * u[t]
+        h_dec, cell_dec = model.decoder(z, (h, state.cell_dec))
+        state = state._replace(c=state.c + model.writer(h_dec), h_dec=h_dec, cell_dec=cell_dec)
+    torch.testing.assert_close(model.sample(4, u)[-1], torch.sigmoid(state.c), rtol=0,
+                               atol=1e-12)
+    # the weight: the prior's and the posterior's log densities at the decoder's input z_t
+    seen = {"prior": [], "posterior": []}
+    hooks = [model.prior.register_forward_hook(
+                 lambda m, args, out: seen["prior"].append((*args, out))),
+             model.sampler.register_forward_hook(
+                 lambda m, args, out: seen["posterior"].append(out))]
+    log_w = model.log_weight(x, u)
+    for h in hooks:
+        h.remove()
+    c = model(x, u)[0]
+    log_w_ref = -nn.functional.binary_cross_entropy_with_logits(c, x, reduction="none").sum(1)
+    for (h, z_prime, z), (mean, log_sigma) in zip(seen["prior"], seen["posterior"]):
+        m, s = model.prior.mean_transform(h), torch.exp(model.prior.log_sigma_transform(h))
+        torch.testing.assert_close(z, m + s * z_prime, rtol=0, atol=1e-12)
+        posterior = Normal(m + s * mean, s * torch.exp(log_sigma))
+        log_w_ref = log_w_ref + (Normal(m, s).log_prob(z) - posterior.log_prob(z)).sum(1)
+    assert len(seen["prior"]) == cfg.n_iter
+    torch.testing.assert_close(log_w, log_w_ref, rtol=1e-10, atol=1e-10)
+    # a config written before the field (every model file before 2026-12-07) had N(0, I)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "learned_prior"}
+    assert DrawConfig.from_dict(old) == dataclasses.replace(cfg, learned_prior=False)
 
 
 def test_bad_noise_shape_raises():

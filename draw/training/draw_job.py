@@ -25,6 +25,10 @@ from draw.training.settings import DrawSettings
 from draw.training.task import DrawTask
 
 N_SAMPLES = 100     # samples in sample.png and the GIFs, a 10 x 10 grid
+# DrawConfig's switches that a run may turn on over an --oldmodel written without them, and what
+# a run that has one off must do to go on from a file that has it on
+GROWABLE = {"learned_initial_state": "leave out --no-learned-initial-state",
+            "learned_prior": "give --learned-prior"}
 
 
 class DrawJob(Job):
@@ -65,22 +69,24 @@ class DrawJob(Job):
             ckpt = load_checkpoint(s.oldmodel)
             # no parameter depends on T: a file goes on with more or fewer glimpses (--niter)
             old_cfg = dataclasses.replace(file_config(ckpt, s.oldmodel), n_iter=cfg.n_iter)
-            # a file with a zero initial state goes on as one with the learned biases, at zero
-            grows = (not old_cfg.learned_initial_state and cfg.learned_initial_state
-                     and dataclasses.replace(old_cfg, learned_initial_state=True) == cfg)
-            if old_cfg != cfg and not grows:
+            # a file without the learned initial state or prior goes on as one with them, at the
+            # values that compute what it did
+            grown = {k: True for k in GROWABLE if not getattr(old_cfg, k) and getattr(cfg, k)}
+            if dataclasses.replace(old_cfg, **grown) != cfg:
                 here = cfg.to_dict()
                 diffs = ", ".join(
-                    f"{k} {v} there, {here[k]} here" + (" (leave out --no-learned-initial-state)"
-                                                        if k == "learned_initial_state" else "")
-                    for k, v in old_cfg.to_dict().items()
-                    if here[k] != v and (k, v) != ("learned_initial_state", False))
+                    f"{k} {v} there, {here[k]} here"
+                    + (f" ({GROWABLE[k]})" if k in GROWABLE else "")
+                    for k, v in old_cfg.to_dict().items() if here[k] != v and k not in grown)
                 raise DrawError(f"--oldmodel {s.oldmodel} has another configuration: {diffs}")
             # the run's own model, whose training make_plan checks; built here, before that
             check_inference(cfg, 1, f"the model of --oldmodel {s.oldmodel}", device)
             model = build_model(ckpt, s.oldmodel)
-            return model.learn_initial_state() if grows else model, \
-                training_history(ckpt, s.oldmodel)
+            if "learned_initial_state" in grown:
+                model.learn_initial_state()
+            if "learned_prior" in grown:
+                model.learn_prior()
+            return model, training_history(ckpt, s.oldmodel)
         except CheckpointError as e:
             raise DrawError(f"--oldmodel: {e}") from e
 
@@ -115,6 +121,8 @@ class DrawJob(Job):
                   ("z dimension", cfg.z_dim), ("decoder dimension", cfg.dec_dim),
                   ("initial state", "c_0, h_0^enc, h_0^dec learned (section 2.2)"
                    if cfg.learned_initial_state else "zero (--no-learned-initial-state)"),
+                  ("prior", "learned, N(m_t, s_t) given h_{t-1}^dec (--learned-prior)"
+                   if cfg.learned_prior else "N(0, I), the paper's"),
                   ("compiled glimpses", why),
                   ("objective", "the bound on -log p(x) (eq. 12), nats" if plan.data.binary
                    else "Bernoulli cross-entropy of the grey levels + KL (eq. 12), nats: not "
