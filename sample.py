@@ -48,8 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=seed, default=None,
                         help="seed of the prior noise, for repeatable samples (default: random)")
     parser.add_argument("--temperature", type=temperature, default=1.0,
-                        help="scale of the prior noise, z_t ~ N(0, TEMPERATURE^2 I): below 1 "
-                             "the samples are likelier and less varied; 1 samples the model "
+                        help="scale of the prior noise, z_t ~ N(0, TEMPERATURE^2 I) (a "
+                             "learned prior's N(m_t, TEMPERATURE^2 s_t^2)): below 1 the "
+                             "samples are likelier and less varied; 1 samples the model "
                              "(default: 1)")
     parser.add_argument("--output-dir", type=str, default="samples",
                         help="directory for sample.png, time-NNN.png, sequence.gif and strip.png "

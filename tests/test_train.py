@@ -304,6 +304,32 @@ def test_oldmodel_with_a_zero_initial_state_goes_on_with_learned_biases(referenc
         main(**{**flags, "oldmodel": grown}, epochs=1, learned_initial_state=False)
 
 
+def test_oldmodel_goes_on_with_a_learned_prior(reference, tmp_path, monkeypatch, capsys):
+    """--learned-prior over a file with the paper's N(0, I) grows the prior at N(0, I): at
+    first the same model, then the prior moves. A file with a learned prior does not go on
+    without one: the flag to give is named."""
+    monkeypatch.chdir(tmp_path)
+    old = reference.run_dir / f"{FILES}_model.pkl"
+    old_model, _ = load_model(old)
+    flags = dict(dataset="sample", subset=100, batch_size=100, n_iter=2, enc_dim=8, dec_dim=8,
+                 z_dim=3, attention="2,3", epochs=1, learning_rate=1e-9)
+    main(**flags, oldmodel=str(old), learned_prior=True, name="prior")
+    assert "prior: learned, N(m_t, s_t) given h_{t-1}^dec (--learned-prior)" in \
+        capsys.readouterr().out
+    grown = the_run_dir_named(tmp_path, "prior") / "prior_model.pkl"
+    new, _ = load_model(grown)
+    assert new.config == dataclasses.replace(old_model.config, learned_prior=True)
+    for name, p in old_model.state_dict().items():
+        torch.testing.assert_close(new.state_dict()[name], p, rtol=0, atol=1e-6)
+    assert all(0 < p.abs().max() < 1e-6 for p in new.prior.parameters())
+    with pytest.raises(DrawError, match=r"^--oldmodel \S+ has another configuration: "
+                                        r"learned_prior True there, False here \(give "
+                                        r"--learned-prior\)$"):
+        main(**flags, oldmodel=str(grown))
+    main(**flags, oldmodel=str(old), name="paper")
+    assert "prior: N(0, I), the paper's" in capsys.readouterr().out
+
+
 def test_lr_tag_is_the_classic_one():
     assert [lr_tag(v) for v in (1e-3, 3e-4, 0.005, 0.1)] == ["13", "34", "53", "11"]
 

@@ -67,7 +67,8 @@ def sampling_bytes(cfg: DrawConfig, n: int, scale: int = 1) -> int:
 def prior_noise(model: DrawModel, n: int, seed: int | None = None,
                 temperature: float = 1.0) -> torch.Tensor:
     """Standard normal z_1..z_T for n samples, shape (n_iter, n, z_dim), on the model's device,
-    times `temperature`: z_t ~ N(0, temperature^2 I), the paper's P(Z_t) at 1.
+    times `temperature`: z_t ~ N(0, temperature^2 I), the paper's P(Z_t) at 1 (with a learned
+    prior these are z'_t, and z_t ~ N(m_t, temperature^2 s_t^2)).
 
     Drawn on the CPU from its own generator so that a seed gives the same samples on every
     device and leaves the global random state alone; one seed at two temperatures gives the
