@@ -123,12 +123,17 @@ def test_resume_rules():
     assert set(s.stored()) == set(OLD_RUN) | {"flush_denormal", "eval_every", "eval_subset",
                                               "lr_warmup", "lr_decay", "precision",
                                               "window_lr", "matmul_precision",
-                                              "learned_initial_state", "keep_every"}
+                                              "learned_initial_state", "keep_every",
+                                              "learned_prior"}
     assert (s.lr_warmup, s.lr_decay) == (0, 1.0)        # old runs: a constant rate, as they had
     # a zero initial state, as they had, though a new run learns it (section 2.2)
     assert s.learned_initial_state is False and DrawSettings().learned_initial_state is True
     with pytest.raises(DrawError, match="--learned-initial-state is False there, not True"):
         DrawSettings.resumed(OLD_RUN, {"learned_initial_state": True}, "m.pkl")
+    # the paper's N(0, I) prior, as they had; a run does not change its prior on resume
+    assert s.learned_prior is False and DrawSettings().learned_prior is False
+    with pytest.raises(DrawError, match="--learned-prior is False there, not True"):
+        DrawSettings.resumed(OLD_RUN, {"learned_prior": True}, "m.pkl")
     assert s.window_lr == 1.0                           # for every parameter
     assert s.precision == "32"                          # and float32
     assert not set(s.stored()) & {name for name, f in DrawSettings._fields().items()
