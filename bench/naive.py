@@ -93,6 +93,8 @@ class NaiveDraw(nn.Module):
             raise ValueError("the naive port has one channel and attention on both heads; got "
                              f"channels={cfg.channels}, read_N={cfg.read_N}, "
                              f"write_N={cfg.write_N}")
+        if getattr(cfg, "learned_prior", False):
+            raise ValueError("the naive port has the paper's N(0, I) prior, not learned_prior")
         return cls(cfg.n_iter, cfg.width, cfg.height, cfg.read_N, cfg.write_N, cfg.enc_dim,
                    # a config from before the field (an older tree's) had a zero start
                    cfg.dec_dim, cfg.z_dim, getattr(cfg, "learned_initial_state", False))

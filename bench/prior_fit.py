@@ -27,6 +27,10 @@ With --read (two-digit MNIST models), bench/two_digit_reader.py's reader reads -
 samples from N(0, I), from the refitted per-step Gaussians, and from the joint Gaussian over
 the active dimensions with and without its entries between steps (the rest N(0, 1)), all made
 from the same noise.
+
+With a model trained with --learned-prior, z_t is everywhere z'_t, the learned prior's standard
+normal (draw/bricks.py, LearnedPrior): N(0, I) is that prior, and R^2 the part of the
+posterior mean that the learned prior leaves to be predicted.
 """
 
 import torch

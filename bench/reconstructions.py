@@ -7,7 +7,8 @@ decodes to what Q(Z_t|h_t^enc) rarely gives) or does not (the gap is in the whol
 The picture: every row holds COLS pairs, an image of the split (the first N of it, in the
 stored order) and its reconstruction sigmoid(c_T) (eq. 9's means, one draw of z from Q), then a
 row of the prior's samples for comparison, one row for each --temperatures tau (z_t = tau * u_t
-with the same u_t ~ N(0, I) in every row: tau < 1 shows what the prior's centre decodes to).
+with the same u_t ~ N(0, I) in every row: tau < 1 shows what the prior's centre decodes to; a
+learned prior's z_t is m_t + tau s_t u_t).
 
 It prints the mean reconstruction term L^x (eq. 9) and KL term L^z (eq. 10) of those images (a
 large L^z with a small L^x is a model that encodes well and leans on its latents), and the mean

@@ -25,7 +25,10 @@ measures, after training, with the model fixed:
    With --active-only the mixture models only the active coordinates of each z_t (the others
    are N(0, 1)'s), so that the thousands of others do not swamp its fit. It is the learned
    prior of Gregor et al.'s convolutional DRAW (2016) in a weaker form: fitted to a decoder
-   trained for N(0, I), not trained with it.
+   trained for N(0, I), not trained with it (train-draw.py --learned-prior trains one with it).
+
+With a model trained with --learned-prior, z_t is everywhere z'_t, the learned prior's standard
+normal (draw/bricks.py, LearnedPrior), and N(0, I) is that prior.
 """
 
 import math

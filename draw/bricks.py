@@ -173,8 +173,8 @@ class Qsampler(nn.Module):
 
 
 class LearnedPrior(nn.Module):
-    """A learned prior P(Z_t | h_{t-1}^dec) = N(m_t, diag(s_t^2)), not the paper's N(0, I): the
-    map z_t = m_t + s_t z'_t of a standard normal z'_t, m_t and log s_t linear in h_{t-1}^dec.
+    """A learned prior P(Z_t | h_{t-1}^dec) = N(m_t, s_t), not the paper's N(0, I): the map
+    z_t = m_t + s_t z'_t of a standard normal z'_t, m_t and log s_t linear in h_{t-1}^dec.
 
     The rest of DRAW stays in z': Qsampler's N(mu_t, sigma_t) is z'_t's posterior, so z_t's is
     N(m_t + s_t mu_t, s_t^2 sigma_t^2), the posterior written relative to the prior (the
@@ -183,11 +183,16 @@ class LearnedPrior(nn.Module):
     N(0, I) noise, so only the decoder's input changes: `forward` maps z' to z. Conditioning
     the prior on h_{t-1}^dec is convolutional DRAW's (Gregor et al., "Towards Conceptual
     Compression", 2016).
+
+    What it adds to the paper's model is s_t. The decoder LSTM takes z_t through W_ih and
+    already sees h_{t-1}^dec through W_hh, so W_ih m_t folds into W_hh and b_hh: a mean linear
+    in h_{t-1}^dec changes how training moves, not what the model can compute. A scale s_t
+    that depends on the decoder's state, multiplying z'_t, it cannot compute. (A constant
+    scale, too, folds into W_ih.)
     """
 
     def __init__(self, dec_dim: int, z_dim: int):
         super().__init__()
-        self.z_dim = z_dim
         # uninitialised, then zero: growing a trained model draws nothing from the seed's stream
         self.mean_transform = nn.utils.skip_init(nn.Linear, dec_dim, z_dim)
         self.log_sigma_transform = nn.utils.skip_init(nn.Linear, dec_dim, z_dim)

@@ -142,13 +142,19 @@ class DrawModel(nn.Module):
         self.sampler = sampler
         self.decoder = decoder
         self.writer = writer
+        # the last part, so its parameters come last, as `learn_prior` adds them: the
+        # optimizer's state in a checkpoint is by position
         self.prior = prior
         self.config: DrawConfig | None = None
         self.glimpses_per_call: int | None = None     # None: all T in one call of `glimpses`
         self.learned_initial_state = False
         if learned_initial_state:
             self.learn_initial_state()
-        self.apply(self._init_weights)
+        # every part but the prior, which starts as given (LearnedPrior: at N(0, I)): the
+        # others draw what a paper model's of the same seed do, and leave the same random state
+        for child in self.children():
+            if child is not prior:
+                child.apply(self._init_weights)
 
     @classmethod
     def from_config(cls, cfg: DrawConfig) -> "DrawModel":
@@ -213,8 +219,6 @@ class DrawModel(nn.Module):
                 module.bias_ih[H:2 * H] = 1.0                 # gates are ordered (i, f, g, o)
             elif isinstance(module, (AttentionReader, AttentionWriter)):
                 module.reset_window()         # the bricks own their first windows
-            elif isinstance(module, LearnedPrior):
-                module.reset()                # N(0, I) at first
 
     def window_parameters(self) -> list[nn.Parameter]:
         """The parameters of the attention heads that choose the windows (eq. 21): the read
@@ -372,7 +376,8 @@ class DrawModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, u: Tensor | None = None, return_attention: bool = False):
-        """Generate n images (section 2.3): z_t ~ P(Z_t), decode, write.
+        """Generate n images (section 2.3): z_t ~ P(Z_t) (a learned prior's P(Z_t | h_{t-1}^dec)),
+        decode, write.
 
         Parameters
         ----------

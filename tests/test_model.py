@@ -398,6 +398,10 @@ def test_canonical_parameter_count():
     expected_no_att = (lstm(2 * 784 + 256, 256) + sampler + decoder + (256 * 784 + 784)
                        + initial_state)
     assert sum(p.numel() for p in no_att.parameters()) == expected_no_att
+    prior = 2 * (256 * 100 + 100)                           # m_t and log s_t (LearnedPrior)
+    with_prior = DrawModel.from_config(DrawConfig(read_N=2, write_N=5, enc_dim=256, dec_dim=256,
+                                                  z_dim=100, learned_prior=True))
+    assert sum(p.numel() for p in with_prior.parameters()) == expected + prior
     zero_start = DrawModel.from_config(DrawConfig(read_N=2, write_N=5,
                                                   learned_initial_state=False))
     assert sum(p.numel() for p in zero_start.parameters()) == expected - initial_state
@@ -532,6 +536,28 @@ def test_the_learned_prior_starts_at_the_papers_and_is_the_prior_of_samples_and_
     # a config written before the field (every model file before 2026-12-07) had N(0, I)
     old = {k: v for k, v in cfg.to_dict().items() if k != "learned_prior"}
     assert DrawConfig.from_dict(old) == dataclasses.replace(cfg, learned_prior=False)
+
+
+def test_a_fresh_learned_prior_leaves_the_rest_a_paper_model_of_the_same_seed():
+    """The prior draws nothing: a same-seed A/B of --learned-prior starts from the same other
+    parameters and the same random state, so the two runs' training noise is the same too. Its
+    parameters come last, where a grown model has them too: the optimizer's state in a
+    checkpoint is by position."""
+    cfg = CONFIGS["learned-prior"]
+    torch.manual_seed(0)
+    paper = DrawModel.from_config(dataclasses.replace(cfg, learned_prior=False))
+    paper_rng = torch.get_rng_state()
+    torch.manual_seed(0)
+    model = DrawModel.from_config(cfg)
+    assert torch.equal(torch.get_rng_state(), paper_rng)
+    mine = model.state_dict()
+    for name, p in paper.state_dict().items():
+        assert torch.equal(mine[name], p), name
+    assert all((p == 0).all() for p in model.prior.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    assert names == [n for n, _ in paper.named_parameters()] + [
+        "prior.mean_transform.weight", "prior.mean_transform.bias",
+        "prior.log_sigma_transform.weight", "prior.log_sigma_transform.bias"]
 
 
 def test_bad_noise_shape_raises():

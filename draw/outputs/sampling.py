@@ -1,7 +1,8 @@
 """Draw samples from a trained model and write them out: the logic behind `sample.py`.
 
-A sample is the paper's generation process (section 2.3): z_t ~ N(0, I) for t = 1..T, decoded
-and written onto the canvas step by step. The files are those of the classic repository:
+A sample is the paper's generation process (section 2.3): z_t ~ N(0, I) for t = 1..T (a
+learned prior's N(m_t, s_t) given h_{t-1}^dec), decoded and written onto the canvas step by
+step. The files are those of the classic repository:
 `sample.png` (the final canvases), `time-NNN.png` (the canvases after step NNN, counted from 0)
 and `sequence.gif` (the drawing process, last frame held), optionally with every step's write
 window boxed as in the paper's video; and `strip.png`, a few samples at evenly spaced steps side
@@ -68,7 +69,7 @@ def prior_noise(model: DrawModel, n: int, seed: int | None = None,
                 temperature: float = 1.0) -> torch.Tensor:
     """Standard normal z_1..z_T for n samples, shape (n_iter, n, z_dim), on the model's device,
     times `temperature`: z_t ~ N(0, temperature^2 I), the paper's P(Z_t) at 1 (with a learned
-    prior these are z'_t, and z_t ~ N(m_t, temperature^2 s_t^2)).
+    prior these are z'_t, and z_t ~ N(m_t, temperature^2 s_t^2) given h_{t-1}^dec).
 
     Drawn on the CPU from its own generator so that a seed gives the same samples on every
     device and leaves the global random state alone; one seed at two temperatures gives the

@@ -191,8 +191,9 @@ class DrawSettings(RunSettings):
               "off: zero, as the classic repository and model files before 2026-12-06",
         absent=False)
     learned_prior: bool = setting(
-        False, "learn the prior P(Z_t | h_{t-1}^dec) = N(m_t, s_t), linear in the decoder's "
-               "last state, beyond the paper (default: N(0, I), the paper's)", absent=False)
+        False, "learn the prior P(Z_t | h_{t-1}^dec) = N(m_t, s_t), m_t and log s_t linear in "
+               "the decoder's last state, beyond the paper (default: N(0, I), the paper's)",
+        absent=False)
     # one unit of g~ moves a window (A + 1) / 2 pixels (eqs. 22-23): on 60 x 60 canvases the
     # heads' gradients dominate and spike (doc/development.md), as the classifier's read head's
     window_lr: float = setting(1.0, "learning rate of the attention windows (the read and write "
