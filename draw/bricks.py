@@ -193,14 +193,11 @@ class LearnedPrior(nn.Module):
 
     def __init__(self, dec_dim: int, z_dim: int):
         super().__init__()
-        # uninitialised, then zero: growing a trained model draws nothing from the seed's stream
+        # uninitialised, then zero: m_t = 0 and s_t = 1 for every h_{t-1}^dec, the paper's
+        # N(0, I), so a model computes what it did without the prior until training moves it;
+        # and building one draws nothing from the seed's stream
         self.mean_transform = nn.utils.skip_init(nn.Linear, dec_dim, z_dim)
         self.log_sigma_transform = nn.utils.skip_init(nn.Linear, dec_dim, z_dim)
-        self.reset()
-
-    def reset(self) -> None:
-        """m_t = 0 and s_t = 1 for every h_{t-1}^dec: the paper's N(0, I), so a model with this
-        prior computes what it did without it until training moves it."""
         for p in self.parameters():
             nn.init.zeros_(p)
 
